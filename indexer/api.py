@@ -1,0 +1,63 @@
+"""The Python API for notebooks: open a store, load its model, embed an image, search."""
+from pathlib import Path
+
+from PIL import Image
+
+from store import Store
+from store.store import provenance_conflicts
+
+from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
+from .errors import IndexerError
+from .images import load_image
+from .pipeline import index_collection
+
+__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "open_store", "search"]
+
+
+def open_store(store_dir) -> Store:
+    return Store.open(Path(store_dir))
+
+
+def load_embedder(store: Store | None = None, *, model: str | None = None, device: str = "auto",
+                  dtype: str = "auto") -> DinoV3Embedder:
+    """The embedder a store was built with (or `model` with default settings when no store is given).
+
+    `model` may point the store's model at another copy (a local directory of the same weights);
+    a copy whose weights differ from the recorded ones is refused.
+    """
+    if store is None:
+        return DinoV3Embedder.from_pretrained(model or DEFAULT_MODEL, device=device, dtype=dtype)
+    recorded = store.provenance
+    if recorded is None:
+        raise IndexerError(f"the store at {store.store_dir} has no vectors yet: index something first")
+    embedder = DinoV3Embedder.from_pretrained(
+        model or recorded["model"], device=device, dtype=dtype, resolution=recorded["resolution"],
+        normalization=recorded["normalization"], pooling=recorded["pooling"],
+    )
+    problems = provenance_conflicts(recorded, embedder.provenance)
+    if problems:
+        raise IndexerError(f"this model does not match the store: {'; '.join(problems)}")
+    return embedder
+
+
+def embed_image(image, embedder) -> Embedding:
+    """One image (a path or a PIL image) → its Embedding (a batch of one)."""
+    import torch
+
+    picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(Path(image))
+    pixels = torch.from_numpy(embedder.preprocess(picture))[None]  # (1, 3, H, W)
+    return embedder.embed(pixels)
+
+
+def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False) -> dict:
+    """Nearest neighbours of an indexed image id (an int) or of an image (a path or PIL image)."""
+    if isinstance(query, int):
+        vector = store.vector(query)
+        described = {"id": query, "path": store.image(query)["path"]}
+        exclude = [query] if exclude_self else []
+    else:
+        embedder = embedder or load_embedder(store)
+        vector = embed_image(query, embedder).global_vectors[0].cpu().numpy()
+        described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+        exclude = []
+    return {"query": described, "results": store.search(vector, k=k, exclude_ids=exclude)}

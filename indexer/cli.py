@@ -1,0 +1,177 @@
+"""The `lookalike` command line: index, search, info. Library errors become one clear line."""
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+DTYPE_CHOICES = ["auto", "float16", "bfloat16", "float32"]
+DEVICE_CHOICES = ["auto", "cuda", "cpu"]
+
+
+def friendly_errors(command):
+    """Foreseeable errors end the command with one sentence and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from indexer.errors import IndexerError
+        from store import StoreError
+
+        try:
+            return command(*args, **kwargs)
+        except (IndexerError, StoreError) as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper
+
+
+store_option = click.option(
+    "--store", "store_dir", required=True, envvar="LOOKALIKE_STORE", type=click.Path(path_type=Path),
+    help="Store directory (env LOOKALIKE_STORE).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+dtype_option = click.option(
+    "--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+    help="auto: float16 on CUDA, bfloat16 on CPUs that support it, else float32.",
+)
+
+
+@click.group()
+@click.version_option(package_name="lookalike")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose):
+    """Find satellite and aerial images that look alike (DINOv3 SAT-493M + FAISS + SQLite)."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@store_option
+@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
+              help="Hub id or local directory (env LOOKALIKE_MODEL). Default: the DINOv3 ViT-7B/16 SAT-493M FP16.")
+@dtype_option
+@device_option
+@click.option("--resolution", type=click.IntRange(16, 4096), default=224, show_default=True,
+              help="Square input size in pixels, a multiple of 16.")
+@click.option("--normalization", default="auto", show_default=True,
+              help="auto (SAT-493M values for sat493m models, else ImageNet), sat493m, imagenet, or 'm,m,m/s,s,s'.")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
+@click.option("--rebuild", is_flag=True, help="Forget the store's contents and embed everything again.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@json_option
+@friendly_errors
+def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
+          rebuild, progress, as_json):
+    """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
+
+    Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
+
+    Example: lookalike index samples/naip --store demo-store --model ./my-dinov3
+    """
+    from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
+    from indexer.pipeline import index_collection
+
+    embedder = DinoV3Embedder.from_pretrained(
+        model or DEFAULT_MODEL, dtype=dtype, device=device, resolution=resolution,
+        normalization=normalization, pooling=pooling,
+    )
+    summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
+                               rebuild=rebuild, progress=progress and not as_json)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"indexed {summary['indexed']}, skipped {summary['skipped']}, removed {summary['removed']}, "
+            f"failed {summary['failed']} in {summary['seconds']:.1f} s "
+            f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
+        )
+
+
+@cli.command()
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@store_option
+@click.option("--id", "image_id", type=int, default=None, help="Query by an indexed image's id instead of a file.")
+@click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many neighbours.")
+@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
+              help="Another copy of the store's model (e.g. a local directory); its weights must match.")
+@dtype_option
+@device_option
+@json_option
+@friendly_errors
+def search(image, store_dir, image_id, k, model, dtype, device, as_json):
+    """Find the images in a store that look most like IMAGE (or like indexed image --id N).
+
+    Scores are cosine similarities (1 = identical descriptors).
+
+    Example: lookalike search query.jpg --store demo-store -k 5 --json
+    """
+    from indexer import api
+    from indexer.errors import IndexerError
+
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give either an IMAGE file or --id N, not both or neither")
+    store = api.open_store(store_dir)
+    if image_id is not None:
+        answer = api.search(store, image_id, k=k)
+    else:
+        if not image.is_file():
+            raise IndexerError(f"query image {image} does not exist or is not a file")
+        embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
+        answer = api.search(store, image, k=k, embedder=embedder)
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    if not answer["results"]:
+        click.echo("the store holds no images yet")
+    for hit in answer["results"]:
+        click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+
+
+@cli.command()
+@store_option
+@json_option
+@friendly_errors
+def info(store_dir, as_json):
+    """Describe a store: counts, the model and settings its vectors were made with, the index.
+
+    Example: lookalike info --store demo-store --json
+    """
+    from store import Store
+
+    details = Store.open(store_dir).info()
+    if as_json:
+        click.echo(json.dumps(details))
+        return
+    for key, value in details.items():
+        click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@cli.command("random-model")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--shape", type=click.Choice(["tiny", "vits16", "vitl16", "vit7b16"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def random_model(model_dir, shape, seed):
+    """Save a random-weight DINOv3 of a known shape to MODEL_DIR, for offline smoke tests and benchmarks.
+
+    Its neighbours are meaningless: use it to check a set-up, never to judge results.
+    Name the directory with 'sat493m' in it to get the SAT-493M normalisation.
+
+    Example: lookalike random-model /tmp/tiny-dinov3-sat493m && lookalike index samples/naip --store s --model /tmp/tiny-dinov3-sat493m
+    """
+    from indexer.random_model import save_random_model
+
+    click.echo(f"random {shape} DINOv3 saved to {save_random_model(model_dir, shape, seed=seed)}")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="lookalike")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

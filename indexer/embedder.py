@@ -1,0 +1,180 @@
+"""The backbone seam: an Embedder turns pixel batches into global vectors and patch-token grids.
+
+Another backbone plugs in from Python by implementing the same three members
+(`preprocess`, `provenance`, `embed`) and passing it to `index_collection(..., embedder=...)`.
+"""
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
+from .images import Preprocess
+from .normalization import normalization_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16"
+POOLINGS = ("cls", "mean", "cls+mean")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class Embedding:
+    global_vectors: torch.Tensor  # (B, D') float32, L2-normalised
+    patch_tokens: torch.Tensor  # (B, h, w, D) float32, on the model's device
+
+
+class Embedder(Protocol):
+    preprocess: Preprocess
+    provenance: dict
+
+    def embed(self, pixels: torch.Tensor) -> Embedding: ...
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: float16 on CUDA (as the model card says), bfloat16 on CPUs with native support, else float32."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return DTYPES[dtype]
+
+
+def weights_fingerprint(model_dir: Path) -> str | None:
+    """sha256 over the safetensors files of a local model directory, in name order."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
+    """transformers' own loading path, safetensors only, no remote code."""
+    from transformers import AutoModel  # only the indexer imports transformers
+
+    try:
+        backbone = AutoModel.from_pretrained(
+            model, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(
+            f"cannot load model {model!r} ({str(error).splitlines()[0]}). If this machine is offline, "
+            "download it elsewhere (`hf download MODEL --local-dir DIR`), copy DIR here and pass "
+            "--model DIR or set LOOKALIKE_MODEL=DIR"
+        ) from error
+    if getattr(backbone.config, "model_type", None) != "dinov3_vit":
+        raise ModelUnavailable(f"model {model!r} is a {backbone.config.model_type}, not a DINOv3 ViT")
+    return backbone.to(device).eval()
+
+
+class DinoV3Embedder:
+    """A DINOv3 ViT from transformers, with the preprocessing and provenance that go with it."""
+
+    def __init__(self, backbone, *, model: str, resolution: int = 224, normalization: dict, pooling: str = "cls",
+                 fingerprint: str | None = None):
+        config = backbone.config
+        if resolution % config.patch_size:
+            raise IndexerError(f"--resolution {resolution} is not a multiple of the patch size {config.patch_size}")
+        if pooling not in POOLINGS:
+            raise IndexerError(f"--pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.backbone = backbone
+        self.device = next(backbone.parameters()).device
+        self.dtype = next(backbone.parameters()).dtype
+        self.pooling = pooling
+        self.patch_size = config.patch_size
+        self.num_prefix_tokens = 1 + config.num_register_tokens  # [CLS, registers..., patches...]
+        self.preprocess = Preprocess(resolution, tuple(normalization["mean"]), tuple(normalization["std"]))
+        dim = config.hidden_size * (2 if pooling == "cls+mean" else 1)
+        self.provenance = {
+            "model": model,
+            "fingerprint": fingerprint,
+            "backbone": type(backbone).__name__,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "resolution": resolution,
+            "normalization": normalization,
+            "pooling": pooling,
+            "dim": dim,
+            "hidden_size": config.hidden_size,
+            "patch_size": config.patch_size,
+            "num_register_tokens": config.num_register_tokens,
+        }
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
+                        resolution: int = 224, normalization: str | dict | None = None, pooling: str = "cls"):
+        if Path(model).is_dir():
+            model = str(Path(model).absolute())  # a store must find its model from any working directory
+        torch_device = resolve_device(device)
+        backbone = load_backbone(model, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
+        fingerprint = getattr(backbone.config, "_commit_hash", None)
+        fingerprint = f"revision:{fingerprint}" if fingerprint else None
+        if Path(model).is_dir():
+            fingerprint = weights_fingerprint(Path(model)) or fingerprint
+        return cls(backbone, model=model, resolution=resolution, pooling=pooling, fingerprint=fingerprint,
+                   normalization=normalization_for(model, normalization))
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> Embedding:
+        """pixels (B, 3, H, W), normalised → global vectors and the (H/16, W/16) grid of patch tokens."""
+        batch, _, height, width = pixels.shape
+        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+        hidden = self.backbone(pixel_values=pixels).last_hidden_state  # (B, 1 + R + h*w, D), after the final norm
+        cls_token = hidden[:, 0].float()  # == pooler_output
+        patches = hidden[:, self.num_prefix_tokens:].float()  # (B, h*w, D)
+        grid = patches.reshape(batch, height // self.patch_size, width // self.patch_size, -1)  # (B, h, w, D)
+        if not (torch.isfinite(cls_token).all() and torch.isfinite(patches).all()):
+            raise NonFiniteOutput(
+                f"the backbone produced NaN/inf in {self.provenance['dtype']} (an overflow): this batch was "
+                "refused and nothing was written. Run again with --dtype bfloat16 (or --dtype float32)"
+            )
+        return Embedding(global_vectors=pool(cls_token, patches, self.pooling), patch_tokens=grid)
+
+
+def pool(cls_token: torch.Tensor, patches: torch.Tensor, pooling: str) -> torch.Tensor:
+    normalize = torch.nn.functional.normalize
+    if pooling == "cls":
+        return normalize(cls_token, dim=-1)
+    mean = patches.mean(dim=1)
+    if pooling == "mean":
+        return normalize(mean, dim=-1)
+    return normalize(torch.cat([normalize(cls_token, dim=-1), normalize(mean, dim=-1)], dim=-1), dim=-1)
+
+
+def fit_pca(tokens: torch.Tensor, *, components: int = 64, max_tokens: int = 20000, seed: int = 0):
+    """Top principal directions of patch tokens (N, D) → (mean (D,), components (C, D)) as numpy."""
+    generator = torch.Generator().manual_seed(seed)
+    if len(tokens) > max_tokens:
+        tokens = tokens[torch.randperm(len(tokens), generator=generator)[:max_tokens].to(tokens.device)]
+    tokens = tokens.float()
+    mean = tokens.mean(dim=0)
+    count = min(components, tokens.shape[1], max(len(tokens) - 1, 1))
+    torch.manual_seed(seed)  # svd_lowrank draws a random projection
+    _, _, v = torch.svd_lowrank(tokens - mean, q=min(count + 8, min(tokens.shape)), niter=4)
+    return mean.cpu().numpy(), v[:, :count].T.contiguous().cpu().numpy(), len(tokens)

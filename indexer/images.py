@@ -1,0 +1,89 @@
+"""Finding image files in the sources and decoding them to normalised pixel arrays."""
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import IndexerError, UnreadableImage
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+
+
+def scan_sources(sources) -> list[Path]:
+    """Image files from folders (recursive), single files and text files listing paths, in order."""
+    found: dict[Path, None] = {}
+    for source in map(Path, sources):
+        if source.is_dir():
+            for path in sorted(source.rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+                    found[path.absolute()] = None
+        elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+            for line in source.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    listed = Path(line.strip())
+                    found[(listed if listed.is_absolute() else source.parent / listed).absolute()] = None
+        elif source.exists() or source.is_symlink():
+            found[source.absolute()] = None
+        else:
+            raise IndexerError(f"source {source} does not exist")
+    return list(found)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any Pillow mode: 16-bit and float greys are stretched, transparency dropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        low, high = np.nanpercentile(values, [0, 100]) if values.size else (0.0, 1.0)
+        scaled = np.clip((values - low) / max(high - low, 1e-12) * 255.0, 0, 255).astype(np.uint8)
+        image = Image.fromarray(scaled, mode="L")
+    return image.convert("RGB")
+
+
+def decode_bytes(data: bytes, *, name: str = "image") -> Image.Image:
+    """Decode to an upright RGB image, or raise UnreadableImage saying why."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            upright = ImageOps.exif_transpose(opened)
+            upright.load()
+            return to_rgb(upright)
+    except Image.DecompressionBombError as error:
+        raise UnreadableImage(f"{name}: refused as a decompression bomb ({error})") from error
+    except Exception as error:  # Pillow raises many types for broken files
+        raise UnreadableImage(f"{name}: not a readable image ({type(error).__name__}: {error})") from error
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UnreadableImage(f"{path}: cannot be read ({error.strerror or error})") from error
+    return decode_bytes(data, name=str(path))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Square resize with antialiasing to `resolution`, then per-channel normalisation."""
+
+    resolution: int
+    mean: tuple
+    std: tuple
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        size = (self.resolution, self.resolution)
+        # Pillow's resize filters over the whole footprint when shrinking: antialiased.
+        resized = image.resize(size, Image.Resampling.BICUBIC) if image.size != size else image
+        pixels = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W, 3)
+        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (3, H, W)

@@ -1,0 +1,35 @@
+"""Pixel normalisation constants per DINOv3 pretraining corpus, and how one is chosen."""
+from .errors import IndexerError
+
+# SAT-493M statistics, as used to train the satellite DINOv3 models. The Hub's
+# preprocessor_config.json for those models carries the ImageNet values instead: do not trust it.
+SAT493M = {"name": "sat493m", "mean": [0.430, 0.411, 0.296], "std": [0.213, 0.156, 0.143]}
+IMAGENET = {"name": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+PRESETS = {"sat493m": SAT493M, "imagenet": IMAGENET, "lvd1689m": IMAGENET}
+
+
+def normalization_for(model: str, override: str | dict | None = None) -> dict:
+    """The constants for `model`, unless `override` names a preset, gives 'm,m,m/s,s,s' or is such a dict."""
+    if isinstance(override, dict):
+        return {"name": override.get("name", "custom"), "mean": list(override["mean"]), "std": list(override["std"])}
+    if override and override != "auto":
+        key = override.lower()
+        if key in PRESETS:
+            return dict(PRESETS[key])
+        return parse_custom(override)
+    return dict(SAT493M if "sat493m" in model.lower() else IMAGENET)
+
+
+def parse_custom(text: str) -> dict:
+    try:
+        mean_text, std_text = text.split("/")
+        mean = [float(v) for v in mean_text.split(",")]
+        std = [float(v) for v in std_text.split(",")]
+    except ValueError:
+        mean = std = []
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise IndexerError(
+            f"--normalization {text!r} is not one of {', '.join(PRESETS)}, auto, "
+            "or 'm1,m2,m3/s1,s2,s3' with three means and three positive stds"
+        )
+    return {"name": "custom", "mean": mean, "std": std}

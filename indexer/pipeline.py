@@ -1,0 +1,196 @@
+"""The indexing run: scan, decide what changed, decode in parallel workers, embed, write the store."""
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from store import PCA, Store
+
+from .embedder import Embedder, fit_pca
+from .errors import UnreadableImage
+from .images import Preprocess, decode_bytes, file_sha256, scan_sources
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY_BATCHES = 20  # the index file is rewritten this often, and at the end
+
+
+@dataclass
+class Job:
+    path: str
+    size: int
+    mtime: float
+    image_id: int | None = None  # set when a changed file replaces an indexed one
+
+
+@dataclass
+class Plan:
+    jobs: list = field(default_factory=list)
+    skipped: int = 0
+    removed_ids: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # (path, reason, size, mtime)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def plan_run(paths: list[Path], store: Store) -> Plan:
+    """Compare the files on disk with the catalogue: what to embed, skip and remove."""
+    plan = Plan()
+    known = store.images_by_path()
+    known_failures = store.failures_by_path()
+    for path in paths:
+        key = str(path)
+        try:
+            stat = path.stat()
+        except OSError as error:
+            plan.failures.append((key, f"cannot be read ({error.strerror or error})", None, None))
+            continue
+        row = known.get(key)
+        if row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
+            plan.skipped += 1
+        elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
+            store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
+            plan.skipped += 1
+        elif row:
+            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"]))
+        elif (failure := known_failures.get(key)) and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
+            plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
+        else:
+            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime))
+    plan.removed_ids = [row["id"] for key, row in known.items() if not os.path.exists(key)]
+    return plan
+
+
+def _same_content(path: Path, sha256: str | None) -> bool:
+    try:
+        return sha256 is not None and file_sha256(path) == sha256
+    except OSError:
+        return False
+
+
+class DecodeDataset(torch.utils.data.Dataset):
+    """One job → pixels and catalogue fields, or the reason it failed (never an exception)."""
+
+    def __init__(self, jobs: list[Job], preprocess: Preprocess):
+        self.jobs = jobs
+        self.preprocess = preprocess
+
+    def __len__(self):
+        return len(self.jobs)
+
+    def __getitem__(self, position):
+        job = self.jobs[position]
+        try:
+            data = Path(job.path).read_bytes()
+            image = decode_bytes(data, name=job.path)
+            record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
+                      "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
+            return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+        except UnreadableImage as error:
+            return {"failure": (job.path, str(error).removeprefix(job.path + ": "), job.size, job.mtime)}
+        except OSError as error:
+            return {"failure": (job.path, f"cannot be read ({error.strerror or error})", job.size, job.mtime)}
+
+
+def collate(items):
+    ok = [item for item in items if "record" in item]
+    pixels = torch.stack([item["pixels"] for item in ok]) if ok else None  # (B, 3, H, W)
+    return {"pixels": pixels, "records": [item["record"] for item in ok],
+            "failures": [item["failure"] for item in items if "failure" in item]}
+
+
+def _quiet_worker(_):
+    torch.set_num_threads(1)  # decode workers must not fight the model's threads
+
+
+def batches(jobs, preprocess, *, batch_size: int, workers: int):
+    loader = torch.utils.data.DataLoader(
+        DecodeDataset(jobs, preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+    yield from loader
+
+
+def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
+                     rebuild: bool = False, progress: bool = True) -> dict:
+    """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary."""
+    started = time.perf_counter()
+    paths = scan_sources(sources)
+    store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
+    workers = default_workers() if workers is None else workers
+    settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
+                "sources": [str(Path(s).absolute()) for s in sources]}
+    run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
+    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0}
+    status = "failed"
+    try:
+        plan = plan_run(paths, store)
+        counts["skipped"] = plan.skipped
+        if plan.removed_ids:
+            store.remove_images(plan.removed_ids)
+            counts["removed"] = len(plan.removed_ids)
+        for failure in plan.failures:
+            _record_failure(store, failure, run_id, counts)
+        _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts,
+                    batch_size=batch_size, workers=workers, progress=progress)
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        store.save_index()
+        seconds = time.perf_counter() - started
+        summary = dict(counts, seconds=round(seconds, 3),
+                       images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
+        store.finish_run(run_id, summary, status=status)
+        store.close()
+    return dict(summary, run_id=run_id, store=str(store_dir))
+
+
+def _record_failure(store, failure, run_id, counts):
+    path, reason, size, mtime = failure
+    log.info("failed: %s: %s", path, reason)
+    store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
+    counts["failed"] += 1
+
+
+def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress):
+    pca = store.pca()
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
+    for number, batch in enumerate(batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers), 1):
+        for failure in batch["failures"]:
+            _record_failure(store, failure, run_id, counts)
+        if batch["records"]:
+            embedding = embedder.embed(batch["pixels"])
+            if pca is None:
+                pca = _fit_store_pca(store, embedding.patch_tokens)
+            reduced = _project(embedding.patch_tokens, pca)  # (B, h, w, C)
+            store.add_embeddings(batch["records"], embedding.global_vectors.cpu().numpy(), reduced, run_id=run_id)
+            counts["indexed"] += len(batch["records"])
+        bar.update(len(batch["records"]) + len(batch["failures"]))
+        if number % SAVE_EVERY_BATCHES == 0:
+            store.save_index()
+    bar.close()
+
+
+def _fit_store_pca(store: Store, patch_tokens: torch.Tensor) -> PCA:
+    """Fitted on the first batch's patch tokens and kept for the life of the store."""
+    mean, components, fitted_on = fit_pca(patch_tokens.reshape(-1, patch_tokens.shape[-1]))
+    pca = PCA(mean=mean.astype(np.float32), components=components.astype(np.float32), fitted_on=fitted_on)
+    store.set_pca(pca)
+    return pca
+
+
+def _project(patch_tokens: torch.Tensor, pca: PCA) -> np.ndarray:
+    mean = torch.as_tensor(pca.mean, device=patch_tokens.device)
+    components = torch.as_tensor(pca.components, device=patch_tokens.device)
+    return ((patch_tokens - mean) @ components.T).cpu().numpy()  # (B, h, w, C)

@@ -1,0 +1,65 @@
+"""The SQLite catalogue: schema, settings table and row helpers (sqlite-utils)."""
+import json
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+CATALOGUE_NAME = "catalogue.db"
+
+# AUTOINCREMENT so that an id is never reused after a deletion: ids are what
+# the FAISS index, bookmarks and result lists refer to.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER, mtime REAL, sha256 TEXT,
+    width INTEGER, height INTEGER,
+    status TEXT NOT NULL DEFAULT 'indexed',
+    run_id INTEGER, indexed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS vectors (image_id INTEGER PRIMARY KEY REFERENCES images(id), vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS patches (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    grid_h INTEGER NOT NULL, grid_w INTEGER NOT NULL, features BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    path TEXT PRIMARY KEY, reason TEXT NOT NULL, size INTEGER, mtime REAL, run_id INTEGER, at TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started TEXT, ended TEXT, status TEXT,
+    indexed INTEGER, skipped INTEGER, removed INTEGER, failed INTEGER,
+    seconds REAL, images_per_second REAL, model TEXT, settings TEXT
+);
+CREATE TABLE IF NOT EXISTS pca (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    dim_in INTEGER NOT NULL, dim_out INTEGER NOT NULL,
+    mean BLOB NOT NULL, components BLOB NOT NULL, fitted_on INTEGER NOT NULL
+);
+"""
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def connect(catalogue_path: Path) -> sqlite_utils.Database:
+    db = sqlite_utils.Database(catalogue_path)
+    db.execute("PRAGMA busy_timeout = 30000")
+    db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
+    db.executescript(_SCHEMA)
+    if get_meta(db, "schema_version") is None:
+        set_meta(db, "schema_version", SCHEMA_VERSION)
+    return db
+
+
+def get_meta(db: sqlite_utils.Database, key: str, default=None):
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else default
+
+
+def set_meta(db: sqlite_utils.Database, key: str, value) -> None:
+    db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")

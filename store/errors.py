@@ -1,0 +1,17 @@
+"""Typed errors raised by the store; the CLI and UI turn them into one clear line."""
+
+
+class StoreError(Exception):
+    """Anything wrong with a store that a user can act on."""
+
+
+class StoreNotFound(StoreError):
+    """The store directory or its catalogue does not exist."""
+
+
+class ProvenanceMismatch(StoreError):
+    """Vectors made one way would be mixed with vectors made another way."""
+
+
+class UnknownImage(StoreError):
+    """An image id that the catalogue does not hold."""

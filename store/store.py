@@ -1,0 +1,325 @@
+"""A store directory: the catalogue, the durable vectors and patch features, and the FAISS index."""
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import catalogue, faiss_index
+from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
+from .errors import ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
+from .vectors import blob_to_patches, blob_to_vector, patches_to_blob, vector_to_blob
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.faiss"
+# What must agree for two vectors to be comparable. dtype is recorded, not guarded:
+# float16 and bfloat16 runs of one model give vectors within rounding of each other.
+GUARDED_KEYS = ("normalization", "resolution", "pooling")
+
+
+@dataclass(frozen=True)
+class PCA:
+    """Projection of patch tokens to a few dims, fitted once per store."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (C, D)
+    fitted_on: int
+
+    def project(self, tokens: np.ndarray) -> np.ndarray:
+        return (tokens - self.mean) @ self.components.T  # (..., C)
+
+
+def same_model(recorded: dict, wanted: dict) -> bool:
+    a, b = recorded.get("fingerprint"), wanted.get("fingerprint")
+    if a and b:
+        return a == b
+    return recorded.get("model") == wanted.get("model")
+
+
+def provenance_conflicts(recorded: dict, wanted: dict) -> list[str]:
+    """Human-readable differences that make two sets of vectors incomparable."""
+    problems = []
+    if not same_model(recorded, wanted):
+        problems.append(f"model {recorded.get('model')!r} (store) vs {wanted.get('model')!r}")
+    for key in GUARDED_KEYS:
+        if recorded.get(key) != wanted.get(key):
+            problems.append(f"{key} {recorded.get(key)!r} (store) vs {wanted.get(key)!r}")
+    return problems
+
+
+class Store:
+    """Open with `Store.open(dir)` to read, `Store.create(dir, provenance=...)` to index into."""
+
+    def __init__(self, store_dir: Path, db):
+        self.store_dir = Path(store_dir)
+        self.db = db
+        self._index = None
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, store_dir) -> "Store":
+        store_dir = Path(store_dir)
+        catalogue_path = store_dir / CATALOGUE_NAME
+        if not catalogue_path.is_file():
+            raise StoreNotFound(
+                f"no lookalike store at {store_dir} (missing {CATALOGUE_NAME}); create one with `lookalike index`"
+            )
+        store = cls(store_dir, catalogue.connect(catalogue_path))
+        store._check_schema()
+        return store
+
+    @classmethod
+    def create(cls, store_dir, *, provenance: dict, rebuild: bool = False) -> "Store":
+        """Open or start a store for writing vectors made as `provenance` says."""
+        store_dir = Path(store_dir)
+        if store_dir.exists() and not store_dir.is_dir():
+            raise StoreError(f"--store {store_dir} is a file, not a directory")
+        store_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(store_dir, catalogue.connect(store_dir / CATALOGUE_NAME))
+        store._check_schema()
+        recorded = store.provenance
+        if recorded is not None and not rebuild:
+            problems = provenance_conflicts(recorded, provenance)
+            if problems:
+                raise ProvenanceMismatch(
+                    f"the store at {store_dir} was built differently: {'; '.join(problems)}. "
+                    "Use the same settings, another --store, or --rebuild to re-embed everything"
+                )
+        if rebuild:
+            store.clear()
+        set_meta(store.db, "provenance", provenance)
+        store.index  # load (or repair) the index before any vector is written
+        return store
+
+    def _check_schema(self) -> None:
+        version = get_meta(self.db, "schema_version")
+        if version != catalogue.SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {version} is not the {catalogue.SCHEMA_VERSION} this lookalike reads"
+            )
+
+    def clear(self) -> None:
+        with self.db.conn:
+            for table in ("vectors", "patches", "images", "failures", "pca"):
+                self.db.execute(f"DELETE FROM {table}")
+        self._index = None
+        (self.store_dir / INDEX_NAME).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- provenance and PCA --------------------------------------------------------------
+    @property
+    def provenance(self) -> dict | None:
+        return get_meta(self.db, "provenance")
+
+    @property
+    def dim(self) -> int | None:
+        return (self.provenance or {}).get("dim")
+
+    def pca(self) -> PCA | None:
+        row = self.db.execute("SELECT dim_in, dim_out, mean, components, fitted_on FROM pca").fetchone()
+        if row is None:
+            return None
+        dim_in, dim_out, mean, components, fitted_on = row
+        return PCA(
+            mean=np.frombuffer(mean, dtype="<f4").copy(),
+            components=np.frombuffer(components, dtype="<f4").reshape(dim_out, dim_in).copy(),
+            fitted_on=fitted_on,
+        )
+
+    def set_pca(self, pca: PCA) -> None:
+        with self.db.conn:
+            self.db["pca"].upsert(
+                {
+                    "id": 1,
+                    "dim_in": pca.components.shape[1],
+                    "dim_out": pca.components.shape[0],
+                    "mean": pca.mean.astype("<f4").tobytes(),
+                    "components": pca.components.astype("<f4").tobytes(),
+                    "fitted_on": pca.fitted_on,
+                },
+                pk="id",
+            )
+
+    # -- the catalogue -------------------------------------------------------------------
+    def image(self, image_id: int) -> dict:
+        rows = list(self.db.query("SELECT * FROM images WHERE id = ?", [int(image_id)]))
+        if not rows:
+            raise UnknownImage(f"no image with id {image_id} in the store at {self.store_dir}")
+        return rows[0]
+
+    def images_by_path(self) -> dict[str, dict]:
+        return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256 FROM images")}
+
+    def failures_by_path(self) -> dict[str, dict]:
+        return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, reason FROM failures")}
+
+    def count_images(self) -> int:
+        return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
+
+    def count_failures(self) -> int:
+        return self.db.execute("SELECT count(*) FROM failures").fetchone()[0]
+
+    def touch_image(self, image_id: int, *, size: int, mtime: float) -> None:
+        """Same content under a new mtime: remember it so the next scan needs no hash."""
+        self.db["images"].update(image_id, {"size": size, "mtime": mtime})
+
+    def vector(self, image_id: int) -> np.ndarray:
+        row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [int(image_id)]).fetchone()
+        if row is None:
+            raise UnknownImage(f"no vector for image id {image_id} in the store at {self.store_dir}")
+        return blob_to_vector(row[0])
+
+    def patch_features(self, image_id: int) -> np.ndarray:
+        """The image's PCA-reduced patch tokens, (grid_h, grid_w, C)."""
+        row = self.db.execute(
+            "SELECT grid_h, grid_w, features FROM patches WHERE image_id = ?", [int(image_id)]
+        ).fetchone()
+        if row is None:
+            raise UnknownImage(f"no patch features for image id {image_id} in the store at {self.store_dir}")
+        return blob_to_patches(row[2], row[0], row[1])
+
+    # -- writing -------------------------------------------------------------------------
+    def add_embeddings(self, records: list[dict], vectors: np.ndarray, patch_grids: np.ndarray, *, run_id=None):
+        """Insert or replace images with their vectors (B, D) and reduced patches (B, h, w, C)."""
+        index = self.index  # loaded before the rows change, so it reflects the catalogue as it was
+        ids = []
+        replaced = []
+        with self.db.conn:
+            for record, vector, grid in zip(records, vectors, patch_grids):
+                row = {key: record[key] for key in ("path", "size", "mtime", "sha256", "width", "height")}
+                row.update(status="indexed", run_id=run_id, indexed_at=now_iso())
+                image_id = record.get("image_id")
+                if image_id is None:
+                    image_id = self.db["images"].insert(row).last_pk
+                else:
+                    self.db["images"].update(image_id, row)
+                    replaced.append(image_id)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
+                    [image_id, vector_to_blob(vector)],
+                )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO patches (image_id, grid_h, grid_w, features) VALUES (?, ?, ?, ?)",
+                    [image_id, grid.shape[0], grid.shape[1], patches_to_blob(grid)],
+                )
+                self.db.execute("DELETE FROM failures WHERE path = ?", [record["path"]])
+                ids.append(image_id)
+        index.remove(replaced)
+        index.add(np.asarray(ids, dtype=np.int64), vectors)
+        return ids
+
+    def remove_images(self, image_ids) -> None:
+        image_ids = [int(i) for i in image_ids]
+        index = self.index
+        with self.db.conn:
+            for image_id in image_ids:
+                for table, column in (("vectors", "image_id"), ("patches", "image_id"), ("images", "id")):
+                    self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", [image_id])
+        index.remove(image_ids)
+
+    def record_failure(self, path: str, reason: str, *, size=None, mtime=None, run_id=None) -> None:
+        self.db["failures"].upsert(
+            {"path": path, "reason": reason, "size": size, "mtime": mtime, "run_id": run_id, "at": now_iso()},
+            pk="path",
+        )
+
+    def forget_failure(self, path: str) -> None:
+        self.db.execute("DELETE FROM failures WHERE path = ?", [path])
+        self.db.conn.commit()
+
+    def start_run(self, *, model: str, settings: dict) -> int:
+        return self.db["runs"].insert(
+            {"started": now_iso(), "status": "running", "model": model, "settings": json.dumps(settings)}
+        ).last_pk
+
+    def finish_run(self, run_id: int, summary: dict, *, status: str = "done") -> None:
+        self.db["runs"].update(run_id, dict(summary, ended=now_iso(), status=status))
+
+    # -- the FAISS index -----------------------------------------------------------------
+    @property
+    def index(self) -> faiss_index.SearchIndex:
+        if self._index is None:
+            self._index = faiss_index.SearchIndex(self._load_or_rebuild_index())
+        return self._index
+
+    def _stored_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")], dtype=np.int64)
+
+    def _load_or_rebuild_index(self):
+        index_path = self.store_dir / INDEX_NAME
+        stored_ids = self._stored_ids()
+        if index_path.exists():
+            try:
+                index = faiss_index.read_index(index_path)
+                lib = faiss_index.require_faiss()
+                index_ids = np.sort(lib.vector_to_array(index.id_map).astype(np.int64))
+                if np.array_equal(index_ids, stored_ids):
+                    return index
+                log.warning("index file %s is out of step with the catalogue: rebuilding it", index_path)
+            except RuntimeError as error:
+                log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
+        elif len(stored_ids):
+            log.warning("index file %s is missing: rebuilding it from the stored vectors", index_path)
+        return self._rebuild_from_vectors(stored_ids)
+
+    def _rebuild_from_vectors(self, stored_ids: np.ndarray):
+        dim = self.dim
+        if dim is None:
+            return faiss_index.new_index(1)
+        vectors = np.empty((len(stored_ids), dim), dtype=np.float32)
+        for row, (blob,) in enumerate(self.db.execute("SELECT vector FROM vectors ORDER BY image_id")):
+            vectors[row] = blob_to_vector(blob)
+        return faiss_index.build_index(dim, stored_ids, vectors)
+
+    def save_index(self) -> None:
+        if self._index is not None:
+            faiss_index.write_index_atomic(self._index.cpu, self.store_dir / INDEX_NAME)
+
+    # -- reading -------------------------------------------------------------------------
+    def search(self, query: np.ndarray, *, k: int = 10, exclude_ids=()) -> list[dict]:
+        """Nearest images to one L2-normalised query vector; scores are cosine similarities."""
+        index = self.index
+        if index.ntotal == 0:
+            return []
+        exclude = {int(i) for i in exclude_ids}
+        scores, ids = index.search(np.asarray(query, dtype=np.float32)[None], k + len(exclude))
+        results = []
+        for score, image_id in zip(scores[0], ids[0]):
+            if image_id < 0 or int(image_id) in exclude:
+                continue
+            row = self.image(int(image_id))
+            results.append(
+                {"rank": len(results) + 1, "id": int(image_id), "path": row["path"], "score": float(score),
+                 "width": row["width"], "height": row["height"]}
+            )
+            if len(results) == k:
+                break
+        return results
+
+    def info(self) -> dict:
+        provenance = self.provenance or {}
+        last_run = list(self.db.query("SELECT * FROM runs ORDER BY id DESC LIMIT 1"))
+        pca = self.pca()
+        return {
+            "store": str(self.store_dir),
+            "images": self.count_images(),
+            "failed": self.count_failures(),
+            "model": provenance.get("model"),
+            "fingerprint": provenance.get("fingerprint"),
+            "dim": provenance.get("dim"),
+            "dtype": provenance.get("dtype"),
+            "resolution": provenance.get("resolution"),
+            "normalization": provenance.get("normalization"),
+            "pooling": provenance.get("pooling"),
+            "patch_size": provenance.get("patch_size"),
+            "num_register_tokens": provenance.get("num_register_tokens"),
+            "patch_features": {"dim": int(pca.components.shape[0]), "fitted_on_tokens": pca.fitted_on} if pca else None,
+            "index": faiss_index.describe(self.index.cpu),
+            "schema_version": get_meta(self.db, "schema_version"),
+            "runs": self.db.execute("SELECT count(*) FROM runs").fetchone()[0],
+            "last_run": last_run[0] if last_run else None,
+        }
