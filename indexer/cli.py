@@ -75,10 +75,15 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     Example: lookalike index samples/naip --store demo-store --model ./my-dinov3
     """
     from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
-    from indexer.pipeline import index_collection
+    from indexer.normalization import normalization_for
+    from indexer.pipeline import index_collection, precheck_store
 
+    model = model or DEFAULT_MODEL
+    if not rebuild:
+        precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,
+                       normalization=normalization_for(model, normalization))
     embedder = DinoV3Embedder.from_pretrained(
-        model or DEFAULT_MODEL, dtype=dtype, device=device, resolution=resolution,
+        model, dtype=dtype, device=device, resolution=resolution,
         normalization=normalization, pooling=pooling,
     )
     summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,

@@ -41,6 +41,20 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def precheck_store(store_dir, *, model: str, resolution: int, normalization: dict, pooling: str) -> None:
+    """Refuse a provenance mismatch before the (possibly minutes-long) model load."""
+    from store.store import GUARDED_KEYS, mismatch_error
+
+    recorded = Store.peek_provenance(store_dir)
+    if recorded is None:
+        return
+    wanted = {"resolution": resolution, "normalization": normalization, "pooling": pooling}
+    problems = [f"{key} {recorded.get(key)!r} (store) vs {wanted[key]!r}"
+                for key in GUARDED_KEYS if recorded.get(key) != wanted[key]]
+    if problems:
+        raise mismatch_error(store_dir, problems)
+
+
 def plan_run(paths: list[Path], store: Store) -> Plan:
     """Compare the files on disk with the catalogue: what to embed, skip and remove."""
     plan = Plan()

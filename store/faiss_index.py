@@ -37,8 +37,9 @@ def new_index(dim: int):
     return lib.IndexIDMap2(lib.IndexFlatIP(dim))
 
 
-def describe(index) -> str:
-    return f"IndexIDMap2(IndexFlatIP) exact, {index.ntotal} vectors"
+def describe(index) -> dict:
+    return {"type": "IndexIDMap2(IndexFlatIP)", "metric": "inner_product", "exact": True,
+            "vectors": int(index.ntotal), "search_device": "gpu" if gpu_count() else "cpu"}
 
 
 def build_index(dim: int, ids: np.ndarray, vectors: np.ndarray):

@@ -49,6 +49,13 @@ def provenance_conflicts(recorded: dict, wanted: dict) -> list[str]:
     return problems
 
 
+def mismatch_error(store_dir, problems: list[str]) -> ProvenanceMismatch:
+    return ProvenanceMismatch(
+        f"the store at {store_dir} was built differently: {'; '.join(problems)}. "
+        "Use the same settings, another --store, or --rebuild to re-embed everything"
+    )
+
+
 class Store:
     """Open with `Store.open(dir)` to read, `Store.create(dir, provenance=...)` to index into."""
 
@@ -70,6 +77,18 @@ class Store:
         store._check_schema()
         return store
 
+    @staticmethod
+    def peek_provenance(store_dir) -> dict | None:
+        """The provenance of an existing store, without creating anything (None when there is none)."""
+        catalogue_path = Path(store_dir) / CATALOGUE_NAME
+        if not catalogue_path.is_file():
+            return None
+        store = Store.open(store_dir)
+        try:
+            return store.provenance
+        finally:
+            store.close()
+
     @classmethod
     def create(cls, store_dir, *, provenance: dict, rebuild: bool = False) -> "Store":
         """Open or start a store for writing vectors made as `provenance` says."""
@@ -83,10 +102,7 @@ class Store:
         if recorded is not None and not rebuild:
             problems = provenance_conflicts(recorded, provenance)
             if problems:
-                raise ProvenanceMismatch(
-                    f"the store at {store_dir} was built differently: {'; '.join(problems)}. "
-                    "Use the same settings, another --store, or --rebuild to re-embed everything"
-                )
+                raise mismatch_error(store_dir, problems)
         if rebuild:
             store.clear()
         set_meta(store.db, "provenance", provenance)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check: on a bare CUDA machine with torch, transformers and numpy (no faiss, no internet),
+# install the other needs from .whl/ (bench/fetch_wheels.sh), then measure the 7B shape at 224 and 512:
+# forward-only, the model card's loop, and `lookalike` indexing. Results go to $OUT (or bench/results/gpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out_dir="${OUT:-bench/results/gpu}"
+mkdir -p "$out_dir"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out_dir/nvidia-smi.csv" || true
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+python3 bench/gpu_bench.py --images samples/naip --out "$out_dir" "$@" 2>&1 | tee "$out_dir/gpu_bench.log"
