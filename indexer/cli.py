@@ -118,6 +118,7 @@ def search(image, store_dir, image_id, k, model, dtype, device, as_json):
     """
     from indexer import api
     from indexer.errors import IndexerError
+    from indexer.images import load_image
 
     if (image is None) == (image_id is None):
         raise click.UsageError("give either an IMAGE file or --id N, not both or neither")
@@ -127,6 +128,7 @@ def search(image, store_dir, image_id, k, model, dtype, device, as_json):
     else:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
+        load_image(image)  # an unreadable query fails here, before a minutes-long model load
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
         answer = api.search(store, image, k=k, embedder=embedder)
     if as_json:

@@ -1,5 +1,10 @@
 """Pixel normalisation constants per DINOv3 pretraining corpus, and how one is chosen."""
+import logging
+from pathlib import PurePath
+
 from .errors import IndexerError
+
+log = logging.getLogger(__name__)
 
 # SAT-493M statistics, as used to train the satellite DINOv3 models. The Hub's
 # preprocessor_config.json for those models carries the ImageNet values instead: do not trust it.
@@ -9,7 +14,11 @@ PRESETS = {"sat493m": SAT493M, "imagenet": IMAGENET, "lvd1689m": IMAGENET}
 
 
 def normalization_for(model: str, override: str | dict | None = None) -> dict:
-    """The constants for `model`, unless `override` names a preset, gives 'm,m,m/s,s,s' or is such a dict."""
+    """The constants for `model`, unless `override` names a preset, gives 'm,m,m/s,s,s' or is such a dict.
+
+    The corpus is read from the model's own name (the Hub repo or the directory's last part), never from
+    the folders above it: keep the Hub name when you download a model (`.../dinov3-...-sat493m-fp16`).
+    """
     if isinstance(override, dict):
         return {"name": override.get("name", "custom"), "mean": list(override["mean"]), "std": list(override["std"])}
     if override and override != "auto":
@@ -17,7 +26,13 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
         if key in PRESETS:
             return dict(PRESETS[key])
         return parse_custom(override)
-    return dict(SAT493M if "sat493m" in model.lower() else IMAGENET)
+    name = PurePath(model.rstrip("/\\")).name.lower()
+    if "sat493m" in name:
+        return dict(SAT493M)
+    if "lvd1689m" not in name:
+        log.warning("cannot tell from the name %r which corpus the model was trained on: using the ImageNet "
+                    "normalisation; pass --normalization sat493m for a satellite (SAT-493M) model", name)
+    return dict(IMAGENET)
 
 
 def parse_custom(text: str) -> dict:

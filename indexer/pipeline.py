@@ -34,6 +34,7 @@ class Plan:
     jobs: list = field(default_factory=list)
     skipped: int = 0
     removed_ids: list = field(default_factory=list)
+    vanished_failures: list = field(default_factory=list)  # failed files that are gone: forget them
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
 
 
@@ -68,18 +69,18 @@ def plan_run(paths: list[Path], store: Store) -> Plan:
             plan.failures.append((key, f"cannot be read ({error.strerror or error})", None, None))
             continue
         row = known.get(key)
-        if row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
+        failure = known_failures.get(key)
+        if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
+            plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
+        elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
             store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
             plan.skipped += 1
-        elif row:
-            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"]))
-        elif (failure := known_failures.get(key)) and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
-            plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
         else:
-            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime))
-    plan.removed_ids = [row["id"] for key, row in known.items() if not os.path.exists(key)]
+            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
+    plan.removed_ids = [row["id"] for key, row in known.items() if not os.path.lexists(key)]
+    plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key)]
     return plan
 
 
@@ -152,6 +153,8 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
         if plan.removed_ids:
             store.remove_images(plan.removed_ids)
             counts["removed"] = len(plan.removed_ids)
+        for path in plan.vanished_failures:
+            store.forget_failure(path)
         for failure in plan.failures:
             _record_failure(store, failure, run_id, counts)
         _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts,
@@ -171,8 +174,12 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
 
 
 def _record_failure(store, failure, run_id, counts):
+    """A file that no longer reads loses its old vector too: results must never point at it."""
     path, reason, size, mtime = failure
     log.info("failed: %s: %s", path, reason)
+    stale_id = store.image_id_for_path(path)
+    if stale_id is not None:
+        store.remove_images([stale_id])
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
     counts["failed"] += 1
 

@@ -167,6 +167,10 @@ class Store:
             raise UnknownImage(f"no image with id {image_id} in the store at {self.store_dir}")
         return rows[0]
 
+    def image_id_for_path(self, path: str) -> int | None:
+        row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
+        return row[0] if row else None
+
     def images_by_path(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256 FROM images")}
 

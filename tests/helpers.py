@@ -1,0 +1,33 @@
+"""Small helpers the tests share (fixtures live in conftest.py)."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "samples" / "naip"
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+CHIP_COUNT = 12
+
+
+def copy_chips(target: Path, count: int = CHIP_COUNT) -> Path:
+    """`count` real NAIP chips from the bundled sample, spread over the scenes, copied into `target`."""
+    sample = sorted(SAMPLES_DIR.glob("*.jpg"))
+    assert len(sample) >= count, f"the bundled sample {SAMPLES_DIR} is missing"
+    target.mkdir(parents=True)
+    for path in sample[:: max(1, len(sample) // count)][:count]:
+        shutil.copy2(path, target / path.name)
+    return target
+
+
+def random_pixels(size=(64, 48), seed=0) -> np.ndarray:
+    width, height = size
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)  # (H, W, 3)
+
+
+def ids_by_path(store) -> dict[str, int]:
+    return {path: row["id"] for path, row in store.images_by_path().items()}
+
+
+def all_vectors(store) -> dict[int, np.ndarray]:
+    return {image_id: store.vector(image_id) for image_id in ids_by_path(store).values()}

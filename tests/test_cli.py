@@ -1,0 +1,220 @@
+"""The `lookalike` command line, end to end with CliRunner, and once as the installed console script."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import copy_chips
+from indexer.cli import cli
+
+RUN = ["--dtype", "float32", "--device", "cpu"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit status 1, one 'Error:' sentence on stderr, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`random-model` then `index --json` once for the module; returns (chips_dir, model_dir, store_dir, summary)."""
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "cli-tiny-dinov3-sat493m"
+    made = invoke("random-model", model_dir)
+    assert made.exit_code == 0, made.output
+    assert str(model_dir) in made.stdout
+    chips_dir = copy_chips(root / "chips")
+    store_dir = root / "store"
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN,
+                    "--workers", "0", "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    return chips_dir, model_dir, store_dir, json.loads(result.stdout)
+
+
+def test_random_model_writes_a_loadable_checkpoint(built):
+    _, model_dir, _, _ = built
+    assert (model_dir / "config.json").is_file()
+    assert (model_dir / "model.safetensors").is_file()
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == "dinov3_vit"
+
+
+def test_index_json(built):
+    summary = built[3]
+    assert {"indexed", "skipped", "removed", "failed", "seconds", "images_per_second"} <= summary.keys()
+    assert (summary["indexed"], summary["skipped"], summary["removed"], summary["failed"]) == (12, 0, 0, 0)
+
+
+def test_index_text_and_rerun(built, tmp_path):
+    chips_dir, model_dir, _, _ = built
+    store_dir = tmp_path / "store"
+    args = ["index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN, "--workers", "0", "--no-progress"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "indexed 12, skipped 0" in first.stdout
+    second = invoke(*args)
+    assert "indexed 0, skipped 12, removed 0, failed 0" in second.stdout
+
+
+def test_store_from_the_environment(built, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_STORE", str(built[2]))
+    result = invoke("info", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 12
+
+
+def test_search_by_id_json(built):
+    store_dir = built[2]
+    result = invoke("search", "--id", 3, "--store", store_dir, "-k", 4, "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["query"]["id"] == 3
+    assert len(answer["results"]) == 4
+    for hit in answer["results"]:
+        assert {"rank", "id", "path", "score"} <= hit.keys()
+    assert answer["results"][0]["id"] == 3
+    assert answer["results"][0]["score"] >= 0.999
+    assert [hit["rank"] for hit in answer["results"]] == [1, 2, 3, 4]
+
+
+def test_search_by_image_json(built):
+    chips_dir, _, store_dir, _ = built
+    query = sorted(chips_dir.glob("*.jpg"))[7].absolute()
+    result = invoke("search", query, "--store", store_dir, "-k", 3, "--json", *RUN)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["query"]["path"] == str(query)
+    assert answer["results"][0]["path"] == str(query)
+    assert answer["results"][0]["score"] >= 0.999
+
+
+def test_search_text_output(built):
+    result = invoke("search", "--id", 1, "--store", built[2], "-k", 2)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert "id=1 " in lines[0]
+
+
+def test_info_json(built):
+    result = invoke("info", "--store", built[2], "--json")
+    assert result.exit_code == 0, result.output
+    details = json.loads(result.stdout)
+    assert {"images", "failed", "model", "dim", "dtype", "resolution", "normalization", "pooling",
+            "index"} <= details.keys()
+    assert (details["images"], details["failed"], details["dim"]) == (12, 0, 32)
+    assert (details["dtype"], details["resolution"], details["pooling"]) == ("float32", 224, "cls")
+    assert details["normalization"]["name"] == "sat493m"
+    assert details["model"] == str(built[1].absolute())
+    assert "12" in json.dumps(details["index"])
+
+
+def test_info_text(built):
+    result = invoke("info", "--store", built[2])
+    assert result.exit_code == 0, result.output
+    assert "images: 12" in result.stdout
+
+
+# -- errors: one line, exit status 1, no traceback ---------------------------------------------
+def test_missing_store(tmp_path):
+    assert_one_line_error(invoke("info", "--store", tmp_path / "missing"), "no lookalike store", "lookalike index")
+    assert_one_line_error(invoke("search", "--id", 1, "--store", tmp_path / "missing"), "no lookalike store")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_unknown_id(built):
+    assert_one_line_error(invoke("search", "--id", 999, "--store", built[2]), "999")
+
+
+def test_unreadable_query_image(built, tmp_path):
+    bad = tmp_path / "query.jpg"
+    bad.write_text("not an image")
+    assert_one_line_error(invoke("search", bad, "--store", built[2], *RUN), "not a readable image")
+
+
+def test_missing_query_image(built, tmp_path):
+    assert_one_line_error(invoke("search", tmp_path / "nope.jpg", "--store", built[2], *RUN), "does not exist")
+
+
+def test_model_that_cannot_be_loaded(built, tmp_path):
+    result = invoke("index", built[0], "--store", tmp_path / "store", "--model", "nobody/no-such-dinov3-model",
+                    *RUN, "--workers", "0", "--no-progress")
+    assert_one_line_error(result, "no-such-dinov3-model", "--model")
+
+
+def test_provenance_mismatch(built):
+    chips_dir, model_dir, store_dir, _ = built
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN, "--resolution", 256,
+                    "--workers", "0", "--no-progress")
+    assert_one_line_error(result, "resolution", "--rebuild")
+
+
+def test_mismatch_is_refused_before_the_model_loads(built):
+    chips_dir, _, store_dir, _ = built
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", "nobody/no-such-dinov3-model", *RUN,
+                    "--pooling", "mean", "--workers", "0", "--no-progress")
+    assert_one_line_error(result, "pooling", "--rebuild")
+
+
+def test_bad_normalization(built, tmp_path):
+    result = invoke("index", built[0], "--store", tmp_path / "store", "--model", built[1], *RUN,
+                    "--normalization", "1,2/3", "--workers", "0", "--no-progress")
+    assert_one_line_error(result, "--normalization")
+
+
+@pytest.mark.parametrize("args", [["IMAGE", "--id", "1"], []], ids=["both", "neither"])
+def test_search_needs_exactly_one_query(built, args):
+    chips_dir, _, store_dir, _ = built
+    args = [str(next(chips_dir.glob("*.jpg"))) if a == "IMAGE" else a for a in args]
+    result = invoke("search", *args, "--store", store_dir)
+    assert result.exit_code == 2
+    assert "Usage" in result.output
+    assert "Traceback" not in result.output
+
+
+# -- documentation ------------------------------------------------------------------------------
+def test_every_command_has_help_with_an_example():
+    assert {"index", "search", "info", "random-model"} <= set(cli.commands)
+    for name, command in cli.commands.items():
+        assert command.help and "Example:" in command.help, name
+        result = invoke(name, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in result.stdout, name
+
+
+def test_group_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in cli.commands:
+        assert name in result.stdout
+
+
+# -- the installed console script -----------------------------------------------------------------
+def test_console_script_reports_a_missing_store(tmp_path):
+    script = shutil.which("lookalike")
+    if script is None:  # fall back to the same entry point when the venv's bin is not on PATH
+        exe = os.path.join(os.path.dirname(sys.executable), "lookalike")
+        command = [exe] if os.path.exists(exe) else [sys.executable, "-m", "indexer.cli"]
+    else:
+        command = [script]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("LOOKALIKE_STORE", None)
+    done = subprocess.run([*command, "info", "--store", str(tmp_path / "missing")], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
+    assert done.stderr.startswith("Error: no lookalike store")
+    assert done.stdout == ""

@@ -1,0 +1,115 @@
+"""Unreadable files are recorded with a reason, the run goes on, and an unchanged failure is not retried."""
+import os
+import shutil
+
+import pytest
+
+from helpers import ids_by_path
+
+
+@pytest.fixture
+def broken_files(chips_dir, chip_paths):
+    """Three files Pillow cannot read, beside the twelve good chips."""
+    truncated = chips_dir / "truncated.jpg"
+    truncated.write_bytes(chip_paths[0].read_bytes()[:600])
+    text = chips_dir / "notes.jpg"
+    text.write_text("this is not an image\n")
+    empty = chips_dir / "empty.png"
+    empty.write_bytes(b"")
+    return [p.absolute() for p in (truncated, text, empty)]
+
+
+def test_corrupt_files_are_recorded_and_the_run_goes_on(index, chips_dir, broken_files, store_dir, open_store):
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["failed"]) == (12, 3)
+    store = open_store(store_dir)
+    failures = store.failures_by_path()
+    assert set(failures) == {str(p) for p in broken_files}
+    for failure in failures.values():
+        assert failure["reason"].strip()
+    assert "not a readable image" in failures[str(broken_files[1])]["reason"]
+    assert store.count_images() == 12
+    assert store.info()["failed"] == 3
+    assert not set(failures) & set(store.images_by_path())
+
+
+def test_unchanged_failures_are_not_retried(index, chips_dir, broken_files, store_dir, open_store):
+    index([chips_dir], store_dir)
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["skipped"], summary["failed"]) == (0, 15, 0)
+    store = open_store(store_dir)
+    assert store.count_failures() == 3  # still recorded
+
+
+def test_a_repaired_file_is_indexed_and_its_failure_forgotten(index, chips_dir, chip_paths, broken_files, store_dir,
+                                                               open_store):
+    index([chips_dir], store_dir)
+    shutil.copyfile(chip_paths[0], broken_files[0])
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["failed"]) == (1, 0)
+    store = open_store(store_dir)
+    assert str(broken_files[0]) in store.images_by_path()
+    assert str(broken_files[0]) not in store.failures_by_path()
+
+
+def test_landsat_geotiff_pillow_cannot_read_is_a_failure(index, chips_dir, shared_data_dir, store_dir, open_store):
+    landsat = shared_data_dir / "landsat" / "1985.tif"
+
+    summary = index([chips_dir, landsat], store_dir)
+
+    assert (summary["indexed"], summary["failed"]) == (12, 1)
+    store = open_store(store_dir)
+    reason = store.failures_by_path()[str(landsat.absolute())]["reason"]
+    assert "not a readable image" in reason
+
+
+def test_missing_source_is_an_error(index, tmp_path):
+    from indexer.errors import IndexerError
+
+    with pytest.raises(IndexerError, match="does not exist"):
+        index([tmp_path / "nowhere"], tmp_path / "store")
+
+
+def test_failure_of_a_vanished_file_is_forgotten(index, chips_dir, broken_files, store_dir, open_store):
+    """A failed file that is deleted should leave the failures table (and `info`'s count) too."""
+    index([chips_dir], store_dir)
+    broken_files[1].unlink()
+
+    index([chips_dir], store_dir)
+
+    store = open_store(store_dir)
+    assert str(broken_files[1]) not in store.failures_by_path()
+    assert store.info()["failed"] == 2
+
+
+def test_indexed_file_that_turns_unreadable_is_not_retried_every_run(index, indexed, chip_paths, chips_dir,
+                                                                     store_dir, open_store):
+    """Once an indexed file is broken and recorded as failed, an unchanged broken file is skipped next time."""
+    chip_paths[4].write_bytes(b"garbage, not a JPEG any more")
+    first = index([chips_dir], store_dir)
+    assert first["failed"] == 1
+
+    second = index([chips_dir], store_dir)
+
+    assert (second["failed"], second["skipped"]) == (0, 12)
+
+
+def test_restored_file_leaves_no_stale_failure(index, indexed, chip_paths, chips_dir, store_dir, open_store):
+    """Broken, then restored byte for byte (new mtime): it is indexed and no failure remains recorded."""
+    original = chip_paths[4].read_bytes()
+    chip_paths[4].write_bytes(b"garbage, not a JPEG any more")
+    index([chips_dir], store_dir)
+    chip_paths[4].write_bytes(original)
+    later = chip_paths[4].stat().st_mtime + 5
+    os.utime(chip_paths[4], (later, later))
+
+    index([chips_dir], store_dir)
+
+    store = open_store(store_dir)
+    assert str(chip_paths[4]) in ids_by_path(store)
+    assert store.count_failures() == 0

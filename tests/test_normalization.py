@@ -1,0 +1,74 @@
+"""Pixel normalisation: SAT-493M statistics for satellite models, ImageNet for the others, overrides."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import IndexerError
+from indexer.normalization import normalization_for
+
+SAT_MEAN, SAT_STD = [0.430, 0.411, 0.296], [0.213, 0.156, 0.143]
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_sat493m_model_dir_gets_sat_statistics(embedder):
+    normalization = embedder.provenance["normalization"]
+    assert normalization["name"] == "sat493m"
+    assert normalization["mean"] == pytest.approx(SAT_MEAN)
+    assert normalization["std"] == pytest.approx(SAT_STD)
+    assert embedder.preprocess.mean == pytest.approx(SAT_MEAN)
+    assert embedder.preprocess.std == pytest.approx(SAT_STD)
+
+
+def test_lvd_model_dir_gets_imagenet_statistics(lvd_model_dir, load_embedder):
+    embedder = load_embedder(lvd_model_dir)
+    assert embedder.provenance["normalization"]["mean"] == pytest.approx(IMAGENET_MEAN)
+    assert embedder.provenance["normalization"]["std"] == pytest.approx(IMAGENET_STD)
+    assert embedder.preprocess.mean == pytest.approx(IMAGENET_MEAN)
+
+
+def test_hub_ids_choose_by_name():
+    assert normalization_for("mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16")["mean"] == pytest.approx(SAT_MEAN)
+    assert normalization_for("facebook/dinov3-vitl16-pretrain-lvd1689m")["mean"] == pytest.approx(IMAGENET_MEAN)
+
+
+def test_imagenet_override_beats_the_name(model_dir, load_embedder):
+    embedder = load_embedder(model_dir, normalization="imagenet")
+    assert embedder.provenance["normalization"]["name"] == "imagenet"
+    assert embedder.preprocess.mean == pytest.approx(IMAGENET_MEAN)
+    assert embedder.preprocess.std == pytest.approx(IMAGENET_STD)
+
+
+def test_custom_override_is_parsed(model_dir, load_embedder):
+    embedder = load_embedder(model_dir, normalization="0.5,0.4,0.3/0.2,0.25,0.1")
+    assert embedder.provenance["normalization"] == {"name": "custom", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.1]}
+    assert embedder.preprocess.std == pytest.approx((0.2, 0.25, 0.1))
+
+
+@pytest.mark.parametrize("text", ["0.5,0.5/0.2,0.2,0.2", "a,b,c/d,e,f", "0.5,0.5,0.5", "0.5,0.5,0.5/0.2,0,0.2",
+                                  "0.5,0.5,0.5/0.2,0.2,0.2/1"])
+def test_bad_custom_string_raises(text):
+    with pytest.raises(IndexerError, match="--normalization"):
+        normalization_for("some-model", text)
+
+
+def test_bad_custom_string_refused_by_the_embedder(model_dir, load_embedder):
+    with pytest.raises(IndexerError):
+        load_embedder(model_dir, normalization="1,2/3")
+
+
+def test_preprocess_normalises_the_mean_colour_to_zero(embedder):
+    colour = tuple(round(m * 255) for m in SAT_MEAN)
+    image = Image.new("RGB", (300, 180), colour)
+
+    pixels = embedder.preprocess(image)
+
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == np.float32
+    assert np.abs(pixels).max() < 0.02  # within 8-bit rounding of the mean
+
+
+def test_preprocess_keeps_channel_order(embedder):
+    image = Image.new("RGB", (224, 224), (255, 0, 0))
+    pixels = embedder.preprocess(image)
+    expected = [(1 - SAT_MEAN[0]) / SAT_STD[0], -SAT_MEAN[1] / SAT_STD[1], -SAT_MEAN[2] / SAT_STD[2]]
+    assert pixels[:, 100, 100] == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,235 @@
+"""Indexing end to end: counts, self-search, incremental reruns, changed, touched and deleted files."""
+import os
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+
+from helpers import all_vectors, ids_by_path
+from indexer import api
+from indexer.images import scan_sources
+
+
+def test_summary_counts(indexed, chip_paths):
+    assert indexed["indexed"] == len(chip_paths) == 12
+    assert (indexed["skipped"], indexed["removed"], indexed["failed"]) == (0, 0, 0)
+    assert indexed["seconds"] > 0
+    assert indexed["images_per_second"] > 0
+
+
+def test_every_image_finds_itself_first(indexed, store_dir, open_store):
+    store = open_store(store_dir)
+    ids = sorted(ids_by_path(store).values())
+    assert len(ids) == 12
+    for image_id in ids:
+        answer = api.search(store, image_id, k=3)
+        assert answer["query"]["id"] == image_id
+        first = answer["results"][0]
+        assert first["id"] == image_id
+        assert first["score"] >= 0.999
+        assert [hit["rank"] for hit in answer["results"]] == [1, 2, 3]
+        assert answer["results"][1]["score"] <= first["score"]
+
+
+def test_exclude_self(indexed, store_dir, open_store):
+    store = open_store(store_dir)
+    image_id = min(ids_by_path(store).values())
+    results = api.search(store, image_id, k=5, exclude_self=True)["results"]
+    assert len(results) == 5
+    assert image_id not in [hit["id"] for hit in results]
+
+
+def test_query_by_file_finds_itself(indexed, store_dir, chip_paths, embedder, open_store):
+    store = open_store(store_dir)
+    ids = ids_by_path(store)
+    for path in chip_paths[:4]:
+        first = api.search(store, path, k=3, embedder=embedder)["results"][0]
+        assert first["id"] == ids[str(path)]
+        assert first["path"] == str(path)
+        assert first["score"] >= 0.999
+
+
+def test_stored_vector_equals_query_vector(indexed, store_dir, chip_paths, embedder, open_store):
+    """Indexing and querying must decode and preprocess a file the same way."""
+    store = open_store(store_dir)
+    image_id = ids_by_path(store)[str(chip_paths[3])]
+    query = api.embed_image(chip_paths[3], embedder).global_vectors[0].numpy()
+    np.testing.assert_allclose(store.vector(image_id), query, atol=1e-5)
+    assert np.linalg.norm(store.vector(image_id)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_catalogue_rows_describe_the_files(indexed, store_dir, chip_paths, open_store):
+    store = open_store(store_dir)
+    row = store.image(ids_by_path(store)[str(chip_paths[0])])
+    stat = chip_paths[0].stat()
+    assert (row["width"], row["height"]) == (128, 128)
+    assert row["size"] == stat.st_size
+    assert row["mtime"] == stat.st_mtime
+    assert len(row["sha256"]) == 64
+
+
+def test_rerun_changes_nothing(index, indexed, chips_dir, store_dir, open_store):
+    store = open_store(store_dir)
+    before = all_vectors(store)
+    store.close()
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["skipped"], summary["removed"], summary["failed"]) == (0, 12, 0, 0)
+    store = open_store(store_dir)
+    after = all_vectors(store)
+    assert before.keys() == after.keys()
+    for image_id, vector in before.items():
+        np.testing.assert_array_equal(after[image_id], vector)
+    assert store.index.ntotal == 12
+
+
+def test_changed_file_is_reembedded_under_its_id(index, indexed, chip_paths, chips_dir, store_dir, write_image,
+                                                  open_store):
+    store = open_store(store_dir)
+    target = chip_paths[5]
+    image_id = ids_by_path(store)[str(target)]
+    old_vector = store.vector(image_id)
+    store.close()
+
+    write_image(target, size=(96, 80), seed=7)  # a JPEG again, other pixels and size
+    os.utime(target, (target.stat().st_atime, target.stat().st_mtime + 10))
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["skipped"], summary["removed"]) == (1, 11, 0)
+    store = open_store(store_dir)
+    assert ids_by_path(store)[str(target)] == image_id
+    row = store.image(image_id)
+    assert (row["width"], row["height"]) == (96, 80)
+    assert not np.allclose(store.vector(image_id), old_vector)
+    assert store.index.ntotal == 12
+    first = api.search(store, image_id, k=1)["results"][0]
+    assert (first["id"], first["score"] >= 0.999) == (image_id, True)
+
+
+def test_same_size_new_content_is_reembedded(index, tmp_path, write_image, open_store):
+    """BMPs of one size have one byte count: only the hash can tell that the content changed."""
+    folder = tmp_path / "bmps"
+    paths = [write_image(folder / f"{n}.bmp", size=(48, 48), seed=n) for n in range(3)]
+    store_dir = tmp_path / "store"
+    index([folder], store_dir)
+    size = paths[0].stat().st_size
+
+    write_image(paths[0], size=(48, 48), seed=99)
+    os.utime(paths[0], (1_000_000_000, 1_000_000_000))
+    assert paths[0].stat().st_size == size
+    summary = index([folder], store_dir)
+
+    assert (summary["indexed"], summary["skipped"]) == (1, 2)
+
+
+def test_touched_file_is_skipped_and_remembered(index, indexed, chip_paths, chips_dir, store_dir, open_store,
+                                                monkeypatch):
+    target = chip_paths[2]
+    new_mtime = target.stat().st_mtime + 1000
+    os.utime(target, (new_mtime, new_mtime))
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["skipped"]) == (0, 12)
+    store = open_store(store_dir)
+    assert store.images_by_path()[str(target)]["mtime"] == new_mtime
+    store.close()
+
+    # The new mtime is remembered: the next run needs no hash at all.
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr("indexer.pipeline.file_sha256", no_hashing)
+    assert index([chips_dir], store_dir)["skipped"] == 12
+
+
+def test_deleted_files_leave_catalogue_vectors_and_index(index, indexed, chip_paths, chips_dir, store_dir,
+                                                         open_store):
+    from store import UnknownImage
+
+    store = open_store(store_dir)
+    gone = [ids_by_path(store)[str(p)] for p in chip_paths[:2]]
+    store.close()
+    for path in chip_paths[:2]:
+        path.unlink()
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["skipped"], summary["removed"]) == (0, 10, 2)
+    store = open_store(store_dir)
+    assert store.count_images() == 10
+    for image_id in gone:
+        with pytest.raises(UnknownImage):
+            store.image(image_id)
+        with pytest.raises(UnknownImage):
+            store.vector(image_id)
+        with pytest.raises(UnknownImage):
+            store.patch_features(image_id)
+    assert store.index.ntotal == 10
+    assert faiss.read_index(str(store_dir / "index.faiss")).ntotal == 10  # the file on disk, too
+    survivor = ids_by_path(store)[str(chip_paths[5])]
+    found = {hit["id"] for hit in api.search(store, survivor, k=12)["results"]}
+    assert found.isdisjoint(gone)
+    assert len(found) == 10
+
+
+def test_new_file_gets_a_new_id_never_a_reused_one(index, indexed, chip_paths, chips_dir, store_dir, open_store):
+    store = open_store(store_dir)
+    highest = max(ids_by_path(store).values())
+    store.close()
+    chip_paths[-1].unlink()
+    index([chips_dir], store_dir)
+    shutil.copy2(chip_paths[0], chips_dir / "copy.jpg")
+
+    summary = index([chips_dir], store_dir)
+
+    assert summary["indexed"] == 1
+    store = open_store(store_dir)
+    assert ids_by_path(store)[str((chips_dir / "copy.jpg").absolute())] > highest
+
+
+def test_list_file_sources(index, chip_paths, tmp_path, open_store):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two chips\n" + "\n".join(str(p) for p in chip_paths[:2]) + "\n\n")
+    summary = index([listing], tmp_path / "store")
+    assert summary["indexed"] == 2
+    assert scan_sources([listing]) == chip_paths[:2]
+
+
+def test_parallel_decode_workers_give_the_same_vectors(index, chips_dir, tmp_path, open_store):
+    index([chips_dir], tmp_path / "serial", workers=0)
+    index([chips_dir], tmp_path / "parallel", workers=1, batch_size=5)
+    serial, parallel = open_store(tmp_path / "serial"), open_store(tmp_path / "parallel")
+    serial_ids, parallel_ids = ids_by_path(serial), ids_by_path(parallel)
+    assert serial_ids.keys() == parallel_ids.keys()
+    for path, image_id in serial_ids.items():
+        np.testing.assert_allclose(parallel.vector(parallel_ids[path]), serial.vector(image_id), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling, factor", [("cls", 1), ("mean", 1), ("cls+mean", 2)])
+def test_pooling_is_recorded_in_the_store(index, model_dir, load_embedder, chip_paths, tmp_path, open_store,
+                                          pooling, factor):
+    embedder = load_embedder(model_dir, pooling=pooling)
+    index(chip_paths[:3], tmp_path / "store", embedder=embedder)
+    store = open_store(tmp_path / "store")
+    assert store.provenance["pooling"] == pooling
+    assert store.dim == factor * 32
+    assert store.info()["pooling"] == pooling
+    image_id = min(ids_by_path(store).values())
+    assert store.vector(image_id).shape == (factor * 32,)
+    assert api.search(store, image_id, k=1)["results"][0]["id"] == image_id
+
+
+def test_real_scenes_with_alpha_four_bands_and_one_band_index(index, shared_data_dir, tmp_path, open_store):
+    sources = [shared_data_dir / "naip" / "m_4709963_se_14_1_20090818.tif",
+               shared_data_dir / "rasterio" / "RGBA.byte.tif",
+               shared_data_dir / "rasterio" / "shade.tif"]
+    summary = index(sources, tmp_path / "store")
+    assert (summary["indexed"], summary["failed"]) == (3, 0)
+    store = open_store(tmp_path / "store")
+    sizes = {os.path.basename(path): (row["width"], row["height"]) for path, row in
+             ((p, store.image(r["id"])) for p, r in store.images_by_path().items())}
+    assert sizes["m_4709963_se_14_1_20090818.tif"] == (934, 724)
+    assert sizes["shade.tif"] == (1024, 1024)
