@@ -159,6 +159,43 @@ def info(store_dir, as_json):
         click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
+@cli.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
+              help="Another copy of the store's model for embedding uploads (e.g. a local directory).")
+@friendly_errors
+def serve(store_dir, host, port, model):
+    """Start the browser search page (Streamlit) for a store.
+
+    Example: lookalike serve --store demo-store --port 8501
+    """
+    import importlib.util
+    import os
+    import subprocess
+
+    from store import Store
+
+    Store.open(store_dir).close()  # a missing store is one clear line here, not a page full of errors
+    app_path = Path(importlib.util.find_spec("ui").origin).parent / "app.py"
+    env = dict(os.environ, LOOKALIKE_STORE=str(store_dir.absolute()))
+    if model:
+        env["LOOKALIKE_MODEL"] = model
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_path),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal",
+        "--server.maxUploadSize", "50",
+    ]
+    click.echo(f"lookalike: serving {store_dir} at http://{host}:{port}", err=True)
+    try:
+        sys.exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 @cli.command("random-model")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--shape", type=click.Choice(["tiny", "vits16", "vitl16", "vit7b16"]), default="tiny", show_default=True)

@@ -1,5 +1,6 @@
 """The SQLite catalogue: schema, settings table and row helpers (sqlite-utils)."""
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def now_iso() -> str:
 
 
 def connect(catalogue_path: Path) -> sqlite_utils.Database:
-    db = sqlite_utils.Database(catalogue_path)
+    # One connection may serve several threads (the UI shares an open store across sessions);
+    # callers that do serialise their use of it.
+    db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False))
     db.execute("PRAGMA busy_timeout = 30000")
     db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
     db.executescript(_SCHEMA)

@@ -171,6 +171,17 @@ class Store:
         row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
         return row[0] if row else None
 
+    def find_images(self, substring: str, *, limit: int = 50) -> list[dict]:
+        """Indexed images whose path contains `substring` (case-insensitive), by id."""
+        return list(self.db.query(
+            "SELECT id, path FROM images WHERE path LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+            ["%" + substring.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", int(limit)],
+        ))
+
+    def random_image_id(self) -> int | None:
+        row = self.db.execute("SELECT id FROM images ORDER BY random() LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def images_by_path(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256 FROM images")}
 

@@ -1,0 +1,189 @@
+"""Patch-similarity maps and their pictures: cosine maps, upsampling, a colour map, overlays, outlines, scales.
+
+Plain numpy + Pillow, no Streamlit: the page calls these, the tests call them directly.
+A grid is one image's PCA-reduced patch features, (h, w, C) row-major on its 16-px token grid;
+a map is an (h, w) or (H, W) array of floats; sizes follow Pillow, (width, height).
+"""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Viridis sampled at nine evenly spaced points: perceptually ordered, readable in grey and by most colour-blind eyes.
+RAMP_STOPS = np.array(
+    [
+        (68, 1, 84),
+        (71, 45, 123),
+        (59, 82, 139),
+        (44, 114, 142),
+        (33, 145, 140),
+        (40, 174, 128),
+        (94, 201, 98),
+        (173, 220, 48),
+        (253, 231, 37),
+    ],
+    dtype=np.float32,
+)  # (S, 3)
+
+
+def _lookup_table(stops: np.ndarray, entries: int = 256) -> np.ndarray:
+    at = np.linspace(0.0, 1.0, len(stops))
+    t = np.linspace(0.0, 1.0, entries)
+    channels = [np.interp(t, at, stops[:, k]) for k in range(3)]
+    return np.rint(np.stack(channels, axis=1)).astype(np.uint8)  # (entries, 3)
+
+
+LUT = _lookup_table(RAMP_STOPS)  # (256, 3)
+
+
+# -- similarity ------------------------------------------------------------------------------
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1; zero rows stay zero, so their cosine is 0 rather than NaN."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def _check_grid(grid: np.ndarray, name: str) -> np.ndarray:
+    grid = np.asarray(grid)
+    if grid.ndim != 3:
+        raise ValueError(f"{name} must be (h, w, C) patch features, got shape {grid.shape}")
+    return grid
+
+
+def cosine_map(query_vector, grid) -> np.ndarray:
+    """Cosine similarity of one feature vector (C,) to every patch of grid (h, w, C): an (h, w) float32 map."""
+    grid = _check_grid(grid, "grid")
+    query_vector = np.asarray(query_vector)
+    if query_vector.shape != grid.shape[-1:]:
+        raise ValueError(f"query vector of shape {query_vector.shape} does not match grid dims {grid.shape[-1]}")
+    return (_unit(grid) @ _unit(query_vector)).astype(np.float32)  # (h, w)
+
+
+def correspondence_map(query_grid, grid) -> np.ndarray:
+    """For each patch of grid (h, w, C), its best cosine similarity to any patch of query_grid (hq, wq, C)."""
+    query_grid = _check_grid(query_grid, "query_grid")
+    grid = _check_grid(grid, "grid")
+    if query_grid.shape[-1] != grid.shape[-1]:
+        raise ValueError(f"feature dims differ: query {query_grid.shape[-1]}, grid {grid.shape[-1]}")
+    h, w, dims = grid.shape
+    queries = _unit(query_grid.reshape(-1, dims))  # (hq*wq, C)
+    patches = _unit(grid.reshape(-1, dims))  # (h*w, C)
+    similarities = patches @ queries.T  # (h*w, hq*wq)
+    return similarities.max(axis=1).reshape(h, w).astype(np.float32)  # (h, w)
+
+
+def value_range(maps) -> tuple[float, float]:
+    """The shared (min, max) over several maps, so every result can be drawn on one colour scale."""
+    maps = [np.asarray(m, dtype=np.float32) for m in maps]
+    if not maps or all(m.size == 0 for m in maps):
+        raise ValueError("value_range needs at least one non-empty map")
+    return (
+        float(min(np.nanmin(m) for m in maps if m.size)),
+        float(max(np.nanmax(m) for m in maps if m.size)),
+    )
+
+
+# -- geometry --------------------------------------------------------------------------------
+def patch_at(x, y, *, display_size, grid_shape) -> tuple[int, int]:
+    """The (row, col) of the token under a click at pixel (x, y) of an image shown at display_size (width, height).
+
+    Clicks outside the picture land on the nearest edge cell.
+    """
+    width, height = display_size
+    rows, cols = grid_shape
+    if width <= 0 or height <= 0 or rows <= 0 or cols <= 0:
+        raise ValueError(f"display_size {display_size} and grid_shape {grid_shape} must be positive")
+    row = int(np.floor(y * rows / height))
+    col = int(np.floor(x * cols / width))
+    return min(max(row, 0), rows - 1), min(max(col, 0), cols - 1)
+
+
+def cell_box(row: int, col: int, *, image_size, grid_shape) -> tuple[int, int, int, int]:
+    """Inclusive pixel box (left, top, right, bottom) of one grid cell on an image of image_size (width, height)."""
+    width, height = image_size
+    rows, cols = grid_shape
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise ValueError(f"cell ({row}, {col}) is outside a grid of shape {grid_shape}")
+    left, right = round(col * width / cols), round((col + 1) * width / cols) - 1
+    top, bottom = round(row * height / rows), round((row + 1) * height / rows) - 1
+    return left, top, right, bottom
+
+
+def upsample(values, size) -> np.ndarray:
+    """A smooth (H, W) float32 version of an (h, w) map for size (W, H); patch centres keep about their values.
+
+    Pillow resamples pixel centres onto pixel centres, so the centre of token (r, c) lands on the centre of its cell.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"upsample takes an (h, w) map, got shape {values.shape}")
+    picture = Image.fromarray(np.ascontiguousarray(values))  # mode 'F'
+    resized = picture.resize(tuple(int(s) for s in size), Image.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.float32)  # (H, W)
+
+
+# -- colour ----------------------------------------------------------------------------------
+def colourize(values, *, vmin, vmax) -> np.ndarray:
+    """An (H, W) map through the viridis-like ramp: (H, W, 3) uint8, vmin → first colour, vmax → last.
+
+    Values outside [vmin, vmax] clip to the ends; with vmin == vmax everything above vmin takes the last colour.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    span = float(vmax) - float(vmin)
+    if span > 0:
+        t = (values - float(vmin)) / span
+    else:
+        t = (values > float(vmin)).astype(np.float32)
+    t = np.nan_to_num(t, nan=0.0)
+    index = np.rint(np.clip(t, 0.0, 1.0) * (len(LUT) - 1)).astype(np.intp)  # (H, W)
+    return LUT[index]  # (H, W, 3)
+
+
+def overlay(image, values, *, opacity=0.5, vmin=None, vmax=None) -> Image.Image:
+    """The map, upsampled and colourized, blended over the RGB image at opacity (0: image only, 1: map only).
+
+    vmin and vmax default to the map's own min and max; pass value_range(...) to share one scale across results.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
+    values = np.asarray(values, dtype=np.float32)
+    vmin = float(np.nanmin(values)) if vmin is None else vmin
+    vmax = float(np.nanmax(values)) if vmax is None else vmax
+    rgb = image.convert("RGB")
+    heat = colourize(upsample(values, rgb.size), vmin=vmin, vmax=vmax)  # (H, W, 3)
+    base = np.asarray(rgb, dtype=np.float32)  # (H, W, 3)
+    blended = (1.0 - opacity) * base + opacity * heat.astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def mark_patch(image, row, col, *, grid_shape, colour=(255, 0, 0), width=2) -> Image.Image:
+    """A copy of the image with grid cell (row, col) outlined, `width` pixels drawn inside the cell."""
+    marked = image.convert("RGB")  # always a copy
+    box = cell_box(row, col, image_size=marked.size, grid_shape=grid_shape)
+    ImageDraw.Draw(marked).rectangle(box, outline=tuple(colour), width=width)
+    return marked
+
+
+def colour_scale(vmin, vmax, *, width=256, height=40, ticks=5) -> Image.Image:
+    """A horizontal bar of the colour map from vmin (left) to vmax (right), tick labels (2 decimals) under it."""
+    if ticks < 2:
+        raise ValueError(f"a colour scale needs at least 2 ticks, got {ticks}")
+    font = ImageFont.load_default()
+    label_height = font.getbbox("0.00")[3] + 4
+    bar_height = height - label_height
+    if bar_height < 1 or width < 2:
+        raise ValueError(f"a {width}x{height} colour scale leaves no room for the bar and its labels")
+
+    scale = Image.new("RGB", (width, height), "white")
+    ramp = colourize(np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :], vmin=0.0, vmax=1.0)  # (1, width, 3)
+    scale.paste(Image.fromarray(ramp).resize((width, bar_height), Image.Resampling.NEAREST), (0, 0))
+
+    draw = ImageDraw.Draw(scale)
+    for i in range(ticks):
+        x = round(i * (width - 1) / (ticks - 1))
+        value = vmin + i * (vmax - vmin) / (ticks - 1)
+        draw.line([(x, bar_height - 4), (x, bar_height)], fill="black")
+        label = f"{value:.2f}"
+        text_width = draw.textlength(label, font=font)
+        left = min(max(x - text_width / 2, 0), width - text_width)  # keep the end labels inside the picture
+        draw.text((left, bar_height + 2), label, fill="black", font=font)
+    return scale

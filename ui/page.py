@@ -1,0 +1,101 @@
+"""The search page: settings, the query, its nearest neighbours and where they match."""
+from pathlib import Path
+
+import streamlit as st
+
+from indexer.errors import IndexerError
+from store import StoreError
+
+from . import heatmaps
+from .query import load_indexed, load_upload, query_panel
+from .resources import STORE_LOCK, embedder_for, open_store
+from .results import clicked_patch, downloads, forget_click, page_of, pager, result_grid, result_maps
+
+MAX_K = 1000
+
+
+def settings_sidebar(info: dict) -> dict:
+    with st.sidebar:
+        st.header("Store")
+        st.caption(info["store"])
+        st.markdown(f"**{info['images']}** images · {info['failed']} failed")
+        st.caption(f"model {info['model']} · {info['dim']}-d {info['pooling']} · {info['resolution']} px · "
+                   f"{(info.get('normalization') or {}).get('name')} normalisation")
+        st.header("Search")
+        try:
+            default_k = min(MAX_K, max(1, int(st.query_params.get("k", 20))))
+        except ValueError:
+            default_k = 20
+        k = st.number_input("Neighbours (k)", min_value=1, max_value=MAX_K, value=default_k, step=10)
+        st.query_params["k"] = str(k)
+        page_size = st.selectbox("Per page", [12, 20, 40, 100], index=1)
+        hide_self = st.checkbox("Hide the query itself", value=False)
+        st.header("Heatmaps")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
+        exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
+                          help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
+    return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "opacity": opacity, "exact": exact}
+
+
+def render(store_dir: Path, *, model: str | None = None) -> None:
+    st.set_page_config(page_title="lookalike", page_icon="🛰️", layout="wide")
+    st.title("lookalike")
+    if store_dir is None:
+        st.error("No store given: start the page with `lookalike serve --store DIR`.")
+        return
+    try:
+        _render(open_store(Path(store_dir)), model=model)
+    except (IndexerError, StoreError) as error:
+        st.error(str(error))
+
+
+def _render(store, *, model) -> None:
+    with STORE_LOCK:
+        info = {"store": str(store.store_dir), "images": store.count_images(), "failed": store.count_failures(),
+                **{key: (store.provenance or {}).get(key)
+                   for key in ("model", "dim", "pooling", "resolution", "normalization")}}
+    settings = settings_sidebar(info)
+    if info["images"] == 0:
+        st.info("This store holds no images yet. Index a collection with `lookalike index SOURCE --store "
+                f"{info['store']}`; this page picks them up without a restart.")
+        return
+    choice = query_panel(store)
+    if choice is None:
+        st.info("Upload an image or pick an indexed one to see its nearest neighbours.")
+        return
+    kind, value = choice
+    query = load_indexed(store, value) if kind == "id" else load_upload(store, value, model=model)
+
+    query_column, results_column = st.columns([1, 3])
+    with query_column:
+        st.subheader("Query")
+        st.caption(query.label)
+        patch = clicked_patch(query, opacity=settings["opacity"])
+        if patch is None:
+            st.caption("Click the image to compare one 16×16 patch with every result.")
+        else:
+            st.caption(f"Patch row {patch[0]}, column {patch[1]} of a {query.grid.shape[0]}×{query.grid.shape[1]} "
+                       "grid; the query shows its own similarity to it.")
+            st.button("Clear the selected patch", on_click=forget_click)
+    exclude = [query.image_id] if settings["hide_self"] and query.image_id else []
+    with STORE_LOCK:
+        results = store.search(query.vector, k=settings["k"], exclude_ids=exclude)
+    with results_column:
+        show_results(store, query, results, settings=settings, patch=patch, model=model)
+
+
+def show_results(store, query, results, *, settings, patch, model) -> None:
+    st.subheader("Nearest neighbours")
+    hits, page, pages = page_of(results, settings["page_size"])
+    pager(page, pages, len(results))
+    embedder = embedder_for(store, model) if settings["exact"] else None
+    maps = result_maps(store, query, hits, patch=patch, exact=settings["exact"], embedder=embedder)
+    if patch is None:
+        vmin, vmax = heatmaps.value_range(maps)
+        what = "best cosine similarity of each result patch to any query patch"
+    else:
+        vmin, vmax = -1.0, 1.0
+        what = "cosine similarity of each result patch to the selected query patch"
+    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
+    result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax)
+    downloads(query, results)

@@ -1,0 +1,132 @@
+"""The query panel: upload an image or pick an indexed one; turns the choice into a Query."""
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from indexer import api
+from indexer.errors import IndexerError, UnreadableImage
+from indexer.images import IMAGE_SUFFIXES, decode_bytes
+from store import Store
+
+from .resources import STORE_LOCK, embedder_for, thumbnail
+
+MAX_UPLOAD_MB = 50
+
+
+@dataclass
+class Query:
+    key: str  # identity: a new query forgets the clicked patch
+    label: str
+    vector: np.ndarray  # (D,) L2-normalised
+    grid: np.ndarray  # (h, w, C) patch features reduced with the store's PCA
+    image: Image.Image | None  # None when an indexed file no longer reads
+    image_id: int | None = None
+    path: str | None = None
+    tokens: np.ndarray | None = None  # (h, w, D) full patch tokens, uploads only
+
+
+# -- choosing ----------------------------------------------------------------------------------
+def use_indexed(image_id: int) -> None:
+    """Callback: make an indexed image the query, in the URL so it can be bookmarked."""
+    st.query_params["id"] = str(int(image_id))
+    st.query_params["page"] = "1"
+    st.session_state["uploader_generation"] = st.session_state.get("uploader_generation", 0) + 1
+
+
+def _use_upload() -> None:
+    st.query_params.pop("id", None)
+    st.query_params["page"] = "1"
+
+
+def _use_widget(key: str) -> None:
+    value = st.session_state.get(key)
+    if isinstance(value, dict):
+        value = value["id"]
+    if value:
+        use_indexed(value)
+
+
+def _use_random(store: Store) -> None:
+    with STORE_LOCK:
+        image_id = store.random_image_id()
+    if image_id is not None:
+        use_indexed(image_id)
+
+
+def query_panel(store: Store):
+    """Draws the choices; returns ('id', N), ('upload', UploadedFile) or None."""
+    upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
+    with upload_tab:
+        generation = st.session_state.get("uploader_generation", 0)
+        uploaded = st.file_uploader(
+            "Query image", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES), key=f"upload-{generation}",
+            on_change=_use_upload, max_upload_size=MAX_UPLOAD_MB,
+            help=f"JPEG, PNG, TIFF, WebP or BMP, up to {MAX_UPLOAD_MB} MB; embedded with the store's model.",
+        )
+    with indexed_tab:
+        by_id, by_path, at_random = st.columns([1, 2, 1])
+        with by_id:
+            st.number_input("Image id", min_value=1, step=1, value=None, placeholder="id", key="wanted-id")
+            st.button("Search by id", on_click=_use_widget, args=("wanted-id",))
+        with by_path:
+            text = st.text_input("Path contains", placeholder="e.g. 2018 or r0256_c0384")
+            if text:
+                with STORE_LOCK:
+                    matches = store.find_images(text, limit=200)
+                if matches:
+                    st.selectbox("Matches", matches, format_func=lambda m: f"{m['id']} · {m['path']}", key="path-match")
+                    st.button("Search with this image", on_click=_use_widget, args=("path-match",), key="by-path")
+                else:
+                    st.caption("no indexed path contains that")
+        with at_random:
+            st.button("Random image", on_click=_use_random, args=(store,))
+    if "id" in st.query_params:
+        try:
+            return "id", int(st.query_params["id"])
+        except ValueError:
+            st.error(f"The address asks for image id {st.query_params['id']!r}, which is not a number.")
+            return None
+    if uploaded is not None:
+        return "upload", uploaded
+    return None
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_indexed(store: Store, image_id: int) -> Query:
+    with STORE_LOCK:
+        row = store.image(image_id)
+        vector = store.vector(image_id)
+        grid = store.patch_features(image_id)
+    try:
+        image = thumbnail(row["path"])
+    except UnreadableImage as error:
+        st.warning(f"The query's file no longer reads ({error}); its stored vector is still searched.")
+        image = None
+    return Query(key=f"id-{image_id}", label=f"id {image_id} · {row['path']}", vector=vector, grid=grid,
+                 image=image, image_id=image_id, path=row["path"])
+
+
+def load_upload(store: Store, uploaded, *, model: str | None) -> Query:
+    """Embeds an upload once per session (a click reruns the page; it must not re-embed)."""
+    data = uploaded.getvalue()
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise IndexerError(f"{uploaded.name} is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB")
+    digest = hashlib.sha256(data).hexdigest()
+    cache = st.session_state.setdefault("embedded_uploads", {})
+    if digest not in cache:
+        image = decode_bytes(data, name=uploaded.name)
+        embedder = embedder_for(store, model)
+        embedding = api.embed_image(image, embedder)
+        tokens = embedding.patch_tokens[0].cpu().numpy()  # (h, w, D)
+        with STORE_LOCK:
+            pca = store.pca()
+        cache.clear()  # keep one: an upload's tokens can be large
+        cache[digest] = (image, embedding.global_vectors[0].cpu().numpy(), pca.project(tokens), tokens)
+    image, vector, grid, tokens = cache[digest]
+    shown = image.copy()
+    shown.thumbnail((320, 320))
+    return Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vector=vector, grid=grid,
+                 image=shown, tokens=tokens)

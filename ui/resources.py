@@ -1,0 +1,81 @@
+"""What the page keeps between reruns: the open store (reopened when it changes on disk), the model, thumbnails."""
+import json
+import threading
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from indexer import api
+from indexer.images import load_image
+from store import Store
+
+THUMBNAIL_SIZE = 320
+# One SQLite connection and one FAISS index serve every browser session: one user at a time touches them.
+STORE_LOCK = threading.RLock()
+
+
+def store_generation(store_dir: Path) -> tuple:
+    """Changes whenever an index run writes to the store, so the page picks up new images."""
+    stamps = []
+    for name in ("catalogue.db", "catalogue.db-wal", "index.faiss"):
+        try:
+            stamps.append((store_dir / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Opening the store…")
+def _open_store(store_dir: str, generation: tuple) -> Store:
+    store = Store.open(store_dir)
+    store.index  # load (or repair) the FAISS index once, here, not in the middle of a search
+    return store
+
+
+def open_store(store_dir: Path) -> Store:
+    return _open_store(str(store_dir), store_generation(store_dir))
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the model (once per server)…")
+def _embedder(provenance_key: str, store_dir: str, model: str | None):
+    with STORE_LOCK:
+        store = Store.open(store_dir)
+    try:
+        return api.load_embedder(store, model=model)
+    finally:
+        store.close()
+
+
+def embedder_for(store: Store, model: str | None = None):
+    """The store's own model (or another copy of the same weights), loaded once per process."""
+    key = json.dumps(store.provenance, sort_keys=True)
+    return _embedder(key, str(store.store_dir), model)
+
+
+@st.cache_resource(max_entries=4000, show_spinner=False)
+def _thumbnail(path: str, mtime_ns: int) -> Image.Image:
+    image = load_image(Path(path))
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
+    return image
+
+
+def thumbnail(path: str) -> Image.Image:
+    """A small upright RGB copy of an indexed image; raises UnreadableImage if it no longer reads."""
+    try:
+        mtime_ns = Path(path).stat().st_mtime_ns
+    except OSError:
+        mtime_ns = -1
+    return _thumbnail(path, mtime_ns)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _embedder):
+    """Exact mode: the image's full patch tokens (h, w, D), recomputed with the model."""
+    embedding = api.embed_image(Path(path), _embedder)
+    return embedding.patch_tokens[0].cpu().numpy()
+
+
+def full_tokens(path: str, embedder) -> "np.ndarray":  # noqa: F821
+    key = json.dumps(embedder.provenance, sort_keys=True)
+    return _full_tokens(path, Path(path).stat().st_mtime_ns, key, embedder)

@@ -1,0 +1,108 @@
+"""The results: a paged grid of neighbours with heatmaps of where they match the query, and downloads."""
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import streamlit as st
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from indexer.errors import UnreadableImage
+from store import Store
+
+from . import heatmaps
+from .query import Query, use_indexed
+from .resources import STORE_LOCK, full_tokens, thumbnail
+
+COLUMNS = 4
+
+
+def clicked_patch(query: Query, *, opacity: float):
+    """Shows the query image, clickable; returns the clicked (row, col) of its token grid, or None."""
+    if query.image is None:
+        return None
+    generation = st.session_state.get("click_generation", 0)
+    state_key = f"click-{query.key}-{generation}"
+    previous = st.session_state.get(state_key + "-patch")
+    shown = query.image
+    if previous is not None:
+        values = heatmaps.cosine_map(query.grid[previous], query.grid)
+        shown = heatmaps.mark_patch(heatmaps.overlay(shown, values, opacity=opacity, vmin=-1.0, vmax=1.0),
+                                    *previous, grid_shape=query.grid.shape[:2])
+    value = streamlit_image_coordinates(shown, key=state_key, cursor="crosshair", use_column_width="always")
+    patch = None
+    if value and "x" in value:
+        patch = heatmaps.patch_at(value["x"], value["y"], display_size=(value["width"], value["height"]),
+                                  grid_shape=query.grid.shape[:2])
+    if patch != previous:
+        st.session_state[state_key + "-patch"] = patch
+        st.rerun()  # redraw the query with the new patch marked
+    return patch
+
+
+def forget_click() -> None:
+    st.session_state["click_generation"] = st.session_state.get("click_generation", 0) + 1
+
+
+def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
+    """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
+    if exact:
+        query_grid = query.tokens if query.tokens is not None else full_tokens(query.path, embedder)
+        grids = [full_tokens(hit["path"], embedder) for hit in results]
+    else:
+        query_grid = query.grid
+        with STORE_LOCK:
+            grids = [store.patch_features(hit["id"]) for hit in results]
+    if patch is not None:
+        return [heatmaps.cosine_map(query_grid[patch], grid) for grid in grids]
+    return [heatmaps.correspondence_map(query_grid, grid) for grid in grids]
+
+
+def page_of(results: list[dict], page_size: int) -> tuple[list[dict], int, int]:
+    pages = max(1, math.ceil(len(results) / page_size))
+    try:
+        page = min(max(1, int(st.query_params.get("page", 1))), pages)
+    except ValueError:
+        page = 1
+    return results[(page - 1) * page_size: page * page_size], page, pages
+
+
+def _go_to(page: int) -> None:
+    st.query_params["page"] = str(page)
+
+
+def pager(page: int, pages: int, total: int) -> None:
+    back, label, forward = st.columns([1, 3, 1])
+    back.button("◀ Previous", disabled=page <= 1, on_click=_go_to, args=(page - 1,), key="prev")
+    label.markdown(f"Page **{page}** of **{pages}** · {total} results")
+    forward.button("Next ▶", disabled=page >= pages, on_click=_go_to, args=(page + 1,), key="next")
+
+
+def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmin: float, vmax: float) -> None:
+    for start in range(0, len(hits), COLUMNS):
+        for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
+            with column:
+                try:
+                    image = heatmaps.overlay(thumbnail(hit["path"]), values, opacity=opacity, vmin=vmin, vmax=vmax)
+                    st.image(image, output_format="JPEG", width="stretch")
+                except UnreadableImage:
+                    st.warning("file no longer readable")
+                st.markdown(f"**#{hit['rank']}** · score **{hit['score']:.4f}** · id {hit['id']}")
+                st.caption(hit["path"])
+                st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
+                          args=(hit["id"],))
+
+
+def downloads(query: Query, results: list[dict]) -> None:
+    rows = [{key: hit.get(key) for key in ("rank", "id", "path", "score", "width", "height")} for hit in results]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["rank", "id", "path", "score"])
+    writer.writeheader()
+    writer.writerows(rows)
+    described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
+    left, right = st.columns(2)
+    left.download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
+                         mime="text/csv")
+    right.download_button("Download results (JSON)", json.dumps({"query": described, "results": rows}, indent=1),
+                          file_name="lookalike-results.json", mime="application/json")
