@@ -173,7 +173,6 @@ def serve(store_dir, host, port, model):
     """
     import importlib.util
     import os
-    import subprocess
 
     from store import Store
 
@@ -190,10 +189,8 @@ def serve(store_dir, host, port, model):
         "--server.maxUploadSize", "50",
     ]
     click.echo(f"lookalike: serving {store_dir} at http://{host}:{port}", err=True)
-    try:
-        sys.exit(subprocess.call(command, env=env))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    # Become Streamlit (exec), so that signals (Ctrl-C, kill, docker stop) reach the server itself.
+    os.execve(sys.executable, command, env)
 
 
 @cli.command("random-model")

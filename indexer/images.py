@@ -1,11 +1,12 @@
 """Finding image files in the sources and decoding them to normalised pixel arrays."""
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import IndexerError, UnreadableImage
 
@@ -59,9 +60,17 @@ def decode_bytes(data: bytes, *, name: str = "image") -> Image.Image:
             upright.load()
             return to_rgb(upright)
     except Image.DecompressionBombError as error:
-        raise UnreadableImage(f"{name}: refused as a decompression bomb ({error})") from error
+        raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
+    except UnidentifiedImageError as error:
+        raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP)") from error
     except Exception as error:  # Pillow raises many types for broken files
-        raise UnreadableImage(f"{name}: not a readable image ({type(error).__name__}: {error})") from error
+        raise UnreadableImage(f"{name}: damaged or unsupported image data ({_plain(error)})") from error
+
+
+def _plain(error: Exception) -> str:
+    """Pillow's message without Python object reprs such as <_io.BytesIO object at 0x...>."""
+    text = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(error)).strip(" :")
+    return text or type(error).__name__
 
 
 def load_image(path: Path) -> Image.Image:

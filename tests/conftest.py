@@ -11,7 +11,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import SHARED_DATA_DIR, copy_chips, random_pixels  # noqa: E402
+from helpers import SHARED_DATA_DIR, copy_chips, ids_by_path, random_pixels  # noqa: E402
 
 
 def _save_model(model_dir: Path, **kwargs) -> Path:
@@ -143,3 +143,30 @@ def open_store():
     for store in opened:
         store.close()
 
+
+
+# -- the search page ---------------------------------------------------------------------------
+UI_CHIP_COUNT = 24  # more than one page of 20 results
+
+
+@pytest.fixture(scope="session")
+def ui_store_dir(tmp_path_factory, embedder) -> Path:
+    """24 real chips indexed once with the tiny model; the page tests only read it."""
+    from indexer.pipeline import index_collection
+
+    root = tmp_path_factory.mktemp("ui")
+    chips = copy_chips(root / "chips", UI_CHIP_COUNT)
+    index_collection([str(chips)], root / "store", embedder=embedder, workers=0, progress=False)
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def ui_ids(ui_store_dir) -> dict[str, int]:
+    """Path → image_id of every image in ui_store_dir."""
+    from store import Store
+
+    store = Store.open(ui_store_dir)
+    try:
+        return ids_by_path(store)
+    finally:
+        store.close()

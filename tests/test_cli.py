@@ -141,7 +141,7 @@ def test_unknown_id(built):
 def test_unreadable_query_image(built, tmp_path):
     bad = tmp_path / "query.jpg"
     bad.write_text("not an image")
-    assert_one_line_error(invoke("search", bad, "--store", built[2], *RUN), "not a readable image")
+    assert_one_line_error(invoke("search", bad, "--store", built[2], *RUN), "not an image format lookalike reads")
 
 
 def test_missing_query_image(built, tmp_path):

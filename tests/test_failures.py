@@ -28,7 +28,7 @@ def test_corrupt_files_are_recorded_and_the_run_goes_on(index, chips_dir, broken
     assert set(failures) == {str(p) for p in broken_files}
     for failure in failures.values():
         assert failure["reason"].strip()
-    assert "not a readable image" in failures[str(broken_files[1])]["reason"]
+    assert "not an image format lookalike reads" in failures[str(broken_files[1])]["reason"]
     assert store.count_images() == 12
     assert store.info()["failed"] == 3
     assert not set(failures) & set(store.images_by_path())
@@ -65,7 +65,7 @@ def test_landsat_geotiff_pillow_cannot_read_is_a_failure(index, chips_dir, share
     assert (summary["indexed"], summary["failed"]) == (12, 1)
     store = open_store(store_dir)
     reason = store.failures_by_path()[str(landsat.absolute())]["reason"]
-    assert "not a readable image" in reason
+    assert "not an image format lookalike reads" in reason
 
 
 def test_missing_source_is_an_error(index, tmp_path):

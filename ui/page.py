@@ -90,11 +90,10 @@ def show_results(store, query, results, *, settings, patch, model) -> None:
     pager(page, pages, len(results))
     embedder = embedder_for(store, model) if settings["exact"] else None
     maps = result_maps(store, query, hits, patch=patch, exact=settings["exact"], embedder=embedder)
+    vmin, vmax = heatmaps.value_range(maps)  # one scale for the whole page, stretched to what it shows
     if patch is None:
-        vmin, vmax = heatmaps.value_range(maps)
         what = "best cosine similarity of each result patch to any query patch"
     else:
-        vmin, vmax = -1.0, 1.0
         what = "cosine similarity of each result patch to the selected query patch"
     st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
     result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax)

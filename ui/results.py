@@ -28,7 +28,7 @@ def clicked_patch(query: Query, *, opacity: float):
     shown = query.image
     if previous is not None:
         values = heatmaps.cosine_map(query.grid[previous], query.grid)
-        shown = heatmaps.mark_patch(heatmaps.overlay(shown, values, opacity=opacity, vmin=-1.0, vmax=1.0),
+        shown = heatmaps.mark_patch(heatmaps.overlay(shown, values, opacity=opacity),
                                     *previous, grid_shape=query.grid.shape[:2])
     value = streamlit_image_coordinates(shown, key=state_key, cursor="crosshair", use_column_width="always")
     patch = None

@@ -1,0 +1,265 @@
+"""The search page in a real browser: `lookalike serve` in a subprocess, Debian's Chromium driven by Playwright.
+
+Playwright never downloads a browser here: without /usr/bin/chromium these tests skip, or fail under CI.
+Screenshots go to tests/artifacts/ (or $LOOKALIKE_TEST_ARTIFACTS).
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_ROOT
+from ui import heatmaps
+
+CHROMIUM_PATH = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+WAIT_MS = 60_000  # a slow two-core machine embeds, reruns and redraws well within this
+SERVER_START_S = 60
+# The result pictures: st.image elements of the grid, not the colour scale (its caption says "similarity").
+RESULT_IMAGES = "[data-testid=stImage]:not(:has([data-testid=stImageCaption])) img"
+PATCH_CAPTION = re.compile(r"Patch row (\d+), column (\d+) of a (\d+)×(\d+) grid")
+
+
+def unavailable(reason: str):
+    """Skip on a developer's machine; in CI a missing browser is a broken set-up, not a reason to skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the browser tests: see .ci/run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def artifacts_dir() -> Path:
+    folder = Path(os.environ.get("LOOKALIKE_TEST_ARTIFACTS") or REPO_ROOT / "tests" / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# -- the server --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"lookalike serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"lookalike serve did not answer within {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server's whole process group: `lookalike serve` runs Streamlit as a child of its own."""
+    for sig, grace_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:  # the parent is gone; wait for the Streamlit child too
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def start_server(store_dir: Path, model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`lookalike serve` in its own process group, answering on a free port; returns it and its address."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    command = [sys.executable, "-m", "indexer.cli", "serve", "--store", str(store_dir), "--port", str(port),
+               "--model", str(model_dir)]
+    with open(log_path, "wb") as log:  # a file, not a pipe: nothing blocks when nobody reads it
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_until_healthy(process, url, log_path)
+    except BaseException:
+        stop(process)
+        raise
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def server(ui_store_dir, model_dir, tmp_path_factory):
+    """The base address of `lookalike serve` on the test store, stopped when the module is done."""
+    process, url = start_server(ui_store_dir, model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+# -- the browser -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM_PATH.is_file():
+        unavailable(f"no Chromium at {CHROMIUM_PATH} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright package is not installed (pip install -e '.[test]')")
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM_PATH), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser, server, artifacts_dir, request):
+    """A fresh tab; its last state is saved as a screenshot named after the test."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1400}, base_url=server)
+    context.set_default_timeout(WAIT_MS)
+    tab = context.new_page()
+    yield tab
+    tab.screenshot(path=artifacts_dir / f"{request.node.name}.png")
+    context.close()
+
+
+def open_page(page, address: str) -> None:
+    page.goto(address)
+    page.get_by_role("heading", name="lookalike").wait_for()
+
+
+def card(page, rank: int):
+    return page.get_by_text(f"#{rank} · score", exact=False).first
+
+
+def result_sources(page) -> list[str]:
+    return page.locator(RESULT_IMAGES).evaluate_all("images => images.map(image => image.src)")
+
+
+def wait_until_all_redrawn(page, before: list[str]) -> list[str]:
+    """Waits until every result picture has been replaced by a different one; returns the new addresses."""
+    page.wait_for_function(
+        """([selector, before]) => {
+            const now = Array.from(document.querySelectorAll(selector), image => image.src);
+            return now.length === before.length && now.every((src, i) => src !== before[i]);
+        }""",
+        arg=[RESULT_IMAGES, before],
+    )
+    return result_sources(page)
+
+
+def click_patch(page, query_image, row: int, col: int, grid_shape) -> None:
+    """Clicks the middle of token (row, col) of the query image as the browser shows it."""
+    box = query_image.bounding_box()
+    rows, cols = grid_shape
+    x, y = (col + 0.5) * box["width"] / cols, (row + 0.5) * box["height"] / rows
+    assert heatmaps.patch_at(x, y, display_size=(box["width"], box["height"]), grid_shape=grid_shape) == (row, col)
+    query_image.click(position={"x": x, "y": y})
+
+
+# -- the tests ---------------------------------------------------------------------------------
+def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
+    path = Path(sorted(ui_ids)[9])
+    open_page(page, "/?k=20")
+    page.get_by_text("Upload an image or pick an indexed one").wait_for()
+    page.locator("input[type=file]").set_input_files(path)
+
+    page.get_by_text("#20 · score").wait_for()
+    assert card(page, 1).inner_text() == f"#1 · score 1.0000 · id {ui_ids[str(path)]}"
+    assert page.get_by_role("button", name="Search with this", exact=True).count() == 20
+    assert page.get_by_text("best cosine similarity of each result patch to any query patch").is_visible()
+    before = result_sources(page)
+    assert len(before) == 20
+    first_bytes = page.request.get(before[0]).body()
+    page.screenshot(path=artifacts_dir / "upload-results.png")
+
+    query_frame = page.frame_locator("iframe[src*='streamlit_image_coordinates']")
+    query_image = query_frame.locator("img")
+    query_image.wait_for()
+    unmarked_query = query_image.get_attribute("src")
+    grid_shape = (14, 14)  # 224 px / 16 px tokens
+    click_patch(page, query_image, 2, 3, grid_shape)
+    page.get_by_text("Patch row 2, column 3 of a 14×14 grid").wait_for()
+    page.get_by_text("cosine similarity of each result patch to the selected query patch").wait_for()
+    after_first = wait_until_all_redrawn(page, before)
+    assert page.request.get(after_first[0]).body() != first_bytes
+    assert query_image.get_attribute("src") != unmarked_query  # the query shows its own map and the marked patch
+    page.screenshot(path=artifacts_dir / "patch-2-3.png")
+
+    click_patch(page, query_image, 10, 12, grid_shape)
+    page.get_by_text("Patch row 10, column 12 of a 14×14 grid").wait_for()
+    wait_until_all_redrawn(page, after_first)
+    assert page.get_by_text("Patch row 2, column 3").count() == 0
+    assert PATCH_CAPTION.search(page.get_by_text("Patch row").inner_text()).groups() == ("10", "12", "14", "14")
+    page.screenshot(path=artifacts_dir / "patch-10-12.png")
+
+    page.get_by_role("button", name="Clear the selected patch").click()
+    page.get_by_text("Click the image to compare one 16×16 patch with every result.").wait_for()
+    page.wait_for_function(  # back to each patch's best match to any query patch: the first pictures again
+        "([selector, before]) => JSON.stringify(Array.from(document.querySelectorAll(selector), i => i.src))"
+        " === JSON.stringify(before)",
+        arg=[RESULT_IMAGES, before],
+    )
+
+
+def test_unreadable_upload_is_one_clear_line(page):
+    open_page(page, "/")
+    page.get_by_text("Upload an image or pick an indexed one").wait_for()
+    page.locator("input[type=file]").set_input_files(
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"these are my notes, not a picture"}])
+    alert = page.get_by_text("notes.png: not an image format lookalike reads")
+    alert.wait_for()
+    assert page.locator("[data-testid=stAlert]").count() == 1
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert page.get_by_text("Traceback").count() == 0
+    assert page.get_by_text("#1 · score").count() == 0
+
+
+def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
+    image_id = ui_ids[sorted(ui_ids)[4]]
+    open_page(page, f"/?id={image_id}&k=8")
+    page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
+    page.get_by_role("button", name="Search with this", exact=True).nth(1).click()
+    page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True).wait_for()
+    page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=second_id)
+    assert "k=8" in page.url
+    assert page.get_by_text("#8 · score").count() == 1 and page.get_by_text("#9 · score").count() == 0
+
+
+def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
+    process, url = start_server(ui_store_dir, model_dir, tmp_path / "serve.log")
+    try:
+        process.terminate()  # what a service manager sends: to `lookalike serve` only, not its process group
+        process.wait(timeout=15)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).close()
+            except OSError:
+                break  # nobody answers any more
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"{url} still answers 10 s after `lookalike serve` was stopped")
+    finally:
+        stop(process)

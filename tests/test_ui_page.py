@@ -1,0 +1,256 @@
+"""The search page through Streamlit's AppTest: queries from the address, paging, buttons, uploads, errors."""
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import REPO_ROOT
+
+APP_PATH = REPO_ROOT / "ui" / "app.py"
+CARD = re.compile(r"\*\*#(\d+)\*\* · score \*\*(-?\d+\.\d{4})\*\* · id (\d+)")
+NO_QUERY = "Upload an image or pick an indexed one to see its nearest neighbours."
+
+
+@pytest.fixture
+def page(monkeypatch, ui_store_dir, model_dir):
+    """page(**query_params) runs the page on the test store, as `lookalike serve` would start it."""
+    monkeypatch.setenv("LOOKALIKE_STORE", str(ui_store_dir))
+    monkeypatch.setenv("LOOKALIKE_MODEL", str(model_dir))
+
+    def open_page(**query_params) -> AppTest:
+        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
+        for name, value in query_params.items():
+            at.query_params[name] = str(value)
+        return run(at)
+
+    return open_page
+
+
+def run(target) -> AppTest:
+    """Run (or rerun, after a widget interaction) the page; no foreseeable problem may end in an exception."""
+    at = target.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def cards(at: AppTest) -> list[tuple[int, float, int]]:
+    """(rank, score, image_id) of every result card on the page, in order."""
+    found = [CARD.fullmatch(m.value) for m in at.markdown]
+    return [(int(m[1]), float(m[2]), int(m[3])) for m in found if m]
+
+
+def card_texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if CARD.fullmatch(m.value)]
+
+
+def pager_text(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Page "))
+
+
+def image_urls(at: AppTest) -> list[str]:
+    """The media address of every picture in the main area; it changes exactly when the picture's bytes do."""
+    return [image.proto.imgs[0].url for image in at.main.get("image")]
+
+
+def button(at: AppTest, label: str, index: int = 0):
+    return [b for b in at.button if b.label == label][index]
+
+
+def chip(ui_ids: dict, index: int) -> tuple[Path, int]:
+    path = sorted(ui_ids)[index]
+    return Path(path), ui_ids[path]
+
+
+# -- no query, no store ------------------------------------------------------------------------
+def test_no_query_asks_for_one(page, ui_ids):
+    at = page()
+    assert [i.value for i in at.info] == [NO_QUERY]
+    assert cards(at) == []
+    assert f"**{len(ui_ids)}** images · 0 failed" in [m.value for m in at.sidebar.markdown]
+
+
+def test_empty_store_says_how_to_fill_it(page, monkeypatch, tmp_path, index):
+    (tmp_path / "nothing").mkdir()
+    index([tmp_path / "nothing"], tmp_path / "empty-store")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "empty-store"))
+    at = page(id=1)
+    assert len(at.info) == 1
+    assert "holds no images yet" in at.info[0].value
+    assert "lookalike index" in at.info[0].value
+    assert cards(at) == [] and not at.error
+
+
+def test_missing_store_is_one_error_line(page, monkeypatch, tmp_path):
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "nowhere"))
+    at = page()
+    assert len(at.error) == 1
+    assert "no lookalike store at" in at.error[0].value
+    assert str(tmp_path / "nowhere") in at.error[0].value
+    assert cards(at) == []
+
+
+def test_no_store_given_says_how_to_start(page, monkeypatch):
+    monkeypatch.delenv("LOOKALIKE_STORE")
+    at = page()
+    assert len(at.error) == 1
+    assert "lookalike serve --store" in at.error[0].value
+
+
+# -- queries from the address ------------------------------------------------------------------
+def test_query_by_id_finds_itself_first(page, ui_ids):
+    path, image_id = chip(ui_ids, 3)
+    at = page(id=image_id)
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {image_id}"
+    found = cards(at)
+    assert [rank for rank, _, _ in found] == list(range(1, 21))  # k defaults to 20, one page of 20
+    scores = [score for _, score, _ in found]
+    assert scores == sorted(scores, reverse=True)
+    assert len({hit for _, _, hit in found}) == 20
+    assert f"id {image_id} · {path}" in [c.value for c in at.caption]
+    assert at.query_params["k"] == "20"
+
+
+def test_k_comes_from_the_address(page, ui_ids):
+    at = page(id=chip(ui_ids, 0)[1], k=5)
+    assert [rank for rank, _, _ in cards(at)] == [1, 2, 3, 4, 5]
+    assert pager_text(at) == "Page **1** of **1** · 5 results"
+    assert at.sidebar.number_input[0].value == 5
+
+
+@pytest.mark.parametrize("k, shown", [("abc", 20), ("0", 1), ("5000", 24)])
+def test_odd_k_in_the_address_is_clamped(page, ui_ids, k, shown):
+    at = page(id=chip(ui_ids, 0)[1], k=k)
+    assert len(cards(at)) == min(shown, 20)
+    assert pager_text(at).endswith(f"· {shown} results")
+
+
+def test_paging(page, ui_ids):
+    _, image_id = chip(ui_ids, 7)
+    at = page(id=image_id, k=30)  # the store holds 24: 20 on page 1, 4 on page 2
+    assert pager_text(at) == "Page **1** of **2** · 24 results"
+    first_page = cards(at)
+    assert [rank for rank, _, _ in first_page] == list(range(1, 21))
+    assert at.button(key="prev").disabled and not at.button(key="next").disabled
+
+    run(at.button(key="next").click())
+    assert at.query_params["page"] == "2"
+    assert pager_text(at) == "Page **2** of **2** · 24 results"
+    second_page = cards(at)
+    assert [rank for rank, _, _ in second_page] == [21, 22, 23, 24]
+    assert {hit for *_, hit in first_page}.isdisjoint(hit for *_, hit in second_page)
+    assert second_page[0][1] <= first_page[-1][1]
+    assert at.button(key="next").disabled and not at.button(key="prev").disabled
+
+    run(at.button(key="prev").click())
+    assert at.query_params["page"] == "1"
+    assert cards(at) == first_page
+
+
+def test_page_past_the_end_shows_the_last(page, ui_ids):
+    at = page(id=chip(ui_ids, 7)[1], k=30, page=9)
+    assert pager_text(at) == "Page **2** of **2** · 24 results"
+    assert [rank for rank, _, _ in cards(at)] == [21, 22, 23, 24]
+
+
+def test_id_that_is_not_a_number(page):
+    at = page(id="abc")
+    assert [e.value for e in at.error] == ["The address asks for image id 'abc', which is not a number."]
+    assert cards(at) == []
+
+
+def test_unknown_id(page):
+    at = page(id=9999)
+    assert len(at.error) == 1
+    assert "no image with id 9999" in at.error[0].value
+    assert cards(at) == []
+
+
+# -- choosing a query on the page --------------------------------------------------------------
+def test_search_with_this_makes_a_result_the_query(page, ui_ids):
+    at = page(id=chip(ui_ids, 10)[1], k=30)
+    run(at.button(key="next").click())
+    second = cards(at)[1]  # rank 22
+    run(button(at, "Search with this", 1).click())
+    assert at.query_params["id"] == str(second[2])
+    assert at.query_params["page"] == "1"
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {second[2]}"
+
+
+def test_random_image_sets_an_id(page, ui_ids):
+    at = page()
+    run(button(at, "Random image").click())
+    image_id = int(at.query_params["id"])
+    assert image_id in ui_ids.values()
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {image_id}"
+
+
+def test_search_by_id(page, ui_ids):
+    _, image_id = chip(ui_ids, 5)
+    at = page()
+    at.number_input(key="wanted-id").set_value(image_id)
+    run(button(at, "Search by id").click())
+    assert at.query_params["id"] == str(image_id)
+    assert cards(at)[0] == (1, 1.0, image_id)
+
+
+def test_path_substring_search(page, ui_ids):
+    at = page()
+    run(at.text_input[0].input("R0256"))  # case-insensitive
+    matches = at.selectbox(key="path-match")
+    wanted = {image_id for path, image_id in ui_ids.items() if "r0256" in Path(path).name}
+    assert wanted
+    assert {int(option.split(" · ")[0]) for option in matches.options} == wanted
+    chosen = matches.value["id"]
+    run(at.button(key="by-path").click())
+    assert at.query_params["id"] == str(chosen)
+    assert cards(at)[0] == (1, 1.0, chosen)
+
+    run(at.text_input[0].input("no-such-place"))
+    assert "no indexed path contains that" in [c.value for c in at.caption]
+
+
+def test_hide_the_query_itself(page, ui_ids):
+    _, image_id = chip(ui_ids, 2)
+    at = page(id=image_id)
+    run(at.checkbox[0].check())
+    found = cards(at)
+    assert len(found) == 20
+    assert image_id not in [hit for *_, hit in found]
+
+
+def test_exact_heatmaps_recompute_with_the_model(page, ui_ids):
+    _, image_id = chip(ui_ids, 4)
+    at = page(id=image_id, k=4)
+    pca_maps = image_urls(at)
+    run(at.toggle[0].set_value(True))
+    assert cards(at)[0] == (1, 1.0, image_id)
+    exact_maps = image_urls(at)
+    assert len(exact_maps) == len(pca_maps) == 1 + 4  # the colour scale, then one picture per result
+    # Not the query itself: its best match to any query patch is 1 everywhere, however it is computed.
+    assert all(exact != pca for exact, pca in zip(exact_maps[2:], pca_maps[2:]))
+
+
+# -- uploads -----------------------------------------------------------------------------------
+def test_upload_finds_itself_first(page, ui_ids):
+    path, image_id = chip(ui_ids, 12)
+    at = page(id=chip(ui_ids, 0)[1])  # an upload replaces a query from the address
+    run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    assert "id" not in at.query_params
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {image_id}"
+    assert len(cards(at)) == 20
+    assert f"upload · {path.name}" in [c.value for c in at.caption]
+
+
+def test_unreadable_upload_is_one_clear_line(page):
+    at = page()
+    run(at.file_uploader[0].upload("notes.png", b"these are my notes, not a picture", "image/png"))
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith("notes.png: not an image format lookalike reads")
+    assert cards(at) == []
+
+
+def test_unreadable_upload_message_has_no_python_internals(page):
+    at = page()
+    run(at.file_uploader[0].upload("notes.png", b"these are my notes, not a picture", "image/png"))
+    assert "object at 0x" not in at.error[0].value
