@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, copy_chips
 
 APP_PATH = REPO_ROOT / "ui" / "app.py"
 CARD = re.compile(r"\*\*#(\d+)\*\* · score \*\*(-?\d+\.\d{4})\*\* · id (\d+)")
@@ -254,3 +254,28 @@ def test_unreadable_upload_message_has_no_python_internals(page):
     at = page()
     run(at.file_uploader[0].upload("notes.png", b"these are my notes, not a picture", "image/png"))
     assert "object at 0x" not in at.error[0].value
+
+
+def test_the_page_picks_up_a_new_index_run_without_a_restart(page, monkeypatch, tmp_path, index):
+    first = copy_chips(tmp_path / "first", 6)
+    index([first], tmp_path / "growing")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "growing"))
+    at = page(id=1)
+    assert "**6** images · 0 failed" in [m.value for m in at.sidebar.markdown]
+    assert len(cards(at)) == 6
+
+    index([first, copy_chips(tmp_path / "second", 6)], tmp_path / "growing")  # the server keeps running
+    run(at)
+    assert "**12** images · 0 failed" in [m.value for m in at.sidebar.markdown]
+    assert len(cards(at)) == 12
+
+
+def test_a_model_that_cannot_be_loaded_is_one_clear_line(page, monkeypatch, ui_ids, tmp_path):
+    monkeypatch.setenv("LOOKALIKE_MODEL", str(tmp_path / "no-such-model-sat493m"))
+    path, _ = chip(ui_ids, 3)
+    at = page()
+    run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    assert len(at.error) == 1
+    assert "cannot load model" in at.error[0].value
+    assert "--model" in at.error[0].value
+    assert cards(at) == []
