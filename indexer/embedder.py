@@ -33,7 +33,7 @@ class Embedder(Protocol):
     preprocess: Preprocess
     provenance: dict
 
-    def embed(self, pixels: torch.Tensor) -> Embedding: ...
+    def embed(self, pixels: torch.Tensor, *, check: bool = True) -> Embedding: ...
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -141,15 +141,19 @@ class DinoV3Embedder:
                    normalization=normalization_for(model, normalization))
 
     @torch.inference_mode()
-    def embed(self, pixels: torch.Tensor) -> Embedding:
-        """pixels (B, 3, H, W), normalised → global vectors and the (H/16, W/16) grid of patch tokens."""
+    def embed(self, pixels: torch.Tensor, *, check: bool = True) -> Embedding:
+        """pixels (B, 3, H, W), normalised → global vectors and the (H/16, W/16) grid of patch tokens.
+
+        `check=False` leaves the NaN/inf check to the caller (the pipeline's writer does it on the host
+        copy), so that on a GPU this call returns before the device has finished.
+        """
         batch, _, height, width = pixels.shape
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         hidden = self.backbone(pixel_values=pixels).last_hidden_state  # (B, 1 + R + h*w, D), after the final norm
         cls_token = hidden[:, 0].float()  # == pooler_output
         patches = hidden[:, self.num_prefix_tokens:].float()  # (B, h*w, D)
         grid = patches.reshape(batch, height // self.patch_size, width // self.patch_size, -1)  # (B, h, w, D)
-        if not (torch.isfinite(cls_token).all() and torch.isfinite(patches).all()):
+        if check and not (torch.isfinite(cls_token).all() and torch.isfinite(patches).all()):
             raise NonFiniteOutput(
                 f"the backbone produced NaN/inf in {self.provenance['dtype']} (an overflow): this batch was "
                 "refused and nothing was written. Run again with --dtype bfloat16 (or --dtype float32)"

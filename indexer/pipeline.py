@@ -1,5 +1,6 @@
 """The indexing run: scan, decide what changed, decode in parallel workers, embed, write the store."""
 import hashlib
+import inspect
 import logging
 import os
 import time
@@ -15,11 +16,9 @@ from store import PCA, Store
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
 from .images import Preprocess, decode_bytes, file_sha256, scan_sources
+from .writer import StoreWriter, non_finite_error, record_failure
 
 log = logging.getLogger(__name__)
-
-SAVE_EVERY_BATCHES = 20  # the index file is rewritten this often, and at the end
-
 
 @dataclass
 class Job:
@@ -156,7 +155,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
         for path in plan.vanished_failures:
             store.forget_failure(path)
         for failure in plan.failures:
-            _record_failure(store, failure, run_id, counts)
+            record_failure(store, failure, run_id, counts)
         _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts,
                     batch_size=batch_size, workers=workers, progress=progress)
         status = "done"
@@ -173,45 +172,61 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     return dict(summary, run_id=run_id, store=str(store_dir))
 
 
-def _record_failure(store, failure, run_id, counts):
-    """A file that no longer reads loses its old vector too: results must never point at it."""
-    path, reason, size, mtime = failure
-    log.info("failed: %s: %s", path, reason)
-    stale_id = store.image_id_for_path(path)
-    if stale_id is not None:
-        store.remove_images([stale_id])
-    store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
-    counts["failed"] += 1
-
-
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress):
     pca = store.pca()
+    writer = StoreWriter(store, run_id=run_id, counts=counts)
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
-    for number, batch in enumerate(batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers), 1):
-        for failure in batch["failures"]:
-            _record_failure(store, failure, run_id, counts)
-        if batch["records"]:
-            embedding = embedder.embed(batch["pixels"])
-            if pca is None:
-                pca = _fit_store_pca(store, embedding.patch_tokens)
-            reduced = _project(embedding.patch_tokens, pca)  # (B, h, w, C)
-            store.add_embeddings(batch["records"], embedding.global_vectors.cpu().numpy(), reduced, run_id=run_id)
-            counts["indexed"] += len(batch["records"])
-        bar.update(len(batch["records"]) + len(batch["failures"]))
-        if number % SAVE_EVERY_BATCHES == 0:
-            store.save_index()
-    bar.close()
+    chunk = batch_size  # shrinks for good after an out-of-memory error
+    try:
+        for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers):
+            for failure in batch["failures"]:
+                writer.failed(failure)
+            records, pixels = batch["records"], batch["pixels"]
+            start = 0
+            while start < len(records):
+                try:
+                    embedding = _embed(embedder, pixels[start:start + chunk])
+                except torch.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    log.warning("out of device memory: embedding in batches of %d from now on", chunk)
+                    _free_device_memory()
+                    continue
+                if pca is None:
+                    pca = _fit_store_pca(store, embedding.patch_tokens)
+                writer.embedded(records[start:start + chunk], embedding.global_vectors,
+                                _project(embedding.patch_tokens, pca))
+                start += chunk
+            bar.update(len(records) + len(batch["failures"]))
+    finally:
+        bar.close()
+        writer.close()
+
+
+def _embed(embedder, pixels):
+    """Defer the finite check to the writer (it would wait for the device here) where the embedder allows."""
+    if "check" in inspect.signature(embedder.embed).parameters:
+        return embedder.embed(pixels, check=False)
+    return embedder.embed(pixels)  # a plugged-in embedder without the keyword: the writer still checks
+
+
+def _free_device_memory():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _fit_store_pca(store: Store, patch_tokens: torch.Tensor) -> PCA:
     """Fitted on the first batch's patch tokens and kept for the life of the store."""
+    if not torch.isfinite(patch_tokens).all():
+        raise non_finite_error()
     mean, components, fitted_on = fit_pca(patch_tokens.reshape(-1, patch_tokens.shape[-1]))
     pca = PCA(mean=mean.astype(np.float32), components=components.astype(np.float32), fitted_on=fitted_on)
     store.set_pca(pca)
     return pca
 
 
-def _project(patch_tokens: torch.Tensor, pca: PCA) -> np.ndarray:
+def _project(patch_tokens: torch.Tensor, pca: PCA) -> torch.Tensor:
     mean = torch.as_tensor(pca.mean, device=patch_tokens.device)
     components = torch.as_tensor(pca.components, device=patch_tokens.device)
-    return ((patch_tokens - mean) @ components.T).cpu().numpy()  # (B, h, w, C)
+    return (patch_tokens - mean) @ components.T  # (B, h, w, C), still on the device

@@ -1,0 +1,93 @@
+"""A background thread that owns the store during the embedding loop, so the model never waits for SQLite."""
+import logging
+import queue
+import threading
+
+import numpy as np
+
+from .errors import NonFiniteOutput
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY_BATCHES = 20  # the index file is rewritten this often, and at the end
+
+
+class StoreWriter:
+    """Takes finished batches and failures in order; every store call of the loop happens on its thread.
+
+    The device→host copy happens here too: on a GPU the main thread has launched the next batch by then.
+    The first error stops all later writes and is raised again in the main thread.
+    """
+
+    def __init__(self, store, *, run_id, counts: dict, max_pending: int = 2):
+        self.store = store
+        self.run_id = run_id
+        self.counts = counts
+        self.batches_written = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="lookalike-store-writer", daemon=True)
+        self._thread.start()
+
+    def embedded(self, records: list[dict], vectors, grids) -> None:
+        """vectors (B, D) and reduced patch grids (B, h, w, C), as tensors on any device."""
+        self._put(("embedded", records, vectors, grids))
+
+    def failed(self, failure: tuple) -> None:
+        self._put(("failed", failure))
+
+    def close(self) -> None:
+        """Wait for everything queued to be written; raise the writer's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _put(self, item) -> None:
+        self.raise_error()
+        self._queue.put(item)
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain without writing: a refused batch must not be followed by later ones
+            try:
+                self._write(item)
+            except BaseException as error:  # handed to the main thread
+                self._error = error
+
+    def _write(self, item) -> None:
+        if item[0] == "failed":
+            record_failure(self.store, item[1], self.run_id, self.counts)
+            return
+        _, records, vectors, grids = item
+        vectors = vectors.cpu().numpy()  # waits for this batch's device work only
+        grids = grids.cpu().numpy()
+        if not (np.isfinite(vectors).all() and np.isfinite(grids).all()):
+            raise non_finite_error()
+        self.store.add_embeddings(records, vectors, grids, run_id=self.run_id)
+        self.counts["indexed"] += len(records)
+        self.batches_written += 1
+        if self.batches_written % SAVE_EVERY_BATCHES == 0:
+            self.store.save_index()
+
+
+def non_finite_error() -> NonFiniteOutput:
+    return NonFiniteOutput(
+        "the backbone produced NaN/inf (an overflow): this batch was refused and nothing of it was "
+        "written. Run again with --dtype bfloat16 (or --dtype float32)"
+    )
+
+
+def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
+    """A file that no longer reads loses its old vector too: results must never point at it."""
+    path, reason, size, mtime = failure
+    log.info("failed: %s: %s", path, reason)
+    stale_id = store.image_id_for_path(path)
+    if stale_id is not None:
+        store.remove_images([stale_id])
+    store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
+    counts["failed"] += 1

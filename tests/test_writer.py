@@ -1,0 +1,66 @@
+"""The embedding loop's background writer and memory back-off: what reaches the store, and in what order."""
+import pytest
+import torch
+
+from helpers import copy_chips
+from indexer.errors import NonFiniteOutput
+
+
+def test_a_non_finite_later_batch_is_refused_and_earlier_ones_kept(index, tmp_path, model_dir, load_embedder,
+                                                                    monkeypatch, open_store):
+    first = copy_chips(tmp_path / "first", 6)
+    index([first], tmp_path / "store", batch_size=2)
+    broken = load_embedder(model_dir)
+    forward = broken.backbone.forward
+    calls = []
+
+    def overflow_on_second_batch(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            out.last_hidden_state[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(broken.backbone, "forward", overflow_on_second_batch)
+    with pytest.raises(NonFiniteOutput, match="--dtype bfloat16"):
+        index([first, copy_chips(tmp_path / "second", 6)], tmp_path / "store", embedder=broken, batch_size=2)
+
+    store = open_store(tmp_path / "store")
+    # the 6 of the first run, the first new batch of 2; the refused batch and everything after it: nothing
+    assert store.count_images() == 8
+    assert store.db.execute("SELECT count(*) FROM vectors").fetchone()[0] == 8
+    assert store.index.ntotal == 8
+
+
+class ShrinkingMemory:
+    """Wraps an embedder: any batch larger than `limit` runs 'out of device memory'."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit, self.sizes = inner, limit, []
+        self.preprocess, self.provenance = inner.preprocess, inner.provenance
+
+    def embed(self, pixels, *, check=True):
+        self.sizes.append(len(pixels))
+        if len(pixels) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner.embed(pixels, check=check)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(index, chips_dir, store_dir, embedder, open_store):
+    shrinking = ShrinkingMemory(embedder, limit=3)
+    summary = index([chips_dir], store_dir, embedder=shrinking, batch_size=8)
+
+    assert summary["indexed"] == 12
+    assert open_store(store_dir).index.ntotal == 12
+    assert shrinking.sizes[:3] == [8, 4, 2]  # backs off once, then stays small
+    assert max(shrinking.sizes[3:]) <= 2
+
+
+def test_an_embedder_without_the_check_keyword_still_works(index, chips_dir, store_dir, embedder, open_store):
+    class Plain:
+        preprocess, provenance = embedder.preprocess, embedder.provenance
+
+        def embed(self, pixels):
+            return embedder.embed(pixels)
+
+    assert index([chips_dir], store_dir, embedder=Plain())["indexed"] == 12
