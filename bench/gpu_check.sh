@@ -12,4 +12,4 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out_dir/nvidia-smi.csv" || true
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-python3 bench/gpu_bench.py --images samples/naip --out "$out_dir" "$@" 2>&1 | tee "$out_dir/gpu_bench.log"
+python3 bench/throughput.py --device cuda --shape vit7b16 --images samples/naip --out "$out_dir" "$@" 2>&1 | tee "$out_dir/throughput.log"

@@ -1,0 +1,318 @@
+"""Indexing throughput, side by side in one run: forward-only, the model card's loop, and the indexer.
+
+For a random-weight DINOv3 of a known shape (indexer.random_model.SHAPES; compute per image, and so speed,
+is the real model's) built directly on the device, over copies of real JPEG chips:
+1. forward-only: the backbone on pre-made input tensors, best of several batch sizes, no I/O;
+2. naive: the model card's way, one image at a time: open, preprocess, forward, take pooler_output;
+3. indexer: `index_collection` into a fresh store, what `lookalike index` runs once the model is loaded
+   (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
+plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. All three use the
+same dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32).
+
+    python bench/throughput.py --device cpu --shape vits16 --resolutions 224 --out bench/results/cpu
+    python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer.embedder import DinoV3Embedder  # noqa: E402
+from indexer.images import load_image  # noqa: E402
+from indexer.normalization import SAT493M  # noqa: E402
+from indexer.pipeline import index_collection  # noqa: E402
+from indexer.random_model import random_config  # noqa: E402
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense FP16 tensor-core peak, SXM
+DTYPE = torch.float16
+DEVICE = "cuda"  # --device cpu runs the same script on a tiny shape, to check it before spending GPU time
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def default_dtype(device: str) -> torch.dtype:
+    from indexer.embedder import resolve_dtype
+
+    return resolve_dtype("auto", torch.device(device))
+
+
+def build_backbone(shape: str, dtype: torch.dtype):
+    from transformers import DINOv3ViTModel
+
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(DEVICE):
+            model = DINOv3ViTModel(random_config(shape))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def flops_per_image(model, resolution: int) -> float:
+    """2 × parameters × tokens for the matrix products, plus attention's QKᵀ and AV."""
+    config = model.config
+    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
+    params = sum(p.numel() for p in model.parameters())
+    attention = 4 * config.num_hidden_layers * tokens**2 * config.hidden_size
+    return 2 * params * tokens + attention
+
+
+def cuda_time(fn, *, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@torch.inference_mode()
+def forward_only(model, resolution: int, batch_sizes, *, runs: int) -> dict:
+    best = {"images_per_second": 0.0}
+    tried = {}
+    for batch in batch_sizes:
+        pixels = torch.randn(batch, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
+        try:
+            times = cuda_time(lambda: model(pixel_values=pixels).pooler_output, warmup=2, runs=runs)
+        except torch.OutOfMemoryError:
+            tried[batch] = "out of memory"
+            torch.cuda.empty_cache()
+            continue
+        rate = batch / statistics.median(times)
+        tried[batch] = round(rate, 2)
+        if rate > best["images_per_second"]:
+            best = {"images_per_second": rate, "batch_size": batch}
+    output = model(pixel_values=pixels[:1]).last_hidden_state
+    best["finite"] = bool(torch.isfinite(output).all())
+    best["by_batch_size"] = tried
+    return best
+
+
+@torch.inference_mode()
+def naive(model, files, resolution: int) -> dict:
+    """The model card's way: one image at a time, preprocess, forward, take pooler_output."""
+    mean = torch.tensor(SAT493M["mean"]).view(3, 1, 1)
+    std = torch.tensor(SAT493M["std"]).view(3, 1, 1)
+
+    def one(path):
+        from PIL import Image
+
+        image = Image.open(path).convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+        pixels = (torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255 - mean) / std
+        return model(pixel_values=pixels[None].to(DEVICE, next(model.parameters()).dtype)).pooler_output.float().cpu()
+
+    one(files[0])
+    sync()
+    start = time.perf_counter()
+    for path in files:
+        one(path)
+    seconds = time.perf_counter() - start
+    return {"images": len(files), "seconds": seconds, "images_per_second": len(files) / seconds}
+
+
+def indexer_run(model, files, resolution: int, *, batch_size: int, workers: int) -> dict:
+    embedder = DinoV3Embedder(model, model="random-vit7b16-sat493m", resolution=resolution,
+                              normalization=SAT493M, pooling="cls")
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "files.txt"
+        listing.write_text("\n".join(str(f) for f in files))
+        start = time.perf_counter()
+        summary = index_collection([listing], Path(tmp) / "store", embedder=embedder, batch_size=batch_size,
+                                   workers=workers, progress=False)
+        seconds = time.perf_counter() - start
+    return {"images": summary["indexed"], "failed": summary["failed"], "seconds": seconds,
+            "images_per_second": summary["indexed"] / seconds, "batch_size": batch_size, "workers": workers}
+
+
+def query_latency(model, path, resolution: int, *, runs: int) -> dict:
+    embedder = DinoV3Embedder(model, model="random-vit7b16-sat493m", resolution=resolution,
+                              normalization=SAT493M, pooling="cls")
+
+    def one():
+        pixels = torch.from_numpy(embedder.preprocess(load_image(path)))[None]
+        embedder.embed(pixels).global_vectors.cpu()
+
+    times = sorted(cuda_time(one, warmup=3, runs=runs))
+    return {"p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
+            "runs": runs}
+
+
+def copies(image_dir: Path, tmp: Path, count: int) -> list[Path]:
+    """`count` distinct files cut from the chips (copied under new names so none is skipped)."""
+    chips = sorted(image_dir.glob("*.jpg"))
+    out = []
+    for number in range(count):
+        target = tmp / f"copy{number // len(chips)}_{chips[number % len(chips)].name}"
+        shutil.copy(chips[number % len(chips)], target)
+        out.append(target)
+    return out
+
+
+DEFAULTS = {  # device: {resolution: (batch sizes to try, indexed files, naive files)}
+    "cuda": {224: ([32, 64, 128], 1024, 64), 512: ([8, 16, 32], 352, 24)},
+    "cpu": {224: ([8, 16, 32], 192, 32), 512: ([2, 4], 32, 8)},
+}
+
+
+def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, file_count, naive_count, workers,
+                       runs, peak, latency_runs) -> dict:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fwd = forward_only(model, resolution, batch_sizes, runs=runs)
+    flops = flops_per_image(model, resolution)
+    row = {"flops_per_image": flops, "forward_only": fwd}
+    row["naive"] = naive(naive_model, pool[:naive_count], resolution)
+    row["indexer"] = indexer_run(model, pool[:file_count], resolution, batch_size=fwd["batch_size"], workers=workers)
+    if peak:
+        fwd["mfu"] = fwd["images_per_second"] * flops / peak
+        row["indexer"]["mfu"] = row["indexer"]["images_per_second"] * flops / peak
+    row["indexer_over_forward"] = row["indexer"]["images_per_second"] / fwd["images_per_second"]
+    row["indexer_over_naive"] = row["indexer"]["images_per_second"] / row["naive"]["images_per_second"]
+    row["query_latency"] = query_latency(model, pool[0], resolution, runs=latency_runs)
+    row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
+    return row
+
+
+def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers, runs, peak) -> dict:
+    """torch.compile of the same backbone: compile time, forward-only and indexer at one batch size."""
+    started = time.perf_counter()
+    compiled = torch.compile(model, dynamic=False)
+    pixels = torch.randn(batch_size, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
+    with torch.inference_mode():
+        compiled(pixel_values=pixels)
+    sync()
+    row = {"compile_seconds": time.perf_counter() - started, "batch_size": batch_size}
+    row["forward_only"] = forward_only(compiled, resolution, [batch_size], runs=runs)
+    count = file_count - file_count % batch_size  # no short last batch: it would compile again
+    row["indexer"] = indexer_run(compiled, pool[:count], resolution, batch_size=batch_size, workers=workers)
+    if peak:
+        flops = flops_per_image(model, resolution)
+        row["forward_only"]["mfu"] = row["forward_only"]["images_per_second"] * flops / peak
+        row["indexer"]["mfu"] = row["indexer"]["images_per_second"] * flops / peak
+    return row
+
+
+def main() -> None:
+    from indexer.pipeline import default_workers
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=Path("samples/naip"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu"))
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--shape", default="vit7b16", help="a shape from indexer.random_model.SHAPES")
+    parser.add_argument("--resolutions", default="224,512")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers [indexer default]")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile at the first resolution")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
+    args = parser.parse_args()
+    global DEVICE, DTYPE
+    DEVICE = args.device
+    DTYPE = default_dtype(DEVICE)
+    workers = default_workers() if args.workers is None else args.workers
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = 2 if args.quick else 5
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_name()
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+    started = time.perf_counter()
+    model = build_backbone(args.shape, DTYPE)
+    sync()
+    import transformers
+
+    report = {
+        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": device_name, "cores": os.cpu_count(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "model": f"random DINOv3 {args.shape}", "dtype": str(DTYPE).removeprefix("torch."),
+        "attention": getattr(model.config, "_attn_implementation", None), "workers": workers,
+        "build_seconds": time.perf_counter() - started,
+        "parameters": sum(p.numel() for p in model.parameters()), "peak_flops": peak, "results": {},
+    }
+    # The model card's loop runs in the checkpoint's dtype (from_pretrained's default): float16 for the
+    # FP16 7B on a GPU; float32 for a float32 checkpoint on a CPU, where the card has no bfloat16 step.
+    naive_model = model if DEVICE == "cuda" else build_backbone(args.shape, torch.float32)
+    report["naive_dtype"] = str(next(naive_model.parameters()).dtype).removeprefix("torch.")
+    settings = {r: DEFAULTS[DEVICE][r] for r in map(int, args.resolutions.split(","))}
+    if args.quick:
+        settings = {r: (b[:2], min(f, 32), min(n, 4)) for r, (b, f, n) in settings.items()}
+    stem = f"throughput-{DEVICE}-{args.shape}"
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = copies(args.images, Path(tmp), max(count for _, count, _ in settings.values()))
+        for resolution, (batch_sizes, file_count, naive_count) in settings.items():
+            row = measure_resolution(model, naive_model, pool, resolution, batch_sizes=batch_sizes, file_count=file_count,
+                                     naive_count=naive_count, workers=workers, runs=runs, peak=peak,
+                                     latency_runs=10 if args.quick else 30)
+            report["results"][resolution] = row
+            write_report(report, args.out, stem, started)  # what is done survives a later time-out
+        if args.compile:
+            resolution = next(iter(settings))
+            best = report["results"][resolution]["forward_only"]["batch_size"]
+            report["compiled"] = {resolution: compiled_variant(
+                model, pool, resolution, batch_size=best, file_count=settings[resolution][1], workers=workers,
+                runs=runs, peak=peak)}
+            write_report(report, args.out, stem, started)
+    print(table(report))
+
+
+def write_report(report: dict, out_dir: Path, stem: str, started: float) -> None:
+    report["peak_host_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    report["total_seconds"] = time.perf_counter() - started
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out_dir / f"{stem}.md").write_text(table(report))
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def table(report: dict) -> str:
+    lines = [f"# Throughput: {report['model']} ({report['dtype']}) on {report['device']}", "",
+             f"`{report['command']}` — {report['date']}, {report['cores']} cores, torch {report['torch']}, "
+             f"transformers {report['transformers']}, attention {report['attention']}, {report['workers']} decode "
+             f"workers, naive loop in {report['naive_dtype']}; model built in {report['build_seconds']:.1f} s; peak host RSS "
+             f"{report['peak_host_rss_gib']:.1f} GiB", "",
+             "| res | forward-only img/s (batch) | MFU | naive img/s | indexer img/s | indexer/forward | indexer/naive "
+             "| query p50 / p99 ms | peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for resolution, row in report["results"].items():
+        fwd, mfu = row["forward_only"], row["forward_only"].get("mfu")
+        lines.append(
+            f"| {resolution} | {fwd['images_per_second']:.1f} ({fwd.get('batch_size')}) | "
+            f"{'' if mfu is None else f'{mfu:.0%}'} | {row['naive']['images_per_second']:.1f} | "
+            f"{row['indexer']['images_per_second']:.1f} | {row['indexer_over_forward']:.2f} | "
+            f"{row['indexer_over_naive']:.2f} | {row['query_latency']['p50_ms']:.0f} / "
+            f"{row['query_latency']['p99_ms']:.0f} | {row['peak_gpu_memory_gib']:.1f} |")
+    for resolution, row in report.get("compiled", {}).items():
+        fwd, idx = row["forward_only"], row["indexer"]
+        mfu = "" if fwd.get("mfu") is None else f" ({fwd['mfu']:.0%} MFU)"
+        lines += ["", f"torch.compile at {resolution} (batch {row['batch_size']}): compiled in "
+                      f"{row['compile_seconds']:.0f} s; forward-only {fwd['images_per_second']:.1f} img/s{mfu}; "
+                      f"indexer {idx['images_per_second']:.1f} img/s"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
