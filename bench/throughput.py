@@ -103,7 +103,7 @@ def forward_only(model, resolution: int, batch_sizes, *, runs: int) -> dict:
         tried[batch] = round(rate, 2)
         if rate > best["images_per_second"]:
             best = {"images_per_second": rate, "batch_size": batch}
-    output = model(pixel_values=pixels[:1]).last_hidden_state
+    output = model(pixel_values=pixels).last_hidden_state  # the timed shape: a compiled model must not recompile
     best["finite"] = bool(torch.isfinite(output).all())
     best["by_batch_size"] = tried
     return best
@@ -131,9 +131,12 @@ def naive(model, files, resolution: int) -> dict:
     return {"images": len(files), "seconds": seconds, "images_per_second": len(files) / seconds}
 
 
-def indexer_run(model, files, resolution: int, *, batch_size: int, workers: int) -> dict:
-    embedder = DinoV3Embedder(model, model="random-vit7b16-sat493m", resolution=resolution,
-                              normalization=SAT493M, pooling="cls")
+def bench_embedder(model, resolution: int, *, compile: bool = False) -> DinoV3Embedder:
+    return DinoV3Embedder(model, model="random-sat493m", resolution=resolution, normalization=SAT493M,
+                          pooling="cls", compile=compile)
+
+
+def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "files.txt"
         listing.write_text("\n".join(str(f) for f in files))
@@ -146,8 +149,7 @@ def indexer_run(model, files, resolution: int, *, batch_size: int, workers: int)
 
 
 def query_latency(model, path, resolution: int, *, runs: int) -> dict:
-    embedder = DinoV3Embedder(model, model="random-vit7b16-sat493m", resolution=resolution,
-                              normalization=SAT493M, pooling="cls")
+    embedder = bench_embedder(model, resolution)
 
     def one():
         pixels = torch.from_numpy(embedder.preprocess(load_image(path)))[None]
@@ -183,7 +185,8 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
     flops = flops_per_image(model, resolution)
     row = {"flops_per_image": flops, "forward_only": fwd}
     row["naive"] = naive(naive_model, pool[:naive_count], resolution)
-    row["indexer"] = indexer_run(model, pool[:file_count], resolution, batch_size=fwd["batch_size"], workers=workers)
+    row["indexer"] = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=fwd["batch_size"],
+                                 workers=workers)
     if peak:
         fwd["mfu"] = fwd["images_per_second"] * flops / peak
         row["indexer"]["mfu"] = row["indexer"]["images_per_second"] * flops / peak
@@ -195,17 +198,16 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
 
 
 def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers, runs, peak) -> dict:
-    """torch.compile of the same backbone: compile time, forward-only and indexer at one batch size."""
+    """`lookalike index --compile`: the embedder's compiled forward; compile time, forward-only, indexer."""
+    embedder = bench_embedder(model, resolution, compile=True)
     started = time.perf_counter()
-    compiled = torch.compile(model, dynamic=False)
     pixels = torch.randn(batch_size, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
     with torch.inference_mode():
-        compiled(pixel_values=pixels)
+        embedder._forward(pixel_values=pixels)
     sync()
     row = {"compile_seconds": time.perf_counter() - started, "batch_size": batch_size}
-    row["forward_only"] = forward_only(compiled, resolution, [batch_size], runs=runs)
-    count = file_count - file_count % batch_size  # no short last batch: it would compile again
-    row["indexer"] = indexer_run(compiled, pool[:count], resolution, batch_size=batch_size, workers=workers)
+    row["forward_only"] = forward_only(embedder._forward, resolution, [batch_size], runs=runs)
+    row["indexer"] = indexer_run(embedder, pool[:file_count], batch_size=batch_size, workers=workers)
     if peak:
         flops = flops_per_image(model, resolution)
         row["forward_only"]["mfu"] = row["forward_only"]["images_per_second"] * flops / peak
@@ -223,7 +225,7 @@ def main() -> None:
     parser.add_argument("--shape", default="vit7b16", help="a shape from indexer.random_model.SHAPES")
     parser.add_argument("--resolutions", default="224,512")
     parser.add_argument("--workers", type=int, default=None, help="decode workers [indexer default]")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile at the first resolution")
+    parser.add_argument("--compile", action="store_true", help="also time `lookalike index --compile` at each resolution")
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
     args = parser.parse_args()
     global DEVICE, DTYPE
@@ -265,12 +267,11 @@ def main() -> None:
                                      latency_runs=10 if args.quick else 30)
             report["results"][resolution] = row
             write_report(report, args.out, stem, started)  # what is done survives a later time-out
-        if args.compile:
-            resolution = next(iter(settings))
+        for resolution in settings if args.compile else ():
             best = report["results"][resolution]["forward_only"]["batch_size"]
-            report["compiled"] = {resolution: compiled_variant(
+            report.setdefault("compiled", {})[resolution] = compiled_variant(
                 model, pool, resolution, batch_size=best, file_count=settings[resolution][1], workers=workers,
-                runs=runs, peak=peak)}
+                runs=runs, peak=peak)
             write_report(report, args.out, stem, started)
     print(table(report))
 

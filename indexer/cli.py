@@ -63,11 +63,14 @@ def cli(verbose):
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--rebuild", is_flag=True, help="Forget the store's contents and embed everything again.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
+                   "compile, worth it beyond ~40,000 images).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, progress, as_json):
+          rebuild, compile_model, progress, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
@@ -84,7 +87,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
                        normalization=normalization_for(model, normalization))
     embedder = DinoV3Embedder.from_pretrained(
         model, dtype=dtype, device=device, resolution=resolution,
-        normalization=normalization, pooling=pooling,
+        normalization=normalization, pooling=pooling, compile=compile_model,
     )
     summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
                                rebuild=rebuild, progress=progress and not as_json)

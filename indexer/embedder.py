@@ -98,13 +98,18 @@ class DinoV3Embedder:
     """A DINOv3 ViT from transformers, with the preprocessing and provenance that go with it."""
 
     def __init__(self, backbone, *, model: str, resolution: int = 224, normalization: dict, pooling: str = "cls",
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, compile: bool = False):
         config = backbone.config
         if resolution % config.patch_size:
             raise IndexerError(f"--resolution {resolution} is not a multiple of the patch size {config.patch_size}")
         if pooling not in POOLINGS:
             raise IndexerError(f"--pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.backbone = backbone
+        # torch.compile fuses the elementwise work between the matrix products: measured +28 % images/s
+        # for the 7B on an H100 (bench/results/gpu), after a ~50 s compile per input shape.
+        self._forward = torch.compile(backbone, dynamic=False) if compile else backbone
+        self._static_batch = None  # a compiled forward keeps one batch size: smaller batches are padded
+        self.compiled = compile
         self.device = next(backbone.parameters()).device
         self.dtype = next(backbone.parameters()).dtype
         self.pooling = pooling
@@ -128,7 +133,8 @@ class DinoV3Embedder:
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
-                        resolution: int = 224, normalization: str | dict | None = None, pooling: str = "cls"):
+                        resolution: int = 224, normalization: str | dict | None = None, pooling: str = "cls",
+                        compile: bool = False):
         if Path(model).is_dir():
             model = str(Path(model).absolute())  # a store must find its model from any working directory
         torch_device = resolve_device(device)
@@ -138,7 +144,19 @@ class DinoV3Embedder:
         if Path(model).is_dir():
             fingerprint = weights_fingerprint(Path(model)) or fingerprint
         return cls(backbone, model=model, resolution=resolution, pooling=pooling, fingerprint=fingerprint,
-                   normalization=normalization_for(model, normalization))
+                   normalization=normalization_for(model, normalization), compile=compile)
+
+    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.compiled:
+            return self._forward(pixel_values=pixels).last_hidden_state
+        self._static_batch = self._static_batch or len(pixels)
+        try:
+            if len(pixels) < self._static_batch:  # the run's last, short batch: no second compile
+                return _padded_forward(self._forward, pixels, self._static_batch)
+            return self._forward(pixel_values=pixels).last_hidden_state
+        except torch.OutOfMemoryError:
+            self._static_batch = None  # the caller retries smaller: compile for that size instead
+            raise
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor, *, check: bool = True) -> Embedding:
@@ -149,7 +167,7 @@ class DinoV3Embedder:
         """
         batch, _, height, width = pixels.shape
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        hidden = self.backbone(pixel_values=pixels).last_hidden_state  # (B, 1 + R + h*w, D), after the final norm
+        hidden = self._run(pixels)  # (B, 1 + R + h*w, D), after the final norm
         cls_token = hidden[:, 0].float()  # == pooler_output
         patches = hidden[:, self.num_prefix_tokens:].float()  # (B, h*w, D)
         grid = patches.reshape(batch, height // self.patch_size, width // self.patch_size, -1)  # (B, h, w, D)
@@ -159,6 +177,11 @@ class DinoV3Embedder:
                 "refused and nothing was written. Run again with --dtype bfloat16 (or --dtype float32)"
             )
         return Embedding(global_vectors=pool(cls_token, patches, self.pooling), patch_tokens=grid)
+
+
+def _padded_forward(forward, pixels: torch.Tensor, size: int) -> torch.Tensor:
+    padding = pixels.new_zeros((size - len(pixels), *pixels.shape[1:]))
+    return forward(pixel_values=torch.cat([pixels, padding])).last_hidden_state[: len(pixels)]
 
 
 def pool(cls_token: torch.Tensor, patches: torch.Tensor, pooling: str) -> torch.Tensor:

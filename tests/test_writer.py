@@ -64,3 +64,17 @@ def test_an_embedder_without_the_check_keyword_still_works(index, chips_dir, sto
             return embedder.embed(pixels)
 
     assert index([chips_dir], store_dir, embedder=Plain())["indexed"] == 12
+
+
+def test_compiled_backbone_gives_the_same_vectors_and_pads_the_last_batch(model_dir, load_embedder, index,
+                                                                            chips_dir, tmp_path, open_store):
+    eager = load_embedder(model_dir)
+    compiled = load_embedder(model_dir, compile=True)
+    index([chips_dir], tmp_path / "eager", embedder=eager, batch_size=5)  # 12 chips: 5, 5 and a short 2
+    index([chips_dir], tmp_path / "compiled", embedder=compiled, batch_size=5)
+
+    assert compiled.compiled and compiled._static_batch == 5
+    a, b = open_store(tmp_path / "eager"), open_store(tmp_path / "compiled")
+    for path, row in a.images_by_path().items():
+        other = b.images_by_path()[path]
+        assert abs(float(a.vector(row["id"]) @ b.vector(other["id"])) - 1.0) < 1e-4
