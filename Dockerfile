@@ -1,6 +1,9 @@
 # lookalike on a CUDA machine: docker build -t lookalike . && \
 #   docker run --gpus all -v hf-cache:/cache/huggingface -v "$PWD/store:/store" -v "$PWD/images:/images:ro" \
 #     lookalike index /images --store /store
+# The search page (inside a container it must bind to all interfaces to be reachable through -p):
+#   docker run --gpus all -p 8501:8501 -v hf-cache:/cache/huggingface -v "$PWD/store:/store" \
+#     -v "$PWD/images:/images:ro" lookalike serve --store /store --host 0.0.0.0
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 RUN apt-get update \
@@ -22,5 +25,6 @@ COPY ui ui
 RUN pip install --no-cache-dir ".[gpu]"
 
 VOLUME ["/cache/huggingface", "/store"]
+EXPOSE 8501
 ENTRYPOINT ["lookalike"]
 CMD ["--help"]

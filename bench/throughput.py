@@ -178,20 +178,31 @@ DEFAULTS = {  # device: {resolution: (batch sizes to try, indexed files, naive f
 
 
 def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, file_count, naive_count, workers,
-                       runs, peak, latency_runs) -> dict:
+                       runs, peak, latency_runs, repeat: int = 1) -> dict:
+    """forward-only, naive and indexer `repeat` times in turn (A B C A B C ...); medians and per-round ratios."""
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    fwd = forward_only(model, resolution, batch_sizes, runs=runs)
+    fwd = forward_only(model, resolution, batch_sizes, runs=runs)  # picks the batch size
+    batch = fwd["batch_size"]
+    rounds = []
+    for number in range(repeat):
+        forward_rate = fwd["images_per_second"] if number == 0 else \
+            forward_only(model, resolution, [batch], runs=runs)["images_per_second"]
+        naive_rate = naive(naive_model, pool[:naive_count], resolution)["images_per_second"]
+        indexer = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=batch, workers=workers)
+        rounds.append({"forward_only": forward_rate, "naive": naive_rate, "indexer": indexer["images_per_second"]})
+    median = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     flops = flops_per_image(model, resolution)
-    row = {"flops_per_image": flops, "forward_only": fwd}
-    row["naive"] = naive(naive_model, pool[:naive_count], resolution)
-    row["indexer"] = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=fwd["batch_size"],
-                                 workers=workers)
+    fwd["images_per_second"] = median("forward_only")
+    row = {"flops_per_image": flops, "forward_only": fwd, "rounds": rounds,
+           "naive": {"images": naive_count, "images_per_second": median("naive")},
+           "indexer": {"images": file_count, "batch_size": batch, "workers": workers,
+                       "images_per_second": median("indexer")},
+           "indexer_over_forward": statistics.median(r["indexer"] / r["forward_only"] for r in rounds),
+           "indexer_over_naive": statistics.median(r["indexer"] / r["naive"] for r in rounds)}
     if peak:
         fwd["mfu"] = fwd["images_per_second"] * flops / peak
         row["indexer"]["mfu"] = row["indexer"]["images_per_second"] * flops / peak
-    row["indexer_over_forward"] = row["indexer"]["images_per_second"] / fwd["images_per_second"]
-    row["indexer_over_naive"] = row["indexer"]["images_per_second"] / row["naive"]["images_per_second"]
     row["query_latency"] = query_latency(model, pool[0], resolution, runs=latency_runs)
     row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
     return row
@@ -226,6 +237,8 @@ def main() -> None:
     parser.add_argument("--resolutions", default="224,512")
     parser.add_argument("--workers", type=int, default=None, help="decode workers [indexer default]")
     parser.add_argument("--compile", action="store_true", help="also time `lookalike index --compile` at each resolution")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of forward-only, naive and indexer in turn; medians and per-round ratios")
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
     args = parser.parse_args()
     global DEVICE, DTYPE
@@ -264,7 +277,7 @@ def main() -> None:
         for resolution, (batch_sizes, file_count, naive_count) in settings.items():
             row = measure_resolution(model, naive_model, pool, resolution, batch_sizes=batch_sizes, file_count=file_count,
                                      naive_count=naive_count, workers=workers, runs=runs, peak=peak,
-                                     latency_runs=10 if args.quick else 30)
+                                     latency_runs=10 if args.quick else 30, repeat=args.repeat)
             report["results"][resolution] = row
             write_report(report, args.out, stem, started)  # what is done survives a later time-out
         for resolution in settings if args.compile else ():
@@ -291,7 +304,10 @@ def cpu_name() -> str:
 
 
 def table(report: dict) -> str:
+    rounds = len(next(iter(report["results"].values()), {}).get("rounds", [])) or 1
     lines = [f"# Throughput: {report['model']} ({report['dtype']}) on {report['device']}", "",
+             f"Medians over {rounds} round(s) of forward-only, naive and indexer in turn; ratios are the medians "
+             "of each round's ratio.", "",
              f"`{report['command']}` — {report['date']}, {report['cores']} cores, torch {report['torch']}, "
              f"transformers {report['transformers']}, attention {report['attention']}, {report['workers']} decode "
              f"workers, naive loop in {report['naive_dtype']}; model built in {report['build_seconds']:.1f} s; peak host RSS "
