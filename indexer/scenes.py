@@ -1,0 +1,339 @@
+"""Georeferenced scenes (GeoTIFF, COG, any GDAL raster): band choice, stretch, masks, chip windows and their footprints.
+
+A scene is never read whole: metadata comes from the header, the stretch from one decimated read
+(at most ~1024 px on the long side, served from overviews when the file has them), and pixels from
+one window per chip. Decisions a caller should know:
+
+- Bands: an explicit `bands=` wins ('override'); else red/green/blue declared by colour interpretation
+  ('colorinterp'); else a 1-band raster is grey on three channels ('grey'); else bands 1,2,3 ('default').
+  NAIP (R,G,B,NIR) and the Landsat files here (SWIR1,NIR,red,green) declare nothing, so they get the default.
+- Mask: a band declared alpha ('alpha', valid where alpha > 0); else the nodata value ('nodata', valid
+  where any used band differs from it, GDAL's per-dataset convention, so a real 0 in one band stays
+  valid); else 'none'. Invalid pixels are set to 0 (black) in chips so every scene's gaps look alike.
+- Radiometry: uint8 is used as is; every other dtype is stretched per band from the (low, high)
+  percentiles of the valid pixels of the decimated read, computed once and recorded on the Scene.
+- Chips shift inward at the edges: the last chip of a row or column starts at width - chip_size, so
+  every chip is full-size and inside the scene (no padding); a scene smaller than the chip in one
+  dimension gives one window of the scene's size in that dimension.
+- Date: see `scene_date`. A bare year (landsat/1985.tif) gives 'YYYY' (ISO 8601 reduced precision),
+  never an invented day.
+"""
+import dataclasses
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine, xy
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from .errors import IndexerError, UnreadableImage
+
+log = logging.getLogger(__name__)
+
+WGS84 = "EPSG:4326"
+STRETCH_READ_SIZE = 1024  # long side of the decimated read the percentiles come from
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a scene is and how its pixels become RGB chips; recorded with every chip."""
+
+    path: str
+    width: int
+    height: int
+    band_count: int
+    dtype: str
+    crs: str | None  # 'EPSG:n' when exactly an EPSG code, else WKT; None when not georeferenced
+    transform: tuple  # affine a, b, c, d, e, f
+    bands: tuple  # 1-based band indexes used: 3 for colour, 1 for grey
+    band_source: str  # 'colorinterp' | 'default' | 'override' | 'grey'
+    mask_source: str  # 'alpha' | 'nodata' | 'none'
+    nodata: float | None
+    stretch: tuple | None  # None for uint8, else ((low, high), ...) per used band
+    date: str | None  # 'YYYY-MM-DD', 'YYYY' when only the year is known, or None
+    bounds: tuple  # left, bottom, right, top in the scene CRS
+    wgs84_bounds: tuple | None  # west, south, east, north; None when not georeferenced
+
+    def as_record(self) -> dict:
+        """JSON-friendly dict (tuples become lists, a NaN nodata becomes the string 'nan')."""
+        record = dataclasses.asdict(self)
+        for name, value in record.items():
+            if isinstance(value, tuple):
+                record[name] = [list(item) if isinstance(item, tuple) else item for item in value]
+        if self.nodata is not None and math.isnan(self.nodata):
+            record["nodata"] = "nan"
+        return record
+
+
+def open_scene(path, *, bands=None, stretch=(2, 98)) -> Scene:
+    """Read a scene's header (and, for non-uint8 data, one decimated read for the stretch)."""
+    with _open(path) as dataset:
+        return describe(dataset, bands=bands, stretch=stretch)
+
+
+def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
+    """The Scene of an already open rasterio dataset."""
+    if not 0 <= stretch[0] < stretch[1] <= 100:
+        raise IndexerError(f"stretch {tuple(stretch)}: percentiles must satisfy 0 <= low < high <= 100")
+    used, band_source = _choose_bands(dataset, bands)
+    alpha = _alpha_band(dataset)
+    mask_source = "alpha" if alpha else "nodata" if dataset.nodata is not None else "none"
+    crs = _crs_string(dataset.crs)
+    bounds = tuple(float(v) for v in dataset.bounds)
+    scene = Scene(
+        path=str(Path(dataset.name)),
+        width=dataset.width,
+        height=dataset.height,
+        band_count=dataset.count,
+        dtype=dataset.dtypes[0],
+        crs=crs,
+        transform=tuple(float(v) for v in tuple(dataset.transform)[:6]),
+        bands=used,
+        band_source=band_source,
+        mask_source=mask_source,
+        nodata=None if dataset.nodata is None else float(dataset.nodata),
+        stretch=None,
+        date=scene_date(dataset.name, dataset.tags(), dataset.tags(ns="IMAGERY")),
+        bounds=bounds,
+        wgs84_bounds=tuple(transform_bounds(crs, WGS84, *bounds, densify_pts=21)) if crs else None,
+    )
+    if np.dtype(scene.dtype) != np.uint8:
+        scene = dataclasses.replace(scene, stretch=_percentiles(dataset, scene, stretch))
+    return scene
+
+
+def _open(path_or_dataset):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path_or_dataset)
+    except RasterioError as error:
+        raise UnreadableImage(f"{path_or_dataset}: not a raster GDAL can read ({error})") from error
+
+
+def _crs_string(crs) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg() if crs.is_epsg_code else None
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _alpha_band(dataset) -> int | None:
+    for index, interp in enumerate(dataset.colorinterp, start=1):
+        if interp == ColorInterp.alpha:
+            return index
+    return None
+
+
+def _choose_bands(dataset, bands) -> tuple[tuple, str]:
+    if bands is not None:
+        bands = tuple(int(b) for b in bands)
+        if len(bands) not in (1, 3) or not all(1 <= b <= dataset.count for b in bands):
+            raise IndexerError(
+                f"{dataset.name}: bands {bands} must be 3 (or 1) band numbers between 1 and {dataset.count}")
+        return bands, "override"
+    interps = list(dataset.colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(interp in interps for interp in wanted):
+        return tuple(interps.index(interp) + 1 for interp in wanted), "colorinterp"
+    if dataset.count == 1:
+        return (1,), "grey"
+    if dataset.count < 3:
+        raise IndexerError(f"{dataset.name}: {dataset.count} bands; say which to use as RGB with bands=")
+    return (1, 2, 3), "default"
+
+
+def _valid_mask(dataset, scene: Scene, pixels: np.ndarray, **read_args) -> np.ndarray | None:
+    """(h, w) bool, True where valid, for pixels (bands, h, w) read with read_args; None without a mask."""
+    if scene.mask_source == "alpha":
+        return dataset.read(_alpha_band(dataset), **read_args) > 0
+    if scene.mask_source == "nodata":
+        if math.isnan(scene.nodata):
+            is_nodata = np.isnan(pixels)
+        else:  # a float nodata compares in the data's own precision (float32 -3.4e38 and the like)
+            is_nodata = pixels == (pixels.dtype.type(scene.nodata) if pixels.dtype.kind == "f" else scene.nodata)
+        return ~is_nodata.all(axis=0)
+    return None
+
+
+def _percentiles(dataset, scene: Scene, stretch) -> tuple:
+    low, high = stretch
+    factor = max(1.0, max(scene.width, scene.height) / STRETCH_READ_SIZE)
+    shape = (max(1, round(scene.height / factor)), max(1, round(scene.width / factor)))
+    args = {"out_shape": shape, "resampling": Resampling.nearest}
+    pixels = _read(dataset, scene.bands, **args)  # (bands, h', w')
+    valid = _valid_mask(dataset, scene, pixels, **args)
+    result = []
+    for band in pixels:
+        values = band[valid] if valid is not None else band.ravel()
+        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if values.size == 0:
+            result.append((0.0, 1.0))
+            continue
+        result.append(tuple(float(v) for v in np.percentile(values, [low, high])))
+    return tuple(result)
+
+
+def _read(dataset, bands, **read_args) -> np.ndarray:
+    try:
+        return dataset.read(list(bands), **read_args)
+    except RasterioError as error:
+        raise UnreadableImage(f"{dataset.name}: damaged raster data ({error})") from error
+
+
+# -- dates ---------------------------------------------------------------------------------------
+_FULL_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?!\d)")
+_BARE_YEAR = re.compile(r"(19|20)\d{2}")
+
+
+def scene_date(path, tags: dict, imagery_tags: dict | None = None) -> str | None:
+    """Acquisition date, first found of: GDAL's IMAGERY ACQUISITIONDATETIME; a YYYYMMDD or YYYY-MM-DD
+    in the file name (NAIP's m_..._20090818.tif; the first one, which is acquisition in Landsat product
+    ids); TIFFTAG_DATETIME (often the processing date, hence after the name); a file stem that is only a
+    year (1985.tif → '1985')."""
+    for text in ((imagery_tags or {}).get("ACQUISITIONDATETIME"), Path(str(path)).name,
+                 (tags.get("TIFFTAG_DATETIME") or "").replace(":", "-", 2)):
+        for match in _FULL_DATE.finditer(text or ""):
+            try:
+                return date(*(int(part) for part in match.groups())).isoformat()
+            except ValueError:
+                continue
+    stem = Path(str(path)).stem
+    return stem if _BARE_YEAR.fullmatch(stem) else None
+
+
+# -- chips ---------------------------------------------------------------------------------------
+def chip_windows(width: int, height: int, *, chip_size: int = 512, overlap: int = 0) -> list[tuple]:
+    """(col_off, row_off, width, height) windows covering the scene, row by row.
+
+    Stride is chip_size - overlap. Edges shift inward: the last chip of a row or column starts at
+    width - chip_size (height - chip_size), so it overlaps its neighbour more than `overlap` but is
+    full-size and inside the scene; duplicate offsets are dropped. A dimension smaller than chip_size
+    gets one window of its own size.
+    """
+    if chip_size < 1:
+        raise IndexerError(f"chip size {chip_size} must be at least 1 pixel")
+    if not 0 <= overlap < chip_size:
+        raise IndexerError(f"overlap {overlap} must be at least 0 and smaller than the chip size {chip_size}")
+    cols, rows = _offsets(width, chip_size, overlap), _offsets(height, chip_size, overlap)
+    return [(col, row, min(chip_size, width), min(chip_size, height)) for row in rows for col in cols]
+
+
+def _offsets(length: int, chip_size: int, overlap: int) -> list[int]:
+    if length <= chip_size:
+        return [0]
+    last = length - chip_size
+    offsets = list(range(0, last, chip_size - overlap))
+    return offsets + [last]  # range stops before `last`, so it is added exactly once
+
+
+def read_chip(path_or_dataset, scene: Scene, window) -> tuple[np.ndarray, float]:
+    """The window as (h, w, 3) uint8 RGB and the share of its pixels valid under the scene's mask."""
+    if isinstance(path_or_dataset, (str, Path)):
+        with _open(path_or_dataset) as dataset:
+            return read_chip(dataset, scene, window)
+    dataset = path_or_dataset
+    args = {"window": Window(*window)}
+    pixels = _read(dataset, scene.bands, **args)  # (bands, h, w)
+    valid = _valid_mask(dataset, scene, pixels, **args)
+    rgb = _to_uint8(pixels, scene.stretch)
+    if rgb.shape[0] == 1:
+        rgb = np.repeat(rgb, 3, axis=0)
+    rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))  # (h, w, 3)
+    if valid is None:
+        return rgb, 1.0
+    rgb[~valid] = 0
+    return rgb, float(valid.mean()) if valid.size else 0.0
+
+
+def _to_uint8(pixels: np.ndarray, stretch) -> np.ndarray:
+    if stretch is None:
+        return pixels.astype(np.uint8, copy=False)
+    out = np.empty(pixels.shape, np.uint8)
+    for band, (low, high), target in zip(pixels, stretch, out):
+        scaled = (band.astype(np.float32) - low) * (255.0 / max(high - low, 1e-12))
+        target[...] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255)
+    return out
+
+
+def chip_geometry(scene: Scene, window) -> dict:
+    """Bounds in the scene CRS; footprint polygon and centroid in WGS84 lon/lat (None if not georeferenced).
+
+    The footprint is the 4 window corners reprojected (a straight-edged approximation of the true
+    outline, fine at chip scale), closed and counter-clockwise as RFC 7946 asks.
+    """
+    col, row, width, height = window
+    # 4 corners, then the centre, as (col, row) pixel coordinates
+    cols = [col, col, col + width, col + width, col + width / 2]
+    rows = [row, row + height, row + height, row, row + height / 2]
+    xs, ys = (list(map(float, v)) for v in xy(Affine(*scene.transform), rows, cols, offset="ul"))
+    bounds = [min(xs[:4]), min(ys[:4]), max(xs[:4]), max(ys[:4])]
+    if scene.crs is None:
+        return {"bounds": bounds, "footprint": None, "centroid": None}
+    lons, lats = warp_transform(scene.crs, WGS84, xs, ys)
+    ring = [[float(lon), float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
+    if _signed_area(ring) < 0:
+        ring.reverse()
+    return {"bounds": bounds, "footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])]}
+
+
+def _signed_area(ring) -> float:
+    """Shoelace area of an open ring: positive when counter-clockwise."""
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1])) / 2
+
+
+class Chip(NamedTuple):
+    window: tuple  # col_off, row_off, width, height
+    rgb: np.ndarray  # (h, w, 3) uint8
+    valid_fraction: float
+    geometry: dict
+
+
+class ChipRun:
+    """The kept chips of one scene, in window order; after iterating, `kept` and `skipped` count them.
+
+    Iterating opens the scene once and reads one window at a time; iterating again starts over.
+    """
+
+    def __init__(self, scene: Scene, windows: list, *, min_valid: float):
+        self.scene, self.windows, self.min_valid = scene, windows, min_valid
+        self.kept = self.skipped = 0
+
+    def __iter__(self):
+        self.kept = self.skipped = 0
+        with _open(self.scene.path) as dataset:
+            for window in self.windows:
+                rgb, valid_fraction = read_chip(dataset, self.scene, window)
+                if valid_fraction < self.min_valid:
+                    self.skipped += 1
+                    continue
+                self.kept += 1
+                yield Chip(window, rgb, valid_fraction, chip_geometry(self.scene, window))
+        if self.skipped:
+            log.debug("%s: %d of %d chips skipped below %.0f%% valid", self.scene.path, self.skipped,
+                      len(self.windows), 100 * self.min_valid)
+
+
+def iter_chips(path, *, chip_size=512, overlap=0, min_valid=0.5, bands=None, stretch=(2, 98)) -> ChipRun:
+    """The chips of a scene with at least `min_valid` valid pixels, as an iterable `ChipRun` of `Chip`s.
+
+    The scene header (and stretch) is read now, so `run.scene` is there before iterating;
+    `run.skipped` is final once the iteration ends.
+    """
+    if not 0 <= min_valid <= 1:
+        raise IndexerError(f"min_valid {min_valid} must be between 0 and 1")
+    scene = open_scene(path, bands=bands, stretch=stretch)
+    windows = chip_windows(scene.width, scene.height, chip_size=chip_size, overlap=overlap)
+    return ChipRun(scene, windows, min_valid=min_valid)
