@@ -4,14 +4,15 @@ from pathlib import Path
 from PIL import Image
 
 from store import Store
-from store.store import provenance_conflicts
+from store.store import chip_fields, provenance_conflicts
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError
 from .images import load_image
 from .pipeline import index_collection
 
-__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "open_store", "search"]
+__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image", "open_store",
+           "search"]
 
 
 def open_store(store_dir) -> Store:
@@ -40,6 +41,20 @@ def load_embedder(store: Store | None = None, *, model: str | None = None, devic
     return embedder
 
 
+def load_indexed_image(item: dict) -> Image.Image:
+    """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene."""
+    from .scenes import load_chip_image
+
+    if item.get("scene"):
+        return load_chip_image(item["scene"], item["window"], item.get("geo") or {})
+    return load_image(Path(item["path"]))
+
+
+def source_file(item: dict) -> Path:
+    """The file on disk behind a row or hit (a chip's scene)."""
+    return Path(item.get("scene") or item["path"])
+
+
 def embed_image(image, embedder) -> Embedding:
     """One image (a path or a PIL image) → its Embedding (a batch of one)."""
     import torch
@@ -53,7 +68,8 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     """Nearest neighbours of an indexed image id (an int) or of an image (a path or PIL image)."""
     if isinstance(query, int):
         vector = store.vector(query)
-        described = {"id": query, "path": store.image(query)["path"]}
+        row = store.image(query)
+        described = {"id": query, "path": row["path"], **chip_fields(row)}
         exclude = [query] if exclude_self else []
     else:
         embedder = embedder or load_embedder(store)

@@ -1,4 +1,5 @@
 """The indexing run: scan, decide what changed, decode in parallel workers, embed, write the store."""
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -13,25 +14,45 @@ from tqdm import tqdm
 
 from store import PCA, Store
 
+from PIL import Image
+
+from . import scenes
 from .embedder import Embedder, fit_pca
-from .errors import UnreadableImage
+from .errors import IndexerError, UnreadableImage
 from .images import Preprocess, decode_bytes, file_sha256, scan_sources
+from .scenes import Scene
 from .writer import StoreWriter, non_finite_error, record_failure
+
+SCENE_SUFFIXES = {".tif", ".tiff"}
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    path: str
+    path: str  # the catalogue key: a file's path, or "scene#col,row,width,height" for a chip
     size: int
     mtime: float
     image_id: int | None = None  # set when a changed file replaces an indexed one
+    scene: Scene | None = None  # set for a chip of a georeferenced scene
+    window: tuple | None = None
+
+
+@dataclass(frozen=True)
+class ChipOptions:
+    """How georeferenced scenes are cut into chips (plain images are embedded whole)."""
+
+    chip_size: int = 512
+    overlap: int = 0
+    min_valid: float = 0.5
+    bands: tuple | None = None
+    stretch: tuple = (2, 98)
 
 
 @dataclass
 class Plan:
     jobs: list = field(default_factory=list)
     skipped: int = 0
+    scenes: int = 0
     removed_ids: list = field(default_factory=list)
     vanished_failures: list = field(default_factory=list)  # failed files that are gone: forget them
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
@@ -55,11 +76,15 @@ def precheck_store(store_dir, *, model: str, resolution: int, normalization: dic
         raise mismatch_error(store_dir, problems)
 
 
-def plan_run(paths: list[Path], store: Store) -> Plan:
+def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions()) -> Plan:
     """Compare the files on disk with the catalogue: what to embed, skip and remove."""
     plan = Plan()
     known = store.images_by_path()
     known_failures = store.failures_by_path()
+    chips_of = {}
+    for row in known.values():
+        if row["scene"]:
+            chips_of.setdefault(row["scene"], []).append(row)
     for path in paths:
         key = str(path)
         try:
@@ -71,6 +96,8 @@ def plan_run(paths: list[Path], store: Store) -> Plan:
         failure = known_failures.get(key)
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
             plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
+        elif is_scene(path):
+            _plan_scene(plan, path, stat, chips_of.get(key, []), chips)
         elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
@@ -78,9 +105,34 @@ def plan_run(paths: list[Path], store: Store) -> Plan:
             plan.skipped += 1
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
-    plan.removed_ids = [row["id"] for key, row in known.items() if not os.path.lexists(key)]
+    plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
     plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key)]
     return plan
+
+
+def is_scene(path: Path) -> bool:
+    """A TIFF with a coordinate reference system: read by windows and cut into chips."""
+    return path.suffix.lower() in SCENE_SUFFIXES and scenes.is_georeferenced(path)
+
+
+def _plan_scene(plan: Plan, path: Path, stat, known_chips: list, chips: ChipOptions) -> None:
+    """A scene is unchanged when its size and mtime are; a changed one is cut into chips again."""
+    if known_chips and all((c["size"], c["mtime"]) == (stat.st_size, stat.st_mtime) for c in known_chips):
+        plan.skipped += len(known_chips)
+        return
+    plan.removed_ids += [c["id"] for c in known_chips]
+    try:
+        scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
+    except IndexerError as error:
+        plan.failures.append((str(path), str(error).removeprefix(str(path) + ": "), stat.st_size, stat.st_mtime))
+        return
+    plan.scenes += 1
+    for window in scenes.chip_windows(scene.width, scene.height, chip_size=chips.chip_size, overlap=chips.overlap):
+        plan.jobs.append(Job(chip_key(path, window), stat.st_size, stat.st_mtime, scene=scene, window=window))
+
+
+def chip_key(scene_path, window) -> str:
+    return f"{scene_path}#{','.join(str(int(v)) for v in window)}"
 
 
 def _same_content(path: Path, sha256: str | None) -> bool:
@@ -93,41 +145,72 @@ def _same_content(path: Path, sha256: str | None) -> bool:
 class DecodeDataset(torch.utils.data.Dataset):
     """One job → pixels and catalogue fields, or the reason it failed (never an exception)."""
 
-    def __init__(self, jobs: list[Job], preprocess: Preprocess):
+    def __init__(self, jobs: list[Job], preprocess: Preprocess, *, min_valid: float = 0.5, stretch=(2, 98)):
         self.jobs = jobs
         self.preprocess = preprocess
+        self.min_valid = min_valid
+        self.stretch = stretch
 
     def __len__(self):
         return len(self.jobs)
 
     def __getitem__(self, position):
         job = self.jobs[position]
+        name = job.scene.path if job.scene else job.path
         try:
+            if job.scene:
+                return self._chip(job)
             data = Path(job.path).read_bytes()
             image = decode_bytes(data, name=job.path)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
                       "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
             return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
         except UnreadableImage as error:
-            return {"failure": (job.path, str(error).removeprefix(job.path + ": "), job.size, job.mtime)}
+            return {"failure": (name, str(error).removeprefix(name + ": "), job.size, job.mtime)}
         except OSError as error:
-            return {"failure": (job.path, f"cannot be read ({error.strerror or error})", job.size, job.mtime)}
+            return {"failure": (name, f"cannot be read ({error.strerror or error})", job.size, job.mtime)}
+
+    def _chip(self, job: Job) -> dict:
+        rgb, valid = scenes.read_chip(job.scene.path, job.scene, job.window)  # (h, w, 3) uint8
+        if valid < self.min_valid:
+            return {"skipped_chip": True}
+        image = Image.fromarray(rgb)
+        geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
+                   **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
+        geo["wgs84_bounds"] = _ring_bounds(geo["footprint"])
+        geo["stretch_percentiles"] = list(self.stretch)
+        record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
+                  "width": image.width, "height": image.height, "scene": job.scene.path,
+                  "window": list(job.window), "geo": geo}
+        return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+
+
+SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
+
+
+def _ring_bounds(footprint) -> list | None:
+    if not footprint:
+        return None
+    ring = footprint[0]
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    return [min(lons), min(lats), max(lons), max(lats)]
 
 
 def collate(items):
     ok = [item for item in items if "record" in item]
     pixels = torch.stack([item["pixels"] for item in ok]) if ok else None  # (B, 3, H, W)
     return {"pixels": pixels, "records": [item["record"] for item in ok],
-            "failures": [item["failure"] for item in items if "failure" in item]}
+            "failures": [item["failure"] for item in items if "failure" in item],
+            "skipped_chips": sum(1 for item in items if "skipped_chip" in item)}
 
 
 def _quiet_worker(_):
     torch.set_num_threads(1)  # decode workers must not fight the model's threads
 
 
-def batches(jobs, preprocess, *, batch_size: int, workers: int):
+def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptions = ChipOptions()):
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(jobs, preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        DecodeDataset(jobs, preprocess, min_valid=chips.min_valid, stretch=chips.stretch), batch_size=batch_size, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
@@ -135,20 +218,23 @@ def batches(jobs, preprocess, *, batch_size: int, workers: int):
 
 
 def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
-                     rebuild: bool = False, progress: bool = True) -> dict:
-    """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary."""
+                     rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions()) -> dict:
+    """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary.
+
+    Georeferenced TIFF scenes are cut into chips as `chips` says; every other image is embedded whole.
+    """
     started = time.perf_counter()
     paths = scan_sources(sources)
     store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
     workers = default_workers() if workers is None else workers
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
-                "sources": [str(Path(s).absolute()) for s in sources]}
+                "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
-    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0}
+    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0}
     status = "failed"
     try:
-        plan = plan_run(paths, store)
-        counts["skipped"] = plan.skipped
+        plan = plan_run(paths, store, chips=chips)
+        counts["skipped"], counts["scenes"] = plan.skipped, plan.scenes
         if plan.removed_ids:
             store.remove_images(plan.removed_ids)
             counts["removed"] = len(plan.removed_ids)
@@ -156,8 +242,8 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
             store.forget_failure(path)
         for failure in plan.failures:
             record_failure(store, failure, run_id, counts)
-        _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts,
-                    batch_size=batch_size, workers=workers, progress=progress)
+        _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
+                    workers=workers, progress=progress, chips=chips)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -167,18 +253,19 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
         seconds = time.perf_counter() - started
         summary = dict(counts, seconds=round(seconds, 3),
                        images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
-        store.finish_run(run_id, summary, status=status)
+        store.finish_run(run_id, {k: v for k, v in summary.items() if k != "scenes"}, status=status)
         store.close()
     return dict(summary, run_id=run_id, store=str(store_dir))
 
 
-def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress):
+def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):
     pca = store.pca()
     writer = StoreWriter(store, run_id=run_id, counts=counts)
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
     chunk = batch_size  # shrinks for good after an out-of-memory error
     try:
-        for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers):
+        for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers, chips=chips):
+            counts["skipped_chips"] += batch["skipped_chips"]
             for failure in batch["failures"]:
                 writer.failed(failure)
             records, pixels = batch["records"], batch["pixels"]
@@ -198,7 +285,7 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
                 writer.embedded(records[start:start + chunk], embedding.global_vectors,
                                 _project(embedding.patch_tokens, pca))
                 start += chunk
-            bar.update(len(records) + len(batch["failures"]))
+            bar.update(len(records) + len(batch["failures"]) + batch["skipped_chips"])
     finally:
         bar.close()
         writer.close()

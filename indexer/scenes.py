@@ -123,6 +123,26 @@ def _open(path_or_dataset):
         raise UnreadableImage(f"{path_or_dataset}: not a raster GDAL can read ({error})") from error
 
 
+def is_georeferenced(path) -> bool:
+    """True when GDAL reads the file and it carries a coordinate reference system (header only)."""
+    try:
+        with _open(str(path)) as dataset:
+            return dataset.crs is not None
+    except UnreadableImage:
+        return False
+
+
+def load_chip_image(scene_path, window, geo: dict):
+    """A catalogued chip as an RGB PIL image, read again from its scene window with the recorded bands."""
+    from PIL import Image
+
+    stretch = geo.get("stretch_percentiles") or (2, 98)
+    scene = open_scene(scene_path, bands=tuple(geo["bands"]) if geo.get("band_source") == "override" else None,
+                       stretch=tuple(stretch))
+    rgb, _ = read_chip(scene_path, scene, tuple(window))
+    return Image.fromarray(rgb)
+
+
 def _crs_string(crs) -> str | None:
     if crs is None:
         return None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chips of scenes (images.scene, window, geo)
 CATALOGUE_NAME = "catalogue.db"
 
 # AUTOINCREMENT so that an id is never reused after a deletion: ids are what
@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS images (
     size INTEGER, mtime REAL, sha256 TEXT,
     width INTEGER, height INTEGER,
     status TEXT NOT NULL DEFAULT 'indexed',
-    run_id INTEGER, indexed_at TEXT
+    run_id INTEGER, indexed_at TEXT,
+    scene TEXT, window TEXT, geo TEXT
 );
 CREATE TABLE IF NOT EXISTS vectors (image_id INTEGER PRIMARY KEY REFERENCES images(id), vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS patches (
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS failures (
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started TEXT, ended TEXT, status TEXT,
-    indexed INTEGER, skipped INTEGER, removed INTEGER, failed INTEGER,
+    indexed INTEGER, skipped INTEGER, removed INTEGER, failed INTEGER, skipped_chips INTEGER,
     seconds REAL, images_per_second REAL, model TEXT, settings TEXT
 );
 CREATE TABLE IF NOT EXISTS pca (
@@ -54,8 +55,17 @@ def connect(catalogue_path: Path) -> sqlite_utils.Database:
     db.execute("PRAGMA busy_timeout = 30000")
     db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
     db.executescript(_SCHEMA)
-    if get_meta(db, "schema_version") is None:
+    version = get_meta(db, "schema_version")
+    if version is None:
         set_meta(db, "schema_version", SCHEMA_VERSION)
+    elif version == 1:  # a version-1 store only lacks the chip columns
+        for column in ("scene", "window", "geo"):
+            if column not in db["images"].columns_dict:
+                db["images"].add_column(column, str)
+        if "skipped_chips" not in db["runs"].columns_dict:
+            db["runs"].add_column("skipped_chips", int)
+        set_meta(db, "schema_version", SCHEMA_VERSION)
+    db.execute("CREATE INDEX IF NOT EXISTS images_scene ON images(scene)")
     return db
 
 

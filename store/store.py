@@ -49,6 +49,17 @@ def provenance_conflicts(recorded: dict, wanted: dict) -> list[str]:
     return problems
 
 
+def _json_or_none(value):
+    return None if value is None else json.dumps(value)
+
+
+def chip_fields(row: dict) -> dict:
+    """scene, window and geo of a catalogue row, decoded; empty for a plain image."""
+    if not row.get("scene"):
+        return {}
+    return {"scene": row["scene"], "window": json.loads(row["window"]), "geo": json.loads(row["geo"] or "null")}
+
+
 def mismatch_error(store_dir, problems: list[str]) -> ProvenanceMismatch:
     return ProvenanceMismatch(
         f"the store at {store_dir} was built differently: {'; '.join(problems)}. "
@@ -183,7 +194,7 @@ class Store:
         return row[0] if row else None
 
     def images_by_path(self) -> dict[str, dict]:
-        return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256 FROM images")}
+        return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256, scene FROM images")}
 
     def failures_by_path(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, reason FROM failures")}
@@ -222,7 +233,8 @@ class Store:
         with self.db.conn:
             for record, vector, grid in zip(records, vectors, patch_grids):
                 row = {key: record[key] for key in ("path", "size", "mtime", "sha256", "width", "height")}
-                row.update(status="indexed", run_id=run_id, indexed_at=now_iso())
+                row.update(status="indexed", run_id=run_id, indexed_at=now_iso(), scene=record.get("scene"),
+                           window=_json_or_none(record.get("window")), geo=_json_or_none(record.get("geo")))
                 image_id = record.get("image_id")
                 if image_id is None:
                     image_id = self.db["images"].insert(row).last_pk
@@ -325,19 +337,35 @@ class Store:
             row = self.image(int(image_id))
             results.append(
                 {"rank": len(results) + 1, "id": int(image_id), "path": row["path"], "score": float(score),
-                 "width": row["width"], "height": row["height"]}
+                 "width": row["width"], "height": row["height"], **chip_fields(row)}
             )
             if len(results) == k:
                 break
         return results
 
+    def _extent(self) -> list | None:
+        """[west, south, east, north] over every chip footprint, or None without georeferenced chips."""
+        row = self.db.execute(
+            "SELECT min(json_extract(geo, '$.wgs84_bounds[0]')), min(json_extract(geo, '$.wgs84_bounds[1]')), "
+            "max(json_extract(geo, '$.wgs84_bounds[2]')), max(json_extract(geo, '$.wgs84_bounds[3]')) "
+            "FROM images WHERE geo IS NOT NULL").fetchone()
+        return list(row) if row and row[0] is not None else None
+
     def info(self) -> dict:
         provenance = self.provenance or {}
         last_run = list(self.db.query("SELECT * FROM runs ORDER BY id DESC LIMIT 1"))
         pca = self.pca()
+        scenes = self.db.execute(
+            "SELECT count(DISTINCT scene), count(scene) FROM images WHERE scene IS NOT NULL").fetchone()
         return {
             "store": str(self.store_dir),
             "images": self.count_images(),
+            "scenes": scenes[0],
+            "chips": scenes[1],
+            "skipped_chips": (last_run[0].get("skipped_chips") if last_run else None),
+            "crs": [r[0] for r in self.db.execute(
+                "SELECT DISTINCT json_extract(geo, '$.crs') FROM images WHERE geo IS NOT NULL")],
+            "wgs84_extent": self._extent(),
             "failed": self.count_failures(),
             "model": provenance.get("model"),
             "fingerprint": provenance.get("fingerprint"),

@@ -57,15 +57,26 @@ def test_a_repaired_file_is_indexed_and_its_failure_forgotten(index, chips_dir, 
     assert str(broken_files[0]) not in store.failures_by_path()
 
 
-def test_landsat_geotiff_pillow_cannot_read_is_a_failure(index, chips_dir, shared_data_dir, store_dir, open_store):
-    landsat = shared_data_dir / "landsat" / "1985.tif"
+def test_landsat_geotiff_pillow_cannot_read_is_read_as_a_scene(index, chips_dir, shared_data_dir, store_dir,
+                                                               open_store):
+    landsat = shared_data_dir / "landsat" / "1985.tif"  # 697 x 377: two 512-px chips, shifted inward
 
     summary = index([chips_dir, landsat], store_dir)
 
-    assert (summary["indexed"], summary["failed"]) == (12, 1)
+    assert (summary["indexed"], summary["failed"], summary["scenes"]) == (14, 0, 1)
     store = open_store(store_dir)
-    reason = store.failures_by_path()[str(landsat.absolute())]["reason"]
-    assert "not an image format lookalike reads" in reason
+    chips = [row for path, row in store.images_by_path().items() if row["scene"] == str(landsat.absolute())]
+    assert sorted(path.rsplit("#", 1)[1] for path in (c["path"] for c in chips)) == ["0,0,512,377", "185,0,512,377"]
+
+
+def test_a_tiff_nothing_can_read_is_a_failure(index, chips_dir, store_dir, open_store, tmp_path):
+    fake = tmp_path / "scene.tif"
+    fake.write_text("not a raster at all")
+
+    summary = index([chips_dir, fake], store_dir)
+
+    assert (summary["indexed"], summary["failed"]) == (12, 1)
+    assert "not an image format lookalike reads" in open_store(store_dir).failures_by_path()[str(fake)]["reason"]
 
 
 def test_missing_source_is_an_error(index, tmp_path):

@@ -1,4 +1,5 @@
 """Indexing end to end: counts, self-search, incremental reruns, changed, touched and deleted files."""
+import json
 import os
 import shutil
 
@@ -222,14 +223,23 @@ def test_pooling_is_recorded_in_the_store(index, model_dir, load_embedder, chip_
     assert api.search(store, image_id, k=1)["results"][0]["id"] == image_id
 
 
-def test_real_scenes_with_alpha_four_bands_and_one_band_index(index, shared_data_dir, tmp_path, open_store):
-    sources = [shared_data_dir / "naip" / "m_4709963_se_14_1_20090818.tif",
-               shared_data_dir / "rasterio" / "RGBA.byte.tif",
-               shared_data_dir / "rasterio" / "shade.tif"]
+def test_real_scenes_are_cut_into_chips_and_empty_chips_skipped(index, shared_data_dir, tmp_path, open_store):
+    sources = [shared_data_dir / "naip" / "m_4709963_se_14_1_20090818.tif",  # 934 x 724, 4 bands, no RGB tags
+               shared_data_dir / "rasterio" / "RGBA.byte.tif",  # 791 x 718, alpha
+               shared_data_dir / "rasterio" / "shade.tif"]  # 1024 x 1024, 1 band, mostly nodata
     summary = index(sources, tmp_path / "store")
-    assert (summary["indexed"], summary["failed"]) == (3, 0)
+
+    assert (summary["scenes"], summary["failed"]) == (3, 0)
     store = open_store(tmp_path / "store")
-    sizes = {os.path.basename(path): (row["width"], row["height"]) for path, row in
-             ((p, store.image(r["id"])) for p, r in store.images_by_path().items())}
-    assert sizes["m_4709963_se_14_1_20090818.tif"] == (934, 724)
-    assert sizes["shade.tif"] == (1024, 1024)
+    rows = [store.image(r["id"]) for r in store.images_by_path().values()]
+    by_scene = {}
+    for row in rows:
+        by_scene.setdefault(os.path.basename(row["scene"]), []).append(row)
+    assert len(by_scene["m_4709963_se_14_1_20090818.tif"]) == 4  # 2 x 2 chips of 512, shifted inward
+    assert {(r["width"], r["height"]) for r in rows} == {(512, 512)}
+    assert "shade.tif" not in by_scene  # every chip under --min-valid 0.5
+    assert summary["skipped_chips"] >= 4
+    assert summary["indexed"] == len(rows) == 4 + len(by_scene.get("RGBA.byte.tif", []))
+    geo = json.loads(by_scene["m_4709963_se_14_1_20090818.tif"][0]["geo"])
+    assert geo["crs"] == "EPSG:26914" and geo["date"] == "2009-08-18" and geo["band_source"] == "default"
+    assert -100 < geo["centroid"][0] < -99 and 47 < geo["centroid"][1] < 47.1

@@ -187,7 +187,7 @@ def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
     page.get_by_text("#20 · score").wait_for()
     assert card(page, 1).inner_text() == f"#1 · score 1.0000 · id {ui_ids[str(path)]}"
     assert page.get_by_role("button", name="Search with this", exact=True).count() == 20
-    assert page.get_by_text("best cosine similarity of each result patch to any query patch").is_visible()
+    page.get_by_text("best cosine similarity of each result patch to any query patch").wait_for()
     before = result_sources(page)
     assert len(before) == 20
     first_bytes = page.request.get(before[0]).body()

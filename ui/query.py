@@ -10,6 +10,7 @@ from indexer import api
 from indexer.errors import IndexerError, UnreadableImage
 from indexer.images import IMAGE_SUFFIXES, decode_bytes
 from store import Store
+from store.store import chip_fields
 
 from .resources import STORE_LOCK, embedder_for, thumbnail
 
@@ -26,6 +27,7 @@ class Query:
     image_id: int | None = None
     path: str | None = None
     tokens: np.ndarray | None = None  # (h, w, D) full patch tokens, uploads only
+    item: dict | None = None  # the catalogue row (with a chip's scene, window, geo), indexed queries only
 
 
 # -- choosing ----------------------------------------------------------------------------------
@@ -100,13 +102,14 @@ def load_indexed(store: Store, image_id: int) -> Query:
         row = store.image(image_id)
         vector = store.vector(image_id)
         grid = store.patch_features(image_id)
+    item = {"path": row["path"], **chip_fields(row)}
     try:
-        image = thumbnail(row["path"])
+        image = thumbnail(item)
     except UnreadableImage as error:
         st.warning(f"The query's file no longer reads ({error}); its stored vector is still searched.")
         image = None
     return Query(key=f"id-{image_id}", label=f"id {image_id} · {row['path']}", vector=vector, grid=grid,
-                 image=image, image_id=image_id, path=row["path"])
+                 image=image, image_id=image_id, path=row["path"], item=item)
 
 
 def load_upload(store: Store, uploaded, *, model: str | None) -> Query:

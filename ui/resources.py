@@ -7,7 +7,6 @@ import streamlit as st
 from PIL import Image
 
 from indexer import api
-from indexer.images import load_image
 from store import Store
 
 THUMBNAIL_SIZE = 320
@@ -54,28 +53,31 @@ def embedder_for(store: Store, model: str | None = None):
 
 
 @st.cache_resource(max_entries=4000, show_spinner=False)
-def _thumbnail(path: str, mtime_ns: int) -> Image.Image:
-    image = load_image(Path(path))
+def _thumbnail(path: str, mtime_ns: int, _item: dict) -> Image.Image:
+    image = api.load_indexed_image(_item)
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
     return image
 
 
-def thumbnail(path: str) -> Image.Image:
-    """A small upright RGB copy of an indexed image; raises UnreadableImage if it no longer reads."""
+def _mtime_ns(item: dict) -> int:
     try:
-        mtime_ns = Path(path).stat().st_mtime_ns
+        return api.source_file(item).stat().st_mtime_ns
     except OSError:
-        mtime_ns = -1
-    return _thumbnail(path, mtime_ns)
+        return -1
+
+
+def thumbnail(item: dict) -> Image.Image:
+    """A small upright RGB copy of an indexed image or chip; raises UnreadableImage if it no longer reads."""
+    return _thumbnail(item["path"], _mtime_ns(item), item)
 
 
 @st.cache_resource(max_entries=256, show_spinner=False)
-def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _embedder):
+def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _embedder):
     """Exact mode: the image's full patch tokens (h, w, D), recomputed with the model."""
-    embedding = api.embed_image(Path(path), _embedder)
+    embedding = api.embed_image(api.load_indexed_image(_item), _embedder)
     return embedding.patch_tokens[0].cpu().numpy()
 
 
-def full_tokens(path: str, embedder) -> "np.ndarray":  # noqa: F821
+def full_tokens(item: dict, embedder) -> "np.ndarray":  # noqa: F821
     key = json.dumps(embedder.provenance, sort_keys=True)
-    return _full_tokens(path, Path(path).stat().st_mtime_ns, key, embedder)
+    return _full_tokens(item["path"], _mtime_ns(item), key, item, embedder)

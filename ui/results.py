@@ -48,8 +48,8 @@ def forget_click() -> None:
 def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
     """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
     if exact:
-        query_grid = query.tokens if query.tokens is not None else full_tokens(query.path, embedder)
-        grids = [full_tokens(hit["path"], embedder) for hit in results]
+        query_grid = query.tokens if query.tokens is not None else full_tokens(query.item, embedder)
+        grids = [full_tokens(hit, embedder) for hit in results]
     else:
         query_grid = query.grid
         with STORE_LOCK:
@@ -84,20 +84,37 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
         for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
             with column:
                 try:
-                    image = heatmaps.overlay(thumbnail(hit["path"]), values, opacity=opacity, vmin=vmin, vmax=vmax)
+                    image = heatmaps.overlay(thumbnail(hit), values, opacity=opacity, vmin=vmin, vmax=vmax)
                     st.image(image, output_format="JPEG", width="stretch")
                 except UnreadableImage:
                     st.warning("file no longer readable")
                 st.markdown(f"**#{hit['rank']}** · score **{hit['score']:.4f}** · id {hit['id']}")
-                st.caption(hit["path"])
+                st.caption(describe_place(hit))
                 st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
                           args=(hit["id"],))
 
 
+def describe_place(hit: dict) -> str:
+    """The path, and for a chip its window, lon/lat and date."""
+    if not hit.get("scene"):
+        return hit["path"]
+    geo = hit.get("geo") or {}
+    col, row, width, height = hit["window"]
+    where = f" · {geo['centroid'][0]:.5f}, {geo['centroid'][1]:.5f}" if geo.get("centroid") else ""
+    when = f" · {geo['date']}" if geo.get("date") else ""
+    return f"{hit['scene']} · window {col},{row} {width}×{height}{where}{when}"
+
+
 def downloads(query: Query, results: list[dict]) -> None:
     rows = [{key: hit.get(key) for key in ("rank", "id", "path", "score", "width", "height")} for hit in results]
+    for row, hit in zip(rows, results):
+        if hit.get("scene"):
+            geo = hit.get("geo") or {}
+            row.update(scene=hit["scene"], window=",".join(map(str, hit["window"])), date=geo.get("date"),
+                       lon=(geo.get("centroid") or [None, None])[0], lat=(geo.get("centroid") or [None, None])[1])
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["rank", "id", "path", "score"]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["rank", "id", "path", "score"])
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
