@@ -10,6 +10,7 @@ from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError
 from .images import load_image
 from .pipeline import index_collection
+from .refine import Refinement, refine
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image", "open_store",
            "search"]
@@ -64,8 +65,14 @@ def embed_image(image, embedder) -> Embedding:
     return embedder.embed(pixels)
 
 
-def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False) -> dict:
-    """Nearest neighbours of an indexed image id (an int) or of an image (a path or PIL image)."""
+def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
+           refinement: Refinement | None = None) -> dict:
+    """Nearest neighbours of an indexed image id (an int) or of an image (a path or PIL image).
+
+    With a `Refinement` (on by default: overlapping chips of one scene collapse to the best), more
+    neighbours are fetched until k pass or the store is exhausted.
+    """
+    refinement = Refinement() if refinement is None else refinement
     if isinstance(query, int):
         vector = store.vector(query)
         row = store.image(query)
@@ -76,4 +83,12 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
         vector = embed_image(query, embedder).global_vectors[0].cpu().numpy()
         described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
         exclude = []
-    return {"query": described, "results": store.search(vector, k=k, exclude_ids=exclude)}
+    if not refinement.active:
+        return {"query": described, "results": store.search(vector, k=k, exclude_ids=exclude)}
+    fetch = k * 4
+    while True:
+        found = store.search(vector, k=fetch, exclude_ids=exclude)
+        results = refine(found, refinement, k=k)
+        if len(results) == k or len(found) < fetch:
+            return {"query": described, "results": results}
+        fetch *= 4

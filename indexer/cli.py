@@ -125,7 +125,8 @@ def _numbers(text, name, kind, shortest, longest):
     except ValueError:
         values = ()
     if not shortest <= len(values) <= longest:
-        raise click.BadParameter(f"{text!r} is not {shortest}-{longest} comma-separated numbers", param_hint=name)
+        count = shortest if shortest == longest else f"{shortest} to {longest}"
+        raise click.BadParameter(f"{text!r} is not {count} comma-separated numbers", param_hint=name)
     return values
 
 
@@ -136,32 +137,56 @@ def _numbers(text, name, kind, shortest, longest):
 @click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many neighbours.")
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model (e.g. a local directory); its weights must match.")
+@click.option("--dedupe/--no-dedupe", default=True, show_default=True,
+              help="Collapse overlapping chips of one scene to the best-ranked.")
+@click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
+@click.option("--dates", default=None, help="Only chips dated FROM,TO (ISO dates; either may be empty).")
+@click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chip's own scene.")
+@click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results as a GeoJSON FeatureCollection (RFC 7946) to this file.")
 @dtype_option
 @device_option
 @json_option
 @friendly_errors
-def search(image, store_dir, image_id, k, model, dtype, device, as_json):
+def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_scene, geojson_path, dtype, device,
+           as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
     Scores are cosine similarities (1 = identical descriptors).
 
     Example: lookalike search query.jpg --store demo-store -k 5 --json
+
+    Example: lookalike search --id 7 --store scenes --exclude-scene --dates 2015-01-01, --geojson hits.geojson
     """
     from indexer import api
     from indexer.errors import IndexerError
     from indexer.images import load_image
+    from indexer.refine import Refinement, to_geojson
 
     if (image is None) == (image_id is None):
         raise click.UsageError("give either an IMAGE file or --id N, not both or neither")
+    if exclude_scene and image_id is None:
+        raise click.UsageError("--exclude-scene needs a query chip given by --id")
+    date_range = None
+    if dates is not None:
+        if dates.count(",") != 1:
+            raise click.BadParameter(f"{dates!r} is not FROM,TO", param_hint="--dates")
+        date_range = tuple(dates.split(","))
     store = api.open_store(store_dir)
+    refinement = Refinement(
+        dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range,
+        exclude_scene=store.image(image_id)["scene"] if exclude_scene else None,
+    )
     if image_id is not None:
-        answer = api.search(store, image_id, k=k)
+        answer = api.search(store, image_id, k=k, refinement=refinement)
     else:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
         load_image(image)  # an unreadable query fails here, before a minutes-long model load
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-        answer = api.search(store, image, k=k, embedder=embedder)
+        answer = api.search(store, image, k=k, embedder=embedder, refinement=refinement)
+    if geojson_path is not None:
+        geojson_path.write_text(json.dumps(to_geojson(answer)))
     if as_json:
         click.echo(json.dumps(answer))
         return

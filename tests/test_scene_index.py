@@ -102,3 +102,26 @@ def _chips(size):
     from indexer.pipeline import ChipOptions
 
     return ChipOptions(chip_size=size)
+
+
+def test_the_page_maps_chip_results_and_offers_geojson(index, naip_dir, store_dir, monkeypatch):
+    index([naip_dir], store_dir, chips=_chips(512))
+    monkeypatch.setenv("LOOKALIKE_STORE", str(store_dir))
+    at = AppTest.from_file(str(REPO_ROOT / "ui" / "app.py"), default_timeout=60)
+    at.query_params["id"] = "1"
+    at.run()
+    assert not at.exception
+    assert len(at.get("deck_gl_json_chart")) == 1
+    assert "Download footprints (GeoJSON)" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_page_filters_leave_out_the_query_scene(index, naip_dir, store_dir, monkeypatch):
+    index([naip_dir], store_dir, chips=_chips(512))
+    monkeypatch.setenv("LOOKALIKE_STORE", str(store_dir))
+    at = AppTest.from_file(str(REPO_ROOT / "ui" / "app.py"), default_timeout=60)
+    at.query_params["id"] = "1"
+    at.run()
+    at.sidebar.checkbox[2].check().run()  # "Leave out the query's own scene"
+    assert not at.exception
+    scenes = [c.value.split(" · ")[0] for c in at.caption if "· window" in c.value]
+    assert scenes and all(not s.endswith("20090818.tif") for s in scenes)

@@ -9,7 +9,12 @@ from store import StoreError
 from . import heatmaps
 from .query import load_indexed, load_upload, query_panel
 from .resources import STORE_LOCK, embedder_for, open_store
-from .results import clicked_patch, downloads, forget_click, page_of, pager, result_grid, result_maps
+from indexer.refine import Refinement, refine
+
+from .geomap import result_map
+from .query import use_indexed
+from .results import (clicked_patch, describe_place, downloads, forget_click, page_of, pager, result_grid,
+                      result_maps)
 
 MAX_K = 1000
 
@@ -30,11 +35,37 @@ def settings_sidebar(info: dict) -> dict:
         st.query_params["k"] = str(k)
         page_size = st.selectbox("Per page", [12, 20, 40, 100], index=1)
         hide_self = st.checkbox("Hide the query itself", value=False)
+        st.header("Scenes")
+        dedupe = st.checkbox("Collapse overlapping chips of a scene", value=True)
+        exclude_scene = st.checkbox("Leave out the query's own scene", value=False)
+        bbox_text = st.text_input("Within lon/lat box", placeholder="west,south,east,north")
+        dates_text = st.text_input("Dated between", placeholder="2015-01-01,2020-12-31")
         st.header("Heatmaps")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
-    return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "opacity": opacity, "exact": exact}
+    return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "opacity": opacity, "exact": exact,
+            "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text), "dates": _dates(dates_text)}
+
+
+def _bbox(text: str):
+    if not text.strip():
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise IndexerError(f"the lon/lat box {text!r} is not four numbers west,south,east,north")
+    return values
+
+
+def _dates(text: str):
+    if not text.strip():
+        return None
+    if text.count(",") != 1:
+        raise IndexerError(f"the dates {text!r} are not FROM,TO (either may be empty)")
+    return tuple(part.strip() for part in text.split(","))
 
 
 def render(store_dir: Path, *, model: str | None = None) -> None:
@@ -78,10 +109,25 @@ def _render(store, *, model) -> None:
                        "grid; the query shows its own similarity to it.")
             st.button("Clear the selected patch", on_click=forget_click)
     exclude = [query.image_id] if settings["hide_self"] and query.image_id else []
+    refinement = Refinement(dedupe=settings["dedupe"], bbox=settings["bbox"], dates=settings["dates"],
+                            exclude_scene=(query.item or {}).get("scene") if settings["exclude_scene"] else None)
     with STORE_LOCK:
-        results = store.search(query.vector, k=settings["k"], exclude_ids=exclude)
+        results = refined_search(store, query.vector, k=settings["k"], exclude=exclude, refinement=refinement)
     with results_column:
         show_results(store, query, results, settings=settings, patch=patch, model=model)
+
+
+def refined_search(store, vector, *, k: int, exclude: list, refinement: Refinement) -> list[dict]:
+    """Fetch more neighbours until k pass the refinement or the store runs out."""
+    if not refinement.active:
+        return store.search(vector, k=k, exclude_ids=exclude)
+    fetch = k * 4
+    while True:
+        found = store.search(vector, k=fetch, exclude_ids=exclude)
+        results = refine(found, refinement, k=k)
+        if len(results) == k or len(found) < fetch:
+            return results
+        fetch *= 4
 
 
 def show_results(store, query, results, *, settings, patch, model) -> None:
@@ -96,5 +142,14 @@ def show_results(store, query, results, *, settings, patch, model) -> None:
     else:
         what = "cosine similarity of each result patch to the selected query patch"
     st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
+    if any(hit.get("geo") for hit in results):
+        scores = [hit["score"] for hit in hits] or [0.0]
+        picked = result_map(query.item, hits, vmin=min(scores), vmax=max(scores))
+        st.caption("Footprints of this page's results coloured by score (the same ramp, stretched to their "
+                   "scores); the query's outlined in red. Click one to select it.")
+        if picked:
+            hit = next(h for h in hits if h["rank"] == picked)
+            st.info(f"Selected on the map: #{hit['rank']} · score {hit['score']:.4f} · {describe_place(hit)}")
+            st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
     result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax)
     downloads(query, results)

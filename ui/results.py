@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from indexer.errors import UnreadableImage
+from indexer.refine import to_geojson
 from store import Store
 
 from . import heatmaps
@@ -118,8 +119,12 @@ def downloads(query: Query, results: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
-    left, right = st.columns(2)
-    left.download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
-                         mime="text/csv")
-    right.download_button("Download results (JSON)", json.dumps({"query": described, "results": rows}, indent=1),
-                          file_name="lookalike-results.json", mime="application/json")
+    columns = st.columns(3)
+    columns[0].download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
+                               mime="text/csv")
+    columns[1].download_button("Download results (JSON)", json.dumps({"query": described, "results": rows}, indent=1),
+                               file_name="lookalike-results.json", mime="application/json")
+    if any(hit.get("geo") for hit in results):
+        collection = to_geojson({"query": described, "results": results})
+        columns[2].download_button("Download footprints (GeoJSON)", json.dumps(collection),
+                                   file_name="lookalike-results.geojson", mime="application/geo+json")

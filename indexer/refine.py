@@ -1,0 +1,84 @@
+"""Search results for scenes: collapse overlapping chips, filter by place and date, and GeoJSON export."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What to do to a ranked result list before it is shown; the defaults change plain-image results not at all."""
+
+    dedupe: bool = True  # overlapping chips of one scene: keep the best-ranked
+    bbox: tuple | None = None  # (west, south, east, north) in WGS84; chips whose footprint touches it
+    dates: tuple | None = None  # (from, to) ISO dates, inclusive; 'YYYY' dates match their whole year
+    exclude_scene: str | None = None  # the query's own scene
+
+    @property
+    def active(self) -> bool:
+        return self.dedupe or self.bbox is not None or self.dates is not None or self.exclude_scene is not None
+
+
+def refine(results: list[dict], refinement: Refinement, *, k: int) -> list[dict]:
+    """The first k results that pass, re-ranked from 1."""
+    kept: list[dict] = []
+    for hit in results:
+        if _passes(hit, refinement) and not (refinement.dedupe and _overlaps_kept(hit, kept)):
+            kept.append(dict(hit, rank=len(kept) + 1))
+            if len(kept) == k:
+                break
+    return kept
+
+
+def _passes(hit: dict, refinement: Refinement) -> bool:
+    geo = hit.get("geo") or {}
+    if refinement.exclude_scene and hit.get("scene") == refinement.exclude_scene:
+        return False
+    if refinement.bbox is not None and not _touches(geo.get("wgs84_bounds"), refinement.bbox):
+        return False
+    if refinement.dates is not None and not _in_dates(geo.get("date"), refinement.dates):
+        return False
+    return True
+
+
+def _touches(bounds, bbox) -> bool:
+    if not bounds:
+        return False
+    west, south, east, north = bbox
+    return bounds[0] <= east and bounds[2] >= west and bounds[1] <= north and bounds[3] >= south
+
+
+def _in_dates(date: str | None, dates: tuple) -> bool:
+    if not date:
+        return False
+    start = date if len(date) == 10 else (date + "-01-01")[:10]
+    end = date if len(date) == 10 else (date + "-12-31")[:10]
+    low, high = dates
+    return (not low or end >= low) and (not high or start <= high)
+
+
+def _overlaps_kept(hit: dict, kept: list[dict]) -> bool:
+    if not hit.get("scene"):
+        return False
+    col, row, width, height = hit["window"]
+    for other in kept:
+        if other.get("scene") == hit["scene"]:
+            o_col, o_row, o_width, o_height = other["window"]
+            if col < o_col + o_width and o_col < col + width and row < o_row + o_height and o_row < row + height:
+                return True
+    return False
+
+
+def to_geojson(answer: dict) -> dict:
+    """A search answer as an RFC 7946 FeatureCollection: footprints (WGS84, counter-clockwise) and properties.
+
+    A result with no footprint (a plain image) keeps its place in the list with a null geometry.
+    """
+    features = []
+    for hit in answer["results"]:
+        geo = hit.get("geo") or {}
+        footprint = geo.get("footprint")
+        properties = {key: hit.get(key) for key in ("rank", "id", "score", "path", "scene", "window")}
+        properties.update(date=geo.get("date"), centroid=geo.get("centroid"), crs=geo.get("crs"))
+        features.append({"type": "Feature", "id": hit["id"],
+                         "geometry": {"type": "Polygon", "coordinates": footprint} if footprint else None,
+                         "properties": properties})
+    return {"type": "FeatureCollection", "features": features,
+            "query": {key: value for key, value in answer["query"].items() if key != "geo"}}

@@ -1,0 +1,84 @@
+"""Scene search refinements and GeoJSON export, on hand-made results and on real NAIP chips."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from indexer.refine import Refinement, refine, to_geojson
+
+
+def hit(rank, *, scene="a.tif", window=(0, 0, 256, 256), date="2015-06-01", bounds=(10.0, 50.0, 10.1, 50.1)):
+    west, south, east, north = bounds
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"rank": rank, "id": rank, "score": 1 - rank / 100, "path": f"{scene}#{rank}", "scene": scene,
+            "window": list(window), "geo": {"date": date, "wgs84_bounds": list(bounds), "footprint": [ring],
+                                             "centroid": [(west + east) / 2, (south + north) / 2], "crs": "EPSG:4326"}}
+
+
+def test_overlapping_chips_of_one_scene_collapse_to_the_best():
+    results = [hit(1, window=(0, 0, 256, 256)), hit(2, window=(128, 0, 256, 256)), hit(3, window=(256, 0, 256, 256)),
+               hit(4, scene="b.tif", window=(0, 0, 256, 256))]
+    kept = refine(results, Refinement(), k=10)
+    assert [h["id"] for h in kept] == [1, 3, 4]
+    assert [h["rank"] for h in kept] == [1, 2, 3]
+    assert len(refine(results, Refinement(dedupe=False), k=10)) == 4
+    assert [h["id"] for h in refine(results, Refinement(), k=2)] == [1, 3]
+
+
+def test_plain_images_pass_dedupe_untouched():
+    plain = [{"rank": r, "id": r, "score": 0.5, "path": f"{r}.jpg"} for r in (1, 2)]
+    assert refine(plain, Refinement(), k=5) == plain
+
+
+@pytest.mark.parametrize("bbox, ids", [((10.05, 50.05, 11, 51), [1]), ((20, 20, 21, 21), []),
+                                       ((-180, -90, 180, 90), [1, 2])])
+def test_bbox_keeps_chips_whose_footprint_touches_it(bbox, ids):
+    results = [hit(1), hit(2, scene="b.tif", bounds=(12.0, 40.0, 12.1, 40.1))]
+    assert [h["id"] for h in refine(results, Refinement(bbox=bbox), k=5)] == ids
+
+
+@pytest.mark.parametrize("dates, ids", [(("2015-01-01", "2015-12-31"), [1, 3]), (("2016-01-01", ""), [2]),
+                                        (("", "2014-12-31"), [4]), (("1985-06-01", "1985-06-30"), [4])])
+def test_dates_are_inclusive_and_a_bare_year_covers_its_year(dates, ids):
+    results = [hit(1), hit(2, scene="b", date="2018-07-16"), hit(3, scene="c", date="2015"),
+               hit(4, scene="d", date="1985"), hit(5, scene="e", date=None)]
+    assert [h["id"] for h in refine(results, Refinement(dates=dates), k=9)] == ids
+
+
+def test_exclude_the_query_scene():
+    results = [hit(1), hit(2, scene="b.tif")]
+    assert [h["id"] for h in refine(results, Refinement(exclude_scene="a.tif"), k=5)] == [2]
+
+
+def test_geojson_is_an_rfc7946_feature_collection():
+    collection = to_geojson({"query": {"id": 9, "path": "q"}, "results": [hit(1), {"rank": 2, "id": 2, "score": 0.4,
+                                                                                   "path": "x.jpg"}]})
+    assert collection["type"] == "FeatureCollection"
+    located, plain = collection["features"]
+    ring = located["geometry"]["coordinates"][0]
+    assert located["geometry"]["type"] == "Polygon" and ring[0] == ring[-1]
+    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
+    assert area > 0  # counter-clockwise exterior ring
+    assert located["properties"]["rank"] == 1 and located["properties"]["date"] == "2015-06-01"
+    assert plain["geometry"] is None
+    assert json.loads(json.dumps(collection)) == collection
+
+
+def test_cli_writes_geojson_of_real_chips(index, shared_data_dir, tmp_path):
+    from indexer.pipeline import ChipOptions
+
+    index([shared_data_dir / "naip"], tmp_path / "s", chips=ChipOptions(chip_size=256))
+    out = tmp_path / "hits.geojson"
+    result = CliRunner().invoke(cli, ["search", "--id", "5", "--store", str(tmp_path / "s"), "-k", "6",
+                                      "--exclude-scene", "--geojson", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    collection = json.loads(out.read_text())
+    assert [f["id"] for f in collection["features"]] == [h["id"] for h in answer["results"]]
+    assert len(collection["features"]) == 6
+    query_scene = answer["query"]["scene"]
+    assert all(f["properties"]["scene"] != query_scene for f in collection["features"])
+    for feature in collection["features"]:
+        lon, lat = feature["properties"]["centroid"]
+        assert -99.2 < lon < -99.1 and 47.0 < lat < 47.05

@@ -1,0 +1,48 @@
+"""The map of a scene search: query and result footprints (pydeck), the layer data built by plain functions."""
+import math
+
+import pydeck
+import streamlit as st
+
+from . import heatmaps
+
+
+def footprint_rows(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float) -> list[dict]:
+    """One row per footprint for a PolygonLayer: results coloured by score on the page's colour ramp."""
+    rows = []
+    for hit in hits:
+        geo = hit.get("geo") or {}
+        if not geo.get("footprint"):
+            continue
+        colour = heatmaps.colourize([[hit["score"]]], vmin=vmin, vmax=vmax)[0][0].tolist()
+        rows.append({"polygon": geo["footprint"][0], "fill": colour + [150], "line": [255, 255, 255, 220],
+                     "label": f"#{hit['rank']} · {hit['score']:.4f} · {geo.get('date') or ''}", "rank": hit["rank"]})
+    geo = (query_item or {}).get("geo") or {}
+    if geo.get("footprint"):
+        rows.append({"polygon": geo["footprint"][0], "fill": [0, 0, 0, 0], "line": [255, 0, 0, 255],
+                     "label": "query", "rank": 0})
+    return rows
+
+
+def view_of(rows: list[dict]) -> pydeck.ViewState:
+    lons = [p[0] for row in rows for p in row["polygon"]]
+    lats = [p[1] for row in rows for p in row["polygon"]]
+    span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
+    zoom = max(1, min(18, 8.5 - math.log2(span)))  # about the whole span on a ~700 px map
+    return pydeck.ViewState(longitude=(min(lons) + max(lons)) / 2, latitude=(min(lats) + max(lats)) / 2, zoom=zoom)
+
+
+def result_map(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float):
+    """Draws the map; returns the rank of a result footprint the user clicked, or None."""
+    rows = footprint_rows(query_item, hits, vmin=vmin, vmax=vmax)
+    if not rows:
+        return None
+    layer = pydeck.Layer(
+        "PolygonLayer", rows, id="footprints", get_polygon="polygon", get_fill_color="fill",
+        get_line_color="line", line_width_min_pixels=2, pickable=True, auto_highlight=True,
+    )
+    deck = pydeck.Deck(layers=[layer], initial_view_state=view_of(rows), tooltip={"text": "{label}"}, map_style=None)
+    event = st.pydeck_chart(deck, on_select="rerun", selection_mode="single-object", key="result-map", height=360)
+    picked = (getattr(event, "selection", None) or {}).get("objects", {}).get("footprints") or []
+    rank = picked[0].get("rank") if picked else None
+    return rank or None
