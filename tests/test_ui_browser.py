@@ -263,3 +263,30 @@ def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
             pytest.fail(f"{url} still answers 10 s after `lookalike serve` was stopped")
     finally:
         stop(process)
+
+
+def test_scene_chips_on_the_map(browser, shared_data_dir, model_dir, embedder, tmp_path, artifacts_dir):
+    """Real NAIP scenes cut into chips: the page draws their footprints on a map and offers GeoJSON."""
+    from indexer.pipeline import ChipOptions, index_collection
+
+    index_collection([str(shared_data_dir / "naip")], tmp_path / "scenes", embedder=embedder, workers=0,
+                     progress=False, chips=ChipOptions(chip_size=256))
+    process, url = start_server(tmp_path / "scenes", model_dir, tmp_path / "serve.log")
+    context = browser.new_context(viewport={"width": 1500, "height": 1400}, base_url=url)
+    context.set_default_timeout(WAIT_MS)
+    tab = context.new_page()
+    try:
+        open_page(tab, "/?id=5&k=12")
+        tab.get_by_text("#12 · score").wait_for()
+        chart = tab.locator('[data-testid="stDeckGlJsonChart"]')
+        chart.wait_for()
+        chart.locator("canvas").first.wait_for()
+        box = chart.bounding_box()
+        assert box["width"] > 300 and box["height"] > 200
+        tab.get_by_text("Footprints of this page's results coloured by score").wait_for()
+        tab.get_by_role("button", name="Download footprints (GeoJSON)").wait_for()
+        assert tab.get_by_text("m_4709963_se_14_1_20090818.tif · window").count() >= 1
+        tab.screenshot(path=artifacts_dir / "test_scene_chips_on_the_map.png", full_page=True)
+    finally:
+        context.close()
+        stop(process)
