@@ -46,6 +46,7 @@ class ChipOptions:
     min_valid: float = 0.5
     bands: tuple | None = None
     stretch: tuple = (2, 98)
+    gsd: float | None = None  # metres per pixel wanted: a chip then covers chip_size x gsd metres of ground
 
 
 @dataclass
@@ -126,8 +127,18 @@ def _plan_scene(plan: Plan, path: Path, stat, known_chips: list, chips: ChipOpti
     except IndexerError as error:
         plan.failures.append((str(path), str(error).removeprefix(str(path) + ": "), stat.st_size, stat.st_mtime))
         return
+    size, overlap = chips.chip_size, chips.overlap
+    if chips.gsd:
+        native = scenes.native_gsd(scene)
+        if native is None:
+            plan.failures.append((str(path), f"--gsd needs a projected CRS in metres, and this scene's is "
+                                  f"{scene.crs or 'missing'}", stat.st_size, stat.st_mtime))
+            return
+        # The window covers chip_size x gsd metres in native pixels; the model's resize resamples it.
+        size = max(1, round(chips.chip_size * chips.gsd / native))
+        overlap = min(size - 1, round(chips.overlap * chips.gsd / native))
     plan.scenes += 1
-    for window in scenes.chip_windows(scene.width, scene.height, chip_size=chips.chip_size, overlap=chips.overlap):
+    for window in scenes.chip_windows(scene.width, scene.height, chip_size=size, overlap=overlap):
         plan.jobs.append(Job(chip_key(path, window), stat.st_size, stat.st_mtime, scene=scene, window=window))
 
 
@@ -145,7 +156,9 @@ def _same_content(path: Path, sha256: str | None) -> bool:
 class DecodeDataset(torch.utils.data.Dataset):
     """One job → pixels and catalogue fields, or the reason it failed (never an exception)."""
 
-    def __init__(self, jobs: list[Job], preprocess: Preprocess, *, min_valid: float = 0.5, stretch=(2, 98)):
+    def __init__(self, jobs: list[Job], preprocess: Preprocess, *, min_valid: float = 0.5, stretch=(2, 98),
+                 gsd: float | None = None):
+        self.gsd = gsd
         self.jobs = jobs
         self.preprocess = preprocess
         self.min_valid = min_valid
@@ -179,6 +192,8 @@ class DecodeDataset(torch.utils.data.Dataset):
                    **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
         geo["wgs84_bounds"] = _ring_bounds(geo["footprint"])
         geo["stretch_percentiles"] = list(self.stretch)
+        geo["native_gsd"] = scenes.native_gsd(job.scene)
+        geo["gsd"] = self.gsd or geo["native_gsd"]
         record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
                   "width": image.width, "height": image.height, "scene": job.scene.path,
                   "window": list(job.window), "geo": geo}
@@ -210,7 +225,7 @@ def _quiet_worker(_):
 
 def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptions = ChipOptions()):
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(jobs, preprocess, min_valid=chips.min_valid, stretch=chips.stretch), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        DecodeDataset(jobs, preprocess, min_valid=chips.min_valid, stretch=chips.stretch, gsd=chips.gsd), batch_size=batch_size, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )

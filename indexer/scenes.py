@@ -132,6 +132,16 @@ def is_georeferenced(path) -> bool:
         return False
 
 
+def native_gsd(scene: Scene) -> float | None:
+    """Metres per pixel (x) for a scene in a projected CRS, else None (degrees say nothing of metres)."""
+    if not scene.crs:
+        return None
+    crs = CRS.from_user_input(scene.crs)
+    if not crs.is_projected:
+        return None
+    return abs(scene.transform[0]) * crs.linear_units_factor[1]
+
+
 def load_chip_image(scene_path, window, geo: dict):
     """A catalogued chip as an RGB PIL image, read again from its scene window with the recorded bands."""
     from PIL import Image

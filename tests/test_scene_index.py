@@ -1,4 +1,5 @@
 """Scenes through the whole product: chips in the catalogue, incremental runs, search, the CLI and the page."""
+import json
 import os
 import shutil
 
@@ -125,3 +126,20 @@ def test_page_filters_leave_out_the_query_scene(index, naip_dir, store_dir, monk
     assert not at.exception
     scenes = [c.value.split(" · ")[0] for c in at.caption if "· window" in c.value]
     assert scenes and all(not s.endswith("20090818.tif") for s in scenes)
+
+
+def test_gsd_sets_the_ground_a_chip_covers(index, naip_dir, shared_data_dir, store_dir, open_store, tmp_path):
+    from indexer.pipeline import ChipOptions
+
+    # NAIP here is 5 m a pixel (EPSG:26914): 64 px chips at 10 m cover 128 native pixels of ground
+    summary = index([naip_dir], store_dir, chips=ChipOptions(chip_size=64, gsd=10.0))
+    store = open_store(store_dir)
+    rows = [store.image(r["id"]) for r in chip_rows(store).values()]
+    assert {(r["width"], r["height"]) for r in rows} == {(128, 128)}
+    assert summary["indexed"] == 3 * 8 * 6  # ceil(934 / 128) x ceil(72x / 128), shifted inward
+    geo = json.loads(rows[0]["geo"])
+    assert geo["gsd"] == 10.0 and abs(geo["native_gsd"] - 5.0) < 1e-6
+
+    landsat = index([shared_data_dir / "landsat" / "1985.tif"], tmp_path / "geographic",
+                    chips=ChipOptions(chip_size=64, gsd=10.0))
+    assert landsat["failed"] == 1  # EPSG:4326 has no metres to resample to
