@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import os
 import time
@@ -56,6 +57,8 @@ class Plan:
     scenes: int = 0
     removed_ids: list = field(default_factory=list)
     vanished_failures: list = field(default_factory=list)  # failed files that are gone: forget them
+    forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
+    scene_records: list = field(default_factory=list)  # (path, size, mtime, options) of the scenes cut now
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
 
 
@@ -82,6 +85,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     plan = Plan()
     known = store.images_by_path()
     known_failures = store.failures_by_path()
+    scene_records = store.scenes_by_path()
     chips_of = {}
     for row in known.values():
         if row["scene"]:
@@ -98,7 +102,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
             plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
         elif is_scene(path):
-            _plan_scene(plan, path, stat, chips_of.get(key, []), chips)
+            _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips)
         elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
@@ -108,6 +112,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
     plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
     plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key)]
+    plan.forget_scenes += [key for key in scene_records if not os.path.lexists(key)]
     return plan
 
 
@@ -116,30 +121,44 @@ def is_scene(path: Path) -> bool:
     return path.suffix.lower() in SCENE_SUFFIXES and scenes.is_georeferenced(path)
 
 
-def _plan_scene(plan: Plan, path: Path, stat, known_chips: list, chips: ChipOptions) -> None:
-    """A scene is unchanged when its size and mtime are; a changed one is cut into chips again."""
-    if known_chips and all((c["size"], c["mtime"]) == (stat.st_size, stat.st_mtime) for c in known_chips):
-        plan.skipped += len(known_chips)
-        return
-    plan.removed_ids += [c["id"] for c in known_chips]
+def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
+                chips: ChipOptions) -> None:
+    """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
+
+    A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
+    run cut short goes on where it stopped.
+    """
+    key, options = str(path), dataclasses.asdict(chips)
+    unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
+        stat.st_size, stat.st_mtime, json.dumps(options, sort_keys=True))
+    if not unchanged:
+        plan.removed_ids += [c["id"] for c in known_chips]
+        plan.forget_scenes.append(key)
     try:
         scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
+        windows = _windows(scene, chips)
     except IndexerError as error:
-        plan.failures.append((str(path), str(error).removeprefix(str(path) + ": "), stat.st_size, stat.st_mtime))
+        plan.failures.append((key, str(error).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
+    done = ({c["path"] for c in known_chips} | store.skipped_chip_keys(key)) if unchanged else set()
+    missing = [window for window in windows if chip_key(path, window) not in done]
+    plan.skipped += len(windows) - len(missing)
+    if missing:
+        plan.scenes += 1
+    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options))
+    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w) for w in missing]
+
+
+def _windows(scene, chips: ChipOptions) -> list[tuple]:
     size, overlap = chips.chip_size, chips.overlap
     if chips.gsd:
         native = scenes.native_gsd(scene)
         if native is None:
-            plan.failures.append((str(path), f"--gsd needs a projected CRS in metres, and this scene's is "
-                                  f"{scene.crs or 'missing'}", stat.st_size, stat.st_mtime))
-            return
+            raise IndexerError(f"--gsd needs a projected CRS in metres, and this scene's is {scene.crs or 'missing'}")
         # The window covers chip_size x gsd metres in native pixels; the model's resize resamples it.
         size = max(1, round(chips.chip_size * chips.gsd / native))
         overlap = min(size - 1, round(chips.overlap * chips.gsd / native))
-    plan.scenes += 1
-    for window in scenes.chip_windows(scene.width, scene.height, chip_size=size, overlap=overlap):
-        plan.jobs.append(Job(chip_key(path, window), stat.st_size, stat.st_mtime, scene=scene, window=window))
+    return scenes.chip_windows(scene.width, scene.height, chip_size=size, overlap=overlap)
 
 
 def chip_key(scene_path, window) -> str:
@@ -186,7 +205,7 @@ class DecodeDataset(torch.utils.data.Dataset):
     def _chip(self, job: Job) -> dict:
         rgb, valid = scenes.read_chip(job.scene.path, job.scene, job.window)  # (h, w, 3) uint8
         if valid < self.min_valid:
-            return {"skipped_chip": True}
+            return {"skipped_chip": (job.path, job.scene.path)}
         image = Image.fromarray(rgb)
         geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
                    **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
@@ -216,7 +235,7 @@ def collate(items):
     pixels = torch.stack([item["pixels"] for item in ok]) if ok else None  # (B, 3, H, W)
     return {"pixels": pixels, "records": [item["record"] for item in ok],
             "failures": [item["failure"] for item in items if "failure" in item],
-            "skipped_chips": sum(1 for item in items if "skipped_chip" in item)}
+            "skipped_chips": [item["skipped_chip"] for item in items if "skipped_chip" in item]}
 
 
 def _quiet_worker(_):
@@ -255,6 +274,10 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
             counts["removed"] = len(plan.removed_ids)
         for path in plan.vanished_failures:
             store.forget_failure(path)
+        for path in plan.forget_scenes:
+            store.forget_scene(path)
+        for path, size, mtime, options in plan.scene_records:
+            store.record_scene(path, size=size, mtime=mtime, options=options)
         for failure in plan.failures:
             record_failure(store, failure, run_id, counts)
         _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
@@ -280,7 +303,8 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
     chunk = batch_size  # shrinks for good after an out-of-memory error
     try:
         for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers, chips=chips):
-            counts["skipped_chips"] += batch["skipped_chips"]
+            if batch["skipped_chips"]:
+                writer.skipped_chips(batch["skipped_chips"])
             for failure in batch["failures"]:
                 writer.failed(failure)
             records, pixels = batch["records"], batch["pixels"]
@@ -300,7 +324,7 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
                 writer.embedded(records[start:start + chunk], embedding.global_vectors,
                                 _project(embedding.patch_tokens, pca))
                 start += chunk
-            bar.update(len(records) + len(batch["failures"]) + batch["skipped_chips"])
+            bar.update(len(records) + len(batch["failures"]) + len(batch["skipped_chips"]))
     finally:
         bar.close()
         writer.close()

@@ -36,6 +36,10 @@ class StoreWriter:
     def failed(self, failure: tuple) -> None:
         self._put(("failed", failure))
 
+    def skipped_chips(self, chips: list[tuple[str, str]]) -> None:
+        """(chip key, scene) of chips under --min-valid: recorded as done, nothing to embed."""
+        self._put(("skipped_chips", chips))
+
     def close(self) -> None:
         """Wait for everything queued to be written; raise the writer's error, if any."""
         self._queue.put(None)
@@ -62,6 +66,10 @@ class StoreWriter:
     def _write(self, item) -> None:
         if item[0] == "failed":
             record_failure(self.store, item[1], self.run_id, self.counts)
+            return
+        if item[0] == "skipped_chips":
+            self.store.record_skipped_chips(item[1])
+            self.counts["skipped_chips"] = self.counts.get("skipped_chips", 0) + len(item[1])
             return
         _, records, vectors, grids = item
         vectors = vectors.cpu().numpy()  # waits for this batch's device work only

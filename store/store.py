@@ -129,7 +129,7 @@ class Store:
 
     def clear(self) -> None:
         with self.db.conn:
-            for table in ("vectors", "patches", "images", "failures", "pca"):
+            for table in ("vectors", "patches", "images", "failures", "pca", "scenes", "skipped_chips"):
                 self.db.execute(f"DELETE FROM {table}")
         self._index = None
         (self.store_dir / INDEX_NAME).unlink(missing_ok=True)
@@ -198,6 +198,27 @@ class Store:
 
     def failures_by_path(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, reason FROM failures")}
+
+    # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
+    def scenes_by_path(self) -> dict[str, dict]:
+        return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, options FROM scenes")}
+
+    def record_scene(self, path: str, *, size: int, mtime: float, options: dict) -> None:
+        self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime,
+                                  "options": json.dumps(options, sort_keys=True)}, pk="path")
+
+    def forget_scene(self, path: str) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM skipped_chips WHERE scene = ?", [path])
+            self.db.execute("DELETE FROM scenes WHERE path = ?", [path])
+
+    def skipped_chip_keys(self, scene: str) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT key FROM skipped_chips WHERE scene = ?", [scene])}
+
+    def record_skipped_chips(self, chips: list[tuple[str, str]]) -> None:
+        """(chip key, scene) pairs whose valid share was under --min-valid: done, with nothing to embed."""
+        with self.db.conn:
+            self.db.conn.executemany("INSERT OR REPLACE INTO skipped_chips (key, scene) VALUES (?, ?)", chips)
 
     def count_images(self) -> int:
         return self.db.execute("SELECT count(*) FROM images").fetchone()[0]

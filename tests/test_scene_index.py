@@ -143,3 +143,30 @@ def test_gsd_sets_the_ground_a_chip_covers(index, naip_dir, shared_data_dir, sto
     landsat = index([shared_data_dir / "landsat" / "1985.tif"], tmp_path / "geographic",
                     chips=ChipOptions(chip_size=64, gsd=10.0))
     assert landsat["failed"] == 1  # EPSG:4326 has no metres to resample to
+
+
+def test_a_run_cut_short_goes_on_with_the_missing_chips(index, naip_dir, store_dir, open_store):
+    index([naip_dir], store_dir, chips=_chips(256))
+    store = open_store(store_dir)
+    lost = sorted(chip_rows(store).values(), key=lambda r: r["id"])[-5:]
+    store.remove_images([r["id"] for r in lost])  # as if the run had died before writing them
+    store.save_index()
+
+    resumed = index([naip_dir], store_dir, chips=_chips(256))
+    assert (resumed["indexed"], resumed["skipped"], resumed["removed"]) == (5, 31, 0)
+    assert sorted(chip_rows(open_store(store_dir))) == sorted(chip_rows(store) | {r["path"]: r for r in lost})
+
+
+def test_a_scene_whose_chips_are_all_empty_is_not_read_again(index, shared_data_dir, store_dir):
+    shade = shared_data_dir / "rasterio" / "shade.tif"  # 88 % nodata: every 512 px chip under --min-valid
+    first = index([shade], store_dir)
+    assert (first["indexed"], first["skipped_chips"]) == (0, 4)
+    again = index([shade], store_dir)
+    assert (again["indexed"], again["skipped_chips"], again["skipped"], again["scenes"]) == (0, 0, 4, 0)
+
+
+def test_other_chip_options_cut_the_scene_again(index, naip_dir, store_dir, open_store):
+    index([naip_dir], store_dir, chips=_chips(512))
+    summary = index([naip_dir], store_dir, chips=_chips(256))
+    assert (summary["removed"], summary["indexed"]) == (12, 36)
+    assert open_store(store_dir).index.ntotal == 36
