@@ -46,6 +46,9 @@ def load_indexed_image(item: dict) -> Image.Image:
     """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene."""
     from .scenes import load_chip_image
 
+    if item.get("scene") and (item.get("geo") or {}).get("plain"):
+        col, row, width, height = item["window"]
+        return load_image(Path(item["scene"])).crop((col, row, col + width, row + height))
     if item.get("scene"):
         return load_chip_image(item["scene"], item["window"], item.get("geo") or {})
     return load_image(Path(item["path"]))

@@ -64,8 +64,9 @@ def cli(verbose):
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--rebuild", is_flag=True, help="Forget the store's contents and embed everything again.")
-@click.option("--chip-size", type=click.IntRange(16, 100000), default=512, show_default=True,
-              help="Georeferenced TIFF scenes are cut into chips this many pixels square (edges shift inward).")
+@click.option("--chip-size", type=click.IntRange(16, 100000), default=None,
+              help="Georeferenced TIFF scenes are cut into chips this many pixels square, edges shifted inward "
+                   "[default: 512]. Given explicitly, plain images larger than it are cut too.")
 @click.option("--overlap", type=click.IntRange(0, 99999), default=0, show_default=True, help="Pixels shared by neighbouring chips.")
 @click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Skip chips with less than this share of valid (not nodata, not transparent) pixels.")
@@ -94,10 +95,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     from indexer.normalization import normalization_for
     from indexer.pipeline import ChipOptions, index_collection, precheck_store
 
-    chips = ChipOptions(chip_size=chip_size, overlap=overlap, min_valid=min_valid, gsd=gsd,
+    chips = ChipOptions(chip_size=chip_size or 512, chip_plain=chip_size is not None, overlap=overlap,
+                        min_valid=min_valid, gsd=gsd,
                         bands=_numbers(bands, "--bands", int, 1, 3), stretch=_numbers(stretch, "--stretch", float, 2, 2))
     if chips.overlap >= chips.chip_size:
-        raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chip_size}", param_hint="--overlap")
+        raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
+                                 param_hint="--overlap")
     model = model or DEFAULT_MODEL
     if not rebuild:
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,

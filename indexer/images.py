@@ -73,6 +73,17 @@ def _plain(error: Exception) -> str:
     return text or type(error).__name__
 
 
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header alone."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception as error:  # Pillow raises many types for broken files
+        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP)") from error
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # rotated a quarter turn
+
+
 def load_image(path: Path) -> Image.Image:
     try:
         data = Path(path).read_bytes()

@@ -20,7 +20,7 @@ from PIL import Image
 from . import scenes
 from .embedder import Embedder, fit_pca
 from .errors import IndexerError, UnreadableImage
-from .images import Preprocess, decode_bytes, file_sha256, scan_sources
+from .images import IMAGE_SUFFIXES, Preprocess, decode_bytes, file_sha256, load_image, scan_sources, upright_size
 from .scenes import Scene
 from .writer import StoreWriter, non_finite_error, record_failure
 
@@ -36,6 +36,7 @@ class Job:
     image_id: int | None = None  # set when a changed file replaces an indexed one
     scene: Scene | None = None  # set for a chip of a georeferenced scene
     window: tuple | None = None
+    plain_source: str | None = None  # set for a chip of a large plain image
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ChipOptions:
     bands: tuple | None = None
     stretch: tuple = (2, 98)
     gsd: float | None = None  # metres per pixel wanted: a chip then covers chip_size x gsd metres of ground
+    chip_plain: bool = False  # plain images larger than chip_size are cut into chips too
 
 
 @dataclass
@@ -101,8 +103,14 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         failure = known_failures.get(key)
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
             plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
-        elif is_scene(path):
+        elif is_scene(path) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
+            if row:
+                plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
             _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips)
+        elif key in chips_of:  # cut into chips before, embedded whole now
+            plan.removed_ids += [c["id"] for c in chips_of[key]]
+            plan.forget_scenes.append(key)
+            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime))
         elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
@@ -135,8 +143,13 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
     try:
-        scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
-        windows = _windows(scene, chips)
+        if is_scene(path):
+            scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
+            windows, plain_source = _windows(scene, chips), None
+        else:
+            width, height = upright_size(path)
+            scene, plain_source = None, key
+            windows = scenes.chip_windows(width, height, chip_size=chips.chip_size, overlap=chips.overlap)
     except IndexerError as error:
         plan.failures.append((key, str(error).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
@@ -146,7 +159,15 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if missing:
         plan.scenes += 1
     plan.scene_records.append((key, stat.st_size, stat.st_mtime, options))
-    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w) for w in missing]
+    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
+                  for w in missing]
+
+
+def _larger_than(path: Path, chip_size: int) -> bool:
+    try:
+        return path.suffix.lower() in IMAGE_SUFFIXES and max(upright_size(path)) > chip_size
+    except IndexerError:
+        return False  # an unreadable file fails later, where every file does
 
 
 def _windows(scene, chips: ChipOptions) -> list[tuple]:
@@ -178,6 +199,7 @@ class DecodeDataset(torch.utils.data.Dataset):
     def __init__(self, jobs: list[Job], preprocess: Preprocess, *, min_valid: float = 0.5, stretch=(2, 98),
                  gsd: float | None = None):
         self.gsd = gsd
+        self._decoded = (None, None)  # (path, upright RGB image) of the last plain image cut
         self.jobs = jobs
         self.preprocess = preprocess
         self.min_valid = min_valid
@@ -188,10 +210,12 @@ class DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, position):
         job = self.jobs[position]
-        name = job.scene.path if job.scene else job.path
+        name = job.scene.path if job.scene else (job.plain_source or job.path)
         try:
             if job.scene:
                 return self._chip(job)
+            if job.plain_source:
+                return self._plain_chip(job)
             data = Path(job.path).read_bytes()
             image = decode_bytes(data, name=job.path)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
@@ -216,6 +240,17 @@ class DecodeDataset(torch.utils.data.Dataset):
         record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
                   "width": image.width, "height": image.height, "scene": job.scene.path,
                   "window": list(job.window), "geo": geo}
+        return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+
+
+    def _plain_chip(self, job: Job) -> dict:
+        if self._decoded[0] != job.plain_source:  # consecutive chips of one image share one decode
+            self._decoded = (job.plain_source, load_image(Path(job.plain_source)))
+        col, row, width, height = job.window
+        image = self._decoded[1].crop((col, row, col + width, row + height))
+        record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
+                  "width": width, "height": height, "scene": job.plain_source, "window": list(job.window),
+                  "geo": {"plain": True}}
         return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
 
 

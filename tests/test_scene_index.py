@@ -170,3 +170,31 @@ def test_other_chip_options_cut_the_scene_again(index, naip_dir, store_dir, open
     summary = index([naip_dir], store_dir, chips=_chips(256))
     assert (summary["removed"], summary["indexed"]) == (12, 36)
     assert open_store(store_dir).index.ntotal == 36
+
+
+def test_a_large_plain_image_is_cut_only_when_chip_size_is_given(index, tmp_path, write_image, open_store):
+    from PIL import Image
+
+    from indexer.pipeline import ChipOptions
+
+    folder = tmp_path / "photos"
+    write_image(folder / "small.jpg", size=(200, 150))
+    big = write_image(folder / "big.png", size=(700, 300), seed=3)
+    whole = index([folder], tmp_path / "s")
+    assert (whole["indexed"], whole["scenes"]) == (2, 0)
+
+    cut = index([folder], tmp_path / "s", chips=ChipOptions(chip_size=256, chip_plain=True))
+    store = open_store(tmp_path / "s")
+    chips = {path: row for path, row in store.images_by_path().items() if row["scene"] == str(big.absolute())}
+    assert sorted(p.rsplit("#", 1)[1] for p in chips) == ["0,0,256,256", "0,44,256,256", "256,0,256,256",
+                                                          "256,44,256,256", "444,0,256,256", "444,44,256,256"]
+    assert (cut["indexed"], cut["removed"], cut["skipped"]) == (6, 1, 1)  # the whole big.png gave way
+    hit = api.search(store, next(iter(chips.values()))["id"], k=1)["results"][0]
+    tile = api.load_indexed_image(hit)
+    col, row = hit["window"][:2]
+    assert tile.size == (256, 256)
+    assert list(tile.getdata()) == list(Image.open(big).convert("RGB").crop((col, row, col + 256, row + 256)).getdata())
+
+    back = index([folder], tmp_path / "s")
+    assert (back["indexed"], back["removed"]) == (1, 6)
+    assert open_store(tmp_path / "s").index.ntotal == 2
