@@ -9,6 +9,7 @@ import click
 
 DTYPE_CHOICES = ["auto", "float16", "bfloat16", "float32"]
 DEVICE_CHOICES = ["auto", "cuda", "cpu"]
+SCENES_SHOWN = 20
 
 
 def friendly_errors(command):
@@ -217,8 +218,15 @@ def info(store_dir, as_json):
     if as_json:
         click.echo(json.dumps(details))
         return
+    scene_list = details.pop("scene_list")
     for key, value in details.items():
         click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    for item in scene_list[:SCENES_SHOWN]:
+        bands = ",".join(map(str, item["bands"])) if item["bands"] else "-"
+        click.echo(f"{'scene':>20}: {item['scene']} · bands {bands} ({item['band_source'] or 'plain image'}) · "
+                   f"{item['crs'] or 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chips")
+    if len(scene_list) > SCENES_SHOWN:
+        click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import IndexerError, UnreadableImage
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+RASTER_SUFFIXES = {".jp2", ".vrt", ".img", ".ntf"}  # GDAL-only formats: read as scenes when georeferenced
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
@@ -20,7 +21,7 @@ def scan_sources(sources) -> list[Path]:
     for source in map(Path, sources):
         if source.is_dir():
             for path in sorted(source.rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+                if path.suffix.lower() in IMAGE_SUFFIXES | RASTER_SUFFIXES and not path.is_dir():
                     found[path.absolute()] = None
         elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
             for line in source.read_text(encoding="utf-8").splitlines():

@@ -20,11 +20,11 @@ from PIL import Image
 from . import scenes
 from .embedder import Embedder, fit_pca
 from .errors import IndexerError, UnreadableImage
-from .images import IMAGE_SUFFIXES, Preprocess, decode_bytes, file_sha256, load_image, scan_sources, upright_size
+from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES, Preprocess, decode_bytes, file_sha256, load_image, scan_sources, upright_size
 from .scenes import Scene
 from .writer import StoreWriter, non_finite_error, record_failure
 
-SCENE_SUFFIXES = {".tif", ".tiff"}
+SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
 

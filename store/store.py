@@ -364,6 +364,15 @@ class Store:
                 break
         return results
 
+    def scene_list(self) -> list[dict]:
+        """Per scene: the bands used and why, CRS, date and chip count (plain images cut into chips too)."""
+        rows = self.db.execute(
+            "SELECT scene, json_extract(geo, '$.bands'), json_extract(geo, '$.band_source'), "
+            "json_extract(geo, '$.crs'), json_extract(geo, '$.date'), count(*) FROM images "
+            "WHERE scene IS NOT NULL GROUP BY scene ORDER BY scene")
+        return [{"scene": scene, "bands": json.loads(bands) if bands else None, "band_source": source, "crs": crs,
+                 "date": date, "chips": chips} for scene, bands, source, crs, date, chips in rows]
+
     def _extent(self) -> list | None:
         """[west, south, east, north] over every chip footprint, or None without georeferenced chips."""
         row = self.db.execute(
@@ -387,6 +396,7 @@ class Store:
             "crs": [r[0] for r in self.db.execute(
                 "SELECT DISTINCT json_extract(geo, '$.crs') FROM images WHERE geo IS NOT NULL")],
             "wgs84_extent": self._extent(),
+            "scene_list": self.scene_list(),
             "failed": self.count_failures(),
             "model": provenance.get("model"),
             "fingerprint": provenance.get("fingerprint"),

@@ -198,3 +198,21 @@ def test_a_large_plain_image_is_cut_only_when_chip_size_is_given(index, tmp_path
     back = index([folder], tmp_path / "s")
     assert (back["indexed"], back["removed"]) == (1, 6)
     assert open_store(tmp_path / "s").index.ntotal == 2
+
+
+def test_info_reports_each_scene_bands_crs_and_extent(index, shared_data_dir, tmp_path):
+    index([shared_data_dir / "naip" / "m_4709963_se_14_1_20090818.tif", shared_data_dir / "rasterio" / "RGB.byte.tif",
+           shared_data_dir / "landsat" / "1985.tif"], tmp_path / "s")
+    result = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    by_name = {os.path.basename(item["scene"]): item for item in info["scene_list"]}
+    assert by_name["m_4709963_se_14_1_20090818.tif"]["band_source"] == "default"
+    assert by_name["RGB.byte.tif"]["band_source"] == "colorinterp"
+    assert by_name["1985.tif"]["bands"] == [1, 2, 3] and by_name["1985.tif"]["date"] == "1985"
+    assert info["scenes"] == 3 and set(info["crs"]) == {"EPSG:26914", "EPSG:32618", "EPSG:4326"}
+    west, south, east, north = info["wgs84_extent"]
+    assert west < -99 < east and south < 47 < north  # NAIP in North Dakota, Landsat in Peru, both inside
+    assert south < -8 and west < -75
+    human = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s")])
+    assert "bands 1,2,3 (default)" in human.output
