@@ -235,8 +235,10 @@ def info(store_dir, as_json):
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model for embedding uploads (e.g. a local directory).")
+@click.option("--basemap", type=click.Choice(["none", "carto"]), default="none", show_default=True,
+              help="A base layer under the scene map; carto makes viewers' browsers fetch Carto's tiles.")
 @friendly_errors
-def serve(store_dir, host, port, model):
+def serve(store_dir, host, port, model, basemap):
     """Start the browser search page (Streamlit) for a store.
 
     Example: lookalike serve --store demo-store --port 8501
@@ -251,6 +253,7 @@ def serve(store_dir, host, port, model):
     env = dict(os.environ, LOOKALIKE_STORE=str(store_dir.absolute()))
     if model:
         env["LOOKALIKE_MODEL"] = model
+    env["LOOKALIKE_BASEMAP"] = "" if basemap == "none" else basemap
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_path),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",

@@ -1,4 +1,4 @@
-"""Entry script for `streamlit run`: reads the store (and optional model copy) from the environment."""
+"""Entry script for `streamlit run`: reads the store, an optional model copy and base map from the environment."""
 import os
 import sys
 from pathlib import Path
@@ -8,4 +8,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ui.page import render  # noqa: E402
 
-render(os.environ.get("LOOKALIKE_STORE"), model=os.environ.get("LOOKALIKE_MODEL") or None)
+render(os.environ.get("LOOKALIKE_STORE"), model=os.environ.get("LOOKALIKE_MODEL") or None,
+       basemap=os.environ.get("LOOKALIKE_BASEMAP") or None)

@@ -32,8 +32,15 @@ def view_of(rows: list[dict]) -> pydeck.ViewState:
     return pydeck.ViewState(longitude=(min(lons) + max(lons)) / 2, latitude=(min(lats) + max(lats)) / 2, zoom=zoom)
 
 
-def result_map(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float):
-    """Draws the map; returns the rank of a result footprint the user clicked, or None."""
+BASEMAPS = {"carto": pydeck.map_styles.CARTO_LIGHT}
+
+
+def result_map(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float, basemap: str | None = None):
+    """Draws the map; returns the rank of a result footprint the user clicked, or None.
+
+    No base layer unless `basemap` names one: a base layer makes every viewer's browser fetch tiles
+    from a third party, which `lookalike serve --basemap carto` asks for explicitly.
+    """
     rows = footprint_rows(query_item, hits, vmin=vmin, vmax=vmax)
     if not rows:
         return None
@@ -41,7 +48,8 @@ def result_map(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: 
         "PolygonLayer", rows, id="footprints", get_polygon="polygon", get_fill_color="fill",
         get_line_color="line", line_width_min_pixels=2, pickable=True, auto_highlight=True,
     )
-    deck = pydeck.Deck(layers=[layer], initial_view_state=view_of(rows), tooltip={"text": "{label}"}, map_style=None)
+    deck = pydeck.Deck(layers=[layer], initial_view_state=view_of(rows), tooltip={"text": "{label}"},
+                       map_provider="carto" if basemap else None, map_style=BASEMAPS.get(basemap))
     event = st.pydeck_chart(deck, on_select="rerun", selection_mode="single-object", key="result-map", height=360)
     picked = (getattr(event, "selection", None) or {}).get("objects", {}).get("footprints") or []
     rank = picked[0].get("rank") if picked else None

@@ -68,19 +68,19 @@ def _dates(text: str):
     return tuple(part.strip() for part in text.split(","))
 
 
-def render(store_dir: Path, *, model: str | None = None) -> None:
+def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None) -> None:
     st.set_page_config(page_title="lookalike", page_icon="🛰️", layout="wide")
     st.title("lookalike")
     if store_dir is None:
         st.error("No store given: start the page with `lookalike serve --store DIR`.")
         return
     try:
-        _render(open_store(Path(store_dir)), model=model)
+        _render(open_store(Path(store_dir)), model=model, basemap=basemap)
     except (IndexerError, StoreError) as error:
         st.error(str(error))
 
 
-def _render(store, *, model) -> None:
+def _render(store, *, model, basemap=None) -> None:
     with STORE_LOCK:
         info = {"store": str(store.store_dir), "images": store.count_images(), "failed": store.count_failures(),
                 **{key: (store.provenance or {}).get(key)
@@ -114,7 +114,7 @@ def _render(store, *, model) -> None:
     with STORE_LOCK:
         results = refined_search(store, query.vector, k=settings["k"], exclude=exclude, refinement=refinement)
     with results_column:
-        show_results(store, query, results, settings=settings, patch=patch, model=model)
+        show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap)
 
 
 def refined_search(store, vector, *, k: int, exclude: list, refinement: Refinement) -> list[dict]:
@@ -130,7 +130,7 @@ def refined_search(store, vector, *, k: int, exclude: list, refinement: Refineme
         fetch *= 4
 
 
-def show_results(store, query, results, *, settings, patch, model) -> None:
+def show_results(store, query, results, *, settings, patch, model, basemap=None) -> None:
     st.subheader("Nearest neighbours")
     hits, page, pages = page_of(results, settings["page_size"])
     pager(page, pages, len(results))
@@ -144,7 +144,7 @@ def show_results(store, query, results, *, settings, patch, model) -> None:
     st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
     if any(hit.get("geo") for hit in results):
         scores = [hit["score"] for hit in hits] or [0.0]
-        picked = result_map(query.item, hits, vmin=min(scores), vmax=max(scores))
+        picked = result_map(query.item, hits, vmin=min(scores), vmax=max(scores), basemap=basemap)
         st.caption("Footprints of this page's results coloured by score (the same ramp, stretched to their "
                    "scores); the query's outlined in red. Click one to select it.")
         if picked:
