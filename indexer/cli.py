@@ -80,11 +80,12 @@ def cli(verbose):
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
                    "compile, worth it beyond ~40,000 images).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, progress, as_json):
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
@@ -122,6 +123,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "
             f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
         )
+        for reason, count in sorted(summary["failure_reasons"].items(), key=lambda item: -item[1]):
+            click.echo(f"  failed: {count} × {reason}")
+    if strict and summary["failed"]:
+        raise click.ClickException(
+            f"--strict: {summary['failed']} file(s) failed; `lookalike info --store {store_dir}` counts them, "
+            "the store's failures table says why")
 
 
 def _numbers(text, name, kind, shortest, longest):
@@ -235,10 +242,12 @@ def info(store_dir, as_json):
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model for embedding uploads (e.g. a local directory).")
+@click.option("--max-upload-mb", type=click.IntRange(1, 2000), default=50, show_default=True,
+              help="Largest query upload accepted.")
 @click.option("--basemap", type=click.Choice(["none", "carto"]), default="none", show_default=True,
               help="A base layer under the scene map; carto makes viewers' browsers fetch Carto's tiles.")
 @friendly_errors
-def serve(store_dir, host, port, model, basemap):
+def serve(store_dir, host, port, model, max_upload_mb, basemap):
     """Start the browser search page (Streamlit) for a store.
 
     Example: lookalike serve --store demo-store --port 8501
@@ -254,12 +263,13 @@ def serve(store_dir, host, port, model, basemap):
     if model:
         env["LOOKALIKE_MODEL"] = model
     env["LOOKALIKE_BASEMAP"] = "" if basemap == "none" else basemap
+    env["LOOKALIKE_MAX_UPLOAD_MB"] = str(max_upload_mb)
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_path),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
         "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal",
-        "--server.maxUploadSize", "50",
+        "--server.maxUploadSize", str(max_upload_mb),
     ]
     click.echo(f"lookalike: serving {store_dir} at http://{host}:{port}", err=True)
     # Become Streamlit (exec), so that signals (Ctrl-C, kill, docker stop) reach the server itself.

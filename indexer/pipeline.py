@@ -25,6 +25,7 @@ from .scenes import Scene
 from .writer import StoreWriter, non_finite_error, record_failure
 
 SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
+RUN_COLUMNS = ("indexed", "skipped", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,8 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
-    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0}
+    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
+              "failure_reasons": {}}
     status = "failed"
     try:
         plan = plan_run(paths, store, chips=chips)
@@ -326,7 +328,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
         seconds = time.perf_counter() - started
         summary = dict(counts, seconds=round(seconds, 3),
                        images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
-        store.finish_run(run_id, {k: v for k, v in summary.items() if k != "scenes"}, status=status)
+        store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
         store.close()
     return dict(summary, run_id=run_id, store=str(store_dir))
 

@@ -99,3 +99,6 @@ def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
         store.remove_images([stale_id])
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
     counts["failed"] += 1
+    kind = reason.split(" (", 1)[0]  # the reason without its file-specific detail
+    counts.setdefault("failure_reasons", {})
+    counts["failure_reasons"][kind] = counts["failure_reasons"].get(kind, 0) + 1

@@ -68,19 +68,20 @@ def _dates(text: str):
     return tuple(part.strip() for part in text.split(","))
 
 
-def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None) -> None:
+def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None,
+           max_upload_mb: int = 50) -> None:
     st.set_page_config(page_title="lookalike", page_icon="🛰️", layout="wide")
     st.title("lookalike")
     if store_dir is None:
         st.error("No store given: start the page with `lookalike serve --store DIR`.")
         return
     try:
-        _render(open_store(Path(store_dir)), model=model, basemap=basemap)
+        _render(open_store(Path(store_dir)), model=model, basemap=basemap, max_upload_mb=max_upload_mb)
     except (IndexerError, StoreError) as error:
         st.error(str(error))
 
 
-def _render(store, *, model, basemap=None) -> None:
+def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
     with STORE_LOCK:
         info = {"store": str(store.store_dir), "images": store.count_images(), "failed": store.count_failures(),
                 **{key: (store.provenance or {}).get(key)
@@ -90,12 +91,12 @@ def _render(store, *, model, basemap=None) -> None:
         st.info("This store holds no images yet. Index a collection with `lookalike index SOURCE --store "
                 f"{info['store']}`; this page picks them up without a restart.")
         return
-    choice = query_panel(store)
+    choice = query_panel(store, max_upload_mb=max_upload_mb)
     if choice is None:
         st.info("Upload an image or pick an indexed one to see its nearest neighbours.")
         return
     kind, value = choice
-    query = load_indexed(store, value) if kind == "id" else load_upload(store, value, model=model)
+    query = load_indexed(store, value) if kind == "id" else load_upload(store, value, model=model, max_upload_mb=max_upload_mb)
 
     query_column, results_column = st.columns([1, 3])
     with query_column:

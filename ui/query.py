@@ -58,15 +58,15 @@ def _use_random(store: Store) -> None:
         use_indexed(image_id)
 
 
-def query_panel(store: Store):
+def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
     """Draws the choices; returns ('id', N), ('upload', UploadedFile) or None."""
     upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
     with upload_tab:
         generation = st.session_state.get("uploader_generation", 0)
         uploaded = st.file_uploader(
             "Query image", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES), key=f"upload-{generation}",
-            on_change=_use_upload, max_upload_size=MAX_UPLOAD_MB,
-            help=f"JPEG, PNG, TIFF, WebP or BMP, up to {MAX_UPLOAD_MB} MB; embedded with the store's model.",
+            on_change=_use_upload, max_upload_size=max_upload_mb,
+            help=f"JPEG, PNG, TIFF, WebP or BMP, up to {max_upload_mb} MB; embedded with the store's model.",
         )
     with indexed_tab:
         by_id, by_path, at_random = st.columns([1, 2, 1])
@@ -112,11 +112,12 @@ def load_indexed(store: Store, image_id: int) -> Query:
                  image=image, image_id=image_id, path=row["path"], item=item)
 
 
-def load_upload(store: Store, uploaded, *, model: str | None) -> Query:
+def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int = MAX_UPLOAD_MB) -> Query:
     """Embeds an upload once per session (a click reruns the page; it must not re-embed)."""
     data = uploaded.getvalue()
-    if len(data) > MAX_UPLOAD_MB * 2**20:
-        raise IndexerError(f"{uploaded.name} is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB")
+    if len(data) > max_upload_mb * 2**20:
+        raise IndexerError(f"{uploaded.name} is {len(data) / 2**20:.0f} MB; uploads are limited to {max_upload_mb} MB "
+                           "(lookalike serve --max-upload-mb)")
     digest = hashlib.sha256(data).hexdigest()
     cache = st.session_state.setdefault("embedded_uploads", {})
     if digest not in cache:
