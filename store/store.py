@@ -257,10 +257,16 @@ class Store:
                 row.update(status="indexed", run_id=run_id, indexed_at=now_iso(), scene=record.get("scene"),
                            window=_json_or_none(record.get("window")), geo=_json_or_none(record.get("geo")))
                 image_id = record.get("image_id")
+                # Plain SQL: sqlite-utils' insert/update commit on their own, which would show readers
+                # (and leave after a crash) an image without its vector.
+                columns = list(row)
                 if image_id is None:
-                    image_id = self.db["images"].insert(row).last_pk
+                    image_id = self.db.execute(
+                        f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                        [row[c] for c in columns]).lastrowid
                 else:
-                    self.db["images"].update(image_id, row)
+                    self.db.execute(f"UPDATE images SET {', '.join(c + ' = ?' for c in columns)} WHERE id = ?",
+                                    [row[c] for c in columns] + [image_id])
                     replaced.append(image_id)
                 self.db.execute(
                     "INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
@@ -328,16 +334,19 @@ class Store:
                 log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
         elif len(stored_ids):
             log.warning("index file %s is missing: rebuilding it from the stored vectors", index_path)
-        return self._rebuild_from_vectors(stored_ids)
+        return self._rebuild_from_vectors()
 
-    def _rebuild_from_vectors(self, stored_ids: np.ndarray):
+    def _rebuild_from_vectors(self):
+        """One SELECT: a consistent snapshot even while an index run is adding vectors (WAL)."""
         dim = self.dim
         if dim is None:
             return faiss_index.new_index(1)
-        vectors = np.empty((len(stored_ids), dim), dtype=np.float32)
-        for row, (blob,) in enumerate(self.db.execute("SELECT vector FROM vectors ORDER BY image_id")):
+        rows = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id").fetchall()
+        ids = np.array([image_id for image_id, _ in rows], dtype=np.int64)
+        vectors = np.empty((len(rows), dim), dtype=np.float32)  # (N, D)
+        for row, (_, blob) in enumerate(rows):
             vectors[row] = blob_to_vector(blob)
-        return faiss_index.build_index(dim, stored_ids, vectors)
+        return faiss_index.build_index(dim, ids, vectors)
 
     def save_index(self) -> None:
         if self._index is not None:
@@ -355,7 +364,10 @@ class Store:
         for score, image_id in zip(scores[0], ids[0]):
             if image_id < 0 or int(image_id) in exclude:
                 continue
-            row = self.image(int(image_id))
+            try:
+                row = self.image(int(image_id))
+            except UnknownImage:  # removed by an index run since this index was loaded: not a result
+                continue
             results.append(
                 {"rank": len(results) + 1, "id": int(image_id), "path": row["path"], "score": float(score),
                  "width": row["width"], "height": row["height"], **chip_fields(row)}
