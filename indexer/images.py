@@ -2,6 +2,7 @@
 import hashlib
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import IndexerError, UnreadableImage
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
 RASTER_SUFFIXES = {".jp2", ".vrt", ".img", ".ntf"}  # GDAL-only formats: read as scenes when georeferenced
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
@@ -56,14 +57,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def decode_bytes(data: bytes, *, name: str = "image") -> Image.Image:
     """Decode to an upright RGB image, or raise UnreadableImage saying why."""
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            upright = ImageOps.exif_transpose(opened)
-            upright.load()
-            return to_rgb(upright)
+        with warnings.catch_warnings():  # past MAX_IMAGE_PIXELS but under twice it: large, valid, decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                upright = ImageOps.exif_transpose(opened)
+                upright.load()
+                return to_rgb(upright)
     except Image.DecompressionBombError as error:
         raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
     except UnidentifiedImageError as error:
-        raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP)") from error
+        raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)") from error
     except Exception as error:  # Pillow raises many types for broken files
         raise UnreadableImage(f"{name}: damaged or unsupported image data ({_plain(error)})") from error
 
@@ -81,7 +84,7 @@ def upright_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
     except Exception as error:  # Pillow raises many types for broken files
-        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP)") from error
+        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)") from error
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # rotated a quarter turn
 
 

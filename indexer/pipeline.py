@@ -93,12 +93,28 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     for row in known.values():
         if row["scene"]:
             chips_of.setdefault(row["scene"], []).append(row)
+    failing_now = set()
+
+    def unreadable(key: str, reason: str) -> None:
+        failing_now.add(key)
+        known = known_failures.get(key)
+        if known and known["reason"] == reason:
+            plan.skipped += 1  # the same failure as last time: nothing new to say
+        else:
+            plan.failures.append((key, reason, None, None))
+
     for path in paths:
         key = str(path)
         try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # SQLite stores UTF-8: keep the name's bytes visible, escaped
+            unreadable(os.fsencode(path).decode("utf-8", "backslashreplace"),
+                       "file name is not valid UTF-8 (rename the file to index it)")
+            continue
+        try:
             stat = path.stat()
         except OSError as error:
-            plan.failures.append((key, f"cannot be read ({error.strerror or error})", None, None))
+            unreadable(key, f"cannot be read ({error.strerror or error})")
             continue
         row = known.get(key)
         failure = known_failures.get(key)
@@ -120,7 +136,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
     plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
-    plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key)]
+    plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
     plan.forget_scenes += [key for key in scene_records if not os.path.lexists(key)]
     return plan
 

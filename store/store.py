@@ -128,7 +128,7 @@ class Store:
             )
 
     def clear(self) -> None:
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             for table in ("vectors", "patches", "images", "failures", "pca", "scenes", "skipped_chips"):
                 self.db.execute(f"DELETE FROM {table}")
         self._index = None
@@ -158,7 +158,7 @@ class Store:
         )
 
     def set_pca(self, pca: PCA) -> None:
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             self.db["pca"].upsert(
                 {
                     "id": 1,
@@ -208,7 +208,7 @@ class Store:
                                   "options": json.dumps(options, sort_keys=True)}, pk="path")
 
     def forget_scene(self, path: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             self.db.execute("DELETE FROM skipped_chips WHERE scene = ?", [path])
             self.db.execute("DELETE FROM scenes WHERE path = ?", [path])
 
@@ -217,7 +217,7 @@ class Store:
 
     def record_skipped_chips(self, chips: list[tuple[str, str]]) -> None:
         """(chip key, scene) pairs whose valid share was under --min-valid: done, with nothing to embed."""
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             self.db.conn.executemany("INSERT OR REPLACE INTO skipped_chips (key, scene) VALUES (?, ?)", chips)
 
     def count_images(self) -> int:
@@ -251,14 +251,12 @@ class Store:
         index = self.index  # loaded before the rows change, so it reflects the catalogue as it was
         ids = []
         replaced = []
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             for record, vector, grid in zip(records, vectors, patch_grids):
                 row = {key: record[key] for key in ("path", "size", "mtime", "sha256", "width", "height")}
                 row.update(status="indexed", run_id=run_id, indexed_at=now_iso(), scene=record.get("scene"),
                            window=_json_or_none(record.get("window")), geo=_json_or_none(record.get("geo")))
                 image_id = record.get("image_id")
-                # Plain SQL: sqlite-utils' insert/update commit on their own, which would show readers
-                # (and leave after a crash) an image without its vector.
                 columns = list(row)
                 if image_id is None:
                     image_id = self.db.execute(
@@ -285,7 +283,7 @@ class Store:
     def remove_images(self, image_ids) -> None:
         image_ids = [int(i) for i in image_ids]
         index = self.index
-        with self.db.conn:
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             for image_id in image_ids:
                 for table, column in (("vectors", "image_id"), ("patches", "image_id"), ("images", "id")):
                     self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", [image_id])

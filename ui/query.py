@@ -66,7 +66,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
         uploaded = st.file_uploader(
             "Query image", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES), key=f"upload-{generation}",
             on_change=_use_upload, max_upload_size=max_upload_mb,
-            help=f"JPEG, PNG, TIFF, WebP or BMP, up to {max_upload_mb} MB; embedded with the store's model.",
+            help=f"JPEG, PNG, TIFF, WebP, BMP or GIF, up to {max_upload_mb} MB; embedded with the store's model.",
         )
     with indexed_tab:
         by_id, by_path, at_random = st.columns([1, 2, 1])
