@@ -5,10 +5,11 @@
    --batch-size 16` over real NAIP scenes (/work/shared/data/naip), cut into virtual chips.
 2. The same command, into a second store, is started in its own process group and SIGKILLed (the whole group)
    at N random moments, restarted after each kill, and finally left to finish.
-   The delays come from a seeded RNG, scaled by the reference's timings: uniform in
-   [0.8 S, S + 2 E / N], S = the reference's start-up (process start to the first planned batch: imports,
-   model load, store open, planning) and E = its embedding time, so that the N kills spread over the whole
-   job instead of all landing on reruns that have nothing left to do.
+   The delays come from a seeded RNG, scaled by the measured timings (KillClock): uniform in
+   [0.8 S, S + 2 R / (v k)], S = the start-up (process start to the plan: imports, model load, store open,
+   planning), R = chips still missing, v = the embedding rate, k = kills left; the reference's figures
+   first, then each run's. The N kills so spread over the whole job instead of landing on reruns that
+   have nothing left to do.
 3. The two stores are compared: same catalogue paths, one vector per live image, vectors matching
    (cosine >= 0.999), no duplicate paths, no orphans, the FAISS index consistent after `Store.open`,
    and the last run's summary covering every chip (indexed + skipped == total).
@@ -29,13 +30,15 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,8 @@ COSINE_FLOOR = 0.999
 MAX_PENDING = 2  # indexer.writer.StoreWriter's default queue length
 IN_FLIGHT_BATCHES = MAX_PENDING + 2  # + the batch the writer is committing + the one the model is on
 CHILD_FLAG = "--child"
+SUMMARY_LINE = re.compile(r"^indexed (\d+)\b.*?, skipped (\d+),", re.MULTILINE)  # what `lookalike index` prints
+DIE_AT_FLAG = "--die-at"
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Run:
     embedded: int = 0  # chips sent through the model
     committed: int = 0  # chips whose rows it committed
     complete_after: bool = False  # every chip committed once it ended
+    printed: tuple | None = None  # (indexed, skipped) of the summary line it printed, if it lived to print it
+    rebuilt_index: bool = False  # it logged that it rebuilt index.faiss from the stored vectors
     phase: str = ""
     output_tail: str = ""
 
@@ -95,7 +102,14 @@ class Run:
 
 # -- the child: the real CLI, with a few lines of notes -------------------------------------------------
 def child_main(events_path: str, argv: list[str]) -> None:
-    """Run `lookalike ARGV`, appending 'time kind value' lines to EVENTS_PATH (one write each: kill-safe)."""
+    """Run `lookalike ARGV`, appending 'time kind value' lines to EVENTS_PATH (one write each: kill-safe).
+
+    `--die-at N` before ARGV: SIGKILL this process inside the store write of the N-th embedded chip, after
+    its catalogue row and before its vector (a deterministic kill in the middle of a batch's transaction).
+    """
+    die_at = None
+    if argv[:1] == [DIE_AT_FLAG]:
+        die_at, argv = int(argv[1]), argv[2:]
     fd = os.open(events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def note(kind, value=""):
@@ -120,6 +134,19 @@ def child_main(events_path: str, argv: list[str]) -> None:
     DinoV3Embedder.embed = observed(DinoV3Embedder.embed, before=lambda self, pixels, **_: note("embed", len(pixels)))
     Store.start_run = observed(Store.start_run, after=lambda run_id: note("run", run_id))
     pipeline._embed_jobs = observed(pipeline._embed_jobs, before=lambda jobs, *_, **__: note("plan", len(jobs)))
+    if die_at is not None:
+        import store.store as store_module
+
+        real_vector_to_blob, encoded = store_module.vector_to_blob, [0]
+
+        def die_at_nth(vector):  # add_embeddings encodes a row's vector right after inserting its image row
+            encoded[0] += 1
+            if encoded[0] == die_at:
+                note("die", die_at)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_vector_to_blob(vector)
+
+        store_module.vector_to_blob = die_at_nth
     main(argv)
 
 
@@ -140,10 +167,11 @@ def child_env() -> dict:
 
 
 def run_index(setup: Setup, store_dir: Path, events_path: Path, *, number: int, kill_after: float | None = None,
-              timeout: float = 600) -> Run:
+              die_at: int | None = None, timeout: float = 600) -> Run:
     """Start the index command in a new session; SIGKILL its process group after `kill_after` seconds."""
     run = Run(number=number, delay_s=None if kill_after is None else round(kill_after, 3))
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, str(events_path),
+    die = [DIE_AT_FLAG, str(die_at)] if die_at is not None else []
+    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, str(events_path), *die,
                *setup.index_args(store_dir)]
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(), start_new_session=True,
@@ -157,6 +185,9 @@ def run_index(setup: Setup, store_dir: Path, events_path: Path, *, number: int, 
     run.wall_s = round(time.monotonic() - started, 3)
     run.returncode = process.returncode
     run.output_tail = (output or "")[-1500:]
+    if match := SUMMARY_LINE.search(output or ""):
+        run.printed = (int(match[1]), int(match[2]))
+    run.rebuilt_index = "rebuilding it" in (output or "")
     for moment, kind, value in read_events(events_path):
         if kind == "run":
             run.run_id = int(value)
@@ -260,6 +291,7 @@ def compare_stores(reference_dir: Path, killed_dir: Path) -> dict:
         total_chips = len(ref_paths) + scalar(reference, "SELECT count(*) FROM skipped_chips")
         last_run = next(killed.db.query(
             "SELECT id, status, indexed, skipped, failed FROM runs ORDER BY id DESC LIMIT 1"), {})
+        covered = (last_run.get("indexed") or 0) + (last_run.get("skipped") or 0)
         answered = self_queries(killed, stored_ids)
         pca_deviation = float(np.abs(reference.pca().components - killed.pca().components).max())
         figures = {
@@ -286,13 +318,12 @@ def compare_stores(reference_dir: Path, killed_dir: Path) -> dict:
             "same_paths": set(paths) == ref_paths,
             "no_duplicate_paths": len(paths) == len(set(paths)),
             "one_vector_per_live_image": figures["vectors_killed"] == len(paths) == len(rows),
-            "vectors_match": len(common) == len(ref_paths) and figures["min_cosine"] >= COSINE_FLOOR,
+            "vectors_match": bool(common) and figures["min_cosine"] >= COSINE_FLOOR,
             "no_orphans": not any(orphans.values()),
             "no_failures": figures["failures_recorded"] == 0,
             "faiss_consistent_on_open": index.ntotal == len(stored_ids) and np.array_equal(index_ids, stored_ids),
             "searches_answer": answered == min(len(stored_ids), SELF_QUERIES),
-            "last_run_covers_every_chip": last_run.get("status") == "done"
-                                          and (last_run.get("indexed") or 0) + (last_run.get("skipped") or 0) == total_chips,
+            "last_run_covers_every_chip": last_run.get("status") == "done" and covered == total_chips,
             "same_scenes": scene_records(reference) == scene_records(killed),
         }
         return {"figures": figures, "checks": checks}
@@ -310,7 +341,7 @@ def self_queries(store, stored_ids: np.ndarray) -> int:
     for image_id in stored_ids[:: max(1, len(stored_ids) // SELF_QUERIES)][:SELF_QUERIES]:
         vector = store.vector(int(image_id))
         hits = store.search(vector / np.linalg.norm(vector), k=1)
-        answered += bool(hits) and (hits[0]["id"] == image_id or hits[0]["score"] > 1 - 1e-5)
+        answered += int(bool(hits) and (hits[0]["id"] == image_id or hits[0]["score"] > 1 - 1e-5))
     return answered
 
 
@@ -336,45 +367,95 @@ def make_model(model_dir: Path) -> Path:
     return save_random_model(model_dir, "tiny")
 
 
-def kill_delays(kills: int, *, seed: int, startup_s: float, embedding_s: float) -> list[float]:
-    """Uniform in [0.8 S, S + 2 E / N]: a few kills in start-up, most while batches are embedded and written."""
-    rng = random.Random(seed)
-    low, high = 0.8 * startup_s, startup_s + 2 * embedding_s / max(1, kills)
-    return [rng.uniform(low, high) for _ in range(kills)]
+@dataclass
+class KillClock:
+    """Draws kill delays uniform in [0.8 S, S + 2 R / (v k)], re-estimated before every kill.
+
+    S: the median start-up seen so far (process start to the plan), R: chips still missing, v: the latest
+    embedding rate (chips/s), k: kills left; seeded draws. It starts from the reference's timings. On a shared
+    2-core machine the speed drifts threefold between runs, so a window fixed from the reference alone ends
+    the job after a few kills and spends the rest on reruns with nothing to do; this one spreads the kills
+    over the whole job (a fifth of the window falls in start-up: imports, model load, store open, planning).
+    """
+
+    seed: int
+    startups: list
+    rate: float  # chips/s
+
+    @classmethod
+    def from_reference(cls, reference: Run, *, seed: int) -> "KillClock":
+        embedding_s = max(0.1, reference.wall_s - reference.startup_s)
+        return cls(seed=seed, startups=[reference.startup_s], rate=reference.committed / embedding_s)
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    def window(self, *, remaining: int, kills_left: int) -> tuple[float, float]:
+        startup = statistics.median(self.startups)
+        return 0.8 * startup, startup + 2 * remaining / self.rate / max(1, kills_left)
+
+    def delay(self, *, remaining: int, kills_left: int) -> float:
+        return self._rng.uniform(*self.window(remaining=remaining, kills_left=kills_left))
+
+    def learn(self, run: Run, *, batch_size: int) -> None:
+        if run.startup_s is None:
+            return
+        self.startups.append(run.startup_s)
+        if run.embedded >= batch_size and run.wall_s > run.startup_s:
+            self.rate = run.embedded / (run.wall_s - run.startup_s)
+
+
+def build_reference(setup: Setup, work_dir: Path, *, timeout: float = 600) -> Run:
+    """One uninterrupted run into work_dir/reference; its timings start the kill clock."""
+    events_dir = Path(work_dir) / "events"
+    events_dir.mkdir(parents=True, exist_ok=True)
+    reference_dir = Path(work_dir) / "reference"
+    reference = run_index(setup, reference_dir, events_dir / "reference.log", number=0, timeout=timeout)
+    if reference.returncode != 0 or reference.startup_s is None:
+        raise RuntimeError(f"the reference run failed ({reference.returncode}):\n{reference.output_tail}")
+    reference.committed = reference.embedded = committed_count(reference_dir)
+    return reference
+
+
+def kill_and_resume(setup: Setup, work_dir: Path, reference: Run, *, kills: int = 0, seed: int = 0,
+                    die_at: int | None = None, name: str = "killed", timeout: float = 600) -> dict:
+    """Run into work_dir/NAME `kills` times, each SIGKILLed at a random moment; once more to the end; compare.
+
+    `die_at` adds a first run that kills itself inside the write of that chip (see child_main).
+    """
+    work_dir = Path(work_dir)
+    store_dir, events_dir = work_dir / name, work_dir / "events"
+    events_dir.mkdir(parents=True, exist_ok=True)
+    clock = KillClock.from_reference(reference, seed=seed)
+    schedule = (["die"] if die_at is not None else []) + ["kill"] * kills + ["finish"]
+    runs, total = [], reference.committed
+    for number, kind in enumerate(schedule, start=1):
+        before = committed_count(store_dir)
+        kills_left = schedule[number - 1:].count("kill")
+        delay = clock.delay(remaining=total - before, kills_left=kills_left) if kind == "kill" else None
+        run = run_index(setup, store_dir, events_dir / f"{name}-{number:02d}.log", number=number, kill_after=delay,
+                        die_at=die_at if kind == "die" else None, timeout=timeout)
+        run.killed = run.killed or (kind == "die" and run.returncode == -signal.SIGKILL)
+        run.complete_after = committed_count(store_dir) >= total
+        run.phase = phase_of(run, complete_before=before >= total)
+        clock.learn(run, batch_size=setup.batch_size)
+        runs.append(run)
+    attribute_commits(store_dir, runs)
+    comparison = compare_stores(work_dir / "reference", store_dir)
+    delays = [r.delay_s for r in runs if r.delay_s is not None]
+    return {"summary": summarise(setup, reference, runs, comparison, kills=len(schedule) - 1),
+            "comparison": comparison, "reference": asdict(reference),
+            "runs": [dict(asdict(r), redone=r.redone) for r in runs], "seed": seed,
+            "delay_range_s": [min(delays), max(delays)] if delays else None}
 
 
 def run_experiment(setup: Setup, work_dir: Path, *, kills: int, seed: int = 0, timeout: float = 600) -> dict:
     """Reference run, N killed runs and a final one, then the comparison; everything lands in the result."""
     started = time.monotonic()
-    work_dir = Path(work_dir)
-    events_dir = work_dir / "events"
-    events_dir.mkdir(parents=True, exist_ok=True)
-    reference_dir, killed_dir = work_dir / "reference", work_dir / "killed"
-    reference = run_index(setup, reference_dir, events_dir / "reference.log", number=0, timeout=timeout)
-    if reference.returncode != 0 or reference.startup_s is None:
-        raise RuntimeError(f"the reference run failed ({reference.returncode}):\n{reference.output_tail}")
-    reference.committed = committed_count(reference_dir)
-    embedding_s = max(0.1, reference.wall_s - reference.startup_s)
-    delays = kill_delays(kills, seed=seed, startup_s=reference.startup_s, embedding_s=embedding_s)
-
-    runs = []
-    total = reference.committed
-    for number, delay in enumerate([*delays, None], start=1):
-        before = committed_count(killed_dir)
-        run = run_index(setup, killed_dir, events_dir / f"run-{number:02d}.log", number=number,
-                        kill_after=delay, timeout=timeout)
-        after = committed_count(killed_dir)
-        run.complete_after = after >= total
-        run.phase = phase_of(run, complete_before=before >= total)
-        runs.append(run)
-    attribute_commits(killed_dir, runs)
-    comparison = compare_stores(reference_dir, killed_dir)
-    summary = summarise(setup, reference, runs, comparison, kills=kills)
-    summary["runtime_s"] = round(time.monotonic() - started, 1)
-    return {"summary": summary, "comparison": comparison, "reference": asdict(reference),
-            "runs": [dict(asdict(r), redone=r.redone) for r in runs], "seed": seed,
-            "delay_range_s": [round(0.8 * reference.startup_s, 3),
-                              round(reference.startup_s + 2 * embedding_s / max(1, kills), 3)]}
+    reference = build_reference(setup, work_dir, timeout=timeout)
+    result = kill_and_resume(setup, work_dir, reference, kills=kills, seed=seed, timeout=timeout)
+    result["summary"]["runtime_s"] = round(time.monotonic() - started, 1)
+    return result
 
 
 def phase_of(run: Run, *, complete_before: bool) -> str:
@@ -409,7 +490,8 @@ def summarise(setup: Setup, reference: Run, runs: list[Run], comparison: dict, *
     checks = dict(comparison["checks"],
                   restarts_clean=not problems,
                   redo_within_batches_in_flight=all(r.redone <= in_flight for r in runs),
-                  no_chip_committed_twice=sum(r.committed for r in runs) == comparison["figures"]["images_killed"])
+                  no_chip_committed_twice=sum(r.committed for r in runs) == comparison["figures"]["images_killed"],
+                  printed_summary_covers_every_chip=sum(runs[-1].printed or ()) == comparison["figures"]["chips"])
     return {
         "kills_due": kills,
         "kills_landed": len(killed),
@@ -421,6 +503,7 @@ def summarise(setup: Setup, reference: Run, runs: list[Run], comparison: dict, *
         "chip_size": setup.chip_size,
         "batch_size": setup.batch_size,
         "processes": len(runs),
+        "restarts_that_rebuilt_the_index": sum(r.rebuilt_index for r in runs),
         "chips_embedded_all_runs": sum(r.embedded for r in runs),
         "chips_redone": sum(redone),
         "batches_redone": sum(math.ceil(r / setup.batch_size) for r in redone if r > 0),
@@ -446,7 +529,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.node()}: {os.cpu_count()}-core VM, {cpu}, {memory:.1f} GiB RAM, Python {platform.python_version()}"
+    return (f"{platform.node()}: {os.cpu_count()}-core VM, {cpu}, {memory:.1f} GiB RAM, "
+            f"Python {platform.python_version()}")
 
 
 def markdown(result: dict) -> str:
@@ -458,9 +542,10 @@ def markdown(result: dict) -> str:
         f"- indexed: `{result['index_command']}` (reference: the same into another store, uninterrupted)",
         f"- machine: {result['machine']}; date {result['date']}; total runtime {s['runtime_s']} s",
         f"- {s['scenes']} NAIP scenes cut into {s['chips']} chips of {s['chip_size']} px, batch {s['batch_size']}, "
-        f"tiny random DINOv3, float32, CPU; seed {result['seed']}, kill delays uniform in "
-        f"{result['delay_range_s'][0]}–{result['delay_range_s'][1]} s (reference: {s['reference_wall_s']} s, "
-        f"start-up {s['reference_startup_s']} s)",
+        f"tiny random DINOv3, float32, CPU; seed {result['seed']}; kill delays {result['delay_range_s'][0]}–"
+        f"{result['delay_range_s'][1]} s, uniform in [0.8 S, S + 2 R / (v k)] (S: start-up, R: chips missing, "
+        f"v: the last run's chips/s, k: kills left; see KillClock); reference run: {s['reference_wall_s']} s, "
+        f"start-up {s['reference_startup_s']} s",
         "",
         "| kills | mid-run | after completion | chips | processes | chips redone (batches) | max redone / kill "
         "(bound) | min cosine | max abs vector dev. | identical vectors | all checks |",
@@ -475,15 +560,18 @@ def markdown(result: dict) -> str:
         "|---|---|",
         *[f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in s["checks"].items()],
         "",
-        f"Phases: {', '.join(f'{k}: {v}' for k, v in s['phases'].items())}. Index file as the last run left it: "
+        f"Phases: {', '.join(f'{k}: {v}' for k, v in s['phases'].items())}. Restarts that found index.faiss "
+        f"out of step and rebuilt it from the stored vectors: {s['restarts_that_rebuilt_the_index']}. "
+        f"Last run printed: indexed + skipped = {sum(result['runs'][-1]['printed'] or ())}. "
+        f"Index file as the last run left it: "
         f"{f['index_file_as_left']}; warnings on open: {f['open_warnings'] or 'none'}; killed runs left with "
         f"status 'running': {f['runs_left_running']}.",
         "",
-        "| run | delay s | phase | wall s | planned | embedded | committed | redone |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| run | delay s | phase | wall s | index rebuilt | planned | embedded | committed | redone |",
+        "|---:|---:|---|---:|---|---:|---:|---:|---:|",
         *[f"| {r['number']} | {r['delay_s'] if r['delay_s'] is not None else '-'} | {r['phase']} | {r['wall_s']} | "
-          f"{'-' if r['planned'] is None else r['planned']} | {r['embedded']} | {r['committed']} | {r['redone']} |"
-          for r in result["runs"]],
+          f"{'yes' if r['rebuilt_index'] else ''} | {'-' if r['planned'] is None else r['planned']} | "
+          f"{r['embedded']} | {r['committed']} | {r['redone']} |" for r in result["runs"]],
     ]
     return "\n".join(lines) + "\n"
 

@@ -300,6 +300,8 @@ class Store:
         self.db.conn.commit()
 
     def start_run(self, *, model: str, settings: dict) -> int:
+        # A run still marked running was killed: this one takes over its work (and says so in the runs table).
+        self.db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
         return self.db["runs"].insert(
             {"started": now_iso(), "status": "running", "model": model, "settings": json.dumps(settings)}
         ).last_pk
