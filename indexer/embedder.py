@@ -86,7 +86,8 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
     except (OSError, ValueError) as error:
         raise ModelUnavailable(
             f"cannot load model {model!r} ({str(error).splitlines()[0]}). If this machine is offline, "
-            "download it elsewhere (`hf download MODEL --local-dir DIR`), copy DIR here and pass "
+            "download it elsewhere (`hf download MODEL --local-dir DIR`, keeping the model name in DIR), copy DIR here "
+            "and pass "
             "--model DIR or set LOOKALIKE_MODEL=DIR"
         ) from error
     if getattr(backbone.config, "model_type", None) != "dinov3_vit":

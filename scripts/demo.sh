@@ -23,7 +23,8 @@ if ! lookalike index samples/naip --store "$store_dir"; then
     cat >&2 <<'MSG'
 
 The demo could not index the sample. If the model could not be downloaded, fetch it on a machine
-with internet access (hf download mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16 --local-dir DIR),
+with internet access (hf download mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16 --local-dir DIR; keep
+"sat493m" in the name of DIR, it selects the satellite normalisation),
 copy DIR here, and run: LOOKALIKE_MODEL=DIR bash scripts/demo.sh
 To check the set-up without the weights: bash scripts/demo.sh --random-model
 MSG
