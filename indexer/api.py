@@ -10,7 +10,7 @@ from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError
 from .images import load_image
 from .pipeline import index_collection
-from .refine import Refinement, refine
+from .refine import Refinement, refined_search
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image", "open_store",
            "search"]
@@ -86,12 +86,5 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
         vector = embed_image(query, embedder).global_vectors[0].cpu().numpy()
         described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
         exclude = []
-    if not refinement.active:
-        return {"query": described, "results": store.search(vector, k=k, exclude_ids=exclude)}
-    fetch = k * 4
-    while True:
-        found = store.search(vector, k=fetch, exclude_ids=exclude)
-        results = refine(found, refinement, k=k)
-        if len(results) == k or len(found) < fetch:
-            return {"query": described, "results": results}
-        fetch *= 4
+    return {"query": described,
+            "results": refined_search(store, vector, k=k, exclude=exclude, refinement=refinement)}

@@ -120,10 +120,11 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         failure = known_failures.get(key)
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
             plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
-        elif is_scene(path) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
+        elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
-            _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips)
+            _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
+                        georeferenced=georeferenced)
         elif key in chips_of:  # cut into chips before, embedded whole now
             plan.removed_ids += [c["id"] for c in chips_of[key]]
             plan.forget_scenes.append(key)
@@ -147,7 +148,7 @@ def is_scene(path: Path) -> bool:
 
 
 def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
-                chips: ChipOptions) -> None:
+                chips: ChipOptions, *, georeferenced: bool) -> None:
     """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
@@ -160,7 +161,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
     try:
-        if is_scene(path):
+        if georeferenced:
             scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
             windows, plain_source = _windows(scene, chips), None
         else:

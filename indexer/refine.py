@@ -27,6 +27,19 @@ def refine(results: list[dict], refinement: Refinement, *, k: int) -> list[dict]
     return kept
 
 
+def refined_search(store, vector, *, k: int, exclude=(), refinement: Refinement) -> list[dict]:
+    """store.search, fetching more neighbours until k pass the refinement or the store runs out."""
+    if not refinement.active:
+        return store.search(vector, k=k, exclude_ids=exclude)
+    fetch = k * 4
+    while True:
+        found = store.search(vector, k=fetch, exclude_ids=exclude)
+        results = refine(found, refinement, k=k)
+        if len(results) == k or len(found) < fetch:
+            return results
+        fetch *= 4
+
+
 def _passes(hit: dict, refinement: Refinement) -> bool:
     geo = hit.get("geo") or {}
     if refinement.exclude_scene and hit.get("scene") == refinement.exclude_scene:

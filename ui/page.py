@@ -9,7 +9,7 @@ from store import StoreError
 from . import heatmaps
 from .query import load_indexed, load_upload, query_panel
 from .resources import STORE_LOCK, embedder_for, open_store
-from indexer.refine import Refinement, refine
+from indexer.refine import Refinement, refined_search
 
 from .geomap import result_map
 from .query import use_indexed
@@ -116,19 +116,6 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
         results = refined_search(store, query.vector, k=settings["k"], exclude=exclude, refinement=refinement)
     with results_column:
         show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap)
-
-
-def refined_search(store, vector, *, k: int, exclude: list, refinement: Refinement) -> list[dict]:
-    """Fetch more neighbours until k pass the refinement or the store runs out."""
-    if not refinement.active:
-        return store.search(vector, k=k, exclude_ids=exclude)
-    fetch = k * 4
-    while True:
-        found = store.search(vector, k=fetch, exclude_ids=exclude)
-        results = refine(found, refinement, k=k)
-        if len(results) == k or len(found) < fetch:
-            return results
-        fetch *= 4
 
 
 def show_results(store, query, results, *, settings, patch, model, basemap=None) -> None:

@@ -3,6 +3,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 from PIL import Image
 
@@ -78,6 +79,6 @@ def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _em
     return embedding.patch_tokens[0].cpu().numpy()
 
 
-def full_tokens(item: dict, embedder) -> "np.ndarray":  # noqa: F821
+def full_tokens(item: dict, embedder) -> np.ndarray:
     key = json.dumps(embedder.provenance, sort_keys=True)
     return _full_tokens(item["path"], _mtime_ns(item), key, item, embedder)
