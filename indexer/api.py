@@ -5,6 +5,7 @@ from PIL import Image
 
 from store import Store
 from store.store import chip_fields, provenance_conflicts
+from store.swap import open_live
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError
@@ -17,7 +18,8 @@ __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", 
 
 
 def open_store(store_dir) -> Store:
-    return Store.open(Path(store_dir))
+    """The live store with its index loaded (from the same store, even while a rebuild swaps one in)."""
+    return open_live(Path(store_dir))
 
 
 def load_embedder(store: Store | None = None, *, model: str | None = None, device: str = "auto",

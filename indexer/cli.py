@@ -40,6 +40,19 @@ dtype_option = click.option(
 )
 
 
+
+def ray_options(command):
+    """--ray [ADDRESS], --shard-dir, --ray-actors: shared by index and rebuild."""
+    command = click.option("--ray-actors", type=click.IntRange(1, 4096), default=None,
+                           help="Embedding actors [default: one per GPU of the cluster, else one per 2 CPUs].")(command)
+    command = click.option("--shard-dir", type=click.Path(path_type=Path), default=None,
+                           help="Where Ray writes embedding shards; every node must reach it [default: STORE/shards].")(command)
+    return click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+        help="Embed on Ray Data: alone (or 'local') a local Ray instance, else the cluster at ADDRESS "
+             "(e.g. ray://head:10001 or auto). Needs the ray extra.")(command)
+
+
 @click.group()
 @click.version_option(package_name="lookalike")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -82,10 +95,12 @@ def cli(verbose):
                    "compile, worth it beyond ~40,000 images).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@ray_options
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, as_json):
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, ray_address,
+          shard_dir, ray_actors, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
@@ -104,6 +119,10 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
                                  param_hint="--overlap")
     model = model or DEFAULT_MODEL
+    if ray_address:
+        from indexer.distributed import require_ray
+
+        require_ray()  # one clear line now, not after a minutes-long model load
     if not rebuild:
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,
                        normalization=normalization_for(model, normalization))
@@ -111,8 +130,17 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         model, dtype=dtype, device=device, resolution=resolution,
         normalization=normalization, pooling=pooling, compile=compile_model,
     )
-    summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
-                               rebuild=rebuild, progress=progress and not as_json, chips=chips)
+    if ray_address:
+        from indexer.distributed import ModelSpec, index_collection_ray
+
+        spec = ModelSpec(model=model, dtype=dtype, device=device, resolution=resolution,
+                         normalization=normalization, pooling=pooling, compile=compile_model)
+        summary = index_collection_ray(sources, store_dir, embedder=embedder, spec=spec, address=ray_address,
+                                       shard_dir=shard_dir, actors=ray_actors, batch_size=batch_size,
+                                       rebuild=rebuild, progress=progress and not as_json, chips=chips)
+    else:
+        summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
+                                   rebuild=rebuild, progress=progress and not as_json, chips=chips)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -129,6 +157,67 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         raise click.ClickException(
             f"--strict: {summary['failed']} file(s) failed; `lookalike info --store {store_dir}` counts them, "
             "the store's failures table says why")
+
+
+@cli.command()
+@store_option
+@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
+              help="Model for the new vectors (env LOOKALIKE_MODEL) [default: the store's own].")
+@dtype_option
+@device_option
+@click.option("--resolution", type=click.IntRange(16, 4096), default=None, help="[default: the store's own]")
+@click.option("--normalization", default=None, help="[default: the store's own]")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default=None,
+              help="[default: the store's own]")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
+@click.option("--keep-previous/--discard-previous", default=True, show_default=True,
+              help="Keep the replaced store as DIR.previous (until the next rebuild).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@ray_options
+@json_option
+@friendly_errors
+def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers, keep_previous,
+            progress, ray_address, shard_dir, ray_actors, as_json):
+    """Re-embed a store's whole collection into a new store beside it and swap it in when complete.
+
+    The sources and chip options are those the store's runs recorded. The page and `lookalike search` keep
+    answering from the old store until the swap (one atomic directory exchange) and from the new one after;
+    an interrupted rebuild leaves the live store untouched and resumes when run again.
+
+    Example: lookalike rebuild --store demo-store --model ./another-dinov3-sat493m --ray
+    """
+    from indexer.embedder import DinoV3Embedder
+    from indexer.rebuild import recorded_collection, rebuild_store
+
+    if ray_address:
+        from indexer.distributed import require_ray
+
+        require_ray()
+    recorded, _, _ = recorded_collection(store_dir)
+    model = model or recorded["model"]
+    resolution = resolution or recorded["resolution"]
+    normalization = normalization or recorded["normalization"]
+    pooling = pooling or recorded["pooling"]
+    embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
+                                              normalization=normalization, pooling=pooling)
+    options = {"batch_size": batch_size, "progress": progress and not as_json}
+    if ray_address:
+        from indexer.distributed import ModelSpec, index_collection_ray
+
+        spec = ModelSpec(model=model, dtype=dtype, device=device, resolution=resolution,
+                         normalization=normalization, pooling=pooling)
+        options.update(index=index_collection_ray, spec=spec, address=ray_address, shard_dir=shard_dir,
+                       actors=ray_actors)
+    else:
+        options.update(workers=workers)
+    summary = rebuild_store(store_dir, embedder=embedder, keep_previous=keep_previous, **options)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    kept = f"; the old one is at {summary['previous']}" if summary["previous"] else ""
+    click.echo(f"rebuilt {store_dir}: indexed {summary['indexed']}, failed {summary['failed']} in "
+               f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s), swapped in{kept}")
 
 
 def _numbers(text, name, kind, shortest, longest):

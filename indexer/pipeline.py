@@ -317,23 +317,11 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
-    counts = {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
-              "failure_reasons": {}}
+    counts = new_counts()
     status = "failed"
     try:
         plan = plan_run(paths, store, chips=chips)
-        counts["skipped"], counts["scenes"] = plan.skipped, plan.scenes
-        if plan.removed_ids:
-            store.remove_images(plan.removed_ids)
-            counts["removed"] = len(plan.removed_ids)
-        for path in plan.vanished_failures:
-            store.forget_failure(path)
-        for path in plan.forget_scenes:
-            store.forget_scene(path)
-        for path, size, mtime, options in plan.scene_records:
-            store.record_scene(path, size=size, mtime=mtime, options=options)
-        for failure in plan.failures:
-            record_failure(store, failure, run_id, counts)
+        apply_plan(store, plan, run_id=run_id, counts=counts)
         _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
                     workers=workers, progress=progress, chips=chips)
         status = "done"
@@ -341,13 +329,40 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
         status = "interrupted"
         raise
     finally:
-        store.save_index()
-        seconds = time.perf_counter() - started
-        summary = dict(counts, seconds=round(seconds, 3),
-                       images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
-        store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
-        store.close()
+        summary = finish_summary(store, run_id, counts, started=started, status=status)
     return dict(summary, run_id=run_id, store=str(store_dir))
+
+
+def new_counts() -> dict:
+    return {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
+            "failure_reasons": {}}
+
+
+def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
+    """Everything a plan decides before embedding: removals, forgotten failures and scenes, early failures."""
+    counts["skipped"], counts["scenes"] = plan.skipped, plan.scenes
+    if plan.removed_ids:
+        store.remove_images(plan.removed_ids)
+        counts["removed"] = len(plan.removed_ids)
+    for path in plan.vanished_failures:
+        store.forget_failure(path)
+    for path in plan.forget_scenes:
+        store.forget_scene(path)
+    for path, size, mtime, options in plan.scene_records:
+        store.record_scene(path, size=size, mtime=mtime, options=options)
+    for failure in plan.failures:
+        record_failure(store, failure, run_id, counts)
+
+
+def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, status: str) -> dict:
+    """Save the index, close the run's row in the runs table, close the store; returns the summary."""
+    store.finish_index()  # rebuilds (retrains, retunes) only past the documented thresholds
+    seconds = time.perf_counter() - started
+    summary = dict(counts, seconds=round(seconds, 3),
+                   images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
+    store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
+    store.close()
+    return summary
 
 
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):

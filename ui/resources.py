@@ -9,6 +9,7 @@ from PIL import Image
 
 from indexer import api
 from store import Store
+from store import swap
 
 THUMBNAIL_SIZE = 320
 # One SQLite connection and one FAISS index serve every browser session: one user at a time touches them.
@@ -16,21 +17,15 @@ STORE_LOCK = threading.RLock()
 
 
 def store_generation(store_dir: Path) -> tuple:
-    """Changes whenever an index run writes to the store, so the page picks up new images."""
-    stamps = []
-    for name in ("catalogue.db", "catalogue.db-wal", "index.faiss"):
-        try:
-            stamps.append((store_dir / name).stat().st_mtime_ns)
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
+    """Changes whenever an index run writes to the store or a rebuild swaps another one in."""
+    return swap.generation(store_dir)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Opening the store…")
 def _open_store(store_dir: str, generation: tuple) -> Store:
-    store = Store.open(store_dir)
-    store.index  # load (or repair) the FAISS index once, here, not in the middle of a search
-    return store
+    # The FAISS index is loaded here, once, not in the middle of a search, from the same store as the
+    # catalogue even when a rebuild swaps stores meanwhile.
+    return swap.open_live(store_dir)
 
 
 def open_store(store_dir: Path) -> Store:

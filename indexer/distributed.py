@@ -1,0 +1,290 @@
+"""Indexing on Ray Data: decode on CPU workers, embed in an actor pool, write Parquet shards, ingest in plan order.
+
+The driver plans the run exactly as `index_collection` does (same scan, same plan, same bookkeeping), embeds the
+first batch itself when the store still needs its patch PCA (so the PCA is fitted on the same tokens), and
+hands the remaining jobs to Ray. Actors write shards under `shard_dir`, which every node must reach; the driver
+then ingests every job's row in plan order, so ids, vectors and catalogue rows are those of a single-process run.
+"""
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from store import PCA, Store
+
+from . import scenes
+from .embedder import DinoV3Embedder, Embedder
+from .errors import IndexerError
+from .images import Preprocess, scan_sources
+from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
+                       finish_summary, new_counts, plan_run)
+from .shards import ShardIndex, ingest_jobs, job_key, run_fingerprint, shard_rows, write_shard
+
+log = logging.getLogger(__name__)
+
+SHARD_ROWS = 256  # jobs per shard: one actor call, one file
+
+
+class RayUnavailable(IndexerError):
+    """--ray was asked for but Ray is not installed, or the cluster cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How each actor loads its own copy of the embedder (`DinoV3Embedder.from_pretrained` arguments)."""
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    resolution: int = 224
+    normalization: str | dict | None = None
+    pooling: str = "cls"
+    compile: bool = False
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise RayUnavailable("--ray needs Ray: pip install 'lookalike[ray]' (ray[data] and pyarrow)") from error
+    return ray
+
+
+def connect(address: str | None):
+    """A local Ray instance on this machine (address None or 'local'), else the cluster at `address`."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray, False
+    try:
+        if address in (None, "local"):
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} ({str(error).splitlines()[0]})") from error
+    return ray, True
+
+
+def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelSpec, address: str | None = None,
+                         shard_dir=None, batch_size: int = 32, rows_per_shard: int = SHARD_ROWS,
+                         actors: int | None = None, rebuild: bool = False, progress: bool = True,
+                         chips: ChipOptions = ChipOptions()) -> dict:
+    """`index_collection` on a Ray cluster; returns the run summary (plus `reused`: rows found in shards)."""
+    started = time.perf_counter()
+    paths = scan_sources(sources)
+    store_dir = Path(store_dir)
+    shard_root = Path(shard_dir) if shard_dir else store_dir / "shards"
+    store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
+    settings = {"batch_size": batch_size, "ray": address or "local", "shard_dir": str(shard_root.absolute()),
+                "rebuild": rebuild, "sources": [str(Path(s).absolute()) for s in sources],
+                "chips": dataclasses.asdict(chips)}
+    run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
+    counts = dict(new_counts(), reused=0)
+    status, run_dir = "failed", None
+    try:
+        plan = plan_run(paths, store, chips=chips)
+        apply_plan(store, plan, run_id=run_id, counts=counts)
+        if plan.jobs:
+            run_dir = _embed_on_ray(plan.jobs, store, embedder, spec, shard_root=shard_root, address=address,
+                                    batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
+                                    counts=counts, progress=progress, chips=chips)
+            ingest_jobs(store, plan.jobs, ShardIndex(run_dir), run_id=run_id, counts=counts, batch_size=batch_size)
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary = finish_summary(store, run_id, counts, started=started, status=status)
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
+        try:
+            shard_root.rmdir()
+        except OSError:
+            pass  # shards of other runs are still there
+    return dict(summary, run_id=run_id, store=str(store_dir))
+
+
+def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_size, rows_per_shard, actors,
+                  counts, progress, chips) -> Path:
+    """Make sure every job has a row in a shard of this run's folder; returns the folder."""
+    pca = store.pca()
+    fitted_here = None
+    if pca is None:
+        pca, fitted_here = _first_batch(jobs, store, embedder, batch_size=batch_size, chips=chips)
+    run_dir = shard_root / run_fingerprint(embedder.provenance, pca, chips)
+    if fitted_here:
+        write_shard(run_dir, fitted_here)
+    done = ShardIndex(run_dir)
+    todo = [(position, job) for position, job in enumerate(jobs)
+            if job_key(job.path, job.size, job.mtime) not in done]
+    counts["reused"] = len(jobs) - len(todo) - len(fitted_here or [])
+    if todo:
+        log.info("%d of %d jobs to embed on Ray (%d found in shards under %s)", len(todo), len(jobs),
+                 len(jobs) - len(todo), run_dir)
+        _run_pipeline(todo, embedder, spec, pca, run_dir=run_dir, address=address, batch_size=batch_size,
+                      rows_per_shard=rows_per_shard, actors=actors, progress=progress, chips=chips)
+    return run_dir
+
+
+def _first_batch(jobs, store, embedder, *, batch_size, chips) -> tuple[PCA, list[dict]]:
+    """Embed the first batches here, as a single-process run does, until the PCA is fitted; their rows."""
+    rows, position = [], 0
+    for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=0, chips=chips):
+        items = _items(jobs, position, batch)
+        position += len(items)
+        if not batch["records"]:
+            rows += shard_rows(items, None, None)
+            continue
+        embedding = _embed(embedder, batch["pixels"])
+        pca = _fit_store_pca(store, embedding.patch_tokens)
+        grids = _project(embedding.patch_tokens, pca).cpu().numpy()
+        return pca, rows + shard_rows(items, embedding.global_vectors.cpu().numpy(), grids)
+    raise IndexerError("no image of this run could be read, so there is nothing to fit the patch PCA on")
+
+
+def _items(jobs, start: int, batch: dict) -> list[dict]:
+    """The outcomes of jobs[start:...] from a collated batch, back in job order."""
+    by_path = {r["path"]: {"record": r} for r in batch["records"]}
+    by_path.update({key: {"skipped_chip": (key, scene)} for key, scene in batch["skipped_chips"]})
+    failures = iter(batch["failures"])  # a failure is named after the file (a chip's after its scene)
+    items = []
+    for position in range(start, start + len(batch["records"]) + len(batch["failures"]) + len(batch["skipped_chips"])):
+        job = jobs[position]
+        outcome = by_path.get(job.path) or {"failure": next(failures)}
+        items.append(dict(outcome, **_job_fields(position, job)))
+    return items
+
+
+def _job_fields(position: int, job: Job) -> dict:
+    return {"position": position, "path": job.path, "size": job.size, "mtime": job.mtime, "image_id": job.image_id}
+
+
+# -- the Ray Data pipeline ------------------------------------------------------------------------
+def _job_table(todo) -> pa.Table:
+    return pa.Table.from_pylist([
+        dict(_job_fields(position, job), window=list(job.window) if job.window else None,
+             scene_path=job.scene.path if job.scene else None, plain_source=job.plain_source)
+        for position, job in todo
+    ], schema=pa.schema([("position", pa.int64()), ("path", pa.string()), ("size", pa.int64()),
+                         ("mtime", pa.float64()), ("image_id", pa.int64()), ("window", pa.list_(pa.int64())),
+                         ("scene_path", pa.string()), ("plain_source", pa.string())]))
+
+
+def _run_pipeline(todo, embedder, spec, pca, *, run_dir, address, batch_size, rows_per_shard, actors, progress,
+                  chips) -> None:
+    ray, started_here = connect(address)
+    try:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        size = actors or gpus or max(1, int(resources.get("CPU", 1)) // 2)
+        threads = 1 if gpus else max(1, int(resources.get("CPU", 1)) // size)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        dataset = ray.data.from_arrow(_job_table(todo)).repartition(max(1, -(-len(todo) // rows_per_shard)))
+        decoded = dataset.map_batches(
+            decode_rows, batch_size=rows_per_shard, batch_format="pyarrow", num_cpus=1,
+            fn_kwargs={"preprocess": embedder.preprocess, "chips": json.dumps(dataclasses.asdict(chips))})
+        written = decoded.map_batches(
+            EmbedActor, batch_size=rows_per_shard, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            fn_constructor_kwargs={"spec": dataclasses.asdict(spec), "fingerprint": embedder.provenance["fingerprint"],
+                                   "pca_mean": pca.mean, "pca_components": pca.components,
+                                   "run_dir": str(run_dir), "batch_size": batch_size, "threads": threads})
+        bar = tqdm(total=len(todo), unit="img", disable=not progress, desc=f"embedding on Ray ({size} actors)")
+        try:
+            for row in written.iter_rows():
+                bar.update(row["rows"])
+        finally:
+            bar.close()
+    except Exception as error:
+        raise _plain_error(error) from error
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _plain_error(error: Exception) -> Exception:
+    """A library error raised inside a worker comes back wrapped by Ray: unwrap it for the CLI's one line."""
+    cause = error
+    while cause is not None:
+        if isinstance(cause, IndexerError):
+            return cause
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return IndexerError(f"the Ray job failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+
+
+@lru_cache(maxsize=64)
+def _scene(path: str, bands, stretch):
+    return scenes.open_scene(path, bands=bands, stretch=stretch)
+
+
+def decode_rows(table: pa.Table, *, preprocess: Preprocess, chips: str) -> pa.Table:
+    """CPU workers: jobs → pixels (B, 3, H, W) and JSON outcomes, as DecodeDataset decodes for one process."""
+    options = json.loads(chips)
+    bands = tuple(options["bands"]) if options["bands"] else None
+    stretch = tuple(options["stretch"])
+    jobs = []
+    for row in table.to_pylist():
+        scene = _scene(row["scene_path"], bands, stretch) if row["scene_path"] else None
+        jobs.append(Job(row["path"], row["size"], row["mtime"], image_id=row["image_id"], scene=scene,
+                        window=tuple(row["window"]) if row["window"] else None, plain_source=row["plain_source"]))
+    dataset = DecodeDataset(jobs, preprocess, min_valid=options["min_valid"], stretch=stretch, gsd=options["gsd"])
+    outcomes, pixels, shapes = [], [], []
+    for position in range(len(jobs)):
+        item = dataset[position]
+        array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) float32
+        outcomes.append(json.dumps(item))
+        pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype="<f4").tobytes())
+        shapes.append(None if array is None else list(array.shape))
+    return (table.append_column("outcome", pa.array(outcomes))
+            .append_column("pixels", pa.array(pixels, type=pa.binary()))
+            .append_column("shape", pa.array(shapes, type=pa.list_(pa.int64()))))
+
+
+class EmbedActor:
+    """One copy of the model per actor (per GPU, or per CPU process): embeds a block and writes it as a shard."""
+
+    def __init__(self, *, spec: dict, fingerprint: str | None, pca_mean, pca_components, run_dir: str,
+                 batch_size: int, threads: int):
+        if not torch.cuda.is_available():
+            torch.set_num_threads(threads)
+        self.embedder = DinoV3Embedder.from_pretrained(**spec)
+        if fingerprint and self.embedder.provenance["fingerprint"] != fingerprint:
+            raise IndexerError(f"the model {spec['model']!r} on this worker has other weights than the driver's "
+                               "copy: every node needs the same model files")
+        self.pca = PCA(mean=np.asarray(pca_mean, np.float32), components=np.asarray(pca_components, np.float32),
+                       fitted_on=0)
+        self.run_dir = Path(run_dir)
+        self.batch_size = batch_size
+
+    def __call__(self, table: pa.Table) -> dict:
+        columns = table.to_pydict()
+        decoded = [np.frombuffer(blob, dtype="<f4").reshape(shape)
+                   for blob, shape in zip(columns["pixels"], columns["shape"]) if blob]
+        vectors, grids = [], []
+        for start in range(0, len(decoded), self.batch_size):
+            pixels = torch.from_numpy(np.stack(decoded[start:start + self.batch_size]))  # (B, 3, H, W)
+            embedding = _embed(self.embedder, pixels)
+            vectors.append(embedding.global_vectors.cpu().numpy())
+            grids.append(_project(embedding.patch_tokens, self.pca).cpu().numpy())
+        items = [dict(json.loads(outcome), position=position, path=path, size=size, mtime=mtime, image_id=image_id)
+                 for outcome, position, path, size, mtime, image_id in zip(
+                     columns["outcome"], columns["position"], columns["path"], columns["size"], columns["mtime"],
+                     columns["image_id"])]
+        rows = shard_rows(items, np.concatenate(vectors) if vectors else None,
+                          np.concatenate(grids) if grids else None)
+        shard_path = write_shard(self.run_dir, rows)
+        return {"shard": [shard_path.name], "rows": [len(rows)]}

@@ -1,0 +1,64 @@
+"""`lookalike rebuild`: re-embed a store's whole collection beside it, then swap the new store in atomically.
+
+The live store is only read: the new one is built in DIR.rebuilding (an interrupted rebuild resumes there) and
+exchanged with DIR in one step when it is complete; the old one stays at DIR.previous until the next rebuild.
+"""
+import logging
+import shutil
+from pathlib import Path
+
+from store import Store
+from store.store import provenance_conflicts
+from store.swap import recorded_runs, swap_in
+
+from .embedder import Embedder
+from .errors import IndexerError
+from .pipeline import ChipOptions, index_collection
+
+log = logging.getLogger(__name__)
+
+
+def staging_dir_for(store_dir: Path) -> Path:
+    return store_dir.with_name(store_dir.name + ".rebuilding")
+
+
+def recorded_collection(store_dir) -> tuple[dict, list[str], ChipOptions]:
+    """The live store's provenance, the sources its runs indexed (in first-seen order) and the last chip options."""
+    store = Store.open(store_dir)
+    try:
+        provenance, runs = store.provenance, recorded_runs(store)
+    finally:
+        store.close()
+    sources = list(dict.fromkeys(source for run in runs for source in run.get("sources", [])))
+    if provenance is None or not sources:
+        raise IndexerError(f"the store at {store_dir} records no indexing run to rebuild from: use `lookalike index`")
+    present = [source for source in sources if Path(source).exists()]
+    for source in sorted(set(sources) - set(present)):
+        log.warning("source %s of an earlier run no longer exists: its images are left out", source)
+    if not present:
+        raise IndexerError(f"none of the sources recorded in {store_dir} exists any more: {', '.join(sources)}")
+    chips = next((run["chips"] for run in reversed(runs) if run.get("chips")), None) or {}
+    for name in ("bands", "stretch"):
+        if chips.get(name) is not None:
+            chips[name] = tuple(chips[name])
+    return provenance, present, ChipOptions(**chips)
+
+
+def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, index=None, **index_options) -> dict:
+    """Build the whole collection into DIR.rebuilding with `embedder`, then swap it in; returns the run summary.
+
+    `index` is the indexing function (`index_collection` by default, or a Ray one with the same signature).
+    """
+    store_dir = Path(store_dir)
+    _, sources, chips = recorded_collection(store_dir)
+    staging_dir = staging_dir_for(store_dir)
+    recorded = Store.peek_provenance(staging_dir) if staging_dir.exists() else None
+    if recorded is not None and provenance_conflicts(recorded, embedder.provenance):
+        log.warning("an earlier rebuild at %s used other settings: starting it over", staging_dir)
+        shutil.rmtree(staging_dir)
+    elif recorded is not None:
+        log.info("resuming the rebuild at %s", staging_dir)
+    summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, **index_options)
+    previous = swap_in(store_dir, staging_dir, keep_previous=keep_previous)
+    log.info("rebuilt store swapped in at %s (previous: %s)", store_dir, previous)
+    return dict(summary, store=str(store_dir), previous=str(previous) if previous else None, sources=sources)
