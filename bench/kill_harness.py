@@ -348,7 +348,7 @@ def self_queries(store, stored_ids: np.ndarray) -> int:
 def faiss_ids(index) -> np.ndarray:
     from store import faiss_index
 
-    return faiss_index.require_faiss().vector_to_array(index.cpu.id_map).astype(np.int64)
+    return faiss_index.index_ids(index.cpu)
 
 
 def scene_records(store) -> list:

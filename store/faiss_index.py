@@ -1,4 +1,4 @@
-"""The FAISS index: exact inner-product search over the stored vectors, ids = catalogue ids."""
+"""The FAISS index file and the search front: ids, GPU copies, the torch exact path, inverted-file probes."""
 import logging
 import os
 from pathlib import Path
@@ -37,9 +37,35 @@ def new_index(dim: int):
     return lib.IndexIDMap2(lib.IndexFlatIP(dim))
 
 
+def index_ids(index) -> np.ndarray:
+    """Every id an index holds: from the id map of a flat index, from the lists of an inverted file."""
+    lib = require_faiss()
+    if hasattr(index, "id_map"):
+        return lib.vector_to_array(index.id_map).astype(np.int64)
+    ivf = lib.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [lib.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+def is_ivf(index) -> bool:
+    return not hasattr(index, "id_map")
+
+
 def describe(index) -> dict:
-    return {"type": "IndexIDMap2(IndexFlatIP)", "metric": "inner_product", "exact": True,
-            "vectors": int(index.ntotal), "search_device": "gpu" if gpu_count() else "cpu"}
+    exact = not is_ivf(index) and "ScalarQuantizer" not in type(getattr(index, "index", index)).__name__
+    return {"type": type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(index.index).__name__})",
+            "metric": "inner_product", "exact": exact, "vectors": int(index.ntotal),
+            "search_device": search_device()}
+
+
+def search_device() -> str:
+    if gpu_count():
+        return "gpu (faiss)"
+    from .torch_exact import cuda_device_available
+
+    return "gpu (torch exact)" if cuda_device_available() else "cpu"
 
 
 def build_index(dim: int, ids: np.ndarray, vectors: np.ndarray):
@@ -65,12 +91,15 @@ def write_index_atomic(index, index_path: Path) -> None:
 
 
 class SearchIndex:
-    """A CPU index for writes, mirrored to the GPU for searches when faiss sees one."""
+    """A CPU index for writes; searches go to a GPU copy when faiss sees a GPU, else to an exact torch search
+    on a CUDA device when torch sees one (and `exact_source` can supply the vectors), else to the CPU index."""
 
-    def __init__(self, index):
+    def __init__(self, index, *, nprobe: int | None = None, exact_source=None):
         self.cpu = index
-        self._gpu = None
-        self._gpu_stale = True
+        self.nprobe = nprobe  # the tuned value for k = 10
+        self._exact_source = exact_source  # () -> (ids, vectors), for the torch path
+        self._device_index = None
+        self._stale = True
         self._resources = None
 
     @property
@@ -79,29 +108,52 @@ class SearchIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.cpu.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
-        self._gpu_stale = True
+        self._stale = True
 
     def remove(self, ids) -> None:
         ids = np.asarray(list(ids), dtype=np.int64)
         if len(ids):
             self.cpu.remove_ids(ids)
-            self._gpu_stale = True
+            self._stale = True
 
-    def _searcher(self):
-        if gpu_count() == 0:
-            return self.cpu
-        if self._gpu_stale:
+    def _device_searcher(self):
+        """The GPU twin, rebuilt after writes; None to search on the CPU."""
+        if not self._stale:
+            return self._device_index
+        self._stale = False
+        self._device_index = None
+        if gpu_count():
             try:
                 self._resources = self._resources or faiss.StandardGpuResources()
-                self._gpu = faiss.index_cpu_to_gpu(self._resources, 0, self.cpu)
+                options = faiss.GpuClonerOptions()
+                options.useFloat16 = True  # half the memory of float32; recall within rounding
+                self._device_index = faiss.index_cpu_to_gpu(self._resources, 0, self.cpu, options)
             except Exception as error:  # not every index type has a GPU twin
                 log.warning("searching on the CPU: the index could not move to the GPU (%s)", error)
-                self._gpu = self.cpu
-            self._gpu_stale = False
-        return self._gpu
+        elif self._exact_source is not None:
+            from .torch_exact import TorchExactIndex, cuda_device_available
 
-    def search(self, queries: np.ndarray, k: int):
+            if cuda_device_available():
+                ids, vectors = self._exact_source()
+                self._device_index = TorchExactIndex(ids, vectors, device="cuda")
+        return self._device_index
+
+    def nprobe_for(self, k: int, nprobe: int | None = None) -> int | None:
+        """Lists to probe: the tuned value, scaled up for long result pages so they still fill."""
+        if not is_ivf(self.cpu):
+            return None
+        nlist = faiss.extract_index_ivf(self.cpu).nlist
+        base = nprobe or self.nprobe or faiss.extract_index_ivf(self.cpu).nprobe
+        return int(min(nlist, base if nprobe else base * max(1, -(-k // 10))))
+
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None):
         """Top-k (scores, ids) for each query row; ids are -1 where fewer than k exist."""
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        return self._searcher().search(queries, k)
+        device_index = self._device_searcher()
+        if device_index is not None:
+            return device_index.search(queries, k)
+        probes = self.nprobe_for(k, nprobe)
+        if probes is None:
+            return self.cpu.search(queries, k)
+        return self.cpu.search(queries, k, params=faiss.SearchParametersIVF(nprobe=probes))

@@ -1,12 +1,13 @@
 """A store directory: the catalogue, the durable vectors and patch features, and the FAISS index."""
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import catalogue, faiss_index
+from . import ann, catalogue, faiss_index
 from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
 from .errors import ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
 from .vectors import blob_to_patches, blob_to_vector, patches_to_blob, vector_to_blob
@@ -14,6 +15,9 @@ from .vectors import blob_to_patches, blob_to_vector, patches_to_blob, vector_to
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.faiss"
+INDEX_SETTINGS = "index_settings"  # meta: what the user asked of the index (memory, recall, type, parameters)
+INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and on how many vectors it was trained
+IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
 # What must agree for two vectors to be comparable. dtype is recorded, not guarded:
 # float16 and bfloat16 runs of one model give vectors within rounding of each other.
 GUARDED_KEYS = ("normalization", "resolution", "pooling")
@@ -74,6 +78,7 @@ class Store:
         self.store_dir = Path(store_dir)
         self.db = db
         self._index = None
+        self.writable = False  # set by create(): only writers save the index and record its state
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -117,6 +122,7 @@ class Store:
         if rebuild:
             store.clear()
         set_meta(store.db, "provenance", provenance)
+        store.writable = True
         store.index  # load (or repair) the index before any vector is written
         return store
 
@@ -133,6 +139,7 @@ class Store:
                 self.db.execute(f"DELETE FROM {table}")
         self._index = None
         (self.store_dir / INDEX_NAME).unlink(missing_ok=True)
+        set_meta(self.db, INDEX_STATE, None)
 
     def close(self) -> None:
         self.db.close()
@@ -313,53 +320,177 @@ class Store:
     @property
     def index(self) -> faiss_index.SearchIndex:
         if self._index is None:
-            self._index = faiss_index.SearchIndex(self._load_or_rebuild_index())
+            index = self._load_or_rebuild_index()
+            params = (self.index_state() or {}).get("params") or {}
+            self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
+                                                  exact_source=self._all_vectors)
         return self._index
+
+    def index_settings(self) -> dict:
+        return get_meta(self.db, INDEX_SETTINGS) or {}
+
+    def set_index_settings(self, **wishes) -> dict:
+        """Remember memory_bytes / target_recall / factory / params (None leaves a setting as it was)."""
+        recall = wishes.get("target_recall")
+        if recall is not None and not 0 < recall <= 1:
+            raise StoreError(f"target recall {recall} must be above 0 and at most 1")
+        settings = dict(self.index_settings(), **{k: v for k, v in wishes.items() if v is not None})
+        set_meta(self.db, INDEX_SETTINGS, settings)
+        return settings
+
+    def index_state(self) -> dict | None:
+        return get_meta(self.db, INDEX_STATE)
 
     def _stored_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")], dtype=np.int64)
 
     def _load_or_rebuild_index(self):
         index_path = self.store_dir / INDEX_NAME
-        stored_ids = self._stored_ids()
         if index_path.exists():
             try:
-                index = faiss_index.read_index(index_path)
-                lib = faiss_index.require_faiss()
-                index_ids = np.sort(lib.vector_to_array(index.id_map).astype(np.int64))
-                if np.array_equal(index_ids, stored_ids):
-                    return index
-                log.warning("index file %s is out of step with the catalogue: rebuilding it", index_path)
+                return self._catch_up(faiss_index.read_index(index_path))
             except RuntimeError as error:
                 log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
-        elif len(stored_ids):
+        elif self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone():
             log.warning("index file %s is missing: rebuilding it from the stored vectors", index_path)
-        return self._rebuild_from_vectors()
+        return self._build_index().index
 
-    def _rebuild_from_vectors(self):
-        """One SELECT: a consistent snapshot even while an index run is adding vectors (WAL)."""
-        dim = self.dim
-        if dim is None:
-            return faiss_index.new_index(1)
-        rows = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id").fetchall()
-        ids = np.array([image_id for image_id, _ in rows], dtype=np.int64)
-        vectors = np.empty((len(rows), dim), dtype=np.float32)  # (N, D)
-        for row, (_, blob) in enumerate(rows):
+    def _catch_up(self, index):
+        """An index file behind the catalogue (a run killed between saves, or still writing) is brought
+        up to date in place: stale ids removed, missing vectors added, no retraining."""
+        stored_ids = self._stored_ids()
+        held_ids = faiss_index.index_ids(index)
+        extra = np.setdiff1d(held_ids, stored_ids)
+        missing = np.setdiff1d(stored_ids, held_ids)
+        if len(extra) or len(missing):
+            log.warning("index file is out of step with the catalogue (%d vectors to add, %d to remove): "
+                        "bringing it up to date", len(missing), len(extra))
+            if len(extra):
+                index.remove_ids(extra)
+            if len(missing):
+                ids, vectors = self._vectors_for(missing)
+                index.add_with_ids(vectors, ids)
+        return index
+
+    def _vectors_for(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = [], []
+        for start in range(0, len(image_ids), 900):  # under SQLite's limit on bound parameters
+            chunk = [int(i) for i in image_ids[start:start + 900]]
+            rows = self.db.execute(
+                f"SELECT image_id, vector FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)
+            for image_id, blob in rows:
+                ids.append(image_id)
+                vectors.append(blob_to_vector(blob))
+        return np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the whole store from one SELECT: a consistent snapshot even while a run writes
+        (WAL). Past IN_MEMORY_BYTES the vectors go to a scratch file that is unlinked at once."""
+        dim = self.dim or 1
+        count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        if count * dim * 4 <= IN_MEMORY_BYTES:
+            vectors = np.empty((count, dim), dtype=np.float32)  # (N, D)
+        else:
+            scratch = tempfile.NamedTemporaryFile(dir=self.store_dir, prefix=".vectors-", suffix=".f32")
+            vectors = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(count, dim))  # (N, D)
+            scratch.close()  # the mapping keeps the space until it is dropped
+        ids = np.empty(count, dtype=np.int64)
+        row = -1
+        for row, (image_id, blob) in enumerate(self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")):
+            if row == count:  # rows added after the count: left for the next catch-up
+                row -= 1
+                break
+            ids[row] = image_id
             vectors[row] = blob_to_vector(blob)
-        return faiss_index.build_index(dim, ids, vectors)
+        return ids[:row + 1], vectors[:row + 1]
+
+    def index_plan(self, n: int) -> ann.IndexPlan:
+        settings = self.index_settings()
+        if settings.get("factory"):
+            factory = settings["factory"]
+            return ann.IndexPlan(factory, "ivf" if "IVF" in factory else "flat", 0, "chosen with --index-type")
+        return ann.plan_index(n, self.dim or 1, memory_bytes=settings.get("memory_bytes"),
+                              target_recall=settings.get("target_recall", ann.DEFAULT_RECALL))
+
+    def _build_index(self) -> ann.BuiltIndex:
+        """Choose, train, fill and tune an index over every stored vector; a writer records what it built."""
+        ids, vectors = self._all_vectors()
+        settings = self.index_settings()
+        plan = self.index_plan(len(ids))
+        built = ann.build_index(vectors, ids, plan, target_recall=settings.get("target_recall", ann.DEFAULT_RECALL),
+                                params=settings.get("params"))
+        if self.writable:
+            state = {"factory": plan.factory, "kind": plan.kind, "reason": plan.reason,
+                     "estimated_bytes": plan.estimated_bytes, "params": built.params,
+                     "recall_at_10": None if built.recall is None else round(built.recall, 4),
+                     "latency_ms": None if built.latency_ms is None else round(built.latency_ms, 3),
+                     "tuning": [[p, round(r, 4)] for p, r in built.tuning], "trained_on": built.trained_on,
+                     "tuned_on": len(ids), "build_s": round(built.build_s, 2), "built_at": now_iso(),
+                     "settings": settings}
+            set_meta(self.db, INDEX_STATE, state)
+        return built
+
+    def rebuild_reason(self) -> str | None:
+        """Why the index should be rebuilt now (after a run), or None: retraining is not done on every add."""
+        n = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        state = self.index_state()
+        plan = self.index_plan(n)
+        if state is None:
+            return "no record of how the index was built" if n else None
+        if state.get("settings") != self.index_settings():
+            return "the index settings changed"
+        if state["kind"] != plan.kind:
+            return f"the collection ({n:,} vectors) now calls for {plan.factory}, not {state['factory']}"
+        if state["kind"] == "ivf" and n >= ann.RETRAIN_GROWTH * max(1, state["trained_on"]):
+            return f"the collection grew from {state['trained_on']:,} to {n:,} vectors since training"
+        budget = self.index_settings().get("memory_bytes")
+        if budget and plan.factory != state["factory"] and ann.estimate_bytes(state["factory"], n, self.dim) > budget:
+            return f"{state['factory']} over {n:,} vectors would exceed the memory budget"
+        if state["kind"] != "flat" and not ann.RETUNE_GROWTH ** -1 <= n / max(1, state["tuned_on"]) < ann.RETUNE_GROWTH:
+            return f"the collection changed from {state['tuned_on']:,} to {n:,} vectors since tuning"
+        return None
+
+    def finish_index(self) -> None:
+        """After a run: rebuild (choose, train, tune) when rebuild_reason says so, then save."""
+        reason = self.rebuild_reason()
+        if reason:
+            log.info("rebuilding the index: %s", reason)
+            built = self._build_index()
+            self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                                  exact_source=self._all_vectors)
+        self.save_index()
+
+    def reindex(self, **wishes) -> dict:
+        """Rebuild only the index from the stored vectors with new settings; returns what was built."""
+        self.set_index_settings(**wishes)
+        self.writable = True
+        built = self._build_index()
+        self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                              exact_source=self._all_vectors)
+        self.save_index()
+        return self.index_description()
+
+    def index_description(self) -> dict:
+        state = self.index_state() or {}
+        index_path = self.store_dir / INDEX_NAME
+        return dict(faiss_index.describe(self.index.cpu), **{k: v for k, v in state.items() if k != "settings"},
+                    settings=self.index_settings(),
+                    file_bytes=index_path.stat().st_size if index_path.exists() else None)
 
     def save_index(self) -> None:
         if self._index is not None:
             faiss_index.write_index_atomic(self._index.cpu, self.store_dir / INDEX_NAME)
 
     # -- reading -------------------------------------------------------------------------
-    def search(self, query: np.ndarray, *, k: int = 10, exclude_ids=()) -> list[dict]:
-        """Nearest images to one L2-normalised query vector; scores are cosine similarities."""
+    def search(self, query: np.ndarray, *, k: int = 10, exclude_ids=(), nprobe: int | None = None) -> list[dict]:
+        """Nearest images to one L2-normalised query vector; scores are cosine similarities.
+
+        `nprobe` overrides the tuned number of inverted lists searched (approximate indexes only)."""
         index = self.index
         if index.ntotal == 0:
             return []
         exclude = {int(i) for i in exclude_ids}
-        scores, ids = index.search(np.asarray(query, dtype=np.float32)[None], k + len(exclude))
+        scores, ids = index.search(np.asarray(query, dtype=np.float32)[None], k + len(exclude), nprobe=nprobe)
         results = []
         for score, image_id in zip(scores[0], ids[0]):
             if image_id < 0 or int(image_id) in exclude:
@@ -420,7 +551,7 @@ class Store:
             "patch_size": provenance.get("patch_size"),
             "num_register_tokens": provenance.get("num_register_tokens"),
             "patch_features": {"dim": int(pca.components.shape[0]), "fitted_on_tokens": pca.fitted_on} if pca else None,
-            "index": faiss_index.describe(self.index.cpu),
+            "index": self.index_description(),
             "schema_version": get_meta(self.db, "schema_version"),
             "runs": self.db.execute("SELECT count(*) FROM runs").fetchone()[0],
             "last_run": last_run[0] if last_run else None,

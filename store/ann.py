@@ -1,0 +1,312 @@
+"""Index choice under a memory budget, training on a sample, and tuning search parameters to a recall target."""
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import StoreError
+from .faiss_index import require_faiss
+
+log = logging.getLogger(__name__)
+
+# Exact search while a query costs at most this many multiply-adds (65k x 1024, 16k x 4096 vectors): a few
+# milliseconds on one core, and recall 1.0. Larger collections get an inverted-file index.
+EXACT_MAX_WORK = 2**26
+# Inverted lists: about LISTS_PER_SQRT x sqrt(n) of them (a power of two), each trained on TRAIN_PER_LIST points.
+LISTS_PER_SQRT = 2
+TRAIN_PER_LIST = 40
+KMEANS_ITERATIONS = 10
+MIN_TRAIN_VECTORS = 4096  # fewer than this and an approximate index is not worth training
+# Memory an index takes beyond its codes: list growth, ids, the coarse centroids (a safety margin, measured).
+OVERHEAD = 1.15
+ID_BYTES = 8
+DEFAULT_RECALL = 0.95
+RETRAIN_GROWTH = 2.0  # retrain once the collection is this many times the size it was trained on
+RETUNE_GROWTH = 1.25  # re-measure recall and re-tune once it has grown by a quarter
+TUNING_QUERIES = 256
+PLATEAU = 0.002  # recall gained by doubling nprobe below which more probing is pointless
+CHUNK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What to build: a faiss index_factory string, the family, what it should take in memory, and why."""
+
+    factory: str
+    kind: str  # "flat" (exact), "ivf"
+    estimated_bytes: int
+    reason: str
+
+
+@dataclass
+class BuiltIndex:
+    index: object
+    plan: IndexPlan
+    params: dict
+    recall: float | None
+    latency_ms: float | None
+    build_s: float
+    trained_on: int
+    tuning: list = field(default_factory=list)  # (params, recall) tried, in order
+
+
+def parse_bytes(text) -> int:
+    """'4GB', '512MiB', '2g', '1000000' -> bytes (decimal GB and binary GiB both understood)."""
+    units = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+             "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+    raw = str(text).strip().lower().replace(" ", "")
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise StoreError(f"index memory {text!r} is not a size such as 4GB, 512MiB or 2000000000") from None
+    if value <= 0 or not math.isfinite(value):
+        raise StoreError(f"index memory {text!r} must be more than zero")
+    return int(value)
+
+
+def _nlist(n: int) -> int:
+    wanted = LISTS_PER_SQRT * math.sqrt(n)
+    nlist = 2 ** round(math.log2(max(wanted, 16)))
+    while nlist > 16 and n / nlist < TRAIN_PER_LIST:
+        nlist //= 2
+    return nlist
+
+
+def flat_bytes(n: int, dim: int, *, bytes_per_dim: float = 4) -> int:
+    return int(n * (dim * bytes_per_dim + ID_BYTES) * OVERHEAD)
+
+
+def ivf_bytes(n: int, dim: int, nlist: int, code_bytes: float) -> int:
+    return int(n * (code_bytes + ID_BYTES) * OVERHEAD + nlist * dim * 4)
+
+
+def estimate_bytes(factory: str, n: int, dim: int) -> int:
+    """What an index made by `factory` takes for n vectors (0 when the factory string is not one we plan)."""
+    parts = factory.split(",")
+    codes = parts[-1]
+    per_dim = {"Flat": 4, "SQfp16": 2, "SQ8": 1, "SQ4": 0.5}
+    if codes.startswith("PQ") and codes.endswith("x4fs"):
+        code_bytes = int(codes[2:-4]) / 2
+    elif codes in per_dim:
+        code_bytes = dim * per_dim[codes]
+    else:
+        return 0
+    if parts[0].startswith("IVF") and parts[0][3:].isdigit():
+        return ivf_bytes(n, dim, int(parts[0][3:]), code_bytes)
+    return int(n * (code_bytes + ID_BYTES) * OVERHEAD)
+
+
+def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_recall: float = 0.95) -> IndexPlan:
+    """The index for n vectors of dim under a memory budget: exact while it is cheap and fits, else IVF."""
+    budget = memory_bytes or float("inf")
+    small = n * dim <= EXACT_MAX_WORK or n < MIN_TRAIN_VECTORS
+    if small and flat_bytes(n, dim) <= budget:
+        return IndexPlan("IDMap2,Flat", "flat", flat_bytes(n, dim), "exact: small enough to search every vector")
+    if small and flat_bytes(n, dim, bytes_per_dim=2) <= budget:
+        return IndexPlan("IDMap2,SQfp16", "flat", flat_bytes(n, dim, bytes_per_dim=2),
+                         "exact over float16 vectors: float32 would not fit the memory budget")
+    nlist = _nlist(n)
+    # Scalar quantisers keep nearly all of the recall and support adding and removing ids in place:
+    # float16 when the target is strict and it fits, then 8 bits, then 4 bits, then product quantisation.
+    candidates = []
+    if target_recall > 0.97:
+        candidates.append(("SQfp16", 2 * dim))
+    candidates += [("SQ8", dim), ("SQ4", dim / 2)]
+    for codes, code_bytes in candidates:
+        size = ivf_bytes(n, dim, nlist, code_bytes)
+        if size <= budget:
+            return IndexPlan(f"IVF{nlist},{codes}", "ivf", size,
+                             f"{n:,} vectors: {nlist} inverted lists with {codes} codes fit the budget")
+    for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32):
+        if m >= 8 and dim % m == 0:
+            size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit fast-scan codes: m sub-vectors, half a byte each
+            if size <= budget:
+                return IndexPlan(f"IVF{nlist},PQ{m}x4fs", "ivf", size,
+                                 f"{n:,} vectors: only product-quantised codes ({m} x 4 bits) fit the budget")
+    raise StoreError(
+        f"no index of {n:,} x {dim} vectors fits in {memory_bytes:,} bytes; raise --index-memory "
+        f"(about {ivf_bytes(n, dim, nlist, 16) / 1e9:.2f} GB is the least that works)"
+    )
+
+
+def new_index(dim: int, plan: IndexPlan):
+    lib = require_faiss()
+    index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
+    if plan.kind == "ivf":
+        ivf = lib.extract_index_ivf(index)
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.max_points_per_centroid = TRAIN_PER_LIST * 4
+    return index
+
+
+def _rows(vectors, start: int, stop: int) -> np.ndarray:
+    return np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+
+
+def training_sample(vectors, size: int, *, seed: int = 0) -> np.ndarray:
+    n = len(vectors)
+    if n <= size:
+        return _rows(vectors, 0, n)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def set_search_params(index, params: dict) -> None:
+    """Apply {"nprobe": 8, ...} to an index (or the index inside its id map)."""
+    lib = require_faiss()
+    space = lib.ParameterSpace()
+    for name, value in (params or {}).items():
+        space.set_index_parameter(index, name, value)
+
+
+def nlist_of(index) -> int | None:
+    lib = require_faiss()
+    try:
+        return int(lib.extract_index_ivf(index).nlist)
+    except RuntimeError:  # not an inverted-file index
+        return None
+
+
+def exact_neighbours(vectors, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the exact top-k inner products, streaming the vectors in chunks."""
+    lib = require_faiss()
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        chunk = _rows(vectors, start, start + CHUNK_ROWS)
+        flat = lib.IndexFlatIP(chunk.shape[1])
+        flat.add(chunk)
+        scores, rows = flat.search(queries, min(k, len(chunk)))
+        rows = np.where(rows >= 0, rows + start, -1)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        rows = np.concatenate([best_rows, rows], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, order, axis=1)
+        best_rows = np.take_along_axis(rows, order, axis=1)
+    return best_rows
+
+
+def recall_at(found_ids: np.ndarray, true_ids: np.ndarray, query_ids: np.ndarray, k: int) -> float:
+    """Mean share of each query's true top-k (itself left out) that the index found in its top-k."""
+    hits = 0
+    total = 0
+    for found, truth, own in zip(found_ids, true_ids, query_ids):
+        truth = [i for i in truth if i != own and i >= 0][:k]
+        found = {i for i in found if i != own and i >= 0}
+        hits += sum(1 for i in truth if i in found)
+        total += len(truth)
+    return hits / total if total else 1.0
+
+
+@dataclass
+class TuningSet:
+    """Queries taken from the collection, with their exact neighbours (query itself excluded when scored)."""
+
+    queries: np.ndarray  # (Q, D)
+    query_ids: np.ndarray  # (Q,)
+    true_ids: np.ndarray  # (Q, k + 1)
+    k: int
+
+
+def tuning_set(vectors, ids: np.ndarray, *, k: int = 10, size: int = TUNING_QUERIES, seed: int = 1) -> TuningSet:
+    n = len(vectors)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    true_rows = exact_neighbours(vectors, queries, k + 1)
+    true_ids = np.where(true_rows >= 0, ids[np.clip(true_rows, 0, None)], -1)
+    return TuningSet(queries, ids[rows], true_ids, k)
+
+
+def measure_recall(index, tuning: TuningSet) -> float:
+    _, found = index.search(tuning.queries, tuning.k + 1)
+    return recall_at(found, tuning.true_ids, tuning.query_ids, tuning.k)
+
+
+def single_query_ms(index, queries: np.ndarray, *, k: int = 10, repeat: int = 200) -> float:
+    """Median milliseconds of one query at a time, one thread: what a page waits for."""
+    lib = require_faiss()
+    threads = lib.omp_get_max_threads()
+    lib.omp_set_num_threads(1)
+    try:
+        times = []
+        for row in range(min(repeat, len(queries))):
+            start = time.perf_counter()
+            index.search(queries[row:row + 1], k)
+            times.append(time.perf_counter() - start)
+    finally:
+        lib.omp_set_num_threads(threads)
+    return float(np.median(times) * 1000) if times else None
+
+
+def tune(index, tuning: TuningSet, *, target_recall: float) -> tuple[dict, float, list]:
+    """The smallest nprobe reaching the target recall@k (binary search over powers of two, then between)."""
+    nlist = nlist_of(index)
+    if nlist is None:
+        return {}, measure_recall(index, tuning), []
+    tried = {}
+
+    def recall_with(nprobe: int) -> float:
+        if nprobe not in tried:
+            set_search_params(index, {"nprobe": nprobe})
+            tried[nprobe] = measure_recall(index, tuning)
+        return tried[nprobe]
+
+    high = 1
+    while high < nlist and recall_with(high) < target_recall:
+        if high >= 4 and recall_with(high) - recall_with(high // 2) < PLATEAU:
+            # The codes, not the lists, limit recall here: probing more lists only costs time.
+            log.warning("recall@%d levels off at %.3f (nprobe %d): the codes are too coarse for %.2f; "
+                        "raise --index-memory", tuning.k, recall_with(high), high, target_recall)
+            set_search_params(index, {"nprobe": high})
+            return {"nprobe": high}, recall_with(high), sorted(tried.items())
+        high *= 2
+    high = min(high, nlist)
+    low = high // 2
+    while high - low > max(1, high // 8) and low >= 1:  # refine down to about 12 % of the step
+        middle = (low + high) // 2
+        if recall_with(middle) >= target_recall:
+            high = middle
+        else:
+            low = middle
+    recall = recall_with(high)
+    if recall < target_recall:
+        log.warning("recall@%d reaches only %.3f with every list probed", tuning.k, recall)
+    set_search_params(index, {"nprobe": high})
+    return {"nprobe": high}, recall, sorted(tried.items())
+
+
+def train_and_add(vectors, ids: np.ndarray, plan: IndexPlan, *, seed: int = 0):
+    dim = vectors.shape[1]
+    index = new_index(dim, plan)
+    trained_on = 0
+    if not index.is_trained:
+        nlist = nlist_of(index) or 1
+        sample = training_sample(vectors, max(MIN_TRAIN_VECTORS, nlist * TRAIN_PER_LIST), seed=seed)
+        index.train(sample)
+        trained_on = len(vectors)
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        index.add_with_ids(_rows(vectors, start, start + CHUNK_ROWS), ids[start:start + CHUNK_ROWS])
+    return index, trained_on
+
+
+def build_index(vectors, ids, plan: IndexPlan, *, target_recall: float = 0.95, k: int = 10, seed: int = 0,
+                params: dict | None = None) -> BuiltIndex:
+    """Train on a sample, add every vector in chunks, then tune (or apply `params`) and measure recall."""
+    ids = np.asarray(ids, dtype=np.int64)
+    started = time.perf_counter()
+    index, trained_on = train_and_add(vectors, ids, plan, seed=seed)
+    build_s = time.perf_counter() - started
+    if len(ids) == 0:
+        return BuiltIndex(index, plan, dict(params or {}), None, None, build_s, trained_on)
+    tuning = tuning_set(vectors, ids, k=k, seed=seed + 1)
+    if params:
+        set_search_params(index, params)
+        chosen, recall, tried = dict(params), measure_recall(index, tuning), []
+    else:
+        chosen, recall, tried = tune(index, tuning, target_recall=target_recall)
+    latency = single_query_ms(index, tuning.queries, k=k)
+    return BuiltIndex(index, plan, chosen, recall, latency, build_s, trained_on, tried)
