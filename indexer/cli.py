@@ -42,15 +42,36 @@ dtype_option = click.option(
 
 
 def ray_options(command):
-    """--ray [ADDRESS], --shard-dir, --ray-actors: shared by index and rebuild."""
+    """--ray [ADDRESS], --shard-dir, --shard-rows, --ray-actors: shared by index and rebuild."""
     command = click.option("--ray-actors", type=click.IntRange(1, 4096), default=None,
                            help="Embedding actors [default: one per GPU of the cluster, else one per 2 CPUs].")(command)
+    command = click.option("--shard-rows", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
+                           help="Jobs per shard (one actor call, one Parquet file).")(command)
     command = click.option("--shard-dir", type=click.Path(path_type=Path), default=None,
                            help="Where Ray writes embedding shards; every node must reach it [default: STORE/shards].")(command)
     return click.option(
         "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
         help="Embed on Ray Data: alone (or 'local') a local Ray instance, else the cluster at ADDRESS "
              "(e.g. ray://head:10001 or auto). Needs the ray extra.")(command)
+
+
+index_memory_option = click.option(
+    "--index-memory", default=None,
+    help="Most memory the search index may take, e.g. 4GB or 512MiB: picks exact, float16 or compressed "
+         "inverted-file storage [default: no limit; remembered by the store].")
+target_recall_option = click.option(
+    "--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+    help="recall@10 (against exact search) an approximate index is tuned to reach [default: 0.95; remembered].")
+
+
+def _bytes(text):
+    from store import StoreError
+    from store.ann import parse_bytes
+
+    try:
+        return None if text is None else parse_bytes(text)
+    except StoreError as error:
+        raise click.BadParameter(str(error), param_hint="--index-memory") from None
 
 
 @click.group()
@@ -95,12 +116,15 @@ def cli(verbose):
                    "compile, worth it beyond ~40,000 images).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@index_memory_option
+@target_recall_option
 @ray_options
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, ray_address,
-          shard_dir, ray_actors, as_json):
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, index_memory,
+          target_recall, ray_address,
+          shard_dir, shard_rows, ray_actors, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
@@ -119,6 +143,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
                                  param_hint="--overlap")
     model = model or DEFAULT_MODEL
+    index_settings = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
     if ray_address:
         from indexer.distributed import require_ray
 
@@ -136,11 +161,13 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         spec = ModelSpec(model=model, dtype=dtype, device=device, resolution=resolution,
                          normalization=normalization, pooling=pooling, compile=compile_model)
         summary = index_collection_ray(sources, store_dir, embedder=embedder, spec=spec, address=ray_address,
-                                       shard_dir=shard_dir, actors=ray_actors, batch_size=batch_size,
+                                       shard_dir=shard_dir, rows_per_shard=shard_rows, actors=ray_actors,
+                                       batch_size=batch_size, index_settings=index_settings,
                                        rebuild=rebuild, progress=progress and not as_json, chips=chips)
     else:
         summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
-                                   rebuild=rebuild, progress=progress and not as_json, chips=chips)
+                                   rebuild=rebuild, progress=progress and not as_json, chips=chips,
+                                   index_settings=index_settings)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -178,7 +205,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 @json_option
 @friendly_errors
 def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers, keep_previous,
-            progress, ray_address, shard_dir, ray_actors, as_json):
+            progress, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Re-embed a store's whole collection into a new store beside it and swap it in when complete.
 
     The sources and chip options are those the store's runs recorded. The page and `lookalike search` keep
@@ -208,7 +235,7 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
         spec = ModelSpec(model=model, dtype=dtype, device=device, resolution=resolution,
                          normalization=normalization, pooling=pooling)
         options.update(index=index_collection_ray, spec=spec, address=ray_address, shard_dir=shard_dir,
-                       actors=ray_actors)
+                       rows_per_shard=shard_rows, actors=ray_actors)
     else:
         options.update(workers=workers)
     summary = rebuild_store(store_dir, embedder=embedder, keep_previous=keep_previous, **options)
@@ -245,14 +272,17 @@ def _numbers(text, name, kind, shortest, longest):
 @click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
 @click.option("--dates", default=None, help="Only chips dated FROM,TO (ISO dates; either may be empty).")
 @click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chip's own scene.")
+@click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
+              help="Inverted lists to search, instead of the value tuned to the store's recall target "
+                   "(approximate indexes only; more is slower and finds more).")
 @click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as a GeoJSON FeatureCollection (RFC 7946) to this file.")
 @dtype_option
 @device_option
 @json_option
 @friendly_errors
-def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_scene, geojson_path, dtype, device,
-           as_json):
+def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_scene, nprobe, geojson_path, dtype,
+           device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
     Scores are cosine similarities (1 = identical descriptors).
@@ -276,6 +306,7 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
             raise click.BadParameter(f"{dates!r} is not FROM,TO", param_hint="--dates")
         date_range = tuple(dates.split(","))
     store = api.open_store(store_dir)
+    store.index.nprobe_override = nprobe
     refinement = Refinement(
         dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range,
         exclude_scene=store.image(image_id)["scene"] if exclude_scene else None,
@@ -315,6 +346,7 @@ def info(store_dir, as_json):
         click.echo(json.dumps(details))
         return
     scene_list = details.pop("scene_list")
+    click.echo(f"{'index':>20}: {_describe_index(details.pop('index'))}")
     for key, value in details.items():
         click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     for item in scene_list[:SCENES_SHOWN]:
@@ -323,6 +355,53 @@ def info(store_dir, as_json):
                    f"{item['crs'] or 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chips")
     if len(scene_list) > SCENES_SHOWN:
         click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
+
+
+@cli.command()
+@store_option
+@index_memory_option
+@target_recall_option
+@click.option("--index-type", "factory", default=None,
+              help="A faiss index_factory string to use instead of the automatic choice, e.g. 'IVF4096,SQ8' "
+                   "(inner product; ids kept). 'auto' goes back to the automatic choice.")
+@click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
+              help="Inverted lists to search instead of tuning to --target-recall (recall is still measured).")
+@json_option
+@friendly_errors
+def reindex(store_dir, index_memory, target_recall, factory, nprobe, as_json):
+    """Rebuild only the search index from the stored vectors, with new settings; nothing is re-embedded.
+
+    The new settings are remembered: later `index` runs keep to them.
+
+    Example: lookalike reindex --store big-store --index-memory 4GB --target-recall 0.97
+    """
+    from store import Store
+
+    store = Store.open(store_dir)
+    wishes = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
+    if factory:
+        wishes["factory"] = "" if factory == "auto" else factory
+    if nprobe is not None:
+        wishes["params"] = {"nprobe": nprobe}
+    elif any(value is not None for value in wishes.values()):
+        wishes["params"] = {}  # new target, budget or type: tune anew
+    described = store.reindex(**wishes)
+    store.close()
+    if as_json:
+        click.echo(json.dumps(described))
+        return
+    click.echo(_describe_index(described))
+
+
+def _describe_index(described: dict) -> str:
+    recall = described.get("recall_at_10")
+    size = described.get("file_bytes")
+    return (f"{described.get('factory') or described['type']}: {described['vectors']:,} vectors"
+            + (f", {size / 1e6:.1f} MB" if size else "")
+            + (f", recall@10 {recall:.3f}" if recall is not None else "")
+            + (f" with {json.dumps(described['params'])}" if described.get("params") else "")
+            + (f", {described['latency_ms']:.2f} ms a query" if described.get("latency_ms") else "")
+            + f" (search on {described['search_device']})")
 
 
 @cli.command()

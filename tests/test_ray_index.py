@@ -1,0 +1,202 @@
+"""`lookalike index --ray`: a local Ray run equals a single-process run, resumes after a kill, ingests idempotently."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT, copy_chips
+
+if not os.environ.get("CI"):
+    pytest.importorskip("ray", reason="the ray extra is not installed (CI installs it and fails without it)")
+
+RAY_CHIPS = 240
+IMAGE_COLUMNS = "id, path, size, mtime, sha256, width, height, status, scene, window, geo"
+
+
+def store_snapshot(store_dir) -> dict:
+    """Everything a run decides: catalogue rows, vectors, patch features, PCA, failures, index ids."""
+    from store import Store
+
+    store = Store.open(store_dir)
+    try:
+        rows = list(store.db.query(f"SELECT {IMAGE_COLUMNS} FROM images ORDER BY id"))
+        ids = [row["id"] for row in rows]
+        return {
+            "rows": rows,
+            "vectors": np.stack([store.vector(i) for i in ids]) if ids else np.zeros((0,)),
+            "patches": np.stack([store.patch_features(i) for i in ids]) if ids else np.zeros((0,)),
+            "pca": store.pca().components if store.pca() else None,
+            "failures": sorted((r["path"], r["reason"]) for r in store.failures_by_path().values()),
+            "nearest": [store.search(store.vector(i), k=1)[0]["id"] for i in ids],  # what the index answers
+            "ntotal": store.index.ntotal,
+        }
+    finally:
+        store.close()
+
+
+def assert_same_store(actual_dir, expected_dir, *, atol=1e-5) -> None:
+    actual, expected = store_snapshot(actual_dir), store_snapshot(expected_dir)
+    assert actual["rows"] == expected["rows"]  # same ids for the same paths, same catalogue fields
+    assert actual["failures"] == expected["failures"]
+    assert actual["nearest"] == expected["nearest"]
+    assert actual["ntotal"] == expected["ntotal"]
+    np.testing.assert_allclose(actual["vectors"], expected["vectors"], atol=atol)
+    np.testing.assert_allclose(actual["patches"], expected["patches"], atol=2e-3)  # stored as float16
+    np.testing.assert_allclose(actual["pca"], expected["pca"], atol=atol)
+
+
+@pytest.fixture(scope="module")
+def ray_chips_dir(tmp_path_factory):
+    """240 real NAIP chips and one broken file, so failures travel through the shards too."""
+    chips = copy_chips(tmp_path_factory.mktemp("ray") / "chips", RAY_CHIPS)
+    (chips / "naip_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return chips
+
+
+@pytest.fixture(scope="module")
+def single_process_store(ray_chips_dir, embedder, tmp_path_factory):
+    from indexer.pipeline import index_collection
+
+    store_dir = tmp_path_factory.mktemp("single") / "store"
+    summary = index_collection([str(ray_chips_dir)], store_dir, embedder=embedder, batch_size=16, workers=0,
+                               progress=False)
+    assert summary["indexed"] == RAY_CHIPS and summary["failed"] == 1
+    return store_dir
+
+
+def ray_command(chips_dir, store_dir, model_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "indexer.cli", "index", str(chips_dir), "--store", str(store_dir), "--model",
+            str(model_dir), "--dtype", "float32", "--device", "cpu", "--batch-size", "16", "--no-progress",
+            "--json", *extra, "--ray"]
+
+
+def run_env() -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def test_a_local_ray_run_equals_a_single_process_run(ray_chips_dir, single_process_store, model_dir, tmp_path):
+    store_dir = tmp_path / "store"
+    done = subprocess.run(ray_command(ray_chips_dir, store_dir, model_dir, "--shard-rows", "64"), cwd=REPO_ROOT,
+                          env=run_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["indexed"], summary["failed"], summary["reused"]) == (RAY_CHIPS, 1, 0)
+    assert_same_store(store_dir, single_process_store)
+    assert not (store_dir / "shards").exists()  # ingested shards are cleaned up
+
+
+def _ray_processes() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"ray" in command and (b"raylet" in command or b"gcs_server" in command or b"ray/" in command):
+                found.add(int(entry))
+    return found
+
+
+def test_a_killed_ray_job_resumes_from_its_shards(ray_chips_dir, single_process_store, model_dir, tmp_path):
+    from indexer.shards import ingest_shard
+    from store import Store
+
+    store_dir, shard_dir = tmp_path / "store", tmp_path / "shared-shards"
+    before = _ray_processes()
+    job = subprocess.Popen(ray_command(ray_chips_dir, store_dir, model_dir, "--shard-dir", str(shard_dir),
+                                       "--shard-rows", "16", "--ray-actors", "1"),
+                           cwd=REPO_ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None and len(list(shard_dir.glob("*/shard-*"))) < 4:
+        time.sleep(0.05)
+    assert job.poll() is None, "the job ended before it could be killed: " + job.stderr.read().decode()[-2000:]
+    os.killpg(job.pid, signal.SIGKILL)  # the whole job, Ray's own processes included: a lost machine
+    job.wait(timeout=30)
+    job.stdout.close()
+    job.stderr.close()
+    for pid in _ray_processes() - before:  # leftovers of the killed job's Ray instance (started by this test)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    written = sorted(shard_dir.glob("*/shard-*.parquet"))
+    assert len(written) >= 4
+    kept = tmp_path / "kept.parquet"
+    kept.write_bytes(written[-1].read_bytes())
+    if (store_dir / "catalogue.db").exists():
+        store = Store.open(store_dir)
+        assert store.count_images() < RAY_CHIPS  # killed before the end: the store is not complete
+        store.close()
+
+    done = subprocess.run(ray_command(ray_chips_dir, store_dir, model_dir, "--shard-dir", str(shard_dir),
+                                      "--shard-rows", "16", "--ray-actors", "1"),
+                          cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["reused"] >= 3 * 16  # the shards written before the kill were not embedded again
+    assert summary["indexed"] == RAY_CHIPS
+    assert_same_store(store_dir, single_process_store)
+
+    reference = store_snapshot(store_dir)
+    counts = ingest_shard(Store.open(store_dir), kept)  # a shard ingested again changes nothing
+    assert counts["indexed"] == 0
+    again = store_snapshot(store_dir)
+    assert again["rows"] == reference["rows"] and again["nearest"] == reference["nearest"]
+    np.testing.assert_array_equal(again["vectors"], reference["vectors"])
+
+
+def test_ingesting_a_shard_twice_changes_nothing(embedder, chips_dir, tmp_path):
+    """In process, no Ray: a shard of 12 chips and a broken file, ingested twice into a fresh store."""
+    from indexer.distributed import _first_batch
+    from indexer.images import scan_sources
+    from indexer.pipeline import ChipOptions, index_collection, plan_run
+    from indexer.shards import ingest_shard, write_shard
+    from store import Store
+
+    (chips_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    maker = Store.create(tmp_path / "maker", provenance=embedder.provenance)
+    jobs = plan_run(scan_sources([chips_dir]), maker).jobs
+    _, rows = _first_batch(jobs, maker, embedder, batch_size=64, chips=ChipOptions())
+    maker.close()
+    shard_path = write_shard(tmp_path / "shards", rows)
+    assert write_shard(tmp_path / "shards", rows) == shard_path  # the same jobs, the same shard name
+
+    store = Store.create(tmp_path / "store", provenance=embedder.provenance)
+    first = ingest_shard(store, shard_path)
+    store.close()
+    snapshot = store_snapshot(tmp_path / "store")
+    store = Store.open(tmp_path / "store")
+    second = ingest_shard(store, shard_path)
+    store.close()
+    assert (first["indexed"], first["failed"]) == (12, 1)
+    assert (second["indexed"], second["failed"]) == (0, 0)
+    again = store_snapshot(tmp_path / "store")
+    assert again["rows"] == snapshot["rows"] and again["failures"] == snapshot["failures"]
+    assert again["ntotal"] == snapshot["ntotal"] == 12
+    np.testing.assert_array_equal(again["vectors"], snapshot["vectors"])
+
+    index_collection([str(chips_dir)], tmp_path / "single", embedder=embedder, workers=0, progress=False)
+    reference = store_snapshot(tmp_path / "single")
+    assert [(r["id"], r["path"]) for r in again["rows"]] == [(r["id"], r["path"]) for r in reference["rows"]]
+    np.testing.assert_allclose(again["vectors"], reference["vectors"], atol=1e-5)
+
+
+def test_ray_without_the_extra_is_one_clear_line(chips_dir, tmp_path, model_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    result = CliRunner().invoke(cli, ["index", str(chips_dir), "--store", str(tmp_path / "s"), "--model",
+                                      str(model_dir), "--ray"])
+    assert result.exit_code == 1
+    assert "pip install 'lookalike[ray]'" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()  # refused before anything was made

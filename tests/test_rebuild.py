@@ -1,0 +1,161 @@
+"""`lookalike rebuild`: a new store built beside the live one and swapped in atomically; readers never break."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from helpers import REPO_ROOT, copy_chips
+from test_ray_index import _ray_processes, run_env, store_snapshot
+
+REBUILD_CHIPS = 96
+
+READER = textwrap.dedent("""
+    import json, random, sys, time
+    from pathlib import Path
+    from store import swap
+
+    store_dir, stop_path = Path(sys.argv[1]), Path(sys.argv[2])
+    rng = random.Random(0)
+    searches = errors = 0
+    seen = []  # the fingerprints of the stores answered from, in order
+    store, generation = swap.open_live(store_dir), swap.generation(store_dir)
+    while not stop_path.exists():
+        try:
+            if swap.generation(store_dir) != generation:  # what the page does: reopen a changed store
+                store.close()
+                store, generation = swap.open_live(store_dir), swap.generation(store_dir)
+            ids = [row["id"] for row in store.images_by_path().values()]
+            hits = store.search(store.vector(rng.choice(ids)), k=5)
+            assert len(hits) == 5 and all(hit["path"] for hit in hits)
+            fingerprint = store.provenance["fingerprint"]
+            if not seen or seen[-1] != fingerprint:
+                seen.append(fingerprint)
+            searches += 1
+        except Exception as error:  # every kind counts: the claim is "never an error"
+            errors += 1
+            print("reader error:", type(error).__name__, error, file=sys.stderr)
+    print(json.dumps({"searches": searches, "errors": errors, "seen": seen}))
+""")
+
+
+@pytest.fixture
+def live_store(embedder, tmp_path):
+    from indexer.pipeline import index_collection
+
+    chips = copy_chips(tmp_path / "chips", REBUILD_CHIPS)
+    store_dir = tmp_path / "live"
+    index_collection([str(chips)], store_dir, embedder=embedder, batch_size=16, workers=0, progress=False)
+    return store_dir
+
+
+def fingerprint_of(store_dir) -> str:
+    from store import Store
+
+    return Store.peek_provenance(store_dir)["fingerprint"]
+
+
+def file_digests(store_dir) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store_dir.iterdir()) if p.is_file()}
+
+
+def test_a_rebuild_swap_never_breaks_a_reader(live_store, other_model_dir, load_embedder, tmp_path):
+    from indexer.rebuild import rebuild_store
+
+    old = fingerprint_of(live_store)
+    stop_path = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(live_store), str(stop_path)], cwd=REPO_ROOT,
+                              env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # the reader is searching the old store
+        summary = rebuild_store(live_store, embedder=load_embedder(other_model_dir), batch_size=16, workers=0,
+                                progress=False)
+        time.sleep(2)  # and then the new one
+    finally:
+        stop_path.touch()
+        out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    new = fingerprint_of(live_store)
+    assert new != old
+    assert report["errors"] == 0, err
+    assert report["searches"] >= 20
+    assert report["seen"] == [old, new]  # the old store until the swap, the new one after it
+    assert summary["indexed"] == REBUILD_CHIPS and summary["previous"] == str(live_store) + ".previous"
+    assert fingerprint_of(live_store.with_name("live.previous")) == old
+    assert not live_store.with_name("live.rebuilding").exists()
+
+
+def test_an_interrupted_rebuild_leaves_the_live_store_untouched(live_store, other_model_dir, tmp_path):
+    """A --ray rebuild killed midway; the live store is as it was; run again, it resumes and swaps."""
+    before_rows, before_files = store_snapshot(live_store), file_digests(live_store)
+    command = [sys.executable, "-m", "indexer.cli", "rebuild", "--store", str(live_store), "--model",
+               str(other_model_dir), "--dtype", "float32", "--device", "cpu", "--batch-size", "8", "--no-progress",
+               "--json", "--shard-rows", "8", "--ray-actors", "1", "--ray"]
+    processes = _ray_processes()
+    job = subprocess.Popen(command, cwd=REPO_ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    staging = live_store.with_name("live.rebuilding")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None and len(list(staging.glob("shards/*/shard-*"))) < 3:
+        time.sleep(0.05)
+    assert job.poll() is None, "the rebuild ended before it could be killed: " + job.stderr.read().decode()[-2000:]
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=30)
+    job.stdout.close()
+    job.stderr.close()
+    for pid in _ray_processes() - processes:  # the killed job's own Ray processes
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    after_rows = store_snapshot(live_store)
+    assert file_digests(live_store) == before_files
+    assert after_rows["rows"] == before_rows["rows"] and after_rows["nearest"] == before_rows["nearest"]
+    assert staging.is_dir()
+
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["reused"] >= 2 * 8 and summary["indexed"] == REBUILD_CHIPS
+    assert fingerprint_of(live_store) != fingerprint_of(live_store.with_name("live.previous"))
+    rebuilt = store_snapshot(live_store)
+    assert [(r["id"], r["path"]) for r in rebuilt["rows"]] == [(r["id"], r["path"]) for r in before_rows["rows"]]
+    assert not staging.exists()
+
+
+def test_swap_in_exchanges_directories_and_falls_back_to_renames(tmp_path, monkeypatch):
+    from store import swap
+
+    for name in ("live", "new"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "catalogue.db").write_text(name)
+    assert swap.swap_in(tmp_path / "live", tmp_path / "new") == tmp_path / "live.previous"
+    assert (tmp_path / "live" / "catalogue.db").read_text() == "new"
+    assert (tmp_path / "live.previous" / "catalogue.db").read_text() == "live"
+    assert not (tmp_path / "new").exists()
+
+    def unsupported(a, b):
+        raise swap.ExchangeUnsupported("not here")
+
+    monkeypatch.setattr(swap, "exchange", unsupported)
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / "catalogue.db").write_text("newer")
+    assert swap.swap_in(tmp_path / "live", tmp_path / "newer", keep_previous=False) is None
+    assert (tmp_path / "live" / "catalogue.db").read_text() == "newer"
+    assert not (tmp_path / "live.previous").exists()
+
+
+def test_rebuild_of_a_store_without_runs_is_one_clear_line(tmp_path):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    result = CliRunner().invoke(cli, ["rebuild", "--store", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    assert "no lookalike store" in result.output and "Traceback" not in result.output
