@@ -81,13 +81,14 @@ def connect(address: str | None):
 def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelSpec, address: str | None = None,
                          shard_dir=None, batch_size: int = 32, rows_per_shard: int = SHARD_ROWS,
                          actors: int | None = None, rebuild: bool = False, progress: bool = True,
-                         chips: ChipOptions = ChipOptions()) -> dict:
+                         chips: ChipOptions = ChipOptions(), index_settings: dict | None = None) -> dict:
     """`index_collection` on a Ray cluster; returns the run summary (plus `reused`: rows found in shards)."""
     started = time.perf_counter()
     paths = scan_sources(sources)
     store_dir = Path(store_dir)
     shard_root = Path(shard_dir) if shard_dir else store_dir / "shards"
     store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
+    store.set_index_settings(**(index_settings or {}))  # --index-memory, --target-recall
     settings = {"batch_size": batch_size, "ray": address or "local", "shard_dir": str(shard_root.absolute()),
                 "rebuild": rebuild, "sources": [str(Path(s).absolute()) for s in sources],
                 "chips": dataclasses.asdict(chips)}

@@ -305,7 +305,7 @@ def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptio
 
 
 def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
-                     rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions()) -> dict:
+                     rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions(), index_settings: dict | None = None) -> dict:
     """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary.
 
     Georeferenced TIFF scenes are cut into chips as `chips` says; every other image is embedded whole.
@@ -313,6 +313,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     started = time.perf_counter()
     paths = scan_sources(sources)
     store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
+    store.set_index_settings(**(index_settings or {}))  # --index-memory, --target-recall
     workers = default_workers() if workers is None else workers
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}

@@ -133,9 +133,25 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
     )
 
 
+def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
+    """An index type the user named: inverted files keep ids themselves, flat codes get an id map.
+    Graph indexes are refused: they cannot remove ids, and a changed or deleted image must leave the index."""
+    if "HNSW" in factory.split(",")[-1] or "NSG" in factory:
+        raise StoreError(f"--index-type {factory}: graph indexes cannot remove ids; use an inverted file "
+                         "such as IVF4096,SQ8 (an HNSW coarse quantiser, IVF4096_HNSW32,SQ8, is fine)")
+    kind = "ivf" if "IVF" in factory else "flat"
+    if kind == "flat" and not factory.startswith("IDMap"):
+        factory = "IDMap2," + factory
+    return IndexPlan(factory, kind, estimate_bytes(factory, n, dim), "chosen with --index-type")
+
+
 def new_index(dim: int, plan: IndexPlan):
     lib = require_faiss()
-    index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
+    try:
+        index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise StoreError(f"faiss cannot build index type {plan.factory!r} for {dim}-dim vectors: "
+                         f"{str(error).splitlines()[-1][:200]}") from None
     if plan.kind == "ivf":
         ivf = lib.extract_index_ivf(index)
         ivf.cp.niter = KMEANS_ITERATIONS

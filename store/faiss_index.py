@@ -97,6 +97,7 @@ class SearchIndex:
     def __init__(self, index, *, nprobe: int | None = None, exact_source=None):
         self.cpu = index
         self.nprobe = nprobe  # the tuned value for k = 10
+        self.nprobe_override = None  # a user's fixed value, for every k
         self._exact_source = exact_source  # () -> (ids, vectors), for the torch path
         self._device_index = None
         self._stale = True
@@ -143,6 +144,7 @@ class SearchIndex:
         if not is_ivf(self.cpu):
             return None
         nlist = faiss.extract_index_ivf(self.cpu).nlist
+        nprobe = nprobe or self.nprobe_override
         base = nprobe or self.nprobe or faiss.extract_index_ivf(self.cpu).nprobe
         return int(min(nlist, base if nprobe else base * max(1, -(-k // 10))))
 

@@ -335,6 +335,8 @@ class Store:
         if recall is not None and not 0 < recall <= 1:
             raise StoreError(f"target recall {recall} must be above 0 and at most 1")
         settings = dict(self.index_settings(), **{k: v for k, v in wishes.items() if v is not None})
+        count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        self.index_plan(count, settings=settings)  # an impossible budget or type is refused before it is kept
         set_meta(self.db, INDEX_SETTINGS, settings)
         return settings
 
@@ -404,11 +406,10 @@ class Store:
             vectors[row] = blob_to_vector(blob)
         return ids[:row + 1], vectors[:row + 1]
 
-    def index_plan(self, n: int) -> ann.IndexPlan:
-        settings = self.index_settings()
+    def index_plan(self, n: int, *, settings: dict | None = None) -> ann.IndexPlan:
+        settings = self.index_settings() if settings is None else settings
         if settings.get("factory"):
-            factory = settings["factory"]
-            return ann.IndexPlan(factory, "ivf" if "IVF" in factory else "flat", 0, "chosen with --index-type")
+            return ann.user_plan(settings["factory"], n, self.dim or 1)
         return ann.plan_index(n, self.dim or 1, memory_bytes=settings.get("memory_bytes"),
                               target_recall=settings.get("target_recall", ann.DEFAULT_RECALL))
 
@@ -452,12 +453,15 @@ class Store:
 
     def finish_index(self) -> None:
         """After a run: rebuild (choose, train, tune) when rebuild_reason says so, then save."""
-        reason = self.rebuild_reason()
-        if reason:
-            log.info("rebuilding the index: %s", reason)
-            built = self._build_index()
-            self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                                  exact_source=self._all_vectors)
+        try:
+            reason = self.rebuild_reason()
+            if reason:
+                log.info("rebuilding the index: %s", reason)
+                built = self._build_index()
+                self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                                      exact_source=self._all_vectors)
+        except StoreError as error:  # e.g. the collection outgrew --index-memory: keep what searches now
+            log.warning("keeping the current index: %s", error)
         self.save_index()
 
     def reindex(self, **wishes) -> dict:

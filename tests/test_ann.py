@@ -1,0 +1,228 @@
+"""Search at scale: the index chosen by size and budget, tuned to a recall target, kept up to date without
+retraining, and the torch exact path agreeing with FAISS and with brute force."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from store import Store, StoreError, ann
+from store.torch_exact import TorchExactIndex
+
+DIM = 32
+PROVENANCE = {"model": "synthetic", "dim": DIM, "normalization": "sat493m", "resolution": 224, "pooling": "cls"}
+
+
+def clustered(n: int, *, dim: int = DIM, clusters: int = 50, spread: float = 0.35, seed: int = 0) -> np.ndarray:
+    """Unit vectors around random centres: neighbours mostly share a centre, as similar places do."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    points = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)  # (N, D)
+
+
+def fill(store: Store, vectors: np.ndarray, *, first: int = 0) -> list[int]:
+    """Add vectors as if an index run had embedded files image-<n>.jpg."""
+    records = [{"path": f"image-{first + row}.jpg", "size": 1, "mtime": 0.0, "sha256": str(first + row),
+                "width": 8, "height": 8} for row in range(len(vectors))]
+    grids = np.zeros((len(vectors), 1, 1, 4), dtype=np.float32)  # (B, h, w, C)
+    ids = []
+    for start in range(0, len(vectors), 1000):
+        ids += store.add_embeddings(records[start:start + 1000], vectors[start:start + 1000], grids[:1000])
+    return ids
+
+
+@pytest.fixture
+def big_store(tmp_path, monkeypatch):
+    """A 6,000-vector store: past the exact-search threshold once that is lowered for a fast test."""
+    monkeypatch.setattr(ann, "EXACT_MAX_WORK", 2000 * DIM)
+    store = Store.create(tmp_path / "store", provenance=PROVENANCE)
+    fill(store, clustered(6000))
+    store.finish_index()
+    return store
+
+
+# -- choice by size and budget -------------------------------------------------------------------
+def test_small_collections_get_exact_search():
+    plan = ann.plan_index(10_000, 1024)
+    assert (plan.factory, plan.kind) == ("IDMap2,Flat", "flat")
+
+
+def test_a_tight_budget_halves_the_exact_index_before_going_approximate():
+    full = ann.plan_index(10_000, 1024).estimated_bytes
+    plan = ann.plan_index(10_000, 1024, memory_bytes=full // 2 + 1_000_000)
+    assert plan.factory == "IDMap2,SQfp16"
+    assert plan.estimated_bytes <= full // 2 + 1_000_000
+
+
+@pytest.mark.parametrize("n, dim, budget", [(1_000_000, 1024, "4GiB"), (250_000, 4096, "2GiB"),
+                                            (1_000_000, 1024, "700MB"), (10_000_000, 4096, "3GB")])
+def test_large_collections_get_an_inverted_file_within_budget(n, dim, budget):
+    limit = ann.parse_bytes(budget)
+    plan = ann.plan_index(n, dim, memory_bytes=limit)
+    assert plan.kind == "ivf" and plan.factory.startswith("IVF")
+    assert plan.estimated_bytes <= limit
+    assert ann.estimate_bytes(plan.factory, n, dim) == plan.estimated_bytes
+    exact = ann.flat_bytes(n, dim)
+    assert plan.estimated_bytes < exact  # compressed, not a flat index under another name
+
+
+def test_codes_shrink_as_the_budget_does():
+    factories = [ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes(b)).factory.split(",")[1]
+                 for b in ("4GB", "1.3GB", "700MB", "400MB")]
+    assert factories == ["SQ8", "SQ8", "SQ4", "PQ512x4fs"]
+    assert ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("4GB"),
+                          target_recall=0.99).factory.endswith("SQfp16")
+
+
+def test_an_impossible_budget_says_what_would_work():
+    with pytest.raises(StoreError, match="raise --index-memory"):
+        ann.plan_index(1_000_000, 1024, memory_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("text, expected", [("4GB", 4e9), ("512MiB", 512 * 2**20), ("2g", 2e9), ("1000", 1000)])
+def test_memory_sizes_parse(text, expected):
+    assert ann.parse_bytes(text) == int(expected)
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "4XB"])
+def test_bad_memory_sizes_are_refused(text):
+    with pytest.raises(StoreError):
+        ann.parse_bytes(text)
+
+
+# -- tuning ----------------------------------------------------------------------------------------
+def test_tuning_reaches_the_target_with_the_fewest_lists():
+    vectors = clustered(8000, seed=1)
+    ids = np.arange(100, 8100, dtype=np.int64)
+    plan = ann.IndexPlan("IVF64,SQ8", "ivf", 0, "test")
+    built = ann.build_index(vectors, ids, plan, target_recall=0.9)
+    nprobe = built.params["nprobe"]
+    assert built.recall >= 0.9
+    assert 1 < nprobe < 64
+    # recall checked independently, with queries the tuner never saw (perturbed collection vectors)
+    rng = np.random.default_rng(7)
+    queries = vectors[rng.choice(len(vectors), 200, replace=False)] + 0.05 * rng.standard_normal((200, DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
+    _, found = built.index.search(queries, 10)
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.85
+    # and one step fewer lists misses the target on the tuning queries
+    assert any(p < nprobe and r < 0.9 for p, r in built.tuning)
+
+
+def test_given_params_skip_tuning_but_recall_is_still_measured():
+    vectors = clustered(5000, seed=2, clusters=500, spread=1.0)  # overlapping: one list is not enough
+    plan = ann.IndexPlan("IVF32,SQ8", "ivf", 0, "test")
+    built = ann.build_index(vectors, np.arange(5000), plan, params={"nprobe": 1})
+    assert built.params == {"nprobe": 1} and built.tuning == []
+    assert 0 < built.recall < 0.95
+
+
+# -- the store: build, add and delete without retraining, retrain past the threshold -----------
+def test_store_past_the_exact_threshold_builds_a_tuned_inverted_file(big_store):
+    state = big_store.index_state()
+    assert state["kind"] == "ivf" and state["trained_on"] == 6000
+    assert state["recall_at_10"] >= ann.DEFAULT_RECALL
+    described = big_store.info()["index"]
+    assert described["recall_at_10"] == state["recall_at_10"] and described["params"]["nprobe"] >= 1
+
+
+def test_adding_and_deleting_do_not_retrain(big_store, tmp_path):
+    ivf_before = ann.nlist_of(big_store.index.cpu)
+    centroids_before = big_store.index.cpu.quantizer.reconstruct_n(0, ivf_before)
+    new_ids = fill(big_store, clustered(1000, seed=3), first=6000)
+    gone = new_ids[:10]
+    big_store.remove_images(gone)
+    assert big_store.rebuild_reason() is None  # 6,990 < 2 x 6,000 and within 25 % of the tuned size
+    big_store.finish_index()
+    big_store.close()
+
+    store = Store.open(tmp_path / "store")
+    assert store.index_state()["trained_on"] == 6000
+    assert np.array_equal(store.index.cpu.quantizer.reconstruct_n(0, ivf_before), centroids_before)
+    assert store.index.ntotal == 6990
+    vector = store.vector(new_ids[20])
+    assert store.search(vector, k=1)[0]["id"] == new_ids[20]
+    assert not set(gone) & {hit["id"] for hit in store.search(vector, k=1000)}
+
+
+def test_growth_past_the_threshold_retrains(big_store):
+    fill(big_store, clustered(6500, seed=4), first=6000)
+    assert "grew" in big_store.rebuild_reason()
+    big_store.finish_index()
+    state = big_store.index_state()
+    assert state["trained_on"] == 12500 and state["recall_at_10"] >= ann.DEFAULT_RECALL
+
+
+def test_long_result_pages_fill_up_on_an_inverted_file(big_store):
+    hits = big_store.search(big_store.vector(1), k=1000)
+    assert len(hits) == 1000
+    assert [h["rank"] for h in hits] == list(range(1, 1001))
+
+
+# -- torch, FAISS and brute force agree ---------------------------------------------------------------
+@pytest.mark.parametrize("dtype, least_overlap", [("float32", 1.0), ("float16", 0.98)])
+def test_torch_exact_search_agrees_with_faiss_and_brute_force(dtype, least_overlap):
+    import faiss
+
+    vectors = clustered(3000, seed=5)
+    queries = clustered(50, seed=6)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 3
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    flat.add_with_ids(vectors, ids)
+    _, faiss_ids = flat.search(queries, 10)
+    brute = ids[np.argsort(-(queries.astype(np.float64) @ vectors.T.astype(np.float64)), axis=1)[:, :10]]
+    scores, torch_ids = TorchExactIndex(ids, vectors, device="cpu", dtype=dtype).search(queries, 10)
+
+    assert np.array_equal(faiss_ids, brute)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(torch_ids, brute)])
+    assert overlap >= least_overlap
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+def test_torch_exact_search_pads_like_faiss_when_k_exceeds_the_collection():
+    vectors = clustered(5)
+    scores, ids = TorchExactIndex(np.arange(5), vectors, device="cpu", dtype="float32").search(vectors[:2], 8)
+    assert (ids[:, 5:] == -1).all() and sorted(ids[0, :5]) == [0, 1, 2, 3, 4]
+
+
+# -- the command line -----------------------------------------------------------------------------
+def test_reindex_changes_the_index_and_info_reports_the_recall(big_store, tmp_path):
+    store_dir = tmp_path / "store"
+    big_store.close()
+    runner = CliRunner()
+
+    tight = runner.invoke(cli, ["reindex", "--store", str(store_dir), "--index-memory", "200KB",
+                                "--target-recall", "0.9", "--json"])
+    assert tight.exit_code == 0, tight.output
+    described = json.loads(tight.output)
+    assert described["factory"].endswith(("SQ4", "x4fs")) and described["file_bytes"] <= 200_000
+    assert described["settings"]["memory_bytes"] == 200_000
+
+    fixed = runner.invoke(cli, ["reindex", "--store", str(store_dir), "--index-type", "IVF16,SQfp16",
+                                "--nprobe", "16"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "IVF16,SQfp16" in fixed.output and "recall@10 1.000" in fixed.output
+
+    info = runner.invoke(cli, ["info", "--store", str(store_dir)])
+    assert "recall@10 1.000" in info.output and '"nprobe": 16' in info.output
+
+    hits = runner.invoke(cli, ["search", "--id", "1", "--store", str(store_dir), "-k", "1000", "--nprobe", "2",
+                               "--json"])
+    assert hits.exit_code == 0, hits.output
+    assert json.loads(hits.output)["results"][0]["id"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index-memory", "lots"], "not a size"),
+    (["--index-type", "HNSW32"], "cannot remove ids"),
+    (["--index-type", "IVF16,Bogus"], "cannot build index type"),
+    (["--index-memory", "1KB"], "raise --index-memory"),
+])
+def test_reindex_refuses_bad_settings_in_one_line(big_store, tmp_path, args, message):
+    big_store.close()
+    result = CliRunner().invoke(cli, ["reindex", "--store", str(tmp_path / "store"), *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
