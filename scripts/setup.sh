@@ -13,3 +13,6 @@ python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' 
 python -m pip install --quiet "${LOOKALIKE_TORCH:-torch==2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
 python -m pip install --quiet -e ".[$1]" 2>&1 | grep -v '^WARNING: Location' || true
 python -c "import torch, transformers, faiss, sqlite_utils" || { echo "set-up failed: see the pip output above" >&2; exit 1; }
+if [ "$1" = test ]; then  # the Ray tests run in CI: a missing ray extra must fail here, not skip them
+    python -c "import ray.data, pyarrow" || { echo "set-up failed: the ray extra did not install" >&2; exit 1; }
+fi
