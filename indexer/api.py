@@ -8,7 +8,7 @@ from store.store import chip_fields, provenance_conflicts
 from store.swap import open_live
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
-from .errors import IndexerError
+from .errors import IndexerError, UnreadableImage
 from .images import load_image
 from .pipeline import index_collection
 from .refine import Refinement, refined_search
@@ -44,10 +44,26 @@ def load_embedder(store: Store | None = None, *, model: str | None = None, devic
     return embedder
 
 
+def _check_unchanged(item: dict) -> None:
+    """Only the file that was indexed is shown: a path whose file (or symlink target) no longer has the
+    size and time recorded for it (replaced, or a link pointed elsewhere) is refused, not read."""
+    if item.get("size") is None or item.get("mtime") is None:
+        return
+    path = source_file(item)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise UnreadableImage(f"{path} cannot be read ({error.strerror or error})") from None
+    if (stat.st_size, stat.st_mtime) != (item["size"], item["mtime"]):
+        raise UnreadableImage(f"{path} changed on disk since it was indexed: not shown until `lookalike index` "
+                              "runs again")
+
+
 def load_indexed_image(item: dict) -> Image.Image:
     """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene."""
     from .scenes import load_chip_image
 
+    _check_unchanged(item)
     if item.get("scene") and (item.get("geo") or {}).get("plain"):
         col, row, width, height = item["window"]
         return load_image(Path(item["scene"])).crop((col, row, col + width, row + height))

@@ -16,14 +16,36 @@ RASTER_SUFFIXES = {".jp2", ".vrt", ".img", ".ntf"}  # GDAL-only formats: read as
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
+class OutsideLink(type(Path())):
+    """A symlink found in a folder source whose target lies outside every folder source: not followed."""
+
+
+OUTSIDE_LINK_REASON = ("a symlink to a file outside the indexed folders: not followed (give its target, or "
+                       "its folder, as a source to index it)")
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a loop: reading it will fail and say so
+        return True
+    return any(target.is_relative_to(root) for root in roots)
+
+
 def scan_sources(sources) -> list[Path]:
-    """Image files from folders (recursive), single files and text files listing paths, in order."""
+    """Image files from folders (recursive), single files and text files listing paths, in order.
+
+    Folders are walked without entering linked folders; a linked file whose target is outside all the
+    folder sources comes back as an OutsideLink, so that it is reported and not read. Files named
+    directly (or in a list) are read wherever they are: the user asked for them."""
     found: dict[Path, None] = {}
+    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
     for source in map(Path, sources):
         if source.is_dir():
             for path in sorted(source.rglob("*")):
                 if path.suffix.lower() in IMAGE_SUFFIXES | RASTER_SUFFIXES and not path.is_dir():
-                    found[path.absolute()] = None
+                    outside = path.is_symlink() and not _inside(path, roots)
+                    found[OutsideLink(path.absolute()) if outside else path.absolute()] = None
         elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
             for line in source.read_text(encoding="utf-8").splitlines():
                 if line.strip() and not line.lstrip().startswith("#"):

@@ -20,7 +20,8 @@ from PIL import Image
 from . import scenes
 from .embedder import Embedder, fit_pca
 from .errors import IndexerError, UnreadableImage
-from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES, Preprocess, decode_bytes, file_sha256, load_image, scan_sources, upright_size
+from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, OutsideLink, Preprocess, decode_bytes,
+                     file_sha256, load_image, scan_sources, upright_size)
 from .scenes import Scene
 from .writer import StoreWriter, non_finite_error, record_failure
 
@@ -110,6 +111,9 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         except UnicodeEncodeError:  # SQLite stores UTF-8: keep the name's bytes visible, escaped
             unreadable(os.fsencode(path).decode("utf-8", "backslashreplace"),
                        "file name is not valid UTF-8 (rename the file to index it)")
+            continue
+        if isinstance(path, OutsideLink):
+            unreadable(key, OUTSIDE_LINK_REASON)
             continue
         try:
             stat = path.stat()

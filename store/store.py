@@ -505,7 +505,8 @@ class Store:
                 continue
             results.append(
                 {"rank": len(results) + 1, "id": int(image_id), "path": row["path"], "score": float(score),
-                 "width": row["width"], "height": row["height"], **chip_fields(row)}
+                 "width": row["width"], "height": row["height"], "size": row["size"], "mtime": row["mtime"],
+                 **chip_fields(row)}
             )
             if len(results) == k:
                 break

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, ids_by_path
 from indexer.cli import cli
 
 CODE_DIRS = ("indexer", "store", "ui", "bench", "scripts")
@@ -19,6 +19,8 @@ def test_no_pickle_or_remote_code_anywhere_in_the_code():
     offenders = []
     for folder in CODE_DIRS:
         for path in (REPO_ROOT / folder).rglob("*.py"):
+            if any(part.startswith(".venv") for part in path.parts):  # a benchmark's own environment
+                continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if FORBIDDEN.search(line):
                     offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
@@ -111,3 +113,51 @@ def test_strict_turns_failures_into_a_non_zero_exit(model_dir, chips_dir, tmp_pa
     assert relaxed.exit_code == 0 and "failed: 1 ×" in relaxed.output
     strict = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "b"), "--strict"])
     assert strict.exit_code == 1 and "--strict: 1 file(s) failed" in strict.output
+
+
+def test_symlinks_out_of_the_indexed_folders_are_reported_not_followed(index, chips_dir, store_dir, tmp_path,
+                                                                       open_store):
+    from indexer.images import OUTSIDE_LINK_REASON
+
+    chip = sorted(chips_dir.glob("*.jpg"))[0]
+    outside_dir = tmp_path / "private"
+    outside_dir.mkdir()
+    secret = outside_dir / "secret.jpg"
+    secret.write_bytes(chip.read_bytes())
+    (chips_dir / "innocent.jpg").symlink_to(secret)
+    (chips_dir / "sibling.jpg").symlink_to(chip)  # inside: followed
+    (chips_dir / "linked-folder").symlink_to(outside_dir, target_is_directory=True)  # not walked
+
+    summary = index([chips_dir], store_dir)
+    store = open_store(store_dir)
+    paths = set(ids_by_path(store))
+    assert str(chips_dir / "sibling.jpg") in paths
+    assert not any("innocent" in p or "private" in p or "linked-folder" in p for p in paths)
+    failure = store.db.execute("SELECT reason FROM failures WHERE path = ?",
+                               [str(chips_dir / "innocent.jpg")]).fetchone()
+    assert failure == (OUTSIDE_LINK_REASON,)
+    assert summary["failure_reasons"] == {OUTSIDE_LINK_REASON.split(" (")[0]: 1}  # counted by reason
+    # named directly, the same file is indexed: the user asked for it
+    index([chips_dir, secret], store_dir)
+    assert str(secret) in ids_by_path(open_store(store_dir))
+
+
+def test_a_link_repointed_after_indexing_is_not_served(index, chips_dir, store_dir, tmp_path, open_store):
+    from indexer.api import load_indexed_image
+    from indexer.errors import UnreadableImage
+
+    target = chips_dir / "real.jpg"
+    target.write_bytes(sorted(chips_dir.glob("*.jpg"))[0].read_bytes())
+    link = chips_dir / "link.jpg"
+    link.symlink_to(target)
+    index([chips_dir], store_dir)
+    store = open_store(store_dir)
+    hit = store.search(store.vector(ids_by_path(store)[str(link)]), k=1)[0]
+    assert load_indexed_image(hit).size  # served while it is what was indexed
+
+    elsewhere = tmp_path / "passwd.jpg"
+    elsewhere.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    link.unlink()
+    link.symlink_to(elsewhere)  # swapped after indexing, to a file outside the indexed folder
+    with pytest.raises(UnreadableImage, match="changed on disk since it was indexed"):
+        load_indexed_image(hit)

@@ -102,7 +102,7 @@ def load_indexed(store: Store, image_id: int) -> Query:
         row = store.image(image_id)
         vector = store.vector(image_id)
         grid = store.patch_features(image_id)
-    item = {"path": row["path"], **chip_fields(row)}
+    item = {"path": row["path"], "size": row["size"], "mtime": row["mtime"], **chip_fields(row)}
     try:
         image = thumbnail(item)
     except UnreadableImage as error:
