@@ -444,6 +444,8 @@ class Store:
             return f"the collection ({n:,} vectors) now calls for {plan.factory}, not {state['factory']}"
         if state["kind"] == "ivf" and n >= ann.RETRAIN_GROWTH * max(1, state["trained_on"]):
             return f"the collection grew from {state['trained_on']:,} to {n:,} vectors since training"
+        if state["kind"] == "ivf" and n * ann.RETRAIN_GROWTH <= state["trained_on"]:
+            return f"the collection shrank from {state['trained_on']:,} to {n:,} vectors since training"
         budget = self.index_settings().get("memory_bytes")
         if budget and plan.factory != state["factory"] and ann.estimate_bytes(state["factory"], n, self.dim) > budget:
             return f"{state['factory']} over {n:,} vectors would exceed the memory budget"

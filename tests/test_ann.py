@@ -226,3 +226,15 @@ def test_reindex_refuses_bad_settings_in_one_line(big_store, tmp_path, args, mes
     result = CliRunner().invoke(cli, ["reindex", "--store", str(tmp_path / "store"), *args])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_shrinking_by_half_retrains_and_below_the_threshold_goes_exact(big_store, monkeypatch):
+    monkeypatch.setattr(ann, "MIN_TRAIN_VECTORS", 1000)
+    big_store.remove_images(range(1, 3501))
+    assert "shrank" in big_store.rebuild_reason()
+    big_store.finish_index()
+    assert big_store.index_state()["trained_on"] == 2500
+    big_store.remove_images(range(3501, 4501))
+    assert "calls for IDMap2,Flat" in big_store.rebuild_reason()
+    big_store.finish_index()
+    assert big_store.index_state()["kind"] == "flat" and big_store.index.ntotal == 1500
