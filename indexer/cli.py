@@ -64,6 +64,18 @@ target_recall_option = click.option(
     help="recall@10 (against exact search) an approximate index is tuned to reach [default: 0.95; remembered].")
 
 
+def _batch_size(value):
+    if value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 4096:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a whole number from 1 to 4096", param_hint="--batch-size")
+    return size
+
+
 def _bytes(text):
     from store import StoreError
     from store.ann import parse_bytes
@@ -96,7 +108,9 @@ def cli(verbose):
 @click.option("--normalization", default="auto", show_default=True,
               help="auto (SAT-493M values for sat493m models, else ImageNet), sat493m, imagenet, or 'm,m,m/s,s,s'.")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
+              help="Images per forward pass, or auto: the largest that fits the GPU's memory (probed; 32 on a CPU). "
+                   "Halved for the rest of the run after an out-of-memory error.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--rebuild", is_flag=True, help="Forget the store's contents and embed everything again.")
 @click.option("--chip-size", type=click.IntRange(16, 100000), default=None,
@@ -155,6 +169,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         model, dtype=dtype, device=device, resolution=resolution,
         normalization=normalization, pooling=pooling, compile=compile_model,
     )
+    batch_size = batch_size or embedder.probe_batch_size()
     if ray_address:
         from indexer.distributed import ModelSpec, index_collection_ray
 
@@ -229,6 +244,7 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
                                               normalization=normalization, pooling=pooling)
     options = {"batch_size": batch_size, "progress": progress and not as_json}
+    batch_size = batch_size or embedder.probe_batch_size()
     if ray_address:
         from indexer.distributed import ModelSpec, index_collection_ray
 

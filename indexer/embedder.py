@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16"
 POOLINGS = ("cls", "mean", "cls+mean")
+CPU_BATCH = 32  # on CPUs batching gains little past this (bench/results/cpu)
+PROBE_LARGEST = 128  # the H100 7B optimum at 224 (bench/results/gpu); larger batches add memory, not speed
+PROBE_MEMORY_SHARE = 0.8  # headroom for the decode pipeline's pinned buffers and fragmentation
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -107,7 +110,9 @@ class DinoV3Embedder:
         self.backbone = backbone
         # torch.compile fuses the elementwise work between the matrix products: measured +28 % images/s
         # for the 7B on an H100 (bench/results/gpu), after a ~50 s compile per input shape.
-        self._forward = torch.compile(backbone, dynamic=False) if compile else backbone
+        # On a CPU, freezing also folds the weights into the graph (oneDNN prepacks them).
+        options = {"freezing": True} if next(backbone.parameters()).device.type == "cpu" else None
+        self._forward = torch.compile(backbone, dynamic=False, options=options) if compile else backbone
         self._static_batch = None  # a compiled forward keeps one batch size: smaller batches are padded
         self.compiled = compile
         self.device = next(backbone.parameters()).device
@@ -146,6 +151,32 @@ class DinoV3Embedder:
         return cls(backbone, model=model, resolution=resolution, pooling=pooling, fingerprint=fingerprint,
                    normalization=normalization_for(model, normalization), compile=compile)
 
+    def probe_batch_size(self, *, largest: int = PROBE_LARGEST, memory_share: float = PROBE_MEMORY_SHARE) -> int:
+        """The batch size for `--batch-size auto`: on a GPU the largest power of two (up to `largest`) whose
+        forward on blank input peaks under `memory_share` of the device's memory; CPU_BATCH elsewhere.
+        An out-of-memory error later in the run still halves the batch."""
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        side = self.preprocess.resolution
+        total = torch.cuda.get_device_properties(self.device).total_memory
+
+        def fits(size: int) -> bool:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                with torch.inference_mode():  # the eager backbone: a compiled one would compile per size
+                    self.backbone(pixel_values=torch.zeros(size, 3, side, side, device=self.device, dtype=self.dtype))
+                torch.cuda.synchronize(self.device)
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                torch.cuda.empty_cache()
+            return torch.cuda.max_memory_allocated(self.device) <= memory_share * total
+
+        size = largest_fitting(fits, largest=largest)
+        log.info("--batch-size auto: %d (probed on %s at %d px)", size, self.device, side)
+        return size
+
     def _run(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.compiled:
             return self._forward(pixel_values=pixels).last_hidden_state
@@ -177,6 +208,14 @@ class DinoV3Embedder:
                 "refused and nothing was written. Run again with --dtype bfloat16 (or --dtype float32)"
             )
         return Embedding(global_vectors=pool(cls_token, patches, self.pooling), patch_tokens=grid)
+
+
+def largest_fitting(fits, *, largest: int) -> int:
+    """The largest power of two up to `largest` for which fits(size) holds, trying 1, 2, 4, ... (at least 1)."""
+    best, size = 1, 1
+    while size <= largest and fits(size):
+        best, size = size, size * 2
+    return best
 
 
 def _padded_forward(forward, pixels: torch.Tensor, size: int) -> torch.Tensor:

@@ -218,3 +218,32 @@ def test_console_script_reports_a_missing_store(tmp_path):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
     assert done.stderr.startswith("Error: no lookalike store")
     assert done.stdout == ""
+
+
+def test_batch_size_auto_is_the_default_and_means_32_on_a_cpu(built):
+    from store import Store
+
+    store = Store.open(built[2])
+    settings = json.loads(store.db.execute("SELECT settings FROM runs ORDER BY id LIMIT 1").fetchone()[0])
+    assert settings["batch_size"] == 32
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "5000"])
+def test_a_bad_batch_size_is_refused_before_anything_loads(built, tmp_path, value):
+    result = invoke("index", built[0], "--store", tmp_path / "s", "--batch-size", value)
+    assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+
+
+def test_the_batch_probe_takes_the_largest_power_of_two_that_fits():
+    from indexer.embedder import largest_fitting
+
+    tried = []
+
+    def fits(size):
+        tried.append(size)
+        return size <= 40  # e.g. 48 images would run out of memory
+
+    assert largest_fitting(fits, largest=128) == 32
+    assert tried == [1, 2, 4, 8, 16, 32, 64]
+    assert largest_fitting(lambda size: True, largest=128) == 128
+    assert largest_fitting(lambda size: False, largest=128) == 1  # one image is always tried by the run itself
