@@ -13,3 +13,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out_dir/nvidia-smi.csv" || true
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python3 bench/throughput.py --device cuda --shape vit7b16 --images samples/naip --out "$out_dir" "$@" 2>&1 | tee "$out_dir/throughput.log"
+# issue 7: 1M x 4096 float16 exact search in torch (faiss-gpu cannot be installed here), about a minute, CUDA only
+if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    python3 bench/search_scale.py --torch-exact --out "$out_dir/search_scale_torch.json" 2>&1 | tee "$out_dir/search_scale_torch.log" || true
+fi
