@@ -211,7 +211,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 @click.option("--normalization", default=None, help="[default: the store's own]")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default=None,
               help="[default: the store's own]")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
+              help="Images per forward pass, or auto (see `index --help`).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--keep-previous/--discard-previous", default=True, show_default=True,
               help="Keep the replaced store as DIR.previous (until the next rebuild).")
@@ -243,8 +244,8 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     pooling = pooling or recorded["pooling"]
     embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
                                               normalization=normalization, pooling=pooling)
-    options = {"batch_size": batch_size, "progress": progress and not as_json}
     batch_size = batch_size or embedder.probe_batch_size()
+    options = {"batch_size": batch_size, "progress": progress and not as_json}
     if ray_address:
         from indexer.distributed import ModelSpec, index_collection_ray
 
