@@ -309,7 +309,8 @@ def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptio
 
 
 def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
-                     rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions(), index_settings: dict | None = None) -> dict:
+                     rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions(),
+                     index_settings: dict | None = None) -> dict:
     """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary.
 
     Georeferenced TIFF scenes are cut into chips as `chips` says; every other image is embedded whole.

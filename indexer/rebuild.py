@@ -58,6 +58,12 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
         shutil.rmtree(staging_dir)
     elif recorded is not None:
         log.info("resuming the rebuild at %s", staging_dir)
+    live = Store.open(store_dir)
+    try:  # --index-memory, --target-recall, --index-type carry over (a user's explicit ones win)
+        index_options["index_settings"] = dict(live.index_settings(), **{
+            key: value for key, value in (index_options.get("index_settings") or {}).items() if value is not None})
+    finally:
+        live.close()
     summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, **index_options)
     previous = swap_in(store_dir, staging_dir, keep_previous=keep_previous)
     log.info("rebuilt store swapped in at %s (previous: %s)", store_dir, previous)

@@ -159,3 +159,19 @@ def test_rebuild_of_a_store_without_runs_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(cli, ["rebuild", "--store", str(tmp_path / "nothing")])
     assert result.exit_code == 1
     assert "no lookalike store" in result.output and "Traceback" not in result.output
+
+
+def test_a_rebuild_keeps_the_index_settings_of_the_live_store(embedder, tmp_path):
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 12)
+    store_dir = tmp_path / "live"
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False,
+                     index_settings={"target_recall": 0.9, "memory_bytes": 50_000_000})
+    rebuild_store(store_dir, embedder=embedder, workers=0, progress=False,
+                  index_settings={"target_recall": 0.99, "memory_bytes": None})
+    store = Store.open(store_dir)
+    assert store.index_settings() == {"target_recall": 0.99, "memory_bytes": 50_000_000}
+    assert store.count_images() == 12
