@@ -27,7 +27,7 @@ from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
 from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
-                       finish_summary, new_counts, plan_run)
+                       new_counts, plan_run, tracked_run)
 from .shards import ShardIndex, ingest_jobs, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
                 "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
     counts = dict(new_counts(), reused=0)
-    status, run_dir = "failed", None
-    try:
+    run_dir = None
+    with tracked_run(store, run_id, counts, started=started) as outcome:
         plan = plan_run(paths, store, chips=chips)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         if plan.jobs:
@@ -103,19 +103,13 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
                                     batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
                                     counts=counts, progress=progress, chips=chips)
             ingest_jobs(store, plan.jobs, ShardIndex(run_dir), run_id=run_id, counts=counts, batch_size=batch_size)
-        status = "done"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        summary = finish_summary(store, run_id, counts, started=started, status=status)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
         try:
             shard_root.rmdir()
         except OSError:
             pass  # shards of other runs are still there
-    return dict(summary, run_id=run_id, store=str(store_dir))
+    return dict(outcome["summary"], run_id=run_id, store=str(store_dir))
 
 
 def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_size, rows_per_shard, actors,

@@ -1,4 +1,5 @@
 """The indexing run: scan, decide what changed, decode in parallel workers, embed, write the store."""
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -324,19 +325,27 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
     counts = new_counts()
-    status = "failed"
-    try:
+    with tracked_run(store, run_id, counts, started=started) as outcome:
         plan = plan_run(paths, store, chips=chips)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
                     workers=workers, progress=progress, chips=chips)
-        status = "done"
+    return dict(outcome["summary"], run_id=run_id, store=str(store_dir))
+
+
+@contextlib.contextmanager
+def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
+    """Whatever happens inside (done, Ctrl-C, an error), the index is saved and the run's row closed;
+    the summary lands in the yielded dict."""
+    outcome = {"status": "failed"}
+    try:
+        yield outcome
+        outcome["status"] = "done"
     except KeyboardInterrupt:
-        status = "interrupted"
+        outcome["status"] = "interrupted"
         raise
     finally:
-        summary = finish_summary(store, run_id, counts, started=started, status=status)
-    return dict(summary, run_id=run_id, store=str(store_dir))
+        outcome["summary"] = finish_summary(store, run_id, counts, started=started, status=outcome["status"])
 
 
 def new_counts() -> dict:
