@@ -453,7 +453,13 @@ def render_markdown(report: dict) -> str:
              "Single-query latency: one thread, one query at a time after a warm-up. Batch: all evaluation "
              "queries in one call on two threads. Bytes: the serialised index. Recall@10 against exact search "
              "on held-out queries; approximate indexes tuned on a separate query set to the smallest setting "
-             "reaching the target. Other processes shared the 2 cores: see the load averages.", ""]
+             "reaching the target. Other processes shared the 2 cores: see the load averages.", "",
+             f"Runs in this file: {', '.join(report['runs'])}. Data: the seeded generator of "
+             "`bench/_search_data.py` (described in its docstring), queries held out from the same generator. "
+             "`auto` is `store.ann.plan_index` + `build_index`; its build time includes its own tuning. "
+             "`autofaiss` is autofaiss 2.18 with its defaults (its own venv, faiss 1.13.2); `autofaiss@target` is "
+             "the same index with efSearch / nprobe re-tuned here to the recall target, the like-for-like point. "
+             "Hand-picked builds projected past --build-cap-min are stopped and listed as such.", ""]
     for key, run in report["runs"].items():
         lines += [f"## {run['regime']} / {run['size']}: {run['n']:,} x {run['dim']}, budget "
                   f"{run['budget_bytes'] / GIB:.3g} GiB", "",
