@@ -499,6 +499,18 @@ class LocalTorchExact:
         return top.values, top.indices
 
 
+def _product_torch_index():
+    """The store's torch exact searcher when this checkout has one (store.ann or store.torch_exact), else None."""
+    for module in ("store.ann", "store.torch_exact"):
+        try:
+            found = getattr(__import__(module, fromlist=["TorchExactIndex"]), "TorchExactIndex", None)
+        except Exception:  # noqa: BLE001 - a missing or half-written module: fall back to the local one
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
 def torch_exact(out_path: Path, *, n: int = 1_000_000, dim: int = 4096, single: int = 500, batch: int = 1024,
                 batches: int = 8) -> None:
     """1M x 4096 float16 exact search on a CUDA device: single-query latency and batch queries/s."""
@@ -517,15 +529,19 @@ def torch_exact(out_path: Path, *, n: int = 1_000_000, dim: int = 4096, single: 
     queries = torch.nn.functional.normalize(torch.randn((batch * batches, dim), generator=gen, device=device),
                                             dim=1).half()
     searcher, source = LocalTorchExact(vectors), "local (bench/search_scale.py)"
-    try:
-        from store import ann
-
-        if hasattr(ann, "TorchExactIndex"):
-            candidate = ann.TorchExactIndex(vectors, np.arange(n, dtype=np.int64), device=device)
-            candidate.search(queries[:1], K)
-            searcher, source = candidate, "store.ann.TorchExactIndex"
-    except Exception as error:  # an API still being written: measure the local one and say why
-        source += f"; store.ann.TorchExactIndex not usable here: {error}"
+    product = _product_torch_index()
+    if product is not None:
+        try:  # the product's searcher takes host float32 vectors and numpy queries, as the store gives them
+            host = np.empty((n, dim), dtype=np.float32)
+            for start in range(0, n, CHUNK):
+                host[start:start + CHUNK] = vectors[start:start + CHUNK].float().cpu().numpy()
+            searcher, source = product(np.arange(n, dtype=np.int64), host, device=str(device)), \
+                f"{product.__module__}.{product.__name__}"
+            del host
+        except Exception as error:  # an API still being written: measure the local one and say why
+            source += f"; {product.__module__}.{product.__name__} not usable here: {error}"
+    if not isinstance(searcher, LocalTorchExact):
+        queries = queries.float().cpu().numpy()
 
     def timed(q):
         torch.cuda.synchronize()
@@ -539,7 +555,8 @@ def torch_exact(out_path: Path, *, n: int = 1_000_000, dim: int = 4096, single: 
     times = np.array([timed(queries[row:row + 1]) for row in range(single)])
     timed(queries[:batch])
     batch_s = sum(timed(queries[i * batch:(i + 1) * batch]) for i in range(batches))
-    exact32 = torch.topk(queries[:64].float() @ vectors.float().T, K, dim=1).indices.cpu().numpy()
+    exact32 = torch.topk(torch.as_tensor(queries[:64]).to(device).float() @ vectors.float().T, K,
+                         dim=1).indices.cpu().numpy()
     found = searcher.search(queries[:64], K)[1]
     found = found.cpu().numpy() if hasattr(found, "cpu") else np.asarray(found)
     report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
