@@ -467,7 +467,10 @@ def render_markdown(report: dict) -> str:
                   f"- Own-cluster share of a query's exact top-10: {run['own_cluster_share']:.3f}. Data "
                   f"generated in {run['generate_s']} s, exact top-10 in {run['truth_s']} s.",
                   f"- `{run['command']}`, {run['date']}, load average {run['load_start']} at start, "
-                  f"{run['load_end']} at end, {run['wall_s'] / 60:.1f} min.", "",
+                  f"{run['load_end']} at end, {run['wall_s'] / 60:.1f} min."]
+        lines += [f"- Rows of other systems from an earlier run: `{e['command']}`, {e['date']}, load average "
+                  f"{e['load_start']} at start, {e['load_end']} at end." for e in run.get("earlier_runs", [])]
+        lines += ["",
                   "| system | index | search params | build s | GiB | in budget | recall@10 | p50 ms | p99 ms "
                   "| q/s (2 thr) | note |", "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
         for row in run["rows"]:
@@ -638,6 +641,19 @@ def run_one(regime: str, size: str, args) -> dict:
     return run
 
 
+def merge_runs(previous: dict | None, run: dict, args) -> dict:
+    """Keep an earlier run's rows for the systems this run did not measure (same seed, so the same vectors)."""
+    kept = [] if previous is None else [r for r in previous["rows"] if r["system"].split("@")[0] not in args.systems]
+    if not kept:
+        return run
+    order = {name: i for i, name in enumerate(SYSTEMS)}
+    run["rows"] = sorted(kept + run["rows"], key=lambda r: order[r["system"].split("@")[0]])
+    earlier = {key: previous[key] for key in ("command", "date", "load_start", "load_end")}
+    run["earlier_runs"] = previous.get("earlier_runs", []) + [earlier]
+    run["targets"] = targets(run, args.target_recall)
+    return run
+
+
 def save(report: dict, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2, default=str))
@@ -682,7 +698,9 @@ def main() -> None:
     report.update(machine=machine(), software=software())
     for size in sizes:
         for regime in args.regimes.split(","):
-            report["runs"][f"{regime}/{size}"] = run_one(regime, size, args)
+            key = f"{regime}/{size}"
+            report["runs"][key] = merge_runs(None if args.fresh else report["runs"].get(key),
+                                             run_one(regime, size, args), args)
             save(report, args.out)  # after each run, so a long session keeps what it measured
     print(args.out.with_suffix(".md").read_text())
 
