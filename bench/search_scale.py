@@ -646,7 +646,10 @@ def run_one(regime: str, size: str, args) -> dict:
 
 def merge_runs(previous: dict | None, run: dict, args) -> dict:
     """Keep an earlier run's rows for the systems this run did not measure (same seed, so the same vectors)."""
-    kept = [] if previous is None else [r for r in previous["rows"] if r["system"].split("@")[0] not in args.systems]
+    remeasured = {(r["system"], r["index"]) for r in run["rows"]}
+    kept = [] if previous is None else [
+        r for r in previous["rows"] if (r["system"], r["index"]) not in remeasured and
+        (r["system"].split("@")[0] not in args.systems or (r["system"] == "hand" and args.configs))]
     if not kept:
         return run
     order = {name: i for i, name in enumerate(SYSTEMS)}
