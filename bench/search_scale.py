@@ -272,7 +272,7 @@ def run_hand(data, args, budget: int) -> list[dict]:
     rows = []
     n, dim = data.base.shape
     for config in hand_configs(n, dim):
-        if args.configs and not any(part in config["factory"] for part in args.configs.split(",")):
+        if args.configs and not any(config["factory"].startswith(part) for part in args.configs.split("|")):
             continue
         row = {"system": "hand", "index": config["factory"], "params": {}}
         if config["bytes"] > budget:
@@ -673,7 +673,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1m-1024,250k-4096", help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--regimes", default="easy,hard")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
-    parser.add_argument("--configs", default="", help="only hand-picked factories containing one of these")
+    parser.add_argument("--configs", default="", help="only the hand-picked factories starting with one of "
+                        "these, separated by | (e.g. 'IVF' or 'HNSW32,SQ8|IVF')")
     parser.add_argument("--queries", type=int, default=1000, help="evaluation queries (latency and recall)")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--tune-queries", type=int, default=500)
