@@ -126,8 +126,8 @@ def cli(verbose):
               help="Metres per pixel wanted (the backbone was trained on 0.6 m): a chip then covers chip-size x "
                    "gsd metres and is resampled to --resolution. Needs a projected CRS in metres.")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile the backbone: for long GPU runs (no gain on a CPU) (7B on an H100: +28 % images/s after a ~50 s "
-                   "compile, worth it beyond ~40,000 images).")
+              help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
+                   "compile, worth it beyond ~40,000 images). No gain on a CPU.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @index_memory_option
