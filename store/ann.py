@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import StoreError
-from .faiss_index import require_faiss
+from .faiss_index import ivf_of, require_faiss
+from .refine import RefinedIVF, split_factory
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,16 @@ OVERHEAD = 1.15
 ID_BYTES = 8
 DEFAULT_RECALL = 0.95
 RETRAIN_GROWTH = 2.0  # retrain once the collection is this many times the size it was trained on
+COMPACT_SHARE = 0.25  # rebuild once removed vectors' leftover re-ranking codes reach this share of the live ones
 RETUNE_GROWTH = 1.25  # re-measure recall and re-tune once it has grown by a quarter
 TUNING_QUERIES = 256
 PLATEAU = 0.002  # recall gained by doubling nprobe below which more probing is pointless
 CHUNK_ROWS = 65536
+# Re-ranking: candidates kept from the first stage per result wanted, tried in this order at build time.
+K_FACTORS = (2, 4, 8, 16, 32, 64)
+LATENCY_QUERIES = 100  # single queries timed per setting when choosing between settings
+FP16_REFINE_MAX_DIM = 256
+CODE_BYTES_PER_DIM = {"Flat": 4, "SQfp16": 2, "SQ8": 1, "SQ4": 0.5}
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class IndexPlan:
     """What to build: a faiss index_factory string, the family, what it should take in memory, and why."""
 
     factory: str
-    kind: str  # "flat" (exact), "ivf"
+    kind: str  # "flat" (exact), "ivf" (inverted lists, with or without a refine step)
     estimated_bytes: int
     reason: str
 
@@ -84,11 +91,29 @@ def ivf_bytes(n: int, dim: int, nlist: int, code_bytes: float) -> int:
     return int(n * (code_bytes + ID_BYTES) * OVERHEAD + nlist * dim * 4)
 
 
+def pq_size(dim: int) -> int:
+    """Sub-quantisers of the first-stage codes: a quarter of the dimensions (4 bits each, d/8 bytes)."""
+    m = max(2, dim // 4)
+    while m > 2 and (dim % m or m % 2):
+        m -= 1
+    return m
+
+
+def refined_bytes(n: int, dim: int, nlist: int, m: int, refine_codes: str) -> int:
+    """Fast-scan codes and a row id in the lists, plus second-stage codes and an id-map entry per vector."""
+    return ivf_bytes(n, dim, nlist, m / 2 + CODE_BYTES_PER_DIM[refine_codes] * dim + ID_BYTES)
+
+
 def estimate_bytes(factory: str, n: int, dim: int) -> int:
     """What an index made by `factory` takes for n vectors (0 when the factory string is not one we plan)."""
+    refined = split_factory(factory)
+    if refined:
+        first = estimate_bytes(refined[0], n, dim)
+        per_dim = CODE_BYTES_PER_DIM.get(refined[1])
+        return int(first + n * (per_dim * dim + ID_BYTES) * OVERHEAD) if first and per_dim else 0
     parts = factory.split(",")
     codes = parts[-1]
-    per_dim = {"Flat": 4, "SQfp16": 2, "SQ8": 1, "SQ4": 0.5}
+    per_dim = CODE_BYTES_PER_DIM
     if codes.startswith("PQ") and codes.endswith("x4fs"):
         code_bytes = int(codes[2:-4]) / 2
     elif codes in per_dim:
@@ -110,17 +135,21 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
         return IndexPlan("IDMap2,SQfp16", "flat", flat_bytes(n, dim, bytes_per_dim=2),
                          "exact over float16 vectors: float32 would not fit the memory budget")
     nlist = _nlist(n)
-    # Scalar quantisers keep nearly all of the recall and support adding and removing ids in place:
-    # float16 when the target is strict and it fits, then 8 bits, then 4 bits, then product quantisation.
-    candidates = []
-    if target_recall > 0.97:
-        candidates.append(("SQfp16", 2 * dim))
-    candidates += [("SQ8", dim), ("SQ4", dim / 2)]
-    for codes, code_bytes in candidates:
-        size = ivf_bytes(n, dim, nlist, code_bytes)
+    # Inverted lists of 4-bit fast-scan codes (d/8 bytes: quick to scan even when many lists must be probed),
+    # re-ranked with scalar codes that keep nearly all of the recall: float16 when the target is strict and
+    # it fits, then 8 bits, then 4 bits; past that, fast-scan codes alone. Measured against IVF with SQ8
+    # alone (bench/results/search_scale.md): as fast on well-separated data, several times faster where
+    # clusters overlap and many lists must be probed.
+    # Narrow vectors get float16 second-stage codes: 8-bit codes over the whole range of each dimension
+    # cap recall@10 near 0.95 on tight clusters at 32 dimensions, and float16 costs little there.
+    m = pq_size(dim)
+    candidates = (["SQfp16"] if target_recall > 0.97 or dim <= FP16_REFINE_MAX_DIM else []) + ["SQ8", "SQ4"]
+    for codes in candidates:
+        size = refined_bytes(n, dim, nlist, m, codes)
         if size <= budget:
-            return IndexPlan(f"IVF{nlist},{codes}", "ivf", size,
-                             f"{n:,} vectors: {nlist} inverted lists with {codes} codes fit the budget")
+            return IndexPlan(f"IVF{nlist},PQ{m}x4fs,Refine({codes})", "ivf", size,
+                             f"{n:,} vectors: {nlist} inverted lists of {m} x 4-bit codes, re-ranked with "
+                             f"{codes} codes, fit the budget")
     for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32):
         if m >= 8 and dim % m == 0:
             size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit fast-scan codes: m sub-vectors, half a byte each
@@ -139,6 +168,10 @@ def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
     if "HNSW" in factory.split(",")[-1] or "NSG" in factory:
         raise StoreError(f"--index-type {factory}: graph indexes cannot remove ids; use an inverted file "
                          "such as IVF4096,SQ8 (an HNSW coarse quantiser, IVF4096_HNSW32,SQ8, is fine)")
+    refined = split_factory(factory)
+    if refined and ("IVF" not in refined[0] or factory.startswith("IDMap")):
+        raise StoreError(f"--index-type {factory}: a refine step goes after an inverted file, such as "
+                         "IVF1024,PQ256x4fs,Refine(SQ8)")
     kind = "ivf" if "IVF" in factory else "flat"
     if kind == "flat" and not factory.startswith("IDMap"):
         factory = "IDMap2," + factory
@@ -148,12 +181,15 @@ def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
 def new_index(dim: int, plan: IndexPlan):
     lib = require_faiss()
     try:
-        index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
+        if split_factory(plan.factory):
+            index = RefinedIVF.new(dim, plan.factory)
+        else:
+            index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
         raise StoreError(f"faiss cannot build index type {plan.factory!r} for {dim}-dim vectors: "
                          f"{str(error).splitlines()[-1][:200]}") from None
     if plan.kind == "ivf":
-        ivf = lib.extract_index_ivf(index)
+        ivf = ivf_of(index)
         ivf.cp.niter = KMEANS_ITERATIONS
         ivf.cp.max_points_per_centroid = TRAIN_PER_LIST * 4
     return index
@@ -172,17 +208,23 @@ def training_sample(vectors, size: int, *, seed: int = 0) -> np.ndarray:
 
 
 def set_search_params(index, params: dict) -> None:
-    """Apply {"nprobe": 8, ...} to an index (or the index inside its id map)."""
+    """Apply {"nprobe": 8, "k_factor": 4, ...} to an index (or the index inside its id map)."""
     lib = require_faiss()
     space = lib.ParameterSpace()
     for name, value in (params or {}).items():
-        space.set_index_parameter(index, name, value)
+        if isinstance(index, RefinedIVF):
+            if name == "k_factor":
+                index.k_factor = value
+            else:
+                space.set_index_parameter(index.base, name, value)
+        else:
+            space.set_index_parameter(index, name, value)
 
 
 def nlist_of(index) -> int | None:
     lib = require_faiss()
     try:
-        return int(lib.extract_index_ivf(index).nlist)
+        return int(ivf_of(index).nlist)
     except RuntimeError:  # not an inverted-file index
         return None
 
@@ -259,6 +301,44 @@ def single_query_ms(index, queries: np.ndarray, *, k: int = 10, repeat: int = 20
 
 
 def tune(index, tuning: TuningSet, *, target_recall: float) -> tuple[dict, float, list]:
+    """Search parameters reaching the target recall@k: nprobe, and for a refine step also k_factor.
+    Returns (params, recall, [(params, recall) tried, in order])."""
+    if isinstance(index, RefinedIVF):
+        return tune_refined(index, tuning, target_recall=target_recall)
+    params, recall, tried = tune_nprobe(index, tuning, target_recall=target_recall)
+    return params, recall, [({"nprobe": p}, r) for p, r in tried]
+
+
+def tune_refined(index, tuning: TuningSet, *, target_recall: float) -> tuple[dict, float, list]:
+    """For each k_factor in turn, the smallest nprobe reaching the target; of the settings that reach it,
+    the one with the lowest single-query latency. More candidates re-ranked let fewer lists be probed, until
+    re-ranking costs more than it saves: the search stops once latency rises again or nprobe stops falling."""
+    trace, best, fallback = [], None, None
+    for k_factor in K_FACTORS:
+        index.k_factor = k_factor
+        params, recall, tried = tune_nprobe(index, tuning, target_recall=target_recall, warn=False)
+        params["k_factor"] = k_factor
+        trace += [({"nprobe": p, "k_factor": k_factor}, r) for p, r in tried]
+        if recall < target_recall:
+            if fallback is None or recall > fallback[1]:
+                fallback = (params, recall)
+            continue
+        set_search_params(index, params)
+        latency = single_query_ms(index, tuning.queries, k=tuning.k, repeat=LATENCY_QUERIES)
+        if best is not None and (latency >= best[2] or params["nprobe"] >= best[0]["nprobe"]):
+            if latency < best[2]:
+                best = (params, recall, latency)
+            break
+        best = (params, recall, latency)
+    if best is None:
+        log.warning("recall@%d reaches only %.3f at best (%s): the codes are too coarse for %.2f; "
+                    "raise --index-memory", tuning.k, fallback[1], fallback[0], target_recall)
+        best = fallback
+    set_search_params(index, best[0])
+    return dict(best[0]), best[1], trace
+
+
+def tune_nprobe(index, tuning: TuningSet, *, target_recall: float, warn: bool = True) -> tuple[dict, float, list]:
     """The smallest nprobe reaching the target recall@k (binary search over powers of two, then between)."""
     nlist = nlist_of(index)
     if nlist is None:
@@ -275,7 +355,7 @@ def tune(index, tuning: TuningSet, *, target_recall: float) -> tuple[dict, float
     while high < nlist and recall_with(high) < target_recall:
         if high >= 4 and recall_with(high) - recall_with(high // 2) < PLATEAU:
             # The codes, not the lists, limit recall here: probing more lists only costs time.
-            log.warning("recall@%d levels off at %.3f (nprobe %d): the codes are too coarse for %.2f; "
+            (log.warning if warn else log.debug)("recall@%d levels off at %.3f (nprobe %d): the codes are too coarse for %.2f; "
                         "raise --index-memory", tuning.k, recall_with(high), high, target_recall)
             set_search_params(index, {"nprobe": high})
             return {"nprobe": high}, recall_with(high), sorted(tried.items())
@@ -290,7 +370,7 @@ def tune(index, tuning: TuningSet, *, target_recall: float) -> tuple[dict, float
             low = middle
     recall = recall_with(high)
     if recall < target_recall:
-        log.warning("recall@%d reaches only %.3f with every list probed", tuning.k, recall)
+        (log.warning if warn else log.debug)("recall@%d reaches only %.3f with every list probed", tuning.k, recall)
     set_search_params(index, {"nprobe": high})
     return {"nprobe": high}, recall, sorted(tried.items())
 

@@ -37,12 +37,20 @@ def new_index(dim: int):
     return lib.IndexIDMap2(lib.IndexFlatIP(dim))
 
 
+def ivf_of(index):
+    """The inverted-file index inside `index` (through id maps and a refine step)."""
+    lib = require_faiss()
+    return lib.extract_index_ivf(getattr(index, "base", index))
+
+
 def index_ids(index) -> np.ndarray:
     """Every id an index holds: from the id map of a flat index, from the lists of an inverted file."""
     lib = require_faiss()
+    if hasattr(index, "live_ids"):
+        return index.live_ids()
     if hasattr(index, "id_map"):
         return lib.vector_to_array(index.id_map).astype(np.int64)
-    ivf = lib.extract_index_ivf(index)
+    ivf = ivf_of(index)
     lists = ivf.invlists
     parts = [lib.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
              for i in range(ivf.nlist) if lists.list_size(i)]
@@ -50,12 +58,18 @@ def index_ids(index) -> np.ndarray:
 
 
 def is_ivf(index) -> bool:
-    return not hasattr(index, "id_map")
+    return hasattr(index, "live_ids") or not hasattr(index, "id_map")
+
+
+def type_name(index) -> str:
+    if hasattr(index, "live_ids"):  # store.refine.RefinedIVF
+        return f"IndexIDMap(IndexRefine({type(index.base).__name__}, {type(index.codes).__name__}))"
+    return type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(index.index).__name__})"
 
 
 def describe(index) -> dict:
     exact = not is_ivf(index) and "ScalarQuantizer" not in type(getattr(index, "index", index)).__name__
-    return {"type": type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(index.index).__name__})",
+    return {"type": type_name(index),
             "metric": "inner_product", "exact": exact, "vectors": int(index.ntotal),
             "search_device": search_device()}
 
@@ -76,15 +90,18 @@ def build_index(dim: int, ids: np.ndarray, vectors: np.ndarray):
 
 
 def read_index(index_path: Path):
+    from .refine import RefinedIVF, is_refined
+
     lib = require_faiss()
-    return lib.read_index(str(index_path))
+    index = lib.read_index(str(index_path))
+    return RefinedIVF(index) if is_refined(index) else index
 
 
 def write_index_atomic(index, index_path: Path) -> None:
     """Write beside the target and rename, so a reader never sees half a file."""
     lib = require_faiss()
     tmp_path = index_path.with_name(index_path.name + ".tmp")
-    lib.write_index(index, str(tmp_path))
+    lib.write_index(getattr(index, "faiss", index), str(tmp_path))
     with open(tmp_path, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp_path, index_path)
@@ -123,7 +140,7 @@ class SearchIndex:
             return self._device_index
         self._stale = False
         self._device_index = None
-        if gpu_count():
+        if gpu_count() and not hasattr(self.cpu, "live_ids"):  # a refine step has no GPU twin
             try:
                 self._resources = self._resources or faiss.StandardGpuResources()
                 options = faiss.GpuClonerOptions()
@@ -143,9 +160,10 @@ class SearchIndex:
         """Lists to probe: the tuned value, scaled up for long result pages so they still fill."""
         if not is_ivf(self.cpu):
             return None
-        nlist = faiss.extract_index_ivf(self.cpu).nlist
+        ivf = ivf_of(self.cpu)
+        nlist = ivf.nlist
         nprobe = nprobe or self.nprobe_override
-        base = nprobe or self.nprobe or faiss.extract_index_ivf(self.cpu).nprobe
+        base = nprobe or self.nprobe or ivf.nprobe
         return int(min(nlist, base if nprobe else base * max(1, -(-k // 10))))
 
     def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None):

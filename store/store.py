@@ -446,6 +446,9 @@ class Store:
             return f"the collection grew from {state['trained_on']:,} to {n:,} vectors since training"
         if state["kind"] == "ivf" and n * ann.RETRAIN_GROWTH <= state["trained_on"]:
             return f"the collection shrank from {state['trained_on']:,} to {n:,} vectors since training"
+        dead = self._index.cpu.dead_rows() if self._index is not None and hasattr(self._index.cpu, "dead_rows") else 0
+        if dead > ann.COMPACT_SHARE * max(1, n):
+            return f"{dead:,} removed vectors still hold re-ranking codes"
         budget = self.index_settings().get("memory_bytes")
         if budget and plan.factory != state["factory"] and ann.estimate_bytes(state["factory"], n, self.dim) > budget:
             return f"{state['factory']} over {n:,} vectors would exceed the memory budget"

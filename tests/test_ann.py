@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from store import Store, StoreError, ann
+from store import Store, StoreError, ann, faiss_index
 from store.torch_exact import TorchExactIndex
 
 DIM = 32
@@ -69,11 +69,12 @@ def test_large_collections_get_an_inverted_file_within_budget(n, dim, budget):
 
 
 def test_codes_shrink_as_the_budget_does():
-    factories = [ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes(b)).factory.split(",")[1]
-                 for b in ("4GB", "1.3GB", "700MB", "400MB")]
-    assert factories == ["SQ8", "SQ8", "SQ4", "PQ512x4fs"]
+    factories = [ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes(b)).factory
+                 for b in ("4GB", "1GB", "700MB", "150MB")]
+    assert factories == ["IVF2048,PQ256x4fs,Refine(SQ8)", "IVF2048,PQ256x4fs,Refine(SQ4)", "IVF2048,PQ512x4fs",
+                         "IVF2048,PQ128x4fs"]
     assert ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("4GB"),
-                          target_recall=0.99).factory.endswith("SQfp16")
+                          target_recall=0.99).factory.endswith("Refine(SQfp16)")
 
 
 def test_an_impossible_budget_says_what_would_work():
@@ -109,7 +110,7 @@ def test_tuning_reaches_the_target_with_the_fewest_lists():
     _, found = built.index.search(queries, 10)
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.85
     # and one step fewer lists misses the target on the tuning queries
-    assert any(p < nprobe and r < 0.9 for p, r in built.tuning)
+    assert any(p["nprobe"] < nprobe and r < 0.9 for p, r in built.tuning)
 
 
 def test_given_params_skip_tuning_but_recall_is_still_measured():
@@ -131,7 +132,7 @@ def test_store_past_the_exact_threshold_builds_a_tuned_inverted_file(big_store):
 
 def test_adding_and_deleting_do_not_retrain(big_store, tmp_path):
     ivf_before = ann.nlist_of(big_store.index.cpu)
-    centroids_before = big_store.index.cpu.quantizer.reconstruct_n(0, ivf_before)
+    centroids_before = faiss_index.ivf_of(big_store.index.cpu).quantizer.reconstruct_n(0, ivf_before)
     new_ids = fill(big_store, clustered(1000, seed=3), first=6000)
     gone = new_ids[:10]
     big_store.remove_images(gone)
@@ -141,7 +142,7 @@ def test_adding_and_deleting_do_not_retrain(big_store, tmp_path):
 
     store = Store.open(tmp_path / "store")
     assert store.index_state()["trained_on"] == 6000
-    assert np.array_equal(store.index.cpu.quantizer.reconstruct_n(0, ivf_before), centroids_before)
+    assert np.array_equal(faiss_index.ivf_of(store.index.cpu).quantizer.reconstruct_n(0, ivf_before), centroids_before)
     assert store.index.ntotal == 6990
     vector = store.vector(new_ids[20])
     assert store.search(vector, k=1)[0]["id"] == new_ids[20]
@@ -213,6 +214,74 @@ def test_reindex_changes_the_index_and_info_reports_the_recall(big_store, tmp_pa
                                "--json"])
     assert hits.exit_code == 0, hits.output
     assert json.loads(hits.output)["results"][0]["id"] == 1
+
+
+# -- the refine step: fast-scan codes re-ranked with scalar codes, ids removable -----------------
+def refined(vectors: np.ndarray, ids: np.ndarray, factory: str = "IVF32,PQ16x4fs,Refine(SQfp16)"):
+    plan = ann.user_plan(factory, len(vectors), vectors.shape[1])
+    return ann.build_index(vectors, ids, plan, target_recall=0.95)
+
+
+def test_the_automatic_choice_at_scale_re_ranks_fast_scan_codes():
+    plan = ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("4GiB"))
+    assert plan.factory == "IVF2048,PQ256x4fs,Refine(SQ8)"
+    assert ann.estimate_bytes(plan.factory, 1_000_000, 1024) == plan.estimated_bytes
+    # narrow vectors re-rank with float16 codes (cheap there, and 8 bits cap recall on tight clusters)
+    assert ann.plan_index(4_000_000, 64).factory.endswith("Refine(SQfp16)")
+
+
+def test_a_refined_index_is_tuned_on_both_knobs_and_matches_brute_force():
+    vectors = clustered(6000, seed=5)
+    ids = np.arange(10, 6010, dtype=np.int64) * 3
+    built = refined(vectors, ids)
+    assert set(built.params) == {"nprobe", "k_factor"} and built.recall >= 0.95
+    assert {tuple(sorted(p)) for p, _ in built.tuning} == {("k_factor", "nprobe")}
+    # independent queries: recall@10 against brute force, and the scores are the re-ranked inner products
+    rng = np.random.default_rng(9)
+    queries = vectors[rng.choice(6000, 200, replace=False)] + 0.05 * rng.standard_normal((200, DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
+    scores, found = built.index.search(queries, 10)
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.9
+    by_id = dict(zip(ids.tolist(), vectors))
+    exact = np.array([[queries[q] @ by_id[i] for i in row] for q, row in enumerate(found)])
+    assert np.allclose(scores, exact, atol=2e-3)  # float16 codes: scores within rounding
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_a_refined_index_removes_and_re_adds_ids_and_survives_a_round_trip(tmp_path):
+    vectors = clustered(5000, seed=6)
+    ids = np.arange(5000, dtype=np.int64) + 1
+    index = refined(vectors, ids).index
+    gone = ids[:100]
+    assert index.remove_ids(gone) == 100 and index.ntotal == 4900 and index.dead_rows() == 100
+    _, found = index.search(vectors[:100], 10)
+    assert not set(found.ravel()) & set(gone.tolist())
+    index.add_with_ids(vectors[:50], gone[:50])  # the same ids again, as after an edited file
+    assert index.ntotal == 4950 and set(faiss_index.index_ids(index)) == set(ids[100:]) | set(gone[:50])
+    _, found = index.search(vectors[:50], 10)  # each re-added vector is found again among its own top 10
+    assert (found == gone[:50, None]).any(axis=1).mean() >= 0.96
+    faiss_index.write_index_atomic(index, tmp_path / "index.faiss")
+    again = faiss_index.read_index(tmp_path / "index.faiss")
+    assert (again.ntotal, again.dead_rows(), again.k_factor, again.nprobe) == (
+        4950, 100, index.k_factor, index.nprobe)
+    assert np.array_equal(again.search(vectors[:20], 10)[1], index.search(vectors[:20], 10)[1])
+    assert faiss_index.describe(again)["type"].startswith("IndexIDMap(IndexRefine(IndexIVFPQFastScan")
+
+
+def test_removed_vectors_codes_are_compacted_by_a_rebuild(big_store):
+    assert "Refine(" in big_store.index_state()["factory"]
+    big_store.remove_images(range(1, 1300))  # 1,299 dead rows > a quarter of the 4,701 live ones
+    assert big_store.index.cpu.dead_rows() == 1299
+    assert "removed vectors" in big_store.rebuild_reason()
+    big_store.finish_index()
+    assert big_store.index.cpu.dead_rows() == 0 and big_store.index.ntotal == 4701
+
+
+@pytest.mark.parametrize("factory", ["PQ16x4fs,Refine(SQ8)", "IDMap2,IVF16,PQ16x4fs,Refine(SQ8)"])
+def test_a_refine_step_needs_an_inverted_file_first(factory):
+    with pytest.raises(StoreError, match="after an inverted file"):
+        ann.user_plan(factory, 10_000, DIM)
 
 
 @pytest.mark.parametrize("args, message", [
