@@ -75,6 +75,9 @@ def hand_configs(n: int, dim: int) -> list[dict]:
         {"factory": f"{coarse},PQ{m}x4fs,Refine(SQ8)", "kind": "ivf_refine",
          "bytes": n * (m / 2 + 8 + dim) + centroids},
     ]
+    if dim > 1024:  # float16 centroids: a single query reads all of them, half the bytes of float32
+        configs.append({"factory": f"IVF{nlist}(SQfp16),PQ{m}x4fs,Refine(SQ8)", "kind": "ivf_refine",
+                        "bytes": n * (m / 2 + 8 + dim) + centroids / 2})
     if dim <= 1024:  # OPQ's rotation is learnt by SVDs of dim x dim/4: at 4096 its training alone runs for minutes
         configs.append({"factory": f"OPQ{opq_m}_{opq_out},IVF{nlist}_HNSW32,PQ{opq_m}x4fs,Refine(SQ8)", "kind": "ivf_refine",
          "bytes": n * (opq_m / 2 + 8 + dim) + nlist * opq_out * 4 + dim * opq_out * 4})
@@ -135,7 +138,7 @@ def serialised_bytes(index) -> int:
         total[0] += len(chunk)
         return len(chunk)
 
-    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    faiss.write_index(getattr(index, "faiss", index), faiss.PyCallbackIOWriter(count))  # store.refine keeps it in .faiss
     return total[0]
 
 
@@ -308,8 +311,8 @@ def run_auto(data, args, budget: int) -> list[dict]:
     built = ann.build_index(data.base, np.arange(n, dtype=np.int64), plan, target_recall=args.target_recall,
                             k=K, seed=args.seed)
     build_s = time.perf_counter() - started
-    source = (REPO / "store" / "ann.py").read_bytes()
-    committed = subprocess.run(["git", "log", "-1", "--format=%h", "--", "store/ann.py"], cwd=REPO,
+    source = (REPO / "store" / "ann.py").read_bytes() + (REPO / "store" / "refine.py").read_bytes()
+    committed = subprocess.run(["git", "log", "-1", "--format=%h", "--", "store/ann.py", "store/refine.py"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
     row = {"system": "auto", "index": plan.factory, "params": dict(built.params), "reason": plan.reason,
            "ann_py": {"sha256": hashlib.sha256(source).hexdigest()[:12], "last_commit": committed or None},

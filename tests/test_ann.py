@@ -226,6 +226,9 @@ def test_the_automatic_choice_at_scale_re_ranks_fast_scan_codes():
     plan = ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("4GiB"))
     assert plan.factory == "IVF2048,PQ256x4fs,Refine(SQ8)"
     assert ann.estimate_bytes(plan.factory, 1_000_000, 1024) == plan.estimated_bytes
+    # at the 7B's width the centroids are kept in float16: every single query reads all of them
+    assert ann.plan_index(250_000, 4096, memory_bytes=ann.parse_bytes("2GiB")).factory == \
+        "IVF1024(SQfp16),PQ1024x4fs,Refine(SQ8)"
     # narrow vectors re-rank with float16 codes (cheap there, and 8 bits cap recall on tight clusters)
     assert ann.plan_index(4_000_000, 64).factory.endswith("Refine(SQfp16)")
 
