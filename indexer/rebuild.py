@@ -62,9 +62,22 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
     try:  # --index-memory, --target-recall, --index-type carry over (a user's explicit ones win)
         index_options["index_settings"] = dict(live.index_settings(), **{
             key: value for key, value in (index_options.get("index_settings") or {}).items() if value is not None})
+        path_ids = live.path_ids()
     finally:
         live.close()
+    # Every image keeps its id (saved links, scripts and the UI's ?id= still point at the same image);
+    # images new since the last run get ids above all of them.
+    staging = Store.create(staging_dir, provenance=embedder.provenance)
+    try:
+        staging.reserve_ids(path_ids)
+    finally:
+        staging.close()
     summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, **index_options)
+    staging = Store.open(staging_dir)
+    try:
+        staging.clear_id_hints()
+    finally:
+        staging.close()
     previous = swap_in(store_dir, staging_dir, keep_previous=keep_previous)
     log.info("rebuilt store swapped in at %s (previous: %s)", store_dir, previous)
     return dict(summary, store=str(store_dir), previous=str(previous) if previous else None, sources=sources)

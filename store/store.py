@@ -266,6 +266,10 @@ class Store:
                 image_id = record.get("image_id")
                 columns = list(row)
                 if image_id is None:
+                    hinted = self._free_hinted_id(row["path"])
+                    if hinted is not None:
+                        row["id"] = hinted
+                        columns.append("id")
                     image_id = self.db.execute(
                         f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                         [row[c] for c in columns]).lastrowid
@@ -286,6 +290,34 @@ class Store:
         index.remove(replaced)
         index.add(np.asarray(ids, dtype=np.int64), vectors)
         return ids
+
+    # -- ids kept across a rebuild -------------------------------------------------------------
+    def path_ids(self) -> list[tuple[str, int]]:
+        return [(path, image_id) for path, image_id in self.db.execute("SELECT path, id FROM images")]
+
+    def reserve_ids(self, pairs) -> int:
+        """Ids that paths take when they are first added here (a rebuild keeps the live store's ids, so links
+        and saved ids still point at the same images); paths without one get ids above all of them."""
+        rows = [(str(path), int(image_id)) for path, image_id in pairs]
+        top = max((image_id for _, image_id in rows), default=0)
+        with self.db.atomic():
+            self.db.conn.executemany("INSERT OR REPLACE INTO id_hints (path, id) VALUES (?, ?)", rows)
+            current = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+            if current is None:
+                self.db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('images', ?)", [top])
+            elif current[0] < top:
+                self.db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'images'", [top])
+        return len(rows)
+
+    def clear_id_hints(self) -> None:
+        with self.db.atomic():
+            self.db.execute("DELETE FROM id_hints")
+
+    def _free_hinted_id(self, path: str) -> int | None:
+        row = self.db.execute("SELECT id FROM id_hints WHERE path = ?", [path]).fetchone()
+        if row is None or self.db.execute("SELECT 1 FROM images WHERE id = ?", [row[0]]).fetchone():
+            return None
+        return row[0]
 
     def remove_images(self, image_ids) -> None:
         image_ids = [int(i) for i in image_ids]

@@ -175,3 +175,38 @@ def test_a_rebuild_keeps_the_index_settings_of_the_live_store(embedder, tmp_path
     store = Store.open(store_dir)
     assert store.index_settings() == {"target_recall": 0.99, "memory_bytes": 50_000_000}
     assert store.count_images() == 12
+
+
+def test_a_rebuild_keeps_every_image_id_and_gives_new_images_fresh_ones(embedder, tmp_path):
+    """Ids survive a rebuild even where a fresh run would number differently (gaps left by removed files,
+    images added since), so saved ids and the page's links still point at the same images."""
+    import shutil
+    from pathlib import Path
+
+    from helpers import SAMPLES_DIR, ids_by_path
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 12)
+    store_dir = tmp_path / "live"
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    for path in sorted(chips.iterdir())[:4]:  # ids 1-4 leave the store: a fresh run would renumber from 1
+        path.unlink()
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    before = ids_by_path(store)
+    store.close()
+    assert sorted(before.values()) == list(range(5, 13))
+    newcomer = next(path for path in sorted(SAMPLES_DIR.glob("*.jpg"))
+                    if path.name not in {Path(known).name for known in before})
+    shutil.copy2(newcomer, chips / ("0-" + newcomer.name))  # sorts first: a fresh run would give it id 1
+
+    rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    after = ids_by_path(store)
+    assert {path: after[path] for path in before} == before
+    assert after[str(chips / ("0-" + newcomer.name))] == 13
+    assert store.db.execute("SELECT count(*) FROM id_hints").fetchone()[0] == 0
+    assert store.search(store.vector(7), k=1)[0]["id"] == 7
+    store.close()
