@@ -110,7 +110,7 @@ def test_tuning_reaches_the_target_with_the_fewest_lists():
     _, found = built.index.search(queries, 10)
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.85
     # and one step fewer lists misses the target on the tuning queries
-    assert any(p["nprobe"] < nprobe and r < 0.9 for p, r in built.tuning)
+    assert any(p["nprobe"] < nprobe and r < 0.9 + 0.006 for p, r in built.tuning)  # aims a standard error above
 
 
 def test_given_params_skip_tuning_but_recall_is_still_measured():
