@@ -26,7 +26,8 @@ from . import scenes
 from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
-from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
+from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _free_device_memory, _project,
+                       apply_plan, batches,
                        new_counts, plan_run, tracked_run)
 from .shards import ShardIndex, ingest_jobs, job_key, run_fingerprint, shard_rows, write_shard
 
@@ -270,11 +271,21 @@ class EmbedActor:
         decoded = [np.frombuffer(blob, dtype="<f4").reshape(shape)
                    for blob, shape in zip(columns["pixels"], columns["shape"]) if blob]
         vectors, grids = [], []
-        for start in range(0, len(decoded), self.batch_size):
+        start = 0
+        while start < len(decoded):
             pixels = torch.from_numpy(np.stack(decoded[start:start + self.batch_size]))  # (B, 3, H, W)
-            embedding = _embed(self.embedder, pixels)
+            try:
+                embedding = _embed(self.embedder, pixels)
+            except torch.OutOfMemoryError:  # as a single-process run does: halve, for the rest of this actor
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of device memory: this actor embeds in batches of %d from now on", self.batch_size)
+                _free_device_memory()
+                continue
             vectors.append(embedding.global_vectors.cpu().numpy())
             grids.append(_project(embedding.patch_tokens, self.pca).cpu().numpy())
+            start += len(pixels)
         items = [dict(json.loads(outcome), position=position, path=path, size=size, mtime=mtime, image_id=image_id)
                  for outcome, position, path, size, mtime, image_id in zip(
                      columns["outcome"], columns["position"], columns["path"], columns["size"], columns["mtime"],

@@ -200,3 +200,49 @@ def test_ray_without_the_extra_is_one_clear_line(chips_dir, tmp_path, model_dir,
     assert "pip install 'lookalike[ray]'" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "s").exists()  # refused before anything was made
+
+
+def test_an_embedding_actor_halves_its_batch_on_out_of_memory(embedder, chips_dir, tmp_path):
+    """In process, no Ray: the actor's block is embedded whole, then again by an embedder that runs out of
+    device memory above 3 images; the second halves its batch (8 -> 4 -> 2) and writes the same rows."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from indexer.distributed import EmbedActor, _job_table, decode_rows
+    from indexer.images import scan_sources
+    from indexer.pipeline import ChipOptions, _fit_store_pca, plan_run
+    from store import Store
+
+    store = Store.create(tmp_path / "store", provenance=embedder.provenance)
+    jobs = plan_run(scan_sources([chips_dir]), store).jobs
+    block = decode_rows(_job_table(list(enumerate(jobs))), preprocess=embedder.preprocess,
+                        chips=json.dumps(dataclasses.asdict(ChipOptions())))
+    first = block.to_pydict()
+    pixels = np.frombuffer(first["pixels"][0], "<f4").reshape(first["shape"][0])[None].copy()  # (1, 3, H, W)
+    pca = _fit_store_pca(store, embedder.embed(torch.from_numpy(pixels)).patch_tokens)
+    store.close()
+
+    class Tight:  # the same model, with a device that holds 3 images at most
+        def __init__(self, inner):
+            self.inner, self.sizes = inner, []
+
+        def embed(self, pixels):
+            self.sizes.append(len(pixels))
+            if len(pixels) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner.embed(pixels)
+
+    shards = {}
+    for name, model in (("roomy", embedder), ("tight", Tight(embedder))):
+        actor = EmbedActor.__new__(EmbedActor)  # as Ray builds it, minus loading the model by name
+        actor.embedder, actor.pca, actor.batch_size = model, pca, 8
+        actor.run_dir = tmp_path / name
+        written = actor(block)
+        shards[name] = pq.read_table(actor.run_dir / written["shard"][0]).to_pylist()
+    assert actor.batch_size == 2 and actor.embedder.sizes[:3] == [8, 4, 2]
+    assert [r["path"] for r in shards["tight"]] == [r["path"] for r in shards["roomy"]] and len(shards["roomy"]) == 12
+    for tight, roomy in zip(shards["tight"], shards["roomy"]):
+        np.testing.assert_allclose(np.frombuffer(tight["vector"], "<f4"), np.frombuffer(roomy["vector"], "<f4"),
+                                   atol=1e-5)
