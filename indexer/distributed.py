@@ -29,7 +29,7 @@ from .images import Preprocess, scan_sources
 from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _free_device_memory, _project,
                        apply_plan, batches,
                        new_counts, plan_run, tracked_run)
-from .shards import ShardIndex, ingest_jobs, job_key, run_fingerprint, shard_rows, write_shard
+from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         if plan.jobs:
             run_dir = _embed_on_ray(plan.jobs, store, embedder, spec, shard_root=shard_root, address=address,
                                     batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
-                                    counts=counts, progress=progress, chips=chips)
-            ingest_jobs(store, plan.jobs, ShardIndex(run_dir), run_id=run_id, counts=counts, batch_size=batch_size)
+                                    counts=counts, progress=progress, chips=chips, run_id=run_id)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
         try:
@@ -114,8 +113,9 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
 
 
 def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_size, rows_per_shard, actors,
-                  counts, progress, chips) -> Path:
-    """Make sure every job has a row in a shard of this run's folder; returns the folder."""
+                  counts, progress, chips, run_id) -> Path:
+    """Make sure every job has a row in a shard of this run's folder, ingesting rows in plan order as the
+    shards arrive (the store fills while the cluster embeds); returns the folder."""
     pca = store.pca()
     fitted_here = None
     if pca is None:
@@ -127,11 +127,21 @@ def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_siz
     todo = [(position, job) for position, job in enumerate(jobs)
             if job_key(job.path, job.size, job.mtime) not in done]
     counts["reused"] = len(jobs) - len(todo) - len(fitted_here or [])
+    ingesting = PlanOrderIngester(store, jobs, done, run_id=run_id, counts=counts, batch_size=batch_size)
+    ingesting.advance()
     if todo:
         log.info("%d of %d jobs to embed on Ray (%d found in shards under %s)", len(todo), len(jobs),
                  len(jobs) - len(todo), run_dir)
+        before = counts["indexed"]
+
+        def on_shard(name: str) -> None:
+            ingesting.advance(run_dir / name)
+            counts["ingested_while_embedding"] = counts["indexed"] - before
+
         _run_pipeline(todo, embedder, spec, pca, run_dir=run_dir, address=address, batch_size=batch_size,
-                      rows_per_shard=rows_per_shard, actors=actors, progress=progress, chips=chips)
+                      rows_per_shard=rows_per_shard, actors=actors, progress=progress, chips=chips,
+                      on_shard=on_shard)
+    ingesting.finish()
     return run_dir
 
 
@@ -180,7 +190,7 @@ def _job_table(todo) -> pa.Table:
 
 
 def _run_pipeline(todo, embedder, spec, pca, *, run_dir, address, batch_size, rows_per_shard, actors, progress,
-                  chips) -> None:
+                  chips, on_shard=None) -> None:
     ray, started_here = connect(address)
     try:
         resources = ray.cluster_resources()
@@ -203,13 +213,24 @@ def _run_pipeline(todo, embedder, spec, pca, *, run_dir, address, batch_size, ro
         try:
             for row in written.iter_rows():
                 bar.update(row["rows"])
+                if on_shard is not None:
+                    try:
+                        on_shard(row["shard"])
+                    except Exception as error:  # the driver's own ingestion: not a Ray failure
+                        raise _DriverError() from error
         finally:
             bar.close()
+    except _DriverError as wrapped:
+        raise wrapped.__cause__ from None
     except Exception as error:
         raise _plain_error(error) from error
     finally:
         if started_here:
             ray.shutdown()
+
+
+class _DriverError(Exception):
+    """Carries an error of the driver's ingestion out of the Ray loop unchanged."""
 
 
 def _plain_error(error: Exception) -> Exception:

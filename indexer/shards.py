@@ -105,15 +105,19 @@ class ShardIndex:
         for leftover in self.run_dir.glob(".tmp-*"):  # a write cut short by a kill
             leftover.unlink(missing_ok=True)
         for shard_path in sorted(self.run_dir.glob("shard-*.parquet")):
-            try:
-                table = pq.read_table(shard_path, columns=["path", "size", "mtime"])
-            except (pa.ArrowException, OSError) as error:
-                log.warning("shard %s is unreadable (%s): removed, its rows are embedded again", shard_path, error)
-                shard_path.unlink(missing_ok=True)
-                continue
-            columns = table.to_pydict()
-            for row, key in enumerate(map(job_key, columns["path"], columns["size"], columns["mtime"])):
-                self.where[key] = (shard_path, row)
+            self.add(shard_path)
+
+    def add(self, shard_path: Path) -> None:
+        """Register one shard (one just written, while the run goes on)."""
+        try:
+            table = pq.read_table(shard_path, columns=["path", "size", "mtime"])
+        except (pa.ArrowException, OSError) as error:
+            log.warning("shard %s is unreadable (%s): removed, its rows are embedded again", shard_path, error)
+            shard_path.unlink(missing_ok=True)
+            return
+        columns = table.to_pydict()
+        for row, key in enumerate(map(job_key, columns["path"], columns["size"], columns["mtime"])):
+            self.where[key] = (shard_path, row)
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
@@ -185,20 +189,44 @@ def _same_image(row: dict, record: dict) -> bool:
     return all(row.get(key) == record.get(key) for key in ("size", "mtime", "sha256", "width", "height"))
 
 
+class PlanOrderIngester:
+    """Ingests the rows of `jobs` in plan order (so images get the ids a single-process run gives them) as far
+    as the shards written so far allow: `advance` after each new shard, `finish` once all are written."""
+
+    def __init__(self, store: Store, jobs: list, shards: ShardIndex, *, run_id, counts: dict, batch_size: int):
+        self.jobs, self.shards, self.next = jobs, shards, 0
+        self.ingester = Ingester(store, run_id=run_id, counts=counts, batch_size=batch_size)
+
+    def advance(self, new_shard: Path | None = None) -> int:
+        """Ingest the jobs from the cursor on whose rows exist; returns how many."""
+        if new_shard is not None:
+            self.shards.add(new_shard)
+        start = self.next
+        while self.next < len(self.jobs):
+            job = self.jobs[self.next]
+            key = job_key(job.path, job.size, job.mtime)
+            if key not in self.shards:
+                break
+            self.ingester.add(self.shards.row(key), image_id=job.image_id)
+            self.next += 1
+        return self.next - start
+
+    def finish(self) -> None:
+        self.advance()
+        missing = sum(1 for job in self.jobs[self.next:] if job_key(job.path, job.size, job.mtime) not in self.shards)
+        for job in self.jobs[self.next:]:  # rows behind a missing one: kept, so a rerun finds less to embed
+            key = job_key(job.path, job.size, job.mtime)
+            if key in self.shards:
+                self.ingester.add(self.shards.row(key), image_id=job.image_id)
+        self.ingester.flush()
+        if missing:
+            raise IndexerError(f"{missing} job(s) have no row in the shards at {self.shards.run_dir}: run the same "
+                               "command again to embed them")
+
+
 def ingest_jobs(store: Store, jobs: list, shards: ShardIndex, *, run_id, counts: dict, batch_size: int) -> None:
     """Ingest the rows of `jobs` in plan order, so images get the ids a single-process run gives them."""
-    ingester = Ingester(store, run_id=run_id, counts=counts, batch_size=batch_size)
-    missing = 0
-    for job in jobs:
-        key = job_key(job.path, job.size, job.mtime)
-        if key not in shards:
-            missing += 1
-            continue
-        ingester.add(shards.row(key), image_id=job.image_id)
-    ingester.flush()
-    if missing:
-        raise IndexerError(f"{missing} job(s) have no row in the shards at {shards.run_dir}: run the same command "
-                           "again to embed them")
+    PlanOrderIngester(store, jobs, shards, run_id=run_id, counts=counts, batch_size=batch_size).finish()
 
 
 def ingest_shard(store: Store, shard_path: Path, *, run_id=None, batch_size: int = 256) -> dict:

@@ -130,9 +130,11 @@ def test_a_killed_ray_job_resumes_from_its_shards(ray_chips_dir, single_process_
     assert len(written) >= 4
     kept = tmp_path / "kept.parquet"
     kept.write_bytes(written[-1].read_bytes())
+    already = 0  # rows ingested while the cluster embedded, before the kill
     if (store_dir / "catalogue.db").exists():
         store = Store.open(store_dir)
-        assert store.count_images() < RAY_CHIPS  # killed before the end: the store is not complete
+        already = store.count_images()
+        assert already < RAY_CHIPS  # killed before the end: the store is not complete
         store.close()
 
     done = subprocess.run(ray_command(ray_chips_dir, store_dir, model_dir, "--shard-dir", str(shard_dir),
@@ -140,8 +142,9 @@ def test_a_killed_ray_job_resumes_from_its_shards(ray_chips_dir, single_process_
                           cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["reused"] >= 3 * 16  # the shards written before the kill were not embedded again
-    assert summary["indexed"] == RAY_CHIPS
+    # the shards written before the kill were not embedded again: ingested then, or reused now
+    assert summary["reused"] + already >= 3 * 16
+    assert summary["indexed"] + already == RAY_CHIPS
     assert_same_store(store_dir, single_process_store)
 
     reference = store_snapshot(store_dir)
