@@ -213,11 +213,13 @@ class PlanOrderIngester:
 
     def finish(self) -> None:
         self.advance()
-        missing = sum(1 for job in self.jobs[self.next:] if job_key(job.path, job.size, job.mtime) not in self.shards)
+        missing = 0
         for job in self.jobs[self.next:]:  # rows behind a missing one: kept, so a rerun finds less to embed
             key = job_key(job.path, job.size, job.mtime)
             if key in self.shards:
                 self.ingester.add(self.shards.row(key), image_id=job.image_id)
+            else:
+                missing += 1
         self.ingester.flush()
         if missing:
             raise IndexerError(f"{missing} job(s) have no row in the shards at {self.shards.run_dir}: run the same "

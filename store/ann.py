@@ -101,7 +101,7 @@ def pq_size(dim: int) -> int:
     """Sub-quantisers of the first-stage codes (4 bits each): a quarter of the dimensions, at most 512.
     The first stage only has to put the true neighbours among k x k_factor candidates, and scan time grows
     with the code: at 4096 dimensions PQ512x4fs reached recall 0.954 at 2.9 ms where PQ1024x4fs needed 4.8 ms
-    (hard regime, 250k vectors; easy: 0.37 against 0.45 ms); at 1024, PQ128x4fs capped near 0.83 where
+    (hard regime, 250k vectors; easy: 0.37 against 0.42 ms); at 1024, PQ128x4fs capped near 0.83 where
     PQ256x4fs reached 0.958 (hard, 1M)."""
     m = max(2, min(dim // 4, MAX_PQ))
     while m > 2 and (dim % m or m % 2):
@@ -234,7 +234,6 @@ def set_search_params(index, params: dict) -> None:
 
 
 def nlist_of(index) -> int | None:
-    lib = require_faiss()
     try:
         return int(ivf_of(index).nlist)
     except RuntimeError:  # not an inverted-file index

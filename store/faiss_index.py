@@ -37,16 +37,23 @@ def new_index(dim: int):
     return lib.IndexIDMap2(lib.IndexFlatIP(dim))
 
 
+def _refined(index) -> bool:
+    """A store.refine.RefinedIVF (imported lazily: that module builds on this one)."""
+    from .refine import RefinedIVF
+
+    return isinstance(index, RefinedIVF)
+
+
 def ivf_of(index):
     """The inverted-file index inside `index` (through id maps and a refine step)."""
     lib = require_faiss()
-    return lib.extract_index_ivf(getattr(index, "base", index))
+    return lib.extract_index_ivf(index.base if _refined(index) else index)
 
 
 def index_ids(index) -> np.ndarray:
     """Every id an index holds: from the id map of a flat index, from the lists of an inverted file."""
     lib = require_faiss()
-    if hasattr(index, "live_ids"):
+    if _refined(index):
         return index.live_ids()
     if hasattr(index, "id_map"):
         return lib.vector_to_array(index.id_map).astype(np.int64)
@@ -58,11 +65,11 @@ def index_ids(index) -> np.ndarray:
 
 
 def is_ivf(index) -> bool:
-    return hasattr(index, "live_ids") or not hasattr(index, "id_map")
+    return _refined(index) or not hasattr(index, "id_map")
 
 
 def type_name(index) -> str:
-    if hasattr(index, "live_ids"):  # store.refine.RefinedIVF
+    if _refined(index):
         return f"IndexIDMap(IndexRefine({type(index.base).__name__}, {type(index.codes).__name__}))"
     return type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(index.index).__name__})"
 
@@ -140,7 +147,7 @@ class SearchIndex:
             return self._device_index
         self._stale = False
         self._device_index = None
-        if gpu_count() and not hasattr(self.cpu, "live_ids"):  # a refine step has no GPU twin
+        if gpu_count() and not _refined(self.cpu):  # a refine step has no GPU twin
             try:
                 self._resources = self._resources or faiss.StandardGpuResources()
                 options = faiss.GpuClonerOptions()

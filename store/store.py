@@ -258,6 +258,7 @@ class Store:
         index = self.index  # loaded before the rows change, so it reflects the catalogue as it was
         ids = []
         replaced = []
+        hinted = self.db.execute("SELECT 1 FROM id_hints LIMIT 1").fetchone() is not None  # only while rebuilding
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             for record, vector, grid in zip(records, vectors, patch_grids):
                 row = {key: record[key] for key in ("path", "size", "mtime", "sha256", "width", "height")}
@@ -266,9 +267,9 @@ class Store:
                 image_id = record.get("image_id")
                 columns = list(row)
                 if image_id is None:
-                    hinted = self._free_hinted_id(row["path"])
-                    if hinted is not None:
-                        row["id"] = hinted
+                    reserved = self._free_hinted_id(row["path"]) if hinted else None
+                    if reserved is not None:
+                        row["id"] = reserved
                         columns.append("id")
                     image_id = self.db.execute(
                         f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
