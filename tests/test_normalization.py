@@ -72,3 +72,27 @@ def test_preprocess_keeps_channel_order(embedder):
     pixels = embedder.preprocess(image)
     expected = [(1 - SAT_MEAN[0]) / SAT_STD[0], -SAT_MEAN[1] / SAT_STD[1], -SAT_MEAN[2] / SAT_STD[2]]
     assert pixels[:, 100, 100] == pytest.approx(expected, rel=1e-5)
+
+
+def test_preprocess_table_equals_the_per_pixel_formula():
+    """The lookup table must give exactly what normalising every pixel in float32 gives."""
+    from indexer.images import Preprocess
+
+    preprocess = Preprocess(224, tuple(SAT_MEAN), tuple(SAT_STD))
+    rng = np.random.default_rng(0)
+    for height, width in ((224, 224), (300, 500), (97, 61)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        resized = image.resize((224, 224), Image.Resampling.BICUBIC) if image.size != (224, 224) else image
+        expected = (np.asarray(resized, dtype=np.float32) / 255.0 - np.float32(SAT_MEAN)) / np.float32(SAT_STD)
+        np.testing.assert_array_equal(preprocess(image), expected.transpose(2, 0, 1))
+
+
+def test_preprocess_takes_grey_and_alpha_images():
+    from indexer.images import Preprocess
+
+    preprocess = Preprocess(32, tuple(SAT_MEAN), tuple(SAT_STD))
+    grey = preprocess(Image.new("L", (40, 40), 128))
+    rgba = preprocess(Image.new("RGBA", (40, 40), (128, 128, 128, 0)))
+    np.testing.assert_array_equal(grey, rgba)
+    assert grey.shape == (3, 32, 32)
+    assert grey[:, 0, 0] == pytest.approx([(128 / 255 - m) / s for m, s in zip(SAT_MEAN, SAT_STD)], rel=1e-5)
