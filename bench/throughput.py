@@ -6,8 +6,16 @@ is the real model's) built directly on the device, over copies of real JPEG chip
 2. naive: the model card's way, one image at a time: open, preprocess, forward, take pooler_output;
 3. indexer: `index_collection` into a fresh store, what `lookalike index` runs once the model is loaded
    (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
-plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. All three use the
-same dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32).
+plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. Forward-only and
+the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32);
+the naive loop runs in the checkpoint's dtype, as from_pretrained loads it (see main()).
+
+Two reference points put the ratios in context:
+- the matrix-product ceiling: every linear layer (and the patch embedding) of the model run alone, back to
+  back, on inputs of the timed batch's shape. No attention, norms or activations, so no forward can beat it;
+  ceiling/naive is the most indexer/naive could be on this machine.
+- on a CPU, the naive loop in float16 as well: the real checkpoint is FP16, transformers 5 loads a
+  checkpoint in its own dtype by default, and a CPU without FP16 arithmetic runs it slowly.
 
     python bench/throughput.py --device cpu --shape vits16 --resolutions 224 --out bench/results/cpu
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
@@ -131,6 +139,33 @@ def naive(model, files, resolution: int) -> dict:
     return {"images": len(files), "seconds": seconds, "images_per_second": len(files) / seconds}
 
 
+@torch.inference_mode()
+def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
+    """The model's matrix products alone: each nn.Linear on a (batch × tokens, in) input, plus the patch
+    convolution, timed back to back. A bound on any forward pass that computes them, not a forward pass."""
+    config = model.config
+    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
+    dtype = next(model.parameters()).dtype
+    inputs = {}
+    calls = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shape = (batch * tokens, module.in_features)
+            inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
+            calls.append((module, shape))
+        elif isinstance(module, torch.nn.Conv2d):
+            shape = (batch, module.in_channels, resolution, resolution)
+            inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
+            calls.append((module, shape))
+
+    def products():
+        for module, shape in calls:
+            module(inputs[shape])
+
+    seconds = statistics.median(cuda_time(products, warmup=1, runs=runs))
+    return {"images_per_second": batch / seconds, "batch_size": batch, "products": len(calls)}
+
+
 def bench_embedder(model, resolution: int, *, compile: bool = False) -> DinoV3Embedder:
     return DinoV3Embedder(model, model="random-sat493m", resolution=resolution, normalization=SAT493M,
                           pooling="cls", compile=compile)
@@ -178,7 +213,7 @@ DEFAULTS = {  # device: {resolution: (batch sizes to try, indexed files, naive f
 
 
 def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, file_count, naive_count, workers,
-                       runs, peak, latency_runs, repeat: int = 1) -> dict:
+                       runs, peak, latency_runs, repeat: int = 1, naive_fp16=None) -> dict:
     """forward-only, naive and indexer `repeat` times in turn (A B C A B C ...); medians and per-round ratios."""
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -190,7 +225,12 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
             forward_only(model, resolution, [batch], runs=runs)["images_per_second"]
         naive_rate = naive(naive_model, pool[:naive_count], resolution)["images_per_second"]
         indexer = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=batch, workers=workers)
-        rounds.append({"forward_only": forward_rate, "naive": naive_rate, "indexer": indexer["images_per_second"]})
+        ceiling = matmul_ceiling(model, resolution, batch, runs=runs)["images_per_second"]
+        rounds.append({"forward_only": forward_rate, "naive": naive_rate, "indexer": indexer["images_per_second"],
+                       "matmul_ceiling": ceiling})
+        if naive_fp16 is not None:  # few images: float16 on a CPU is slow
+            rounds[-1]["naive_float16"] = naive(naive_fp16, pool[:max(4, naive_count // 4)],
+                                                resolution)["images_per_second"]
     median = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     flops = flops_per_image(model, resolution)
     fwd["images_per_second"] = median("forward_only")
@@ -199,7 +239,14 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
            "indexer": {"images": file_count, "batch_size": batch, "workers": workers,
                        "images_per_second": median("indexer")},
            "indexer_over_forward": statistics.median(r["indexer"] / r["forward_only"] for r in rounds),
-           "indexer_over_naive": statistics.median(r["indexer"] / r["naive"] for r in rounds)}
+           "indexer_over_naive": statistics.median(r["indexer"] / r["naive"] for r in rounds),
+           "matmul_ceiling": {"images_per_second": median("matmul_ceiling"), "batch_size": batch,
+                              "over_naive": statistics.median(r["matmul_ceiling"] / r["naive"] for r in rounds),
+                              "forward_share": statistics.median(r["forward_only"] / r["matmul_ceiling"]
+                                                                 for r in rounds)}}
+    if naive_fp16 is not None:
+        row["naive_float16"] = {"images_per_second": median("naive_float16"),
+                                "indexer_over": statistics.median(r["indexer"] / r["naive_float16"] for r in rounds)}
     if peak:
         fwd["mfu"] = fwd["images_per_second"] * flops / peak
         row["indexer"]["mfu"] = row["indexer"]["images_per_second"] * flops / peak
@@ -268,6 +315,9 @@ def main() -> None:
     # FP16 7B on a GPU; float32 for a float32 checkpoint on a CPU, where the card has no bfloat16 step.
     naive_model = model if DEVICE == "cuda" else build_backbone(args.shape, torch.float32)
     report["naive_dtype"] = str(next(naive_model.parameters()).dtype).removeprefix("torch.")
+    # The same loop on the real (FP16) checkpoint, loaded as transformers 5 loads it by default: context
+    # only, the targets are judged against the float32 loop.
+    naive_fp16 = None if DEVICE == "cuda" or args.quick else build_backbone(args.shape, torch.float16)
     settings = {r: DEFAULTS[DEVICE][r] for r in map(int, args.resolutions.split(","))}
     if args.quick:
         settings = {r: (b[:2], min(f, 32), min(n, 4)) for r, (b, f, n) in settings.items()}
@@ -277,7 +327,7 @@ def main() -> None:
         for resolution, (batch_sizes, file_count, naive_count) in settings.items():
             row = measure_resolution(model, naive_model, pool, resolution, batch_sizes=batch_sizes, file_count=file_count,
                                      naive_count=naive_count, workers=workers, runs=runs, peak=peak,
-                                     latency_runs=10 if args.quick else 30, repeat=args.repeat)
+                                     latency_runs=10 if args.quick else 30, repeat=args.repeat, naive_fp16=naive_fp16)
             report["results"][resolution] = row
             write_report(report, args.out, stem, started)  # what is done survives a later time-out
         for resolution in settings if args.compile else ():
@@ -322,6 +372,17 @@ def table(report: dict) -> str:
             f"{row['indexer']['images_per_second']:.1f} | {row['indexer_over_forward']:.2f} | "
             f"{row['indexer_over_naive']:.2f} | {row['query_latency']['p50_ms']:.0f} / "
             f"{row['query_latency']['p99_ms']:.0f} | {row['peak_gpu_memory_gib']:.1f} |")
+    lines += ["", "Matrix-product ceiling (the model's linear layers and patch embedding alone, at the same batch; "
+                  "no forward pass can beat it):", ""]
+    for resolution, row in report["results"].items():
+        ceiling = row.get("matmul_ceiling")
+        if ceiling:
+            lines.append(f"- {resolution} px: {ceiling['images_per_second']:.1f} img/s = "
+                         f"{ceiling['over_naive']:.2f} × naive; forward-only reaches {ceiling['forward_share']:.0%} of it")
+        if "naive_float16" in row:
+            lines.append(f"- {resolution} px, the naive loop in float16 (the FP16 checkpoint as transformers loads "
+                         f"it by default): {row['naive_float16']['images_per_second']:.1f} img/s; indexer "
+                         f"{row['naive_float16']['indexer_over']:.1f} × that")
     for resolution, row in report.get("compiled", {}).items():
         fwd, idx = row["forward_only"], row["indexer"]
         mfu = "" if fwd.get("mfu") is None else f" ({fwd['mfu']:.0%} MFU)"
