@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a bare CUDA machine with torch, transformers and numpy (no faiss, no internet),
 # install the other needs from .whl/ (bench/fetch_wheels.sh), then measure the 7B shape at 224 and 512:
-# forward-only, the model card's loop, and `lookalike` indexing. Results go to $OUT (or bench/results/gpu).
+# forward-only, the model card's loop, and `lookalike` indexing, then each SDPA attention backend and a CUDA-graph
+# single query (--variants; about 100 s of the run). Results go to $OUT (or bench/results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-bench/results/gpu}"
@@ -12,8 +13,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out_dir/nvidia-smi.csv" || true
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-python3 bench/throughput.py --device cuda --shape vit7b16 --images samples/naip --out "$out_dir" "$@" 2>&1 | tee "$out_dir/throughput.log"
+status=0  # a failure here still lets the search timing below run; the script exits with it at the end
+python3 bench/throughput.py --device cuda --shape vit7b16 --images samples/naip --variants --out "$out_dir" "$@" 2>&1 | tee "$out_dir/throughput.log" || status=$?
 # issue 7: 1M x 4096 float16 exact search in torch (faiss-gpu cannot be installed here), about a minute, CUDA only
 if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     python3 bench/search_scale.py --torch-exact --out "$out_dir/search_scale_torch.json" 2>&1 | tee "$out_dir/search_scale_torch.log" || true
 fi
+exit "$status"

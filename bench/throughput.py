@@ -17,6 +17,10 @@ Two reference points put the ratios in context:
 - on a CPU, the naive loop in float16 as well: the real checkpoint is FP16, transformers 5 loads a
   checkpoint in its own dtype by default, and a CPU without FP16 arithmetic runs it slowly.
 
+--variants adds, at each resolution, forward-only and the one-image forward with SDPA held to each attention
+backend in turn, and on CUDA the one-image forward replayed from a CUDA graph against eager (what the search
+page waits for). --compile adds `lookalike index --compile`.
+
     python bench/throughput.py --device cpu --shape vits16 --resolutions 224 --out bench/results/cpu
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
 """
@@ -279,6 +283,91 @@ def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers
     return row
 
 
+BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+
+
+def _failure(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+
+
+@torch.inference_mode()
+def attention_backends(model, resolution: int, batch: int, *, runs: int, latency_runs: int, repeat: int = 2) -> dict:
+    """Forward-only at `batch` and the one-image forward, with SDPA held to one backend at a time.
+
+    Backends alternate within each of `repeat` rounds; medians. A backend the device or the inputs do not
+    support is recorded with the reason instead of a figure.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    pixels = torch.randn(batch, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
+    one = pixels[:1].clone()
+    rates, latencies, out = {}, {}, {}
+    for _ in range(repeat):
+        for name in BACKENDS:
+            backend = getattr(SDPBackend, name, None)
+            if backend is None:
+                out[name] = "not in this torch"
+                continue
+            if isinstance(out.get(name), str):
+                continue  # failed in an earlier round
+            try:
+                with sdpa_kernel([backend]):
+                    times = cuda_time(lambda: model(pixel_values=pixels).pooler_output, warmup=1, runs=runs)
+                    single = cuda_time(lambda: model(pixel_values=one).pooler_output, warmup=2, runs=latency_runs)
+            except (RuntimeError, torch.OutOfMemoryError) as error:  # "No available kernel", out of memory
+                out[name] = "unavailable: " + _failure(error)
+                if DEVICE == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            rates.setdefault(name, []).append(batch / statistics.median(times))
+            latencies.setdefault(name, []).extend(single)
+    for name in (name for name in BACKENDS if name in rates):
+        single = sorted(latencies[name])
+        out[name] = {"images_per_second": statistics.median(rates[name]), "batch_size": batch,
+                     "one_image_p50_ms": 1000 * single[len(single) // 2],
+                     "one_image_p99_ms": 1000 * single[min(len(single) - 1, int(0.99 * len(single)))]}
+    return {name: out[name] for name in BACKENDS if name in out}
+
+
+@torch.inference_mode()
+def cuda_graph_query(model, resolution: int, *, runs: int, repeat: int = 3) -> dict:
+    """The one-image forward (what the search page waits for) eager and replayed from a CUDA graph, alternated.
+
+    A 40-layer forward on one image launches hundreds of small kernels; a graph replays them in one launch.
+    """
+    if DEVICE != "cuda":
+        return {"skipped": "CUDA only"}
+    static = torch.randn(1, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            for _ in range(3):
+                model(pixel_values=static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        started = time.perf_counter()
+        with torch.cuda.graph(graph):
+            captured = model(pixel_values=static).pooler_output
+        capture_seconds = time.perf_counter() - started
+    except Exception as error:  # noqa: BLE001 - a model that cannot be captured is a result, not a crash
+        torch.cuda.synchronize()
+        return {"failed": _failure(error)}
+    eager, replay = [], []
+    for _ in range(repeat):
+        eager += cuda_time(lambda: model(pixel_values=static).pooler_output, warmup=2, runs=runs)
+        replay += cuda_time(graph.replay, warmup=2, runs=runs)
+    graph.replay()
+    difference = (captured.float() - model(pixel_values=static).pooler_output.float()).abs().max().item()
+    eager, replay = sorted(eager), sorted(replay)
+
+    def quantiles(times):
+        return {"p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))]}
+
+    return {"eager": quantiles(eager), "graph": quantiles(replay), "capture_seconds": capture_seconds,
+            "max_abs_difference": difference, "runs": len(eager)}
+
+
 def main() -> None:
     from indexer.pipeline import default_workers
 
@@ -290,6 +379,8 @@ def main() -> None:
     parser.add_argument("--resolutions", default="224,512")
     parser.add_argument("--workers", type=int, default=None, help="decode workers [indexer default]")
     parser.add_argument("--compile", action="store_true", help="also time `lookalike index --compile` at each resolution")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time each SDPA attention backend and, on CUDA, a CUDA-graph single query")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of forward-only, naive and indexer in turn; medians and per-round ratios")
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
@@ -342,6 +433,17 @@ def main() -> None:
                 model, pool, resolution, batch_size=best, file_count=settings[resolution][1], workers=workers,
                 runs=runs, peak=peak)
             write_report(report, args.out, stem, started)
+        # last: a CUDA-graph capture that fails must not cost the figures above
+        for resolution in settings if args.variants else ():
+            best = report["results"][resolution]["forward_only"]["batch_size"]
+            variants = report.setdefault("variants", {})
+            variants[resolution] = {"attention": attention_backends(model, resolution, best, runs=max(2, runs - 2),
+                                                                    latency_runs=10 if args.quick else 20)}
+            write_report(report, args.out, stem, started)
+        for resolution in settings if args.variants else ():
+            report["variants"][resolution]["cuda_graph_query"] = cuda_graph_query(model, resolution,
+                                                                                  runs=10 if args.quick else 30)
+            write_report(report, args.out, stem, started)
     print(table(report))
 
 
@@ -390,6 +492,24 @@ def table(report: dict) -> str:
             lines.append(f"- {resolution} px, the naive loop in float16 (the FP16 checkpoint as transformers loads "
                          f"it by default): {row['naive_float16']['images_per_second']:.1f} img/s; indexer "
                          f"{row['naive_float16']['indexer_over']:.1f} × that")
+    for resolution, row in report.get("variants", {}).items():
+        lines += ["", f"Attention backends at {resolution} px (SDPA held to one; forward-only at the chosen batch, and "
+                      "the one-image forward):", "", "| backend | forward-only img/s | one image p50 / p99 ms |",
+                  "|---|---|---|"]
+        for name, figures in row.get("attention", {}).items():
+            if isinstance(figures, str):
+                lines.append(f"| {name} | {figures} | |")
+            else:
+                lines.append(f"| {name} | {figures['images_per_second']:.1f} ({figures['batch_size']}) | "
+                             f"{figures['one_image_p50_ms']:.1f} / {figures['one_image_p99_ms']:.1f} |")
+        graph = row.get("cuda_graph_query", {})
+        if "graph" in graph:
+            lines += ["", f"One-image forward at {resolution} px: eager {graph['eager']['p50_ms']:.1f} / "
+                          f"{graph['eager']['p99_ms']:.1f} ms, CUDA graph {graph['graph']['p50_ms']:.1f} / "
+                          f"{graph['graph']['p99_ms']:.1f} ms (p50 / p99; captured in {graph['capture_seconds']:.1f} s, "
+                          f"outputs differ by at most {graph['max_abs_difference']:.1e})"]
+        elif graph:
+            lines += ["", f"CUDA graph at {resolution} px: {graph.get('failed') or graph.get('skipped')}"]
     for resolution, row in report.get("compiled", {}).items():
         fwd, idx = row["forward_only"], row["indexer"]
         mfu = "" if fwd.get("mfu") is None else f" ({fwd['mfu']:.0%} MFU)"
