@@ -28,7 +28,7 @@ from .errors import IndexerError
 from .images import Preprocess, scan_sources
 from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _free_device_memory, _project,
                        apply_plan, batches,
-                       new_counts, plan_run, tracked_run)
+                       new_counts, plan_run, takes_uint8, tracked_run)
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_siz
 def _first_batch(jobs, store, embedder, *, batch_size, chips) -> tuple[PCA, list[dict]]:
     """Embed the first batches here, as a single-process run does, until the PCA is fitted; their rows."""
     rows, position = [], 0
-    for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=0, chips=chips):
+    for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=0, chips=chips,
+                         raw=takes_uint8(embedder)):
         items = _items(jobs, position, batch)
         position += len(items)
         if not batch["records"]:
@@ -258,13 +259,15 @@ def decode_rows(table: pa.Table, *, preprocess: Preprocess, chips: str) -> pa.Ta
         scene = _scene(row["scene_path"], bands, stretch) if row["scene_path"] else None
         jobs.append(Job(row["path"], row["size"], row["mtime"], image_id=row["image_id"], scene=scene,
                         window=tuple(row["window"]) if row["window"] else None, plain_source=row["plain_source"]))
-    dataset = DecodeDataset(jobs, preprocess, min_valid=options["min_valid"], stretch=stretch, gsd=options["gsd"])
+    # uint8, resized only: a quarter of the bytes through Ray's object store; the actor's embedder normalises
+    dataset = DecodeDataset(jobs, preprocess, min_valid=options["min_valid"], stretch=stretch, gsd=options["gsd"],
+                            raw=True)
     outcomes, pixels, shapes = [], [], []
     for position in range(len(jobs)):
         item = dataset[position]
-        array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) float32
+        array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) uint8
         outcomes.append(json.dumps(item))
-        pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype="<f4").tobytes())
+        pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype=np.uint8).tobytes())
         shapes.append(None if array is None else list(array.shape))
     return (table.append_column("outcome", pa.array(outcomes))
             .append_column("pixels", pa.array(pixels, type=pa.binary()))
@@ -289,7 +292,7 @@ class EmbedActor:
 
     def __call__(self, table: pa.Table) -> dict:
         columns = table.to_pydict()
-        decoded = [np.frombuffer(blob, dtype="<f4").reshape(shape)
+        decoded = [np.frombuffer(blob, dtype=np.uint8).reshape(shape)
                    for blob, shape in zip(columns["pixels"], columns["shape"]) if blob]
         vectors, grids = [], []
         start = 0

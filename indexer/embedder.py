@@ -189,14 +189,24 @@ class DinoV3Embedder:
             self._static_batch = None  # the caller retries smaller: compile for that size instead
             raise
 
+    @property
+    def takes_uint8(self) -> bool:
+        """On a GPU the pipeline hands over uint8 pixels and they are normalised there: a quarter of the host
+        memory in flight (worker queues, pinned buffers) and of the copy. On a CPU the decode workers
+        normalise, in parallel with the model, instead of the model's own threads."""
+        return self.device.type == "cuda"
+
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor, *, check: bool = True) -> Embedding:
-        """pixels (B, 3, H, W), normalised → global vectors and the (H/16, W/16) grid of patch tokens.
+        """pixels (B, 3, H, W), normalised float or Preprocess.resized uint8 → global vectors and the
+        (H/16, W/16) grid of patch tokens.
 
         `check=False` leaves the NaN/inf check to the caller (the pipeline's writer does it on the host
         copy), so that on a GPU this call returns before the device has finished.
         """
         batch, _, height, width = pixels.shape
+        if pixels.dtype == torch.uint8:  # Preprocess.resized: normalised here, on the device
+            pixels = self.preprocess.normalize(pixels.to(self.device, non_blocking=True))
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         hidden = self._run(pixels)  # (B, 1 + R + h*w, D), after the final norm
         cls_token = hidden[:, 0].float()  # == pooler_output

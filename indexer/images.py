@@ -121,24 +121,51 @@ def load_image(path: Path) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Square resize with antialiasing to `resolution`, then per-channel normalisation."""
+    """Square resize with antialiasing to `resolution`, then per-channel normalisation (here, or on the model's
+    device from the uint8 `resized` form)."""
 
     resolution: int
     mean: tuple
     std: tuple
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        """(3, H, W) float32, normalised."""
+        # Each channel's 256 possible bytes are normalised once (table) and looked up plane by plane:
+        # the same float32 values as normalising every pixel, ~5x faster (1.3 -> 0.26 ms at 224 px).
+        planes = self.resized(image)
+        pixels = np.empty(planes.shape, np.float32)
+        for channel, table in enumerate(self.table):
+            np.take(table, planes[channel], out=pixels[channel])
+        return pixels
+
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """(3, H, W) uint8, resized but not normalised: a quarter of the bytes to carry to the device,
+        where `normalize` finishes the job."""
         size = (self.resolution, self.resolution)
         image = image if image.mode == "RGB" else image.convert("RGB")
         # Pillow's resize filters over the whole footprint when shrinking: antialiased.
         resized = image.resize(size, Image.Resampling.BICUBIC) if image.size != size else image
-        # Each channel's 256 possible bytes are normalised once (table) and looked up plane by plane:
-        # the same float32 values as normalising every pixel, ~5x faster (1.3 -> 0.26 ms at 224 px).
-        table = self.table
-        pixels = np.empty((3, size[1], size[0]), np.float32)
-        for channel, plane in enumerate(resized.split()):
-            np.take(table[channel], np.asarray(plane), out=pixels[channel])
-        return pixels  # (3, H, W)
+        return np.stack([np.asarray(plane) for plane in resized.split()])
+
+    def normalize(self, pixels):
+        """uint8 (B, 3, H, W) torch tensor, on any device → float32 there, equal to __call__'s values."""
+        import torch
+
+        if pixels.device.type == "cpu":  # numpy's take on uint8 indices: ~2.5x faster than the gather on a CPU
+            planes = pixels.numpy()
+            out = np.empty(planes.shape, np.float32)
+            for channel, table in enumerate(self.table):
+                np.take(table, planes[:, channel], out=out[:, channel])
+            return torch.from_numpy(out)
+        return self.gather(pixels)
+
+    def gather(self, pixels):
+        """normalize's device path: one gather from the (3 × 256) table (tests run it on the CPU too)."""
+        import torch
+
+        table = torch.as_tensor(self.table, device=pixels.device).reshape(-1)  # (3 * 256,)
+        offsets = torch.arange(3, device=pixels.device).reshape(1, 3, 1, 1) * 256
+        return table[pixels.long() + offsets]
 
     @cached_property
     def table(self) -> np.ndarray:

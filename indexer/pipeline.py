@@ -220,8 +220,9 @@ class DecodeDataset(torch.utils.data.Dataset):
     """One job → pixels and catalogue fields, or the reason it failed (never an exception)."""
 
     def __init__(self, jobs: list[Job], preprocess: Preprocess, *, min_valid: float = 0.5, stretch=(2, 98),
-                 gsd: float | None = None):
+                 gsd: float | None = None, raw: bool = False):
         self.gsd = gsd
+        self.raw = raw  # uint8 pixels, normalised later on the model's device (Preprocess.resized)
         self._decoded = (None, None)  # (path, upright RGB image) of the last plain image cut
         self.jobs = jobs
         self.preprocess = preprocess
@@ -243,11 +244,14 @@ class DecodeDataset(torch.utils.data.Dataset):
             image = decode_bytes(data, name=job.path)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
                       "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
-            return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+            return {"record": record, "pixels": self._pixels(image)}
         except UnreadableImage as error:
             return {"failure": (name, str(error).removeprefix(name + ": "), job.size, job.mtime)}
         except OSError as error:
             return {"failure": (name, f"cannot be read ({error.strerror or error})", job.size, job.mtime)}
+
+    def _pixels(self, image) -> torch.Tensor:
+        return torch.from_numpy(self.preprocess.resized(image) if self.raw else self.preprocess(image))
 
     def _chip(self, job: Job) -> dict:
         rgb, valid = scenes.read_chip(job.scene.path, job.scene, job.window)  # (h, w, 3) uint8
@@ -263,7 +267,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
                   "width": image.width, "height": image.height, "scene": job.scene.path,
                   "window": list(job.window), "geo": geo}
-        return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+        return {"record": record, "pixels": self._pixels(image)}
 
 
     def _plain_chip(self, job: Job) -> dict:
@@ -274,7 +278,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
                   "width": width, "height": height, "scene": job.plain_source, "window": list(job.window),
                   "geo": {"plain": True}}
-        return {"record": record, "pixels": torch.from_numpy(self.preprocess(image))}
+        return {"record": record, "pixels": self._pixels(image)}
 
 
 SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
@@ -300,9 +304,10 @@ def _quiet_worker(_):
     torch.set_num_threads(1)  # decode workers must not fight the model's threads
 
 
-def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptions = ChipOptions()):
+def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptions = ChipOptions(), raw: bool = False):
+    dataset = DecodeDataset(jobs, preprocess, min_valid=chips.min_valid, stretch=chips.stretch, gsd=chips.gsd, raw=raw)
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(jobs, preprocess, min_valid=chips.min_valid, stretch=chips.stretch, gsd=chips.gsd), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
@@ -386,7 +391,8 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
     chunk = batch_size  # shrinks for good after an out-of-memory error
     try:
-        for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers, chips=chips):
+        for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=workers, chips=chips,
+                             raw=takes_uint8(embedder)):
             if batch["skipped_chips"]:
                 writer.skipped_chips(batch["skipped_chips"])
             for failure in batch["failures"]:
@@ -412,6 +418,11 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
     finally:
         bar.close()
         writer.close()
+
+
+def takes_uint8(embedder) -> bool:
+    """Whether the decode workers should hand this embedder uint8 pixels (it normalises them on its device)."""
+    return bool(getattr(embedder, "takes_uint8", False))
 
 
 def _embed(embedder, pixels):

@@ -96,3 +96,19 @@ def test_preprocess_takes_grey_and_alpha_images():
     np.testing.assert_array_equal(grey, rgba)
     assert grey.shape == (3, 32, 32)
     assert grey[:, 0, 0] == pytest.approx([(128 / 255 - m) / s for m, s in zip(SAT_MEAN, SAT_STD)], rel=1e-5)
+
+
+def test_device_normalisation_equals_the_host_one():
+    """uint8 pixels normalised later (the CPU path and the gather a GPU runs) equal __call__'s floats."""
+    import torch
+
+    from indexer.images import Preprocess
+
+    preprocess = Preprocess(64, tuple(SAT_MEAN), tuple(SAT_STD))
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)) for _ in range(3)]
+    raw = torch.from_numpy(np.stack([preprocess.resized(image) for image in images]))
+    expected = torch.from_numpy(np.stack([preprocess(image) for image in images]))
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 3, 64, 64)
+    assert torch.equal(preprocess.normalize(raw), expected)
+    assert torch.equal(preprocess.gather(raw), expected)

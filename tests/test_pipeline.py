@@ -6,6 +6,7 @@ import shutil
 import faiss
 import numpy as np
 import pytest
+import torch
 
 from helpers import all_vectors, ids_by_path
 from indexer import api
@@ -207,6 +208,26 @@ def test_parallel_decode_workers_give_the_same_vectors(index, chips_dir, tmp_pat
     assert serial_ids.keys() == parallel_ids.keys()
     for path, image_id in serial_ids.items():
         np.testing.assert_allclose(parallel.vector(parallel_ids[path]), serial.vector(image_id), atol=1e-5)
+
+
+def test_uint8_transport_gives_the_same_vectors_and_patch_features(index, embedder, chips_dir, tmp_path, open_store,
+                                                                    monkeypatch):
+    """On a GPU the workers hand over uint8 pixels that the embedder normalises on the device; forced here on
+    the CPU, through a real decode worker, it must store exactly what the float path stores."""
+    index([chips_dir], tmp_path / "float", workers=1, batch_size=4)
+    monkeypatch.setattr(type(embedder), "takes_uint8", property(lambda self: True))
+    seen = []
+    real_embed = type(embedder).embed
+    monkeypatch.setattr(type(embedder), "embed",
+                        lambda self, pixels, **kw: (seen.append(pixels.dtype), real_embed(self, pixels, **kw))[1])
+    index([chips_dir], tmp_path / "uint8", workers=1, batch_size=4)
+    assert seen and set(seen) == {torch.uint8}
+    floats, uint8s = open_store(tmp_path / "float"), open_store(tmp_path / "uint8")
+    float_ids, uint8_ids = ids_by_path(floats), ids_by_path(uint8s)
+    assert float_ids == uint8_ids
+    for image_id in float_ids.values():
+        np.testing.assert_array_equal(uint8s.vector(image_id), floats.vector(image_id))
+        np.testing.assert_array_equal(uint8s.patch_features(image_id), floats.patch_features(image_id))
 
 
 @pytest.mark.parametrize("pooling, factor", [("cls", 1), ("mean", 1), ("cls+mean", 2)])

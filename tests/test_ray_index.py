@@ -223,7 +223,7 @@ def test_an_embedding_actor_halves_its_batch_on_out_of_memory(embedder, chips_di
     block = decode_rows(_job_table(list(enumerate(jobs))), preprocess=embedder.preprocess,
                         chips=json.dumps(dataclasses.asdict(ChipOptions())))
     first = block.to_pydict()
-    pixels = np.frombuffer(first["pixels"][0], "<f4").reshape(first["shape"][0])[None].copy()  # (1, 3, H, W)
+    pixels = np.frombuffer(first["pixels"][0], np.uint8).reshape(first["shape"][0])[None].copy()  # (1, 3, H, W) uint8
     pca = _fit_store_pca(store, embedder.embed(torch.from_numpy(pixels)).patch_tokens)
     store.close()
 
