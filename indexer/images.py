@@ -4,7 +4,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +161,7 @@ class Preprocess:
 
     def gather(self, pixels):
         """normalize's device path: one gather from the (3 × 256) table (tests run it on the CPU too)."""
-        import torch
-
-        table = torch.as_tensor(self.table, device=pixels.device).reshape(-1)  # (3 * 256,)
-        offsets = torch.arange(3, device=pixels.device).reshape(1, 3, 1, 1) * 256
+        table, offsets = _device_table(self, pixels.device)
         return table[pixels.long() + offsets]
 
     @cached_property
@@ -172,3 +169,13 @@ class Preprocess:
         """(3, 256) float32: (byte / 255 - mean) / std, computed as the per-pixel formula would."""
         levels = np.arange(256, dtype=np.float32)[None, :] / 255.0
         return (levels - np.asarray(self.mean, np.float32)[:, None]) / np.asarray(self.std, np.float32)[:, None]
+
+
+@lru_cache(maxsize=8)
+def _device_table(preprocess: Preprocess, device):
+    """The table and channel offsets, copied to `device` once: a copy per batch from pageable host memory
+    would make the host wait for the device's queue before it could launch the next batch."""
+    import torch
+
+    table = torch.as_tensor(preprocess.table, device=device).reshape(-1)  # (3 * 256,)
+    return table, torch.arange(3, device=device).reshape(1, 3, 1, 1) * 256
