@@ -18,8 +18,8 @@ Two reference points put the ratios in context:
   checkpoint in its own dtype by default, and a CPU without FP16 arithmetic runs it slowly.
 
 --variants adds, at each resolution, forward-only and the one-image forward with SDPA held to each attention
-backend in turn, and on CUDA the one-image forward replayed from a CUDA graph against eager (what the search
-page waits for). --compile adds `lookalike index --compile`.
+backend in turn, the indexer with uint8 against float32 pixel hand-over, and on CUDA the one-image forward
+replayed from a CUDA graph against eager (what the search page waits for). --compile adds `lookalike index --compile`.
 
     python bench/throughput.py --device cpu --shape vits16 --resolutions 224 --out bench/results/cpu
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
@@ -170,9 +170,25 @@ def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
     return {"images_per_second": batch / seconds, "batch_size": batch, "products": len(calls)}
 
 
-def bench_embedder(model, resolution: int, *, compile: bool = False) -> DinoV3Embedder:
-    return DinoV3Embedder(model, model="random-sat493m", resolution=resolution, normalization=SAT493M,
-                          pooling="cls", compile=compile)
+def bench_embedder(model, resolution: int, *, compile: bool = False, transport: str | None = None) -> DinoV3Embedder:
+    """The indexer's embedder; `transport` ("uint8" or "float32") overrides how decode workers hand over pixels."""
+    embedder = DinoV3Embedder(model, model="random-sat493m", resolution=resolution, normalization=SAT493M,
+                              pooling="cls", compile=compile)
+    if transport is not None:
+        embedder.__class__ = type("PinnedTransport", (DinoV3Embedder,), {"takes_uint8": transport == "uint8"})
+    return embedder
+
+
+def transport_ab(model, pool, resolution: int, *, batch_size: int, workers: int, rounds: int = 1) -> dict:
+    """`lookalike index` with the decode workers handing over uint8 (normalised on the model's device) and
+    float32 (normalised in the workers), alternated; uint8 is the default."""
+    rates = {"uint8": [], "float32": []}
+    for number in range(rounds):
+        for transport in ("uint8", "float32") if number % 2 == 0 else ("float32", "uint8"):
+            run = indexer_run(bench_embedder(model, resolution, transport=transport), pool, batch_size=batch_size,
+                              workers=workers)
+            rates[transport].append(run["images_per_second"])
+    return {name: {"images_per_second": statistics.median(values), "images": len(pool)} for name, values in rates.items()}
 
 
 def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
@@ -440,6 +456,10 @@ def main() -> None:
             variants[resolution] = {"attention": attention_backends(model, resolution, best, runs=max(2, runs - 2),
                                                                     latency_runs=10 if args.quick else 20)}
             write_report(report, args.out, stem, started)
+            variants[resolution]["transport"] = transport_ab(model, pool[:settings[resolution][1]], resolution,
+                                                             batch_size=best, workers=workers,
+                                                             rounds=1 if DEVICE == "cuda" else 3)
+            write_report(report, args.out, stem, started)
         for resolution in settings if args.variants else ():
             report["variants"][resolution]["cuda_graph_query"] = cuda_graph_query(model, resolution,
                                                                                   runs=10 if args.quick else 30)
@@ -502,6 +522,11 @@ def table(report: dict) -> str:
             else:
                 lines.append(f"| {name} | {figures['images_per_second']:.1f} ({figures['batch_size']}) | "
                              f"{figures['one_image_p50_ms']:.1f} / {figures['one_image_p99_ms']:.1f} |")
+        transport = row.get("transport")
+        if transport:
+            lines += ["", f"Indexer at {resolution} px, pixels handed over as uint8 (normalised on the model's device) "
+                          f"vs float32 (normalised in the decode workers): {transport['uint8']['images_per_second']:.1f} "
+                          f"vs {transport['float32']['images_per_second']:.1f} img/s"]
         graph = row.get("cuda_graph_query", {})
         if "graph" in graph:
             lines += ["", f"One-image forward at {resolution} px: eager {graph['eager']['p50_ms']:.1f} / "

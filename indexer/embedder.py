@@ -189,12 +189,11 @@ class DinoV3Embedder:
             self._static_batch = None  # the caller retries smaller: compile for that size instead
             raise
 
-    @property
-    def takes_uint8(self) -> bool:
-        """On a GPU the pipeline hands over uint8 pixels and they are normalised there: a quarter of the host
-        memory in flight (worker queues, pinned buffers) and of the copy. On a CPU the decode workers
-        normalise, in parallel with the model, instead of the model's own threads."""
-        return self.device.type == "cuda"
+    # The decode workers hand over uint8 pixels (Preprocess.resized) and embed() normalises them on the model's
+    # device: a quarter of the host memory in flight (worker queues, pinned buffers) and of the copies. On the
+    # 2-core VM, against float32 normalised in the workers: ViT-S/16 1.01x, tiny model 1.20x (the hand-over
+    # dominates there); bench/throughput.py --variants times both on any machine.
+    takes_uint8 = True
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor, *, check: bool = True) -> Embedding:

@@ -212,16 +212,18 @@ def test_parallel_decode_workers_give_the_same_vectors(index, chips_dir, tmp_pat
 
 def test_uint8_transport_gives_the_same_vectors_and_patch_features(index, embedder, chips_dir, tmp_path, open_store,
                                                                     monkeypatch):
-    """On a GPU the workers hand over uint8 pixels that the embedder normalises on the device; forced here on
-    the CPU, through a real decode worker, it must store exactly what the float path stores."""
-    index([chips_dir], tmp_path / "float", workers=1, batch_size=4)
-    monkeypatch.setattr(type(embedder), "takes_uint8", property(lambda self: True))
+    """The workers hand over uint8 pixels that the embedder normalises on its device; through a real decode
+    worker that must store exactly what float32 pixels normalised in the worker store."""
     seen = []
     real_embed = type(embedder).embed
     monkeypatch.setattr(type(embedder), "embed",
                         lambda self, pixels, **kw: (seen.append(pixels.dtype), real_embed(self, pixels, **kw))[1])
     index([chips_dir], tmp_path / "uint8", workers=1, batch_size=4)
-    assert seen and set(seen) == {torch.uint8}
+    assert seen and set(seen) == {torch.uint8}  # the default
+    seen.clear()
+    monkeypatch.setattr(type(embedder), "takes_uint8", False)
+    index([chips_dir], tmp_path / "float", workers=1, batch_size=4)
+    assert seen and set(seen) == {torch.float32}
     floats, uint8s = open_store(tmp_path / "float"), open_store(tmp_path / "uint8")
     float_ids, uint8_ids = ids_by_path(floats), ids_by_path(uint8s)
     assert float_ids == uint8_ids
