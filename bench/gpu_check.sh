@@ -2,7 +2,8 @@
 # The GPU check: on a bare CUDA machine with torch, transformers and numpy (no faiss, no internet),
 # install the other needs from .whl/ (bench/fetch_wheels.sh), then measure the 7B shape at 224 and 512:
 # forward-only, the model card's loop, and `lookalike` indexing, then each SDPA attention backend and a CUDA-graph
-# single query (--variants; about 100 s of the run). Results go to $OUT (or bench/results/gpu).
+# single query (--variants). Expected on an H100, from session-1 timings plus estimates for what was added since:
+# about 5 minutes in all (variants ~2), and ~2 more with --compile. Results go to $OUT (or bench/results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-bench/results/gpu}"
