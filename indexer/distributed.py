@@ -26,9 +26,8 @@ from . import scenes
 from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
-from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _free_device_memory, _project,
-                       apply_plan, batches,
-                       new_counts, plan_run, takes_uint8, tracked_run)
+from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
+                       embed_in_chunks, new_counts, plan_run, takes_uint8, tracked_run)
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)
@@ -295,21 +294,11 @@ class EmbedActor:
         decoded = [np.frombuffer(blob, dtype=np.uint8).reshape(shape)
                    for blob, shape in zip(columns["pixels"], columns["shape"]) if blob]
         vectors, grids = [], []
-        start = 0
-        while start < len(decoded):
-            pixels = torch.from_numpy(np.stack(decoded[start:start + self.batch_size]))  # (B, 3, H, W)
-            try:
-                embedding = _embed(self.embedder, pixels)
-            except torch.OutOfMemoryError:  # as a single-process run does: halve, for the rest of this actor
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("out of device memory: this actor embeds in batches of %d from now on", self.batch_size)
-                _free_device_memory()
-                continue
+        pixels = torch.from_numpy(np.stack(decoded)) if decoded else ()  # (B, 3, H, W) uint8
+        # as a single-process run does: an out-of-memory error halves the batch for the rest of this actor
+        for _, _, embedding, self.batch_size in embed_in_chunks(self.embedder, pixels, self.batch_size):
             vectors.append(embedding.global_vectors.cpu().numpy())
             grids.append(_project(embedding.patch_tokens, self.pca).cpu().numpy())
-            start += len(pixels)
         items = [dict(json.loads(outcome), position=position, path=path, size=size, mtime=mtime, image_id=image_id)
                  for outcome, position, path, size, mtime, image_id in zip(
                      columns["outcome"], columns["position"], columns["path"], columns["size"], columns["mtime"],

@@ -134,8 +134,7 @@ class Preprocess:
         # the same float32 values as normalising every pixel, ~5x faster (1.3 -> 0.26 ms at 224 px).
         planes = self.resized(image)
         pixels = np.empty(planes.shape, np.float32)
-        for channel, table in enumerate(self.table):
-            np.take(table, planes[channel], out=pixels[channel])
+        self._look_up(planes, pixels)
         return pixels
 
     def resized(self, image: Image.Image) -> np.ndarray:
@@ -155,10 +154,14 @@ class Preprocess:
             planes = pixels.numpy()        # a quarter of what the gather costs on a CPU
             out = np.empty(planes.shape, np.float32)
             for image, image_out in zip(planes, out):
-                for channel, table in enumerate(self.table):
-                    np.take(table, image[channel], out=image_out[channel])
+                self._look_up(image, image_out)
             return torch.from_numpy(out)
         return self.gather(pixels)
+
+    def _look_up(self, planes: np.ndarray, out: np.ndarray) -> None:
+        """One image's uint8 (3, H, W) → its normalised float32 values in `out`, plane by plane."""
+        for channel, table in enumerate(self.table):
+            np.take(table, planes[channel], out=out[channel])
 
     def gather(self, pixels):
         """normalize's device path: one gather from the (3 × 256) table (tests run it on the CPU too)."""

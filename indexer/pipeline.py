@@ -398,26 +398,33 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
             for failure in batch["failures"]:
                 writer.failed(failure)
             records, pixels = batch["records"], batch["pixels"]
-            start = 0
-            while start < len(records):
-                try:
-                    embedding = _embed(embedder, pixels[start:start + chunk])
-                except torch.OutOfMemoryError:
-                    if chunk == 1:
-                        raise
-                    chunk = max(1, chunk // 2)
-                    log.warning("out of device memory: embedding in batches of %d from now on", chunk)
-                    _free_device_memory()
-                    continue
+            for start, stop, embedding, chunk in embed_in_chunks(embedder, pixels, chunk) if records else ():
                 if pca is None:
                     pca = _fit_store_pca(store, embedding.patch_tokens)
-                writer.embedded(records[start:start + chunk], embedding.global_vectors,
-                                _project(embedding.patch_tokens, pca))
-                start += chunk
+                writer.embedded(records[start:stop], embedding.global_vectors, _project(embedding.patch_tokens, pca))
             bar.update(len(records) + len(batch["failures"]) + len(batch["skipped_chips"]))
     finally:
         bar.close()
         writer.close()
+
+
+def embed_in_chunks(embedder, pixels: torch.Tensor, size: int):
+    """Embed `pixels` in chunks of `size`, halving it for good (down to 1) when the device runs out of memory.
+    Yields (start, stop, embedding, size): callers keep the last size for their next batch."""
+    start = 0
+    while start < len(pixels):
+        try:
+            embedding = _embed(embedder, pixels[start:start + size])
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            log.warning("out of device memory: embedding in batches of %d from now on", size)
+            _free_device_memory()
+            continue
+        stop = min(start + size, len(pixels))
+        yield start, stop, embedding, size
+        start = stop
 
 
 def takes_uint8(embedder) -> bool:

@@ -202,33 +202,26 @@ class PlanOrderIngester:
         if new_shard is not None:
             self.shards.add(new_shard)
         start = self.next
-        while self.next < len(self.jobs):
-            job = self.jobs[self.next]
-            key = job_key(job.path, job.size, job.mtime)
-            if key not in self.shards:
-                break
-            self.ingester.add(self.shards.row(key), image_id=job.image_id)
+        while self.next < len(self.jobs) and self._ingest(self.jobs[self.next]):
             self.next += 1
         return self.next - start
 
     def finish(self) -> None:
         self.advance()
-        missing = 0
-        for job in self.jobs[self.next:]:  # rows behind a missing one: kept, so a rerun finds less to embed
-            key = job_key(job.path, job.size, job.mtime)
-            if key in self.shards:
-                self.ingester.add(self.shards.row(key), image_id=job.image_id)
-            else:
-                missing += 1
+        # rows behind a missing one: kept, so a rerun finds less to embed
+        missing = sum(not self._ingest(job) for job in self.jobs[self.next:])
         self.ingester.flush()
         if missing:
             raise IndexerError(f"{missing} job(s) have no row in the shards at {self.shards.run_dir}: run the same "
                                "command again to embed them")
 
-
-def ingest_jobs(store: Store, jobs: list, shards: ShardIndex, *, run_id, counts: dict, batch_size: int) -> None:
-    """Ingest the rows of `jobs` in plan order, so images get the ids a single-process run gives them."""
-    PlanOrderIngester(store, jobs, shards, run_id=run_id, counts=counts, batch_size=batch_size).finish()
+    def _ingest(self, job) -> bool:
+        """Ingest `job`'s row if a shard holds it; whether one did."""
+        key = job_key(job.path, job.size, job.mtime)
+        if key not in self.shards:
+            return False
+        self.ingester.add(self.shards.row(key), image_id=job.image_id)
+        return True
 
 
 def ingest_shard(store: Store, shard_path: Path, *, run_id=None, batch_size: int = 256) -> dict:
