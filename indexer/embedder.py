@@ -191,8 +191,8 @@ class DinoV3Embedder:
 
     # The decode workers hand over uint8 pixels (Preprocess.resized) and embed() normalises them on the model's
     # device: a quarter of the host memory in flight (worker queues, pinned buffers) and of the copies. On the
-    # 2-core VM, against float32 normalised in the workers: ViT-S/16 1.01x, tiny model 1.20x (the hand-over
-    # dominates there); bench/throughput.py --variants times both on any machine.
+    # 2-core VM, against float32 normalised in the workers: ViT-S/16 1.03x, tiny model 1.19x (the hand-over
+    # dominates there; bench/results/cpu/variants/); bench/throughput.py --variants times both on any machine.
     takes_uint8 = True
 
     @torch.inference_mode()

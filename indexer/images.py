@@ -130,8 +130,8 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """(3, H, W) float32, normalised."""
-        # Each channel's 256 possible bytes are normalised once (table) and looked up plane by plane:
-        # the same float32 values as normalising every pixel, ~5x faster (1.3 -> 0.26 ms at 224 px).
+        # Each channel's 256 possible bytes are normalised once (table) and looked up plane by plane: the same
+        # float32 values as normalising every pixel, faster (bench/results/preprocess_speed.md, resize included).
         planes = self.resized(image)
         pixels = np.empty(planes.shape, np.float32)
         self._look_up(planes, pixels)
@@ -150,8 +150,8 @@ class Preprocess:
         """uint8 (B, 3, H, W) torch tensor, on any device → float32 there, equal to __call__'s values."""
         import torch
 
-        if pixels.device.type == "cpu":  # numpy's take, plane by contiguous plane: ~0.2 ms an image at 224 px,
-            planes = pixels.numpy()        # a quarter of what the gather costs on a CPU
+        if pixels.device.type == "cpu":  # numpy's take, plane by contiguous plane: well under half the gather's
+            planes = pixels.numpy()        # time on a CPU (bench/results/preprocess_speed.md)
             out = np.empty(planes.shape, np.float32)
             for image, image_out in zip(planes, out):
                 self._look_up(image, image_out)
