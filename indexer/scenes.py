@@ -7,7 +7,9 @@ one window per chip. Decisions a caller should know:
 - Bands: an explicit `bands=` wins ('override'); else red/green/blue declared by colour interpretation
   ('colorinterp'); else a 1-band raster is grey on three channels ('grey'); else bands 1,2,3 ('default').
   NAIP (R,G,B,NIR) and the Landsat files here (SWIR1,NIR,red,green) declare nothing, so they get the default.
-- Mask: a band declared alpha ('alpha', valid where alpha > 0); else the nodata value ('nodata', valid
+- Mask, in GDAL's own order of precedence: a band declared alpha ('alpha', valid where alpha > 0); else a
+  per-dataset mask band ('mask': a COG's internal mask, usual with lossy JPEG compression where no nodata
+  value survives, or a .msk sidecar; valid where the mask > 0); else the nodata value ('nodata', valid
   where any used band differs from it, GDAL's per-dataset convention, so a real 0 in one band stays
   valid); else 'none'. Invalid pixels are set to 0 (black) in chips so every scene's gaps look alike.
 - Radiometry: uint8 is used as is; every other dtype is stretched per band from the (low, high)
@@ -31,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine, xy
 from rasterio.warp import transform as warp_transform
@@ -59,7 +61,7 @@ class Scene:
     transform: tuple  # affine a, b, c, d, e, f
     bands: tuple  # 1-based band indexes used: 3 for colour, 1 for grey
     band_source: str  # 'colorinterp' | 'default' | 'override' | 'grey'
-    mask_source: str  # 'alpha' | 'nodata' | 'none'
+    mask_source: str  # 'alpha' | 'mask' | 'nodata' | 'none'
     nodata: float | None
     stretch: tuple | None  # None for uint8, else ((low, high), ...) per used band
     date: str | None  # 'YYYY-MM-DD', 'YYYY' when only the year is known, or None
@@ -88,8 +90,7 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
     if not 0 <= stretch[0] < stretch[1] <= 100:
         raise IndexerError(f"stretch {tuple(stretch)}: percentiles must satisfy 0 <= low < high <= 100")
     used, band_source = _choose_bands(dataset, bands)
-    alpha = _alpha_band(dataset)
-    mask_source = "alpha" if alpha else "nodata" if dataset.nodata is not None else "none"
+    mask_source = _mask_source(dataset)
     crs = _crs_string(dataset.crs)
     bounds = tuple(float(v) for v in dataset.bounds)
     scene = Scene(
@@ -160,6 +161,14 @@ def _crs_string(crs) -> str | None:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
+def _mask_source(dataset) -> str:
+    if _alpha_band(dataset):
+        return "alpha"
+    if any(MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags for flags in dataset.mask_flag_enums):
+        return "mask"
+    return "nodata" if dataset.nodata is not None else "none"
+
+
 def _alpha_band(dataset) -> int | None:
     for index, interp in enumerate(dataset.colorinterp, start=1):
         if interp == ColorInterp.alpha:
@@ -187,8 +196,13 @@ def _choose_bands(dataset, bands) -> tuple[tuple, str]:
 
 def _valid_mask(dataset, scene: Scene, pixels: np.ndarray, **read_args) -> np.ndarray | None:
     """(h, w) bool, True where valid, for pixels (bands, h, w) read with read_args; None without a mask."""
-    if scene.mask_source == "alpha":
-        return dataset.read(_alpha_band(dataset), **read_args) > 0
+    try:
+        if scene.mask_source == "alpha":
+            return dataset.read(_alpha_band(dataset), **read_args) > 0
+        if scene.mask_source == "mask":  # the per-dataset mask is shared by all bands: band 1's is all of it
+            return dataset.read_masks(1, **read_args) > 0
+    except RasterioError as error:
+        raise UnreadableImage(f"{dataset.name}: damaged mask data ({error})") from error
     if scene.mask_source == "nodata":
         if math.isnan(scene.nodata):
             is_nodata = np.isnan(pixels)

@@ -2,6 +2,7 @@
 import json
 import os
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +200,47 @@ def test_nodata_corners_are_skipped_and_the_centre_kept(data_dir):
     assert run.skipped > 0 and run.kept == len(kept) and run.kept + run.skipped == len(run.windows)
     assert (0, 0, 200, 200) not in kept and (200, 200, 200, 200) in kept
     assert all(chip.valid_fraction >= 0.5 for chip in run)
+
+
+def write_masked(path, pixels, mask, *, internal=True, **profile):
+    """pixels (bands, h, w) with a per-dataset mask band (255 valid, 0 not): inside the TIFF, or a .msk sidecar."""
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal):
+        write_raster(path, pixels, **profile)
+        with rasterio.open(path, "r+") as dst:
+            dst.write_mask(mask)
+    return path
+
+
+def test_internal_mask_of_a_jpeg_cog_is_the_mask(data_dir, tmp_path):
+    # Lossy JPEG leaves no exact nodata value, so such COGs carry an internal mask instead (NAIP's own style).
+    with rasterio.open(data_dir / NAIP_NAME) as ds:
+        pixels = ds.read([1, 2, 3], window=Window(0, 0, 512, 256))  # (3, 256, 512), real imagery
+    mask = np.full((256, 512), 255, np.uint8)
+    mask[:, :320] = 0  # the left 320 columns are outside the acquisition; their pixels stay non-zero
+    path = write_masked(tmp_path / "cog.tif", pixels, mask, compress="jpeg", photometric="ycbcr", tiled=True,
+                        blockxsize=256, blockysize=256)
+    scene = open_scene(path)
+    assert (scene.mask_source, scene.nodata) == ("mask", None)
+    rgb, valid = read_chip(path, scene, (256, 0, 256, 256))
+    assert valid == pytest.approx(0.75)  # columns 256..319 masked, 320..511 valid
+    assert not rgb[:, :64].any() and rgb[:, 64:].any()
+    run = iter_chips(path, chip_size=256, min_valid=0.5)
+    assert [chip.window for chip in run] == [(256, 0, 256, 256)] and run.skipped == 1
+    assert [chip.window for chip in iter_chips(path, chip_size=256, min_valid=0.8)] == []
+
+
+def test_sidecar_mask_leaves_masked_values_out_of_the_stretch(tmp_path):
+    pixels = np.tile(np.linspace(1000, 2000, 200, dtype=np.uint16), (3, 100, 1))  # (3, 100, 200) ramp
+    pixels[:, :, :100] = 65000  # masked garbage far above the valid range
+    mask = np.zeros((100, 200), np.uint8)
+    mask[:, 100:] = 255
+    path = write_masked(tmp_path / "u16.tif", pixels, mask, internal=False)
+    assert Path(f"{path}.msk").exists()
+    scene = open_scene(path)
+    assert scene.mask_source == "mask"
+    assert all(1000 <= low < high <= 2000 for low, high in scene.stretch)
+    rgb, valid = read_chip(path, scene, (0, 0, 200, 100))
+    assert valid == pytest.approx(0.5) and not rgb[:, :100].any() and rgb[:, 100:].max() == 255
 
 
 def test_alpha_band_is_the_mask(data_dir):
