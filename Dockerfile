@@ -1,6 +1,7 @@
 # lookalike on a CUDA machine: docker build -t lookalike . && \
-#   docker run --gpus all -v hf-cache:/cache/huggingface -v "$PWD/store:/store" -v "$PWD/images:/images:ro" \
-#     lookalike index /images --store /store
+#   docker run --gpus all --shm-size=2g -v hf-cache:/cache/huggingface -v "$PWD/store:/store" \
+#     -v "$PWD/images:/images:ro" lookalike index /images --store /store
+# (--shm-size: the decode workers hand batches over through shared memory; Docker's default 64 MB is too small.)
 # The search page (inside a container it must bind to all interfaces to be reachable through -p):
 #   docker run --gpus all -p 8501:8501 -v hf-cache:/cache/huggingface -v "$PWD/store:/store" \
 #     -v "$PWD/images:/images:ro" lookalike serve --store /store --host 0.0.0.0
