@@ -1,4 +1,4 @@
-"""The `lookalike` command line: index, search, info. Library errors become one clear line."""
+"""The `lookalike` command line, one click command each; library errors become one clear line."""
 import functools
 import json
 import logging
@@ -194,11 +194,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
             f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
         )
         for reason, count in sorted(summary["failure_reasons"].items(), key=lambda item: -item[1]):
-            click.echo(f"  failed: {count} × {reason}")
+            click.echo(f"  failed: {count} × {reason}, e.g. {summary['failure_examples'][reason]}")
+        if summary["failed"]:
+            click.echo(f"  every failure and its reason: lookalike failures --store {store_dir}")
     if strict and summary["failed"]:
         raise click.ClickException(
-            f"--strict: {summary['failed']} file(s) failed; `lookalike info --store {store_dir}` counts them, "
-            "the store's failures table says why")
+            f"--strict: {summary['failed']} file(s) failed; `lookalike failures --store {store_dir}` says why")
 
 
 @cli.command()
@@ -372,6 +373,34 @@ def info(store_dir, as_json):
                    f"{item['crs'] or 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chips")
     if len(scene_list) > SCENES_SHOWN:
         click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
+
+
+@cli.command()
+@store_option
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="Show at most this many, newest first (--json lists them all unless --limit is given).")
+@json_option
+@friendly_errors
+def failures(store_dir, limit, as_json):
+    """List the files that failed to index and why (a file that fails again replaces its old reason).
+
+    Example: lookalike failures --store demo-store --limit 10
+    """
+    from store import Store
+
+    store = Store.open(store_dir)
+    explicit = click.get_current_context().get_parameter_source("limit") != click.core.ParameterSource.DEFAULT
+    rows = store.failures(limit=limit if explicit or not as_json else None)
+    if as_json:
+        click.echo(json.dumps({"failed": store.count_failures(), "failures": rows}))
+        return
+    total = store.count_failures()
+    if not total:
+        click.echo("no failures recorded")
+    for row in rows:
+        click.echo(f"{row['path']}: {row['reason']}")
+    if total > len(rows):
+        click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
 
 
 @cli.command()

@@ -355,7 +355,7 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 
 def new_counts() -> dict:
     return {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
-            "failure_reasons": {}}
+            "failure_reasons": {}, "failure_examples": {}}
 
 
 def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:

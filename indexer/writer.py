@@ -100,5 +100,6 @@ def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
     counts["failed"] += 1
     kind = reason.split(" (", 1)[0]  # the reason without its file-specific detail
-    counts.setdefault("failure_reasons", {})
-    counts["failure_reasons"][kind] = counts["failure_reasons"].get(kind, 0) + 1
+    reasons = counts.setdefault("failure_reasons", {})
+    reasons[kind] = reasons.get(kind, 0) + 1
+    counts.setdefault("failure_examples", {}).setdefault(kind, f"{path}: {reason}")  # the first of each kind

@@ -233,6 +233,11 @@ class Store:
     def count_failures(self) -> int:
         return self.db.execute("SELECT count(*) FROM failures").fetchone()[0]
 
+    def failures(self, *, limit: int | None = None) -> list[dict]:
+        """Files that failed, newest first: path, reason, size, mtime, run_id, at."""
+        sql = "SELECT path, reason, size, mtime, run_id, at FROM failures ORDER BY at DESC, path"
+        return list(self.db.query(sql + (" LIMIT ?" if limit else ""), [limit] if limit else []))
+
     def touch_image(self, image_id: int, *, size: int, mtime: float) -> None:
         """Same content under a new mtime: remember it so the next scan needs no hash."""
         self.db["images"].update(image_id, {"size": size, "mtime": mtime})

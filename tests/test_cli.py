@@ -247,3 +247,37 @@ def test_the_batch_probe_takes_the_largest_power_of_two_that_fits():
     assert tried == [1, 2, 4, 8, 16, 32, 64]
     assert largest_fitting(lambda size: True, largest=128) == 128
     assert largest_fitting(lambda size: False, largest=128) == 1  # one image is always tried by the run itself
+
+
+# -- failures ------------------------------------------------------------------------------------
+def test_failures_are_summarised_with_an_example_and_listed(built, tmp_path):
+    chips_dir, model_dir, _, _ = built
+    sources = tmp_path / "sources"
+    shutil.copytree(chips_dir, sources)
+    (sources / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
+    (sources / "empty.png").write_bytes(b"")
+    store_dir = tmp_path / "store"
+    result = invoke("index", sources, "--store", store_dir, "--model", model_dir, *RUN, "--workers", "0",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "indexed 12, skipped 0, removed 0, failed 2" in result.stdout
+    failed_lines = [line for line in result.stdout.splitlines() if line.startswith("  failed: ")]
+    assert failed_lines and all(", e.g. " in line and str(sources) in line for line in failed_lines)
+    assert f"lookalike failures --store {store_dir}" in result.stdout
+
+    listed = invoke("failures", "--store", store_dir)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert sorted(line.split(": ", 1)[0] for line in lines) == [str(sources / "broken.jpg"), str(sources / "empty.png")]
+    assert all(len(line.split(": ", 1)[1]) > 5 for line in lines)  # a reason follows each path
+
+    one = invoke("failures", "--store", store_dir, "--limit", 1)
+    assert one.stdout.splitlines()[1] == "… and 1 more (--limit, or --json for all)"
+    answer = json.loads(invoke("failures", "--store", store_dir, "--json").stdout)
+    assert answer["failed"] == 2 and len(answer["failures"]) == 2
+    assert {"path", "reason", "size", "mtime", "run_id", "at"} <= answer["failures"][0].keys()
+
+
+def test_failures_of_a_clean_store_and_of_no_store(built, tmp_path):
+    assert invoke("failures", "--store", built[2]).stdout == "no failures recorded\n"
+    assert_one_line_error(invoke("failures", "--store", tmp_path / "nowhere"), "no lookalike store")
