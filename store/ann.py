@@ -67,7 +67,7 @@ class BuiltIndex:
 
 def parse_bytes(text) -> int:
     """'4GB', '512MiB', '2g', '1000000' -> bytes (decimal GB and binary GiB both understood)."""
-    units = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+    units = {"": 1, "b": 1, "bytes": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
              "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
     raw = str(text).strip().lower().replace(" ", "")
     number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
@@ -168,10 +168,22 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
             if size <= budget:
                 return IndexPlan(f"{coarse},PQ{m}x4fs", "ivf", size,
                                  f"{n:,} vectors: only product-quantised codes ({m} x 4 bits) fit the budget")
+    sizes = [refined_bytes(n, dim, nlist, pq_size(dim), codes) for codes in candidates] + [  # every option above
+        ivf_bytes(n, dim, nlist, m / 2) for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32)
+        if m >= 8 and dim % m == 0] + ([flat_bytes(n, dim, bytes_per_dim=2)] if small else [])
     raise StoreError(
-        f"no index of {n:,} x {dim} vectors fits in {memory_bytes:,} bytes; raise --index-memory "
-        f"(about {ivf_bytes(n, dim, nlist, 16) / 1e9:.2f} GB is the least that works)"
+        f"no index of {n:,} x {dim} vectors fits in {format_bytes(memory_bytes)}; raise --index-memory "
+        f"to {format_bytes(min(sizes), up=True)} or more"
     )
+
+
+def format_bytes(count: float, *, up: bool = False) -> str:
+    """Decimal units, as --index-memory reads them: 999 bytes, 4.6 kB, 116.4 MB, 4.00 GB; `up` rounds up."""
+    for unit, size, digits in (("TB", 1e12, 2), ("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if count >= size:
+            value = math.ceil(count / size * 10**digits) / 10**digits if up else count / size
+            return f"{value:.{digits}f} {unit}"
+    return f"{math.ceil(count) if up else int(count):,} bytes"
 
 
 def user_plan(factory: str, n: int, dim: int) -> IndexPlan:

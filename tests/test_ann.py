@@ -77,9 +77,23 @@ def test_codes_shrink_as_the_budget_does():
                           target_recall=0.99).factory.endswith("Refine(SQfp16)")
 
 
-def test_an_impossible_budget_says_what_would_work():
-    with pytest.raises(StoreError, match="raise --index-memory"):
-        ann.plan_index(1_000_000, 1024, memory_bytes=1_000_000)
+@pytest.mark.parametrize("n, dim", [(1_000_000, 1024), (250_000, 4096), (56, 32)])
+def test_an_impossible_budget_says_what_would_work(n, dim):
+    with pytest.raises(StoreError, match="raise --index-memory to ") as refused:
+        ann.plan_index(n, dim, memory_bytes=1_000)
+    suggested = str(refused.value).split("raise --index-memory to ")[1].split(" or more")[0]
+    number, unit = suggested.split(" ")
+    budget = ann.parse_bytes(number + unit)
+    assert ann.plan_index(n, dim, memory_bytes=budget).estimated_bytes <= budget  # the suggestion works ...
+    last_digit = ann.parse_bytes("1" + unit) / 10 ** len(number.partition(".")[2])
+    with pytest.raises(StoreError):  # ... and is the least that does, to its last shown digit
+        ann.plan_index(n, dim, memory_bytes=int(budget - last_digit))
+
+
+def test_sizes_are_written_in_the_units_index_memory_reads():
+    assert [ann.format_bytes(b) for b in (999, 4_560, 116_400_000, 4e9)] == ["999 bytes", "4.6 kB", "116.4 MB",
+                                                                               "4.00 GB"]
+    assert ann.format_bytes(4_501, up=True) == "4.6 kB" and ann.format_bytes(4_500, up=True) == "4.5 kB"
 
 
 @pytest.mark.parametrize("text, expected", [("4GB", 4e9), ("512MiB", 512 * 2**20), ("2g", 2e9), ("1000", 1000)])
