@@ -2,6 +2,7 @@
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -323,6 +324,8 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
         if dates.count(",") != 1:
             raise click.BadParameter(f"{dates!r} is not FROM,TO", param_hint="--dates")
         date_range = tuple(dates.split(","))
+    if geojson_path is not None and not os.access(geojson_path.parent, os.W_OK):  # before any model loads
+        raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
     refinement = Refinement(
@@ -338,7 +341,10 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
         answer = api.search(store, image, k=k, embedder=embedder, refinement=refinement)
     if geojson_path is not None:
-        geojson_path.write_text(json.dumps(to_geojson(answer)))
+        try:
+            geojson_path.write_text(json.dumps(to_geojson(answer)))
+        except OSError as error:
+            raise click.ClickException(f"cannot write {geojson_path}: {error.strerror or error}") from error
     if as_json:
         click.echo(json.dumps(answer))
         return

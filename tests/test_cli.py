@@ -281,3 +281,13 @@ def test_failures_are_summarised_with_an_example_and_listed(built, tmp_path):
 def test_failures_of_a_clean_store_and_of_no_store(built, tmp_path):
     assert invoke("failures", "--store", built[2]).stdout == "no failures recorded\n"
     assert_one_line_error(invoke("failures", "--store", tmp_path / "nowhere"), "no lookalike store")
+
+
+def test_a_geojson_path_that_cannot_be_written_is_one_line(built, tmp_path):
+    store_dir = built[2]
+    missing = invoke("search", "--id", 1, "--store", store_dir, "--geojson", tmp_path / "no-such-folder" / "hits.geojson")
+    assert missing.exit_code == 2 and "cannot write into" in missing.stderr and "Traceback" not in missing.output
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = invoke("search", "--id", 1, "--store", store_dir, "--geojson", a_file / "hits.geojson")
+    assert_one_line_error(result, f"cannot write {a_file / 'hits.geojson'}")
