@@ -25,6 +25,10 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except (IndexerError, StoreError) as error:
             raise click.ClickException(str(error)) from error
+        except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
+            logging.getLogger(__name__).debug("the traceback", exc_info=True)
+            where = f": {error.filename}" if error.filename else ""
+            raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
 
     return wrapper
 
@@ -500,6 +504,7 @@ def serve(store_dir, host, port, model, max_upload_mb, basemap):
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--shape", type=click.Choice(["tiny", "vits16", "vitl16", "vit7b16"]), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
 def random_model(model_dir, shape, seed):
     """Save a random-weight DINOv3 of a known shape to MODEL_DIR, for offline smoke tests and benchmarks.
 
@@ -510,6 +515,8 @@ def random_model(model_dir, shape, seed):
     """
     from indexer.random_model import save_random_model
 
+    if model_dir.exists() and not model_dir.is_dir():
+        raise click.BadParameter(f"{model_dir} is a file, not a folder", param_hint="MODEL_DIR")
     click.echo(f"random {shape} DINOv3 saved to {save_random_model(model_dir, shape, seed=seed)}")
 
 

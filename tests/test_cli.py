@@ -291,3 +291,16 @@ def test_a_geojson_path_that_cannot_be_written_is_one_line(built, tmp_path):
     a_file.write_text("")
     result = invoke("search", "--id", 1, "--store", store_dir, "--geojson", a_file / "hits.geojson")
     assert_one_line_error(result, f"cannot write {a_file / 'hits.geojson'}")
+
+
+def test_file_system_refusals_are_one_line(built, tmp_path):
+    chips_dir, model_dir, _, _ = built
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    result = invoke("index", chips_dir, "--store", a_file / "store", "--model", model_dir, *RUN, "--workers", "0")
+    assert_one_line_error(result, "Not a directory", str(a_file / "store"))
+    result = invoke("random-model", a_file / "model")
+    assert_one_line_error(result, "Not a directory")
+    refused = invoke("random-model", a_file)
+    assert refused.exit_code == 2 and "is a file, not a folder" in refused.stderr
+    assert a_file.read_text() == "keep me"
