@@ -376,12 +376,14 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
 
 def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, status: str) -> dict:
     """Save the index, close the run's row in the runs table, close the store; returns the summary."""
-    store.finish_index()  # rebuilds (retrains, retunes) only past the documented thresholds
-    seconds = time.perf_counter() - started
-    summary = dict(counts, seconds=round(seconds, 3),
-                   images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
-    store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
-    store.close()
+    try:
+        store.finish_index()  # rebuilds (retrains, retunes) only past the documented thresholds
+        seconds = time.perf_counter() - started
+        summary = dict(counts, seconds=round(seconds, 3),
+                       images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
+        store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
+    finally:
+        store.close()  # and with it the write lock, whatever happened
     return summary
 
 

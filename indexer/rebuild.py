@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from store import Store
+from store.lock import acquire_write_lock, release_write_lock
 from store.store import provenance_conflicts
 from store.swap import recorded_runs, swap_in
 
@@ -50,6 +51,15 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
     `index` is the indexing function (`index_collection` by default, or a Ray one with the same signature).
     """
     store_dir = Path(store_dir)
+    Store.open(store_dir).close()  # no store there: StoreNotFound, before anything is locked or made
+    live_lock = acquire_write_lock(store_dir)  # an index run into DIR now would be lost at the swap: refuse it
+    try:
+        return _rebuild(store_dir, embedder=embedder, keep_previous=keep_previous, index=index, **index_options)
+    finally:
+        release_write_lock(live_lock)
+
+
+def _rebuild(store_dir: Path, *, embedder: Embedder, keep_previous: bool, index, **index_options) -> dict:
     _, sources, chips = recorded_collection(store_dir)
     staging_dir = staging_dir_for(store_dir)
     recorded = Store.peek_provenance(staging_dir) if staging_dir.exists() else None

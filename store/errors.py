@@ -15,3 +15,7 @@ class ProvenanceMismatch(StoreError):
 
 class UnknownImage(StoreError):
     """An image id that the catalogue does not hold."""
+
+
+class StoreBusy(StoreError):
+    """Another process is writing the store."""

@@ -10,6 +10,7 @@ import numpy as np
 from . import ann, catalogue, faiss_index
 from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
 from .errors import ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
+from .lock import acquire_write_lock, release_write_lock
 from .vectors import blob_to_patches, blob_to_vector, patches_to_blob, vector_to_blob
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Store:
         self.db = db
         self._index = None
         self.writable = False  # set by create(): only writers save the index and record its state
+        self._write_lock = None  # held from create() (or reindex()) to close(): one writing process at a time
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -112,18 +114,28 @@ class Store:
         if store_dir.exists() and not store_dir.is_dir():
             raise StoreError(f"--store {store_dir} is a file, not a directory")
         store_dir.mkdir(parents=True, exist_ok=True)
-        store = cls(store_dir, catalogue.connect(store_dir / CATALOGUE_NAME))
-        store._check_schema()
-        recorded = store.provenance
-        if recorded is not None and not rebuild:
-            problems = provenance_conflicts(recorded, provenance)
-            if problems:
-                raise mismatch_error(store_dir, problems)
-        if rebuild:
-            store.clear()
-        set_meta(store.db, "provenance", provenance)
-        store.writable = True
-        store.index  # load (or repair) the index before any vector is written
+        write_lock = acquire_write_lock(store_dir)
+        try:
+            store = cls(store_dir, catalogue.connect(store_dir / CATALOGUE_NAME))
+        except BaseException:
+            release_write_lock(write_lock)
+            raise
+        store._write_lock = write_lock
+        try:
+            store._check_schema()
+            recorded = store.provenance
+            if recorded is not None and not rebuild:
+                problems = provenance_conflicts(recorded, provenance)
+                if problems:
+                    raise mismatch_error(store_dir, problems)
+            if rebuild:
+                store.clear()
+            set_meta(store.db, "provenance", provenance)
+            store.writable = True
+            store.index  # load (or repair) the index before any vector is written
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _check_schema(self) -> None:
@@ -143,6 +155,14 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        if self._write_lock is not None:
+            release_write_lock(self._write_lock)
+            self._write_lock = None
+
+    def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
+        if getattr(self, "_write_lock", None) is not None:
+            release_write_lock(self._write_lock)
+            self._write_lock = None
 
     # -- provenance and PCA --------------------------------------------------------------
     @property
@@ -509,6 +529,7 @@ class Store:
 
     def reindex(self, **wishes) -> dict:
         """Rebuild only the index from the stored vectors with new settings; returns what was built."""
+        self._write_lock = self._write_lock or acquire_write_lock(self.store_dir)
         self.set_index_settings(**wishes)
         self.writable = True
         built = self._build_index()

@@ -1,0 +1,100 @@
+"""One writer per store: a second writing process is refused in one line, readers go on, and the lock dies
+with its holder (a SIGKILLed run, even one whose forked decode workers outlive it, blocks nothing)."""
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import REPO_ROOT, copy_chips
+from indexer.cli import cli
+from store import Store, StoreBusy
+
+RUN = ["--dtype", "float32", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+HOLDER = textwrap.dedent("""
+    import os, sys, time
+    from store import Store
+    store = Store.create(sys.argv[1], provenance=Store.peek_provenance(sys.argv[1]))
+    if sys.argv[2] == "fork" and os.fork() == 0:  # a child like a decode worker, still alive after its parent
+        time.sleep(120)
+        os._exit(0)
+    print("holding", flush=True)
+    time.sleep(120)
+""")
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture()
+def indexed(model_dir, tmp_path):
+    chips_dir = copy_chips(tmp_path / "chips")
+    store_dir = tmp_path / "store"
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN)
+    assert result.exit_code == 0, result.output
+    return chips_dir, store_dir
+
+
+def hold(store_dir, mode="plain") -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store_dir), mode], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_second_writer_is_refused_in_one_line_and_readers_go_on(indexed, model_dir):
+    chips_dir, store_dir = indexed
+    holder = hold(store_dir)
+    try:
+        for result in (invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN),
+                       invoke("reindex", "--store", store_dir),
+                       invoke("rebuild", "--store", store_dir, "--model", model_dir, *RUN)):
+            assert result.exit_code == 1, result.output
+            assert "Traceback" not in result.output
+            assert f"another lookalike run is writing the store at {store_dir} (process {holder.pid} on " \
+                   in result.stderr
+        searched = invoke("search", "--id", 1, "--store", store_dir, "--json")  # readers never wait
+        assert searched.exit_code == 0, searched.output
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert not store_dir.with_name("store.rebuilding").exists()  # refused before it made anything
+
+
+@pytest.mark.parametrize("mode", ["plain", "fork"])
+def test_a_killed_writer_leaves_no_lock(indexed, model_dir, mode):
+    chips_dir, store_dir = indexed
+    holder = hold(store_dir, mode)
+    with pytest.raises(StoreBusy):
+        Store.create(store_dir, provenance=Store.peek_provenance(store_dir))
+    os.kill(holder.pid, signal.SIGKILL)  # the holder only: in "fork" mode its child lives on
+    holder.wait()
+    try:
+        result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN)
+        assert result.exit_code == 0, result.output
+        assert "skipped 12" in result.stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the forked child, if any
+            os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_one_process_may_open_its_store_for_writing_twice(indexed):
+    _, store_dir = indexed
+    provenance = Store.peek_provenance(store_dir)
+    first = Store.create(store_dir, provenance=provenance)
+    second = Store.create(store_dir, provenance=provenance)
+    second.close()
+    holder = subprocess.run([sys.executable, "-c", HOLDER, str(store_dir), "plain"], cwd=REPO_ROOT, timeout=60,
+                            capture_output=True, text=True)
+    assert "StoreBusy" in holder.stderr  # `first` still holds it
+    first.close()
+    again = hold(store_dir)  # now another process gets it
+    again.kill()
+    again.wait()
