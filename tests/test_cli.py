@@ -271,6 +271,8 @@ def test_failures_are_summarised_with_an_example_and_listed(built, tmp_path):
     assert sorted(line.split(": ", 1)[0] for line in lines) == [str(sources / "broken.jpg"), str(sources / "empty.png")]
     assert all(len(line.split(": ", 1)[1]) > 5 for line in lines)  # a reason follows each path
 
+    info = invoke("info", "--store", store_dir)
+    assert f"failed: 2 (lookalike failures --store {store_dir} says why)" in info.stdout
     one = invoke("failures", "--store", store_dir, "--limit", 1)
     assert one.stdout.splitlines()[1] == "… and 1 more (--limit, or --json for all)"
     answer = json.loads(invoke("failures", "--store", store_dir, "--json").stdout)
