@@ -478,11 +478,11 @@ def serve(store_dir, host, port, model, max_upload_mb, basemap):
     Example: lookalike serve --store demo-store --port 8501
     """
     import importlib.util
-    import os
 
     from store import Store
 
     Store.open(store_dir).close()  # a missing store is one clear line here, not a page full of errors
+    _check_port(host, port)
     app_path = Path(importlib.util.find_spec("ui").origin).parent / "app.py"
     env = dict(os.environ, LOOKALIKE_STORE=str(store_dir.absolute()))
     if model:
@@ -499,6 +499,29 @@ def serve(store_dir, host, port, model, max_upload_mb, basemap):
     click.echo(f"lookalike: serving {store_dir} at http://{host}:{port}", err=True)
     # Become Streamlit (exec), so that signals (Ctrl-C, kill, docker stop) reach the server itself.
     os.execve(sys.executable, command, env)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port something else listens on, in one line, before Streamlit starts and says it its own way."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise click.BadParameter(f"{host!r} does not resolve ({error.strerror})", param_hint="--host") from error
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise click.BadParameter(f"cannot listen on {host} ({error.strerror}): use an address of this "
+                                             "machine, 127.0.0.1 or 0.0.0.0", param_hint="--host") from error
+                raise click.ClickException(
+                    f"cannot serve on {host}:{port} ({error.strerror}): another program (another `lookalike "
+                    "serve`?) may hold it; pick another --port") from error
 
 
 @cli.command("random-model")

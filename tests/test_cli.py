@@ -306,3 +306,17 @@ def test_file_system_refusals_are_one_line(built, tmp_path):
     refused = invoke("random-model", a_file)
     assert refused.exit_code == 2 and "is a file, not a folder" in refused.stderr
     assert a_file.read_text() == "keep me"
+
+
+def test_serve_refuses_a_busy_port_and_a_foreign_host_in_one_line(built):
+    import socket
+
+    store_dir = built[2]
+    with socket.socket() as listener:  # something already listening, as a second `serve` would find it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = invoke("serve", "--store", store_dir, "--port", port)
+    assert_one_line_error(result, f"cannot serve on 127.0.0.1:{port}", "pick another --port")
+    foreign = invoke("serve", "--store", store_dir, "--host", "192.0.2.1")  # TEST-NET-1: never this machine's
+    assert foreign.exit_code == 2 and "cannot listen on 192.0.2.1" in foreign.stderr
