@@ -293,7 +293,7 @@ def _numbers(text, name, kind, shortest, longest):
 @click.option("--dedupe/--no-dedupe", default=True, show_default=True,
               help="Collapse overlapping chips of one scene to the best-ranked.")
 @click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
-@click.option("--dates", default=None, help="Only chips dated FROM,TO (ISO dates; either may be empty).")
+@click.option("--dates", default=None, help="Only chips dated FROM,TO: 2015, 2015-07 or 2015-07-31, either may be empty; a year or month covers all of itself.")
 @click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chip's own scene.")
 @click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
               help="Inverted lists to search, instead of the value tuned to the store's recall target "
@@ -317,17 +317,16 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
     from indexer import api
     from indexer.errors import IndexerError
     from indexer.images import load_image
-    from indexer.refine import Refinement, to_geojson
+    from indexer.refine import Refinement, empty_results_note, parse_dates, to_geojson
 
     if (image is None) == (image_id is None):
         raise click.UsageError("give either an IMAGE file or --id N, not both or neither")
     if exclude_scene and image_id is None:
         raise click.UsageError("--exclude-scene needs a query chip given by --id")
-    date_range = None
-    if dates is not None:
-        if dates.count(",") != 1:
-            raise click.BadParameter(f"{dates!r} is not FROM,TO", param_hint="--dates")
-        date_range = tuple(dates.split(","))
+    try:
+        date_range = parse_dates(dates)
+    except IndexerError as error:
+        raise click.BadParameter(str(error), param_hint="--dates") from error
     if geojson_path is not None and not os.access(geojson_path.parent, os.W_OK):  # before any model loads
         raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
     store = api.open_store(store_dir)
@@ -353,7 +352,8 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
         click.echo(json.dumps(answer))
         return
     if not answer["results"]:
-        click.echo("the store holds no images yet")
+        click.echo(empty_results_note(filtered=bool(bbox or date_range or exclude_scene)) if store.count_images()
+                   else "the store holds no images yet")
     for hit in answer["results"]:
         click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
 

@@ -1,5 +1,12 @@
 """Search results for scenes: collapse overlapping chips, filter by place and date, and GeoJSON export."""
+import calendar
+import re
 from dataclasses import dataclass
+from datetime import date
+
+from .errors import IndexerError
+
+_PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?")
 
 
 @dataclass(frozen=True)
@@ -8,7 +15,7 @@ class Refinement:
 
     dedupe: bool = True  # overlapping chips of one scene: keep the best-ranked
     bbox: tuple | None = None  # (west, south, east, north) in WGS84; chips whose footprint touches it
-    dates: tuple | None = None  # (from, to) ISO dates, inclusive; 'YYYY' dates match their whole year
+    dates: tuple | None = None  # (from, to) full ISO dates or '', inclusive (parse_dates makes them)
     exclude_scene: str | None = None  # the query's own scene
 
     @property
@@ -56,6 +63,43 @@ def _touches(bounds, bbox) -> bool:
         return False
     west, south, east, north = bbox
     return bounds[0] <= east and bounds[2] >= west and bounds[1] <= north and bounds[3] >= south
+
+
+def empty_results_note(*, filtered: bool) -> str:
+    """Why a search of a store that holds images came back empty."""
+    if filtered:
+        return "no indexed image passes the filters (place, dates, same scene): loosen them to see neighbours"
+    return "no other image in the store to compare with"
+
+
+def parse_dates(text: str | None) -> tuple | None:
+    """'FROM,TO' (either may be empty; YYYY, YYYY-MM or YYYY-MM-DD) -> full ISO dates, FROM at the start of its
+    year or month and TO at the end of its, so that ',2015' keeps all of 2015; None for no text."""
+    if text is None or not text.strip():
+        return None
+    if text.count(",") != 1:
+        raise IndexerError(f"the dates {text!r} are not FROM,TO (either may be empty)")
+    low, high = (_full_date(part.strip(), text, end=end) for part, end in zip(text.split(","), (False, True)))
+    if low and high and low > high:
+        raise IndexerError(f"the dates {text!r} run backwards: FROM is after TO")
+    if not low and not high:
+        raise IndexerError(f"the dates {text!r} name neither FROM nor TO")
+    return low, high
+
+
+def _full_date(part: str, text: str, *, end: bool) -> str:
+    if not part:
+        return ""
+    match = _PARTIAL_DATE.fullmatch(part)
+    try:
+        if match is None:
+            raise ValueError
+        year, month, day = int(match[1]), int(match[2] or (12 if end else 1)), match[3]
+        day = int(day) if day else calendar.monthrange(year, month)[1] if end else 1
+        return date(year, month, day).isoformat()
+    except ValueError:
+        raise IndexerError(f"{part!r} in the dates {text!r} is not a date such as 2015, 2015-07 or 2015-07-31") \
+            from None
 
 
 def _in_dates(date: str | None, dates: tuple) -> bool:

@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from indexer.refine import Refinement, refine, to_geojson
+from indexer.errors import IndexerError
+from indexer.refine import Refinement, parse_dates, refine, to_geojson
 
 
 def hit(rank, *, scene="a.tif", window=(0, 0, 256, 256), date="2015-06-01", bounds=(10.0, 50.0, 10.1, 50.1)):
@@ -82,3 +83,35 @@ def test_cli_writes_geojson_of_real_chips(index, shared_data_dir, tmp_path):
     for feature in collection["features"]:
         lon, lat = feature["properties"]["centroid"]
         assert -99.2 < lon < -99.1 and 47.0 < lat < 47.05
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2015,2016", ("2015-01-01", "2016-12-31")), (",2015", ("", "2015-12-31")), ("2015-02,", ("2015-02-01", "")),
+    ("2016-02,2016-02", ("2016-02-01", "2016-02-29")), (" 2015 , 2016-07-04 ", ("2015-01-01", "2016-07-04")),
+    ("", None), (None, None)])
+def test_dates_parse_to_whole_periods(text, expected):
+    assert parse_dates(text) == expected
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("2020,2010", "run backwards"), ("garbage,", "is not a date"), ("2015-13,", "is not a date"),
+    ("2015-02-30,", "is not a date"), (",", "neither FROM nor TO"), ("2015", "not FROM,TO")])
+def test_bad_dates_are_refused(text, fragment):
+    with pytest.raises(IndexerError, match=fragment):
+        parse_dates(text)
+
+
+def test_a_bare_year_as_the_end_keeps_all_of_that_year():
+    results = [hit(1, date="2015-06-01"), hit(2, scene="b", date="2016-01-01")]
+    assert [h["id"] for h in refine(results, Refinement(dates=parse_dates(",2015")), k=9)] == [1]
+
+
+def test_cli_dates_are_checked_and_an_emptied_list_says_why(index, shared_data_dir, tmp_path):
+    from indexer.pipeline import ChipOptions
+
+    store_dir = tmp_path / "s"
+    index([shared_data_dir / "naip"], store_dir, chips=ChipOptions(chip_size=512))
+    backwards = CliRunner().invoke(cli, ["search", "--id", "1", "--store", str(store_dir), "--dates", "2020,2010"])
+    assert backwards.exit_code == 2 and "run backwards" in backwards.stderr
+    future = CliRunner().invoke(cli, ["search", "--id", "1", "--store", str(store_dir), "--dates", "2090,"])
+    assert future.exit_code == 0 and "no indexed image passes the filters" in future.stdout

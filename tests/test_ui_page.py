@@ -279,3 +279,22 @@ def test_a_model_that_cannot_be_loaded_is_one_clear_line(page, monkeypatch, ui_i
     assert "cannot load model" in at.error[0].value
     assert "--model" in at.error[0].value
     assert cards(at) == []
+
+
+def sidebar_input(at: AppTest, label: str):
+    return next(widget for widget in at.text_input if widget.label == label)
+
+
+def test_filters_that_leave_nothing_say_so(page, ui_ids):
+    at = page(id=chip(ui_ids, 3)[1])
+    at = run(sidebar_input(at, "Dated between").input("2030,"))  # the plain chips carry no date at all
+    assert "no indexed image passes the filters" in " ".join(info.value for info in at.info)
+    assert cards(at) == []
+
+
+@pytest.mark.parametrize("text, fragment", [("2020,2010", "run backwards"), ("soon,", "is not a date such as")])
+def test_bad_dates_are_one_clear_line(page, ui_ids, text, fragment):
+    at = page(id=chip(ui_ids, 3)[1])
+    at = run(sidebar_input(at, "Dated between").input(text))
+    messages = [element.value for element in at.error]
+    assert len(messages) == 1 and fragment in messages[0], messages

@@ -9,7 +9,7 @@ from store import StoreError
 from . import heatmaps
 from .query import load_indexed, load_upload, query_panel
 from .resources import STORE_LOCK, embedder_for, open_store
-from indexer.refine import Refinement, refined_search
+from indexer.refine import Refinement, empty_results_note, parse_dates, refined_search
 
 from .geomap import result_map
 from .query import use_indexed
@@ -45,7 +45,7 @@ def settings_sidebar(info: dict) -> dict:
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
     return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "opacity": opacity, "exact": exact,
-            "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text), "dates": _dates(dates_text)}
+            "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text), "dates": parse_dates(dates_text)}
 
 
 def _bbox(text: str):
@@ -58,14 +58,6 @@ def _bbox(text: str):
     if len(values) != 4:
         raise IndexerError(f"the lon/lat box {text!r} is not four numbers west,south,east,north")
     return values
-
-
-def _dates(text: str):
-    if not text.strip():
-        return None
-    if text.count(",") != 1:
-        raise IndexerError(f"the dates {text!r} are not FROM,TO (either may be empty)")
-    return tuple(part.strip() for part in text.split(","))
 
 
 def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None,
@@ -120,6 +112,9 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
 
 def show_results(store, query, results, *, settings, patch, model, basemap=None) -> None:
     st.subheader("Nearest neighbours")
+    if not results:
+        st.info(empty_results_note(filtered=bool(settings["bbox"] or settings["dates"] or settings["exclude_scene"])))
+        return
     hits, page, pages = page_of(results, settings["page_size"])
     pager(page, pages, len(results))
     embedder = embedder_for(store, model) if settings["exact"] else None
