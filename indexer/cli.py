@@ -161,6 +161,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if chips.overlap >= chips.chip_size:
         raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
                                  param_hint="--overlap")
+    if not 0 <= chips.stretch[0] < chips.stretch[1] <= 100:  # before any model loads, not once per scene
+        raise click.BadParameter(f"{stretch!r}: the percentiles must satisfy 0 <= low < high <= 100",
+                                 param_hint="--stretch")
+    if chips.bands is not None and (len(chips.bands) == 2 or min(chips.bands) < 1):
+        raise click.BadParameter(f"{bands!r}: give 3 band numbers for colour or 1 for grey, counting from 1",
+                                 param_hint="--bands")
     model = model or DEFAULT_MODEL
     index_settings = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
     if ray_address:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from store import PCA, Store
+from store.swap import recorded_runs
 
 from PIL import Image
 
@@ -61,7 +62,7 @@ class Plan:
     skipped: int = 0
     scenes: int = 0
     removed_ids: list = field(default_factory=list)
-    vanished_failures: list = field(default_factory=list)  # failed files that are gone: forget them
+    forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
     scene_records: list = field(default_factory=list)  # (path, size, mtime, options) of the scenes cut now
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
@@ -90,6 +91,9 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     plan = Plan()
     known = store.images_by_path()
     known_failures = store.failures_by_path()
+    # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
+    options_now = json.dumps(dataclasses.asdict(chips), sort_keys=True)
+    options_of_run = {run["run_id"]: json.dumps(run.get("chips"), sort_keys=True) for run in recorded_runs(store)}
     scene_records = store.scenes_by_path()
     chips_of = {}
     for row in known.values():
@@ -123,8 +127,9 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             continue
         row = known.get(key)
         failure = known_failures.get(key)
-        if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime):
-            plan.skipped += 1  # failed before and unchanged since: the failure stays recorded
+        if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime) \
+                and options_of_run.get(failure["run_id"]) == options_now:
+            plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
@@ -142,7 +147,8 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
     plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
-    plan.vanished_failures = [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
+    plan.forget_failures = [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
+    plan.forget_failures += [record[0] for record in plan.scene_records if record[0] in known_failures]
     plan.forget_scenes += [key for key in scene_records if not os.path.lexists(key)]
     return plan
 
@@ -364,7 +370,7 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
     if plan.removed_ids:
         store.remove_images(plan.removed_ids)
         counts["removed"] = len(plan.removed_ids)
-    for path in plan.vanished_failures:
+    for path in plan.forget_failures:
         store.forget_failure(path)
     for path in plan.forget_scenes:
         store.forget_scene(path)

@@ -224,7 +224,7 @@ class Store:
         return {row["path"]: row for row in self.db.query("SELECT id, path, size, mtime, sha256, scene FROM images")}
 
     def failures_by_path(self) -> dict[str, dict]:
-        return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, reason FROM failures")}
+        return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, reason, run_id FROM failures")}
 
     # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
     def scenes_by_path(self) -> dict[str, dict]:

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import REPO_ROOT
 from indexer import api
 from indexer.cli import cli
+from indexer.pipeline import ChipOptions
 
 
 @pytest.fixture
@@ -82,10 +83,12 @@ def test_cli_chip_options(model_dir, naip_dir, tmp_path):
                              "--no-progress", "--json"])
     assert ok.exit_code == 0, ok.output
     assert '"scenes": 3' in ok.output
-    for bad in (["--overlap", "600"], ["--bands", "3,x,1"], ["--stretch", "2"]):
+    for bad in (["--overlap", "600"], ["--bands", "3,x,1"], ["--stretch", "2"], ["--stretch", "98,2"],
+                ["--stretch", "0,101"], ["--bands", "1,2"], ["--bands", "0,1,2"]):
         result = runner.invoke(cli, ["index", str(naip_dir), "--store", str(tmp_path / "t"), "--model",
                                      str(model_dir), *bad])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert bad[0] in result.stderr and not (tmp_path / "t").exists()  # refused before anything is made
 
 
 def test_the_page_shows_chips_with_their_place(index, naip_dir, store_dir, monkeypatch):
@@ -216,3 +219,15 @@ def test_info_reports_each_scene_bands_crs_and_extent(index, shared_data_dir, tm
     assert south < -8 and west < -75
     human = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s")])
     assert "bands 1,2,3 (default)" in human.output
+
+
+def test_a_scene_that_failed_under_some_options_is_tried_again_under_others(index, shared_data_dir, store_dir,
+                                                                             open_store):
+    scene = shared_data_dir / "landsat" / "1985.tif"  # 4 bands: band 9 does not exist
+    failed = index([scene], store_dir, chips=ChipOptions(bands=(4, 3, 9)))
+    assert (failed["indexed"], failed["failed"]) == (0, 1)
+    again = index([scene], store_dir, chips=ChipOptions(bands=(4, 3, 9)))
+    assert (again["indexed"], again["failed"], again["skipped"]) == (0, 0, 1)  # same file, same options: kept
+    fixed = index([scene], store_dir, chips=ChipOptions(bands=(3, 2, 1)))
+    assert fixed["indexed"] == 2 and fixed["failed"] == 0
+    assert open_store(store_dir).failures() == []  # the scene reads now: its old failure is gone
