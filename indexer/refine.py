@@ -4,6 +4,8 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
+from store.store import check_k
+
 from .errors import IndexerError
 
 _PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?")
@@ -36,6 +38,7 @@ def refine(results: list[dict], refinement: Refinement, *, k: int) -> list[dict]
 
 def refined_search(store, vector, *, k: int, exclude=(), refinement: Refinement) -> list[dict]:
     """store.search, fetching more neighbours until k pass the refinement or the store runs out."""
+    check_k(k)
     if not refinement.active:
         return store.search(vector, k=k, exclude_ids=exclude)
     fetch = k * 4

@@ -65,6 +65,12 @@ def chip_fields(row: dict) -> dict:
     return {"scene": row["scene"], "window": json.loads(row["window"]), "geo": json.loads(row["geo"] or "null")}
 
 
+def check_k(k) -> None:
+    """k for a search: a whole number of at least 1 (faiss's re-ranked inverted-file search never returns on k < 1)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise StoreError(f"k must be a whole number of at least 1, not {k!r}")
+
+
 def mismatch_error(store_dir, problems: list[str]) -> ProvenanceMismatch:
     return ProvenanceMismatch(
         f"the store at {store_dir} was built differently: {'; '.join(problems)}. "
@@ -554,6 +560,7 @@ class Store:
         """Nearest images to one L2-normalised query vector; scores are cosine similarities.
 
         `nprobe` overrides the tuned number of inverted lists searched (approximate indexes only)."""
+        check_k(k)
         index = self.index
         if index.ntotal == 0:
             return []

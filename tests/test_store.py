@@ -140,6 +140,14 @@ def test_unknown_id(indexed, store_dir, open_store):
         api.search(store, 10_000, k=3)
 
 
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "10"])
+def test_a_k_that_is_not_a_positive_whole_number_is_refused(indexed, store_dir, open_store, k):
+    # faiss's re-ranked inverted-file search never returns for k < 1: nothing may reach it
+    store = open_store(store_dir)
+    with pytest.raises(StoreError, match="k must be a whole number of at least 1"):
+        api.search(store, 1, k=k)
+
+
 def test_empty_store_searches_to_nothing(tmp_path, embedder):
     store = Store.create(tmp_path / "store", provenance=embedder.provenance)
     try:
