@@ -202,6 +202,13 @@ def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
     return IndexPlan(factory, kind, estimate_bytes(factory, n, dim), "chosen with --index-type")
 
 
+def faiss_reason(error: RuntimeError) -> str:
+    """The sentence in a faiss exception, without the C++ function, file and failed condition around it."""
+    text = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+    match = re.search(r"\.(?:cpp|h):\d+: (?:Error: '.*?' failed: )?(.*)", text)
+    return (match[1] if match else text)[:300]
+
+
 def new_index(dim: int, plan: IndexPlan):
     lib = require_faiss()
     try:
@@ -211,7 +218,7 @@ def new_index(dim: int, plan: IndexPlan):
             index = lib.index_factory(dim, plan.factory, lib.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
         raise StoreError(f"faiss cannot build index type {plan.factory!r} for {dim}-dim vectors: "
-                         f"{str(error).splitlines()[-1][:200]}") from None
+                         f"{faiss_reason(error)}") from None
     if plan.kind == "ivf":
         ivf = ivf_of(index)
         ivf.cp.niter = KMEANS_ITERATIONS
@@ -413,7 +420,11 @@ def train_and_add(vectors, ids: np.ndarray, plan: IndexPlan, *, seed: int = 0):
     if not index.is_trained:
         nlist = nlist_of(index) or 1
         sample = training_sample(vectors, max(MIN_TRAIN_VECTORS, nlist * TRAIN_PER_LIST), seed=seed)
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as error:  # e.g. fewer vectors than a named --index-type has lists
+            raise StoreError(f"faiss cannot train index type {plan.factory!r} on {len(sample):,} vectors: "
+                             f"{faiss_reason(error)}") from None
         trained_on = len(vectors)
     for start in range(0, len(vectors), CHUNK_ROWS):
         index.add_with_ids(_rows(vectors, start, start + CHUNK_ROWS), ids[start:start + CHUNK_ROWS])
