@@ -1,4 +1,4 @@
-"""The `lookalike` command line, one click command each; library errors become one clear line."""
+"""The `lookalike` command line, a click group; library errors become one clear line, never a traceback."""
 import functools
 import json
 import logging
