@@ -1,20 +1,22 @@
 """The Python API for notebooks: open a store, load its model, embed an image, search."""
+import io
 from pathlib import Path
 
 from PIL import Image
 
 from store import Store
 from store.store import chip_fields, provenance_conflicts
-from store.swap import open_live
+from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
-from .images import load_image
-from .pipeline import index_collection
+from .images import decode_bytes, load_image
+from .pipeline import SCENE_SUFFIXES, index_collection
 from .refine import Refinement, refined_search
+from .scenes import is_georeferenced, scene_image
 
-__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image", "open_store",
-           "search"]
+__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
+           "load_query_image", "open_store", "search"]
 
 
 def open_store(store_dir) -> Store:
@@ -77,11 +79,34 @@ def source_file(item: dict) -> Path:
     return Path(item.get("scene") or item["path"])
 
 
+def load_query_image(source, *, name: str | None = None, store: Store | None = None) -> Image.Image:
+    """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is
+    read whole as a scene, with the mask, and the bands and stretch of `store`'s last run if given, as its
+    chips were read; anything else is decoded by Pillow. `source`: a path, or an upload's bytes and `name`."""
+    options = scene_read_options(store) if store is not None else {}
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "upload"
+        if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
+            return scene_image(io.BytesIO(source), **options)
+        return decode_bytes(bytes(source), name=name)
+    path = Path(source)
+    if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
+        return scene_image(path, **options)
+    return load_image(path)
+
+
+def scene_read_options(store: Store) -> dict:
+    """The --bands and --stretch of the store's last run that cut scenes (defaults when none did)."""
+    chips = last_chip_options(recorded_runs(store))
+    return {"bands": tuple(chips["bands"]) if chips.get("bands") else None,
+            "stretch": tuple(chips.get("stretch") or (2, 98))}
+
+
 def embed_image(image, embedder) -> Embedding:
     """One image (a path or a PIL image) → its Embedding (a batch of one)."""
     import torch
 
-    picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(Path(image))
+    picture = image.convert("RGB") if isinstance(image, Image.Image) else load_query_image(image)
     pixels = torch.from_numpy(embedder.preprocess(picture))[None]  # (1, 3, H, W)
     return embedder.embed(pixels)
 
@@ -101,7 +126,8 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
         exclude = [query] if exclude_self else []
     else:
         embedder = embedder or load_embedder(store)
-        vector = embed_image(query, embedder).global_vectors[0].cpu().numpy()
+        picture = query if isinstance(query, Image.Image) else load_query_image(query, store=store)
+        vector = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
         described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
         exclude = []
     return {"query": described,

@@ -322,7 +322,6 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
     """
     from indexer import api
     from indexer.errors import IndexerError
-    from indexer.images import load_image
     from indexer.refine import Refinement, empty_results_note, parse_dates, to_geojson
 
     if (image is None) == (image_id is None):
@@ -346,7 +345,7 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
     else:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
-        load_image(image)  # an unreadable query fails here, before a minutes-long model load
+        api.load_query_image(image, store=store)  # an unreadable query fails here, before a minutes-long model load
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
         answer = api.search(store, image, k=k, embedder=embedder, refinement=refinement)
     if geojson_path is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from store import Store
 from store.lock import acquire_write_lock, release_write_lock
 from store.store import provenance_conflicts
-from store.swap import recorded_runs, swap_in
+from store.swap import last_chip_options, recorded_runs, swap_in
 
 from .embedder import Embedder
 from .errors import IndexerError
@@ -38,7 +38,7 @@ def recorded_collection(store_dir) -> tuple[dict, list[str], ChipOptions]:
         log.warning("source %s of an earlier run no longer exists: its images are left out", source)
     if not present:
         raise IndexerError(f"none of the sources recorded in {store_dir} exists any more: {', '.join(sources)}")
-    chips = next((run["chips"] for run in reversed(runs) if run.get("chips")), None) or {}
+    chips = last_chip_options(runs)
     for name in ("bands", "stretch"):
         if chips.get(name) is not None:
             chips[name] = tuple(chips[name])

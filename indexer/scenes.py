@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 WGS84 = "EPSG:4326"
 STRETCH_READ_SIZE = 1024  # long side of the decimated read the percentiles come from
+QUERY_READ_SIZE = 2048  # long side of a whole scene read as a query (the model sees 224 to 512 px of it)
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,16 @@ def _open(path_or_dataset):
 
 
 def is_georeferenced(path) -> bool:
-    """True when GDAL reads the file and it carries a coordinate reference system (header only)."""
+    """True when GDAL reads the file (a path, or a file-like object) and it has a coordinate reference system
+    (header only)."""
     try:
-        with _open(str(path)) as dataset:
+        with _open(path if hasattr(path, "read") else str(path)) as dataset:
             return dataset.crs is not None
     except UnreadableImage:
         return False
+    finally:
+        if hasattr(path, "seek"):
+            path.seek(0)
 
 
 def native_gsd(scene: Scene) -> float | None:
@@ -289,9 +294,33 @@ def read_chip(path_or_dataset, scene: Scene, window) -> tuple[np.ndarray, float]
         with _open(path_or_dataset) as dataset:
             return read_chip(dataset, scene, window)
     dataset = path_or_dataset
-    args = {"window": Window(*window)}
-    pixels = _read(dataset, scene.bands, **args)  # (bands, h, w)
-    valid = _valid_mask(dataset, scene, pixels, **args)
+    return _rgb(dataset, scene, window=Window(*window))
+
+
+def scene_image(source, *, bands=None, stretch=(2, 98), longest: int = QUERY_READ_SIZE):
+    """A whole scene as one RGB PIL image, read as its chips are (bands, mask, stretch), its long side at most
+    `longest` px (GDAL decimates, from overviews where the file has them): a query by example.
+    `source` is a path or a file-like object (an upload); `bands` that this raster lacks fall back to its own."""
+    from PIL import Image
+
+    with _open(source) as dataset:
+        try:
+            scene = describe(dataset, bands=bands, stretch=stretch)
+        except IndexerError:
+            if bands is None:
+                raise
+            log.warning("%s has no bands %s: reading its default bands", dataset.name, tuple(bands))
+            scene = describe(dataset, stretch=stretch)
+        factor = max(1.0, max(scene.width, scene.height) / longest)
+        shape = (max(1, round(scene.height / factor)), max(1, round(scene.width / factor)))
+        rgb, _ = _rgb(dataset, scene, out_shape=shape, resampling=Resampling.nearest)
+    return Image.fromarray(rgb)
+
+
+def _rgb(dataset, scene: Scene, **read_args) -> tuple[np.ndarray, float]:
+    """(h, w, 3) uint8 RGB of the read (invalid pixels black) and the share of valid pixels."""
+    pixels = _read(dataset, scene.bands, **read_args)  # (bands, h, w)
+    valid = _valid_mask(dataset, scene, pixels, **read_args)
     rgb = _to_uint8(pixels, scene.stretch)
     if rgb.shape[0] == 1:
         rgb = np.repeat(rgb, 3, axis=0)

@@ -126,3 +126,8 @@ def recorded_runs(store: Store) -> list[dict]:
     """Every indexing run's settings (sources, chip options, ...), oldest first."""
     rows = store.db.execute("SELECT id, settings FROM runs ORDER BY id").fetchall()
     return [dict(json.loads(settings or "{}"), run_id=run_id) for run_id, settings in rows]
+
+
+def last_chip_options(runs: list[dict]) -> dict:
+    """The chip options (bands, stretch, size, ...) of the newest of `runs` that recorded any; {} when none did."""
+    return next((run["chips"] for run in reversed(runs) if run.get("chips")), None) or {}

@@ -231,3 +231,19 @@ def test_a_scene_that_failed_under_some_options_is_tried_again_under_others(inde
     fixed = index([scene], store_dir, chips=ChipOptions(bands=(3, 2, 1)))
     assert fixed["indexed"] == 2 and fixed["failed"] == 0
     assert open_store(store_dir).failures() == []  # the scene reads now: its old failure is gone
+
+
+def test_a_geotiff_query_is_read_whole_as_its_chips_were(index, shared_data_dir, store_dir, open_store, embedder,
+                                                          model_dir, monkeypatch):
+    scene = shared_data_dir / "landsat" / "1985.tif"  # 4 bands (SWIR1, NIR, red, green): Pillow cannot decode it
+    index([scene], store_dir, chips=ChipOptions(chip_size=1024, bands=(3, 2, 1)))  # one chip: the whole scene
+    store = open_store(store_dir)
+    (hit,) = api.search(store, scene, k=1, embedder=embedder)["results"]  # the store's bands, not the default
+    assert hit["path"] == f"{scene}#0,0,697,377" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+
+    monkeypatch.setenv("LOOKALIKE_STORE", str(store_dir))
+    monkeypatch.setenv("LOOKALIKE_MODEL", str(model_dir))
+    at = AppTest.from_file(str(REPO_ROOT / "ui" / "app.py"), default_timeout=60).run()
+    at = at.file_uploader[0].upload(scene.name, scene.read_bytes(), "image/tiff").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("score **1.0000**" in m.value for m in at.markdown)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from indexer import api
 from indexer.errors import IndexerError, UnreadableImage
-from indexer.images import IMAGE_SUFFIXES, decode_bytes
+from indexer.images import IMAGE_SUFFIXES
 from store import Store
 from store.store import chip_fields
 
@@ -121,7 +121,7 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     digest = hashlib.sha256(data).hexdigest()
     cache = st.session_state.setdefault("embedded_uploads", {})
     if digest not in cache:
-        image = decode_bytes(data, name=uploaded.name)
+        image = api.load_query_image(data, name=uploaded.name, store=store)  # a GeoTIFF: as its chips are
         embedder = embedder_for(store, model)
         embedding = api.embed_image(image, embedder)
         tokens = embedding.patch_tokens[0].cpu().numpy()  # (h, w, D)
