@@ -345,9 +345,10 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
     else:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
-        api.load_query_image(image, store=store)  # an unreadable query fails here, before a minutes-long model load
+        picture = api.load_query_image(image, store=store)  # unreadable: fails here, before a long model load
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-        answer = api.search(store, image, k=k, embedder=embedder, refinement=refinement)
+        answer = api.search(store, picture, k=k, embedder=embedder, refinement=refinement)
+        answer["query"]["path"] = str(image)
     if geojson_path is not None:
         try:
             geojson_path.write_text(json.dumps(to_geojson(answer)))
