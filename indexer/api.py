@@ -16,7 +16,7 @@ from .refine import Refinement, refined_search
 from .scenes import is_georeferenced, scene_image
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
-           "load_query_image", "open_store", "search"]
+           "load_query_image", "open_store", "scene_read_options", "search"]
 
 
 def open_store(store_dir) -> Store:
@@ -79,11 +79,12 @@ def source_file(item: dict) -> Path:
     return Path(item.get("scene") or item["path"])
 
 
-def load_query_image(source, *, name: str | None = None, store: Store | None = None) -> Image.Image:
+def load_query_image(source, *, name: str | None = None, read_options: dict | None = None) -> Image.Image:
     """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is
-    read whole as a scene, with the mask, and the bands and stretch of `store`'s last run if given, as its
-    chips were read; anything else is decoded by Pillow. `source`: a path, or an upload's bytes and `name`."""
-    options = scene_read_options(store) if store is not None else {}
+    read whole as a scene, with its mask and `read_options` (a store's `scene_read_options`: the bands and
+    stretch its chips were read with); anything else is decoded by Pillow. `source`: a path, or an upload's
+    bytes and `name`."""
+    options = read_options or {}
     if isinstance(source, (bytes, bytearray)):
         name = name or "upload"
         if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
@@ -126,7 +127,8 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
         exclude = [query] if exclude_self else []
     else:
         embedder = embedder or load_embedder(store)
-        picture = query if isinstance(query, Image.Image) else load_query_image(query, store=store)
+        picture = query if isinstance(query, Image.Image) else load_query_image(
+            query, read_options=scene_read_options(store))
         vector = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
         described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
         exclude = []

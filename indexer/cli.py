@@ -345,7 +345,8 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
     else:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
-        picture = api.load_query_image(image, store=store)  # unreadable: fails here, before a long model load
+        # an unreadable query fails here, before a minutes-long model load
+        picture = api.load_query_image(image, read_options=api.scene_read_options(store))
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
         answer = api.search(store, picture, k=k, embedder=embedder, refinement=refinement)
         answer["query"]["path"] = str(image)

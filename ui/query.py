@@ -121,7 +121,9 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     digest = hashlib.sha256(data).hexdigest()
     cache = st.session_state.setdefault("embedded_uploads", {})
     if digest not in cache:
-        image = api.load_query_image(data, name=uploaded.name, store=store)  # a GeoTIFF: as its chips are
+        with STORE_LOCK:  # the store's connection is shared by every session's thread
+            read_options = api.scene_read_options(store)
+        image = api.load_query_image(data, name=uploaded.name, read_options=read_options)  # a GeoTIFF: as chips
         embedder = embedder_for(store, model)
         embedding = api.embed_image(image, embedder)
         tokens = embedding.patch_tokens[0].cpu().numpy()  # (h, w, D)
