@@ -409,10 +409,10 @@ def failures(store_dir, limit, as_json):
     store = Store.open(store_dir)
     explicit = click.get_current_context().get_parameter_source("limit") != click.core.ParameterSource.DEFAULT
     rows = store.failures(limit=limit if explicit or not as_json else None)
-    if as_json:
-        click.echo(json.dumps({"failed": store.count_failures(), "failures": rows}))
-        return
     total = store.count_failures()
+    if as_json:
+        click.echo(json.dumps({"failed": total, "failures": rows}))
+        return
     if not total:
         click.echo("no failures recorded")
     for row in rows:

@@ -51,16 +51,17 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
     `index` is the indexing function (`index_collection` by default, or a Ray one with the same signature).
     """
     store_dir = Path(store_dir)
-    Store.open(store_dir).close()  # no store there: StoreNotFound, before anything is locked or made
+    _, sources, chips = recorded_collection(store_dir)  # no store there: StoreNotFound, before anything is locked
     live_lock = acquire_write_lock(store_dir)  # an index run into DIR now would be lost at the swap: refuse it
     try:
-        return _rebuild(store_dir, embedder=embedder, keep_previous=keep_previous, index=index, **index_options)
+        return _rebuild(store_dir, sources, chips, embedder=embedder, keep_previous=keep_previous, index=index,
+                        **index_options)
     finally:
         release_write_lock(live_lock)
 
 
-def _rebuild(store_dir: Path, *, embedder: Embedder, keep_previous: bool, index, **index_options) -> dict:
-    _, sources, chips = recorded_collection(store_dir)
+def _rebuild(store_dir: Path, sources: list[str], chips: ChipOptions, *, embedder: Embedder, keep_previous: bool,
+             index, **index_options) -> dict:
     staging_dir = staging_dir_for(store_dir)
     recorded = Store.peek_provenance(staging_dir) if staging_dir.exists() else None
     if recorded is not None and provenance_conflicts(recorded, embedder.provenance):

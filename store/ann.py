@@ -162,15 +162,14 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
             return IndexPlan(f"{coarse},PQ{m}x4fs,Refine({codes})", "ivf", size,
                              f"{n:,} vectors: {nlist} inverted lists of {m} x 4-bit codes, re-ranked with "
                              f"{codes} codes, fit the budget")
-    for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32):
-        if m >= 8 and dim % m == 0:
-            size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit fast-scan codes: m sub-vectors, half a byte each
-            if size <= budget:
-                return IndexPlan(f"{coarse},PQ{m}x4fs", "ivf", size,
-                                 f"{n:,} vectors: only product-quantised codes ({m} x 4 bits) fit the budget")
+    code_only = [m for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32) if m >= 8 and dim % m == 0]
+    for m in code_only:
+        size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit fast-scan codes: m sub-vectors, half a byte each
+        if size <= budget:
+            return IndexPlan(f"{coarse},PQ{m}x4fs", "ivf", size,
+                             f"{n:,} vectors: only product-quantised codes ({m} x 4 bits) fit the budget")
     sizes = [refined_bytes(n, dim, nlist, pq_size(dim), codes) for codes in candidates] + [  # every option above
-        ivf_bytes(n, dim, nlist, m / 2) for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32)
-        if m >= 8 and dim % m == 0] + ([flat_bytes(n, dim, bytes_per_dim=2)] if small else [])
+        ivf_bytes(n, dim, nlist, m / 2) for m in code_only] + ([flat_bytes(n, dim, bytes_per_dim=2)] if small else [])
     raise StoreError(
         f"no index of {n:,} x {dim} vectors fits in {format_bytes(memory_bytes)}; raise --index-memory "
         f"to {format_bytes(min(sizes), up=True)} or more"

@@ -161,11 +161,12 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-        if self._write_lock is not None:
-            release_write_lock(self._write_lock)
-            self._write_lock = None
+        self._release_write_lock()
 
     def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
+        self._release_write_lock()
+
+    def _release_write_lock(self) -> None:
         if getattr(self, "_write_lock", None) is not None:
             release_write_lock(self._write_lock)
             self._write_lock = None
