@@ -1,5 +1,6 @@
 """The Python API for notebooks: open a store, load its model, embed an image, search."""
 import io
+from numbers import Integral
 from pathlib import Path
 
 from PIL import Image
@@ -12,7 +13,7 @@ from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
 from .images import decode_bytes, load_image
 from .pipeline import SCENE_SUFFIXES, index_collection
-from .refine import Refinement, refined_search
+from .refine import COMBINES, Refinement, combined_search
 from .scenes import is_georeferenced, scene_image
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
@@ -113,24 +114,34 @@ def embed_image(image, embedder) -> Embedding:
 
 
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
-           refinement: Refinement | None = None) -> dict:
-    """Nearest neighbours of an indexed image id (an int) or of an image (a path or PIL image).
+           refinement: Refinement | None = None, combine: str = "mean") -> dict:
+    """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), or of several
+    such examples given as a list (combined by `combine`: 'mean' or 'any', see refine.combined_search).
 
     With a `Refinement` (on by default: overlapping chips of one scene collapse to the best), more
-    neighbours are fetched until k pass or the store is exhausted.
+    neighbours are fetched until k pass or the store is exhausted. `exclude_self` leaves the indexed
+    examples themselves out of the results. The answer's "query" describes the one query, or holds
+    {"examples": [...], "combine": ...} for several.
     """
     refinement = Refinement() if refinement is None else refinement
-    if isinstance(query, int):
-        vector = store.vector(query)
-        row = store.image(query)
-        described = {"id": query, "path": row["path"], **chip_fields(row)}
-        exclude = [query] if exclude_self else []
-    else:
+    if combine not in COMBINES:  # before any model loads
+        raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
+    examples = list(query) if isinstance(query, (list, tuple)) else [query]
+    if not examples:
+        raise IndexerError("no query: give an indexed image id, an image, or a list of them")
+    vectors, described, exclude = [], [], []
+    for example in examples:
+        if isinstance(example, Integral) and not isinstance(example, bool):
+            vectors.append(store.vector(int(example)))
+            row = store.image(int(example))
+            described.append({"id": int(example), "path": row["path"], **chip_fields(row)})
+            exclude += [int(example)] if exclude_self else []
+            continue
         embedder = embedder or load_embedder(store)
-        picture = query if isinstance(query, Image.Image) else load_query_image(
-            query, read_options=scene_read_options(store))
-        vector = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
-        described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
-        exclude = []
-    return {"query": described,
-            "results": refined_search(store, vector, k=k, exclude=exclude, refinement=refinement)}
+        picture = example if isinstance(example, Image.Image) else load_query_image(
+            example, read_options=scene_read_options(store))
+        vectors.append(embed_image(picture, embedder).global_vectors[0].cpu().numpy())
+        described.append({"path": str(example) if not isinstance(example, Image.Image) else "<image>"})
+    results = combined_search(store, vectors, k=k, exclude=exclude, refinement=refinement, combine=combine)
+    return {"query": described[0] if len(described) == 1 else {"examples": described, "combine": combine},
+            "results": results}

@@ -290,17 +290,22 @@ def _numbers(text, name, kind, shortest, longest):
 
 
 @cli.command()
-@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @store_option
-@click.option("--id", "image_id", type=int, default=None, help="Query by an indexed image's id instead of a file.")
+@click.option("--id", "image_ids", type=int, multiple=True,
+              help="Query by an indexed image's id instead of a file (repeat it for several examples).")
 @click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many neighbours.")
+@click.option("--combine", type=click.Choice(["mean", "any"]), default="mean", show_default=True,
+              help="With several examples: 'mean' finds what they have in common; 'any' ranks by the best "
+                   "score against any one of them.")
+@click.option("--exclude-query", is_flag=True, help="Leave the query images given by --id out of the results.")
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model (e.g. a local directory); its weights must match.")
 @click.option("--dedupe/--no-dedupe", default=True, show_default=True,
               help="Collapse overlapping chips of one scene to the best-ranked.")
 @click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
 @click.option("--dates", default=None, help="Only chips dated FROM,TO: 2015, 2015-07 or 2015-07-31, either may be empty; a year or month covers all of itself.")
-@click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chip's own scene.")
+@click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chips' own scenes.")
 @click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
               help="Inverted lists to search, instead of the value tuned to the store's recall target "
                    "(approximate indexes only; more is slower and finds more).")
@@ -310,24 +315,29 @@ def _numbers(text, name, kind, shortest, longest):
 @device_option
 @json_option
 @friendly_errors
-def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_scene, nprobe, geojson_path, dtype,
-           device, as_json):
+def search(images, store_dir, image_ids, k, combine, exclude_query, model, dedupe, bbox, dates, exclude_scene, nprobe,
+           geojson_path, dtype, device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
-    Scores are cosine similarities (1 = identical descriptors).
+    Several examples (IMAGE... and/or --id N --id M ...) make one query: by default the images they have in
+    common. Scores are cosine similarities (1 = identical descriptors).
 
     Example: lookalike search query.jpg --store demo-store -k 5 --json
 
     Example: lookalike search --id 7 --store scenes --exclude-scene --dates 2015-01-01, --geojson hits.geojson
+
+    Example: lookalike search --id 12 --id 40 --id 95 --store demo-store --exclude-query
     """
     from indexer import api
     from indexer.errors import IndexerError
     from indexer.refine import Refinement, empty_results_note, parse_dates, to_geojson
 
-    if (image is None) == (image_id is None):
-        raise click.UsageError("give either an IMAGE file or --id N, not both or neither")
-    if exclude_scene and image_id is None:
+    if not images and not image_ids:
+        raise click.UsageError("give an IMAGE file or --id N (or several of either)")
+    if exclude_scene and not image_ids:
         raise click.UsageError("--exclude-scene needs a query chip given by --id")
+    if exclude_query and not image_ids:
+        raise click.UsageError("--exclude-query needs a query image given by --id")
     try:
         date_range = parse_dates(dates)
     except IndexerError as error:
@@ -336,20 +346,24 @@ def search(image, store_dir, image_id, k, model, dedupe, bbox, dates, exclude_sc
         raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
+    rows = [store.image(image_id) for image_id in image_ids]  # an unknown id fails here, before any model loads
     refinement = Refinement(
         dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range,
-        exclude_scene=store.image(image_id)["scene"] if exclude_scene else None,
+        exclude_scene=tuple(row["scene"] for row in rows if row["scene"]) if exclude_scene else None,
     )
-    if image_id is not None:
-        answer = api.search(store, image_id, k=k, refinement=refinement)
-    else:
+    examples, embedder = [], None
+    for image in images:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
         # an unreadable query fails here, before a minutes-long model load
-        picture = api.load_query_image(image, read_options=api.scene_read_options(store))
+        examples.append(api.load_query_image(image, read_options=api.scene_read_options(store)))
+    if examples:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-        answer = api.search(store, picture, k=k, embedder=embedder, refinement=refinement)
-        answer["query"]["path"] = str(image)
+    answer = api.search(store, examples + list(image_ids), k=k, embedder=embedder, refinement=refinement,
+                        exclude_self=exclude_query, combine=combine)
+    described = answer["query"]["examples"] if len(examples) + len(image_ids) > 1 else [answer["query"]]
+    for example, image in zip(described, images):  # the files first, as api.search got them
+        example["path"] = str(image)
     if geojson_path is not None:
         try:
             geojson_path.write_text(json.dumps(to_geojson(answer)))

@@ -1,8 +1,11 @@
 """Search results for scenes: collapse overlapping chips, filter by place and date, and GeoJSON export."""
 import calendar
 import re
-from dataclasses import dataclass
+from itertools import chain
+from dataclasses import dataclass, replace
 from datetime import date
+
+import numpy as np
 
 from store.store import check_k
 
@@ -18,7 +21,7 @@ class Refinement:
     dedupe: bool = True  # overlapping chips of one scene: keep the best-ranked
     bbox: tuple | None = None  # (west, south, east, north) in WGS84; chips whose footprint touches it
     dates: tuple | None = None  # (from, to) full ISO dates or '', inclusive (parse_dates makes them)
-    exclude_scene: str | None = None  # the query's own scene
+    exclude_scene: str | tuple | None = None  # the query's own scene (or the scenes of several examples)
 
     @property
     def active(self) -> bool:
@@ -50,9 +53,53 @@ def refined_search(store, vector, *, k: int, exclude=(), refinement: Refinement)
         fetch *= 4
 
 
+COMBINES = ("mean", "any")
+
+
+def combined_search(store, vectors, *, k: int, exclude=(), refinement: Refinement, combine: str = "mean") -> list[dict]:
+    """Neighbours of one or several examples' unit vectors (n, D).
+
+    'mean' searches the examples' mean direction: what they have in common (the usual way to query by several
+    examples of one kind of place). 'any' ranks every image by its best score against any one example, so
+    examples of different looks each bring their own neighbours; a score is then that best cosine similarity.
+    """
+    if combine not in COMBINES:
+        raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
+    check_k(k)
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if len(vectors) == 1:
+        return refined_search(store, vectors[0], k=k, exclude=exclude, refinement=refinement)
+    if combine == "mean":
+        centre = vectors.mean(axis=0)
+        length = float(np.linalg.norm(centre))
+        if length < 1e-6:
+            raise IndexerError("the examples cancel out (their mean is zero): search with fewer of them, "
+                               "or rank by any one of them (combine 'any')")
+        return refined_search(store, centre / length, k=k, exclude=exclude, refinement=refinement)
+    # An image whose best example is e and that is missing from e's list scores at most that list's last score:
+    # the merged ranking is complete above the highest such last score. Overlapping chips collapse once, on it.
+    undeduped = replace(refinement, dedupe=False)
+    fetch = k
+    while True:
+        lists = [refined_search(store, vector, k=fetch, exclude=exclude, refinement=undeduped)
+                 for vector in vectors]
+        best: dict[int, dict] = {}
+        for hit in chain.from_iterable(lists):
+            if hit["id"] not in best or hit["score"] > best[hit["id"]]["score"]:
+                best[hit["id"]] = hit
+        cut = [found[-1]["score"] for found in lists if len(found) == fetch]  # lists that may go on
+        certain = [hit for hit in best.values() if not cut or hit["score"] > max(cut)]
+        certain.sort(key=lambda hit: (-hit["score"], hit["id"]))
+        results = refine(certain, Refinement(dedupe=refinement.dedupe), k=k)
+        if len(results) == k or not cut:
+            return results
+        fetch *= 4
+
+
 def _passes(hit: dict, refinement: Refinement) -> bool:
     geo = hit.get("geo") or {}
-    if refinement.exclude_scene and hit.get("scene") == refinement.exclude_scene:
+    excluded = refinement.exclude_scene
+    if excluded and hit.get("scene") in ((excluded,) if isinstance(excluded, str) else excluded):
         return False
     if refinement.bbox is not None and not _touches(geo.get("wgs84_bounds"), refinement.bbox):
         return False
@@ -140,5 +187,8 @@ def to_geojson(answer: dict) -> dict:
         features.append({"type": "Feature", "id": hit["id"],
                          "geometry": {"type": "Polygon", "coordinates": footprint} if footprint else None,
                          "properties": properties})
-    return {"type": "FeatureCollection", "features": features,
-            "query": {key: value for key, value in answer["query"].items() if key != "geo"}}
+    query = {key: value for key, value in answer["query"].items() if key != "geo"}
+    if "examples" in query:  # several examples
+        query["examples"] = [{key: value for key, value in example.items() if key != "geo"}
+                             for example in query["examples"]]
+    return {"type": "FeatureCollection", "features": features, "query": query}

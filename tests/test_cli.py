@@ -174,14 +174,61 @@ def test_bad_normalization(built, tmp_path):
     assert_one_line_error(result, "--normalization")
 
 
-@pytest.mark.parametrize("args", [["IMAGE", "--id", "1"], []], ids=["both", "neither"])
-def test_search_needs_exactly_one_query(built, args):
+@pytest.mark.parametrize("args", [[], ["IMAGE", "--exclude-query"], ["IMAGE", "--exclude-scene"]],
+                         ids=["neither", "exclude-query-without-id", "exclude-scene-without-id"])
+def test_search_needs_a_query_and_id_flags_need_an_id(built, args):
     chips_dir, _, store_dir, _ = built
     args = [str(next(chips_dir.glob("*.jpg"))) if a == "IMAGE" else a for a in args]
     result = invoke("search", *args, "--store", store_dir)
     assert result.exit_code == 2
     assert "Usage" in result.output
     assert "Traceback" not in result.output
+
+
+def test_several_examples_search_their_mean_direction(built):
+    from store import Store
+
+    store_dir = built[2]
+    result = invoke("search", "--id", 2, "--id", 5, "--id", 9, "--store", store_dir, "-k", 12, "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert [example["id"] for example in answer["query"]["examples"]] == [2, 5, 9]
+    assert answer["query"]["combine"] == "mean"
+    store = Store.open(store_dir)
+    centre = sum(store.vector(i) for i in (2, 5, 9))
+    centre /= (centre ** 2).sum() ** 0.5
+    expected = sorted(range(1, 13), key=lambda i: -float(store.vector(i) @ centre))
+    assert [hit["id"] for hit in answer["results"]] == expected
+    for hit in answer["results"]:
+        assert hit["score"] == pytest.approx(float(store.vector(hit["id"]) @ centre), abs=1e-5)
+    left_out = invoke("search", "--id", 2, "--id", 5, "--id", 9, "--store", store_dir, "-k", 12, "--json",
+                      "--exclude-query")
+    assert [hit["id"] for hit in json.loads(left_out.stdout)["results"]] == [i for i in expected if i not in (2, 5, 9)]
+
+
+def test_a_file_and_an_id_ranked_by_the_best_of_either(built):
+    chips_dir, _, store_dir, _ = built
+    query = sorted(chips_dir.glob("*.jpg"))[7].absolute()
+    result = invoke("search", query, "--id", 3, "--combine", "any", "--store", store_dir, "-k", 3, "--json", *RUN)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["query"] == {"examples": [{"path": str(query)}, {"id": 3, "path": answer["query"]["examples"][1]["path"]}],
+                               "combine": "any"}
+    top_two = answer["results"][:2]
+    assert {hit["path"] for hit in top_two} == {str(query), answer["query"]["examples"][1]["path"]}
+    assert all(hit["score"] >= 0.999 for hit in top_two)  # each example finds itself
+    assert answer["results"][2]["score"] < 0.999
+
+
+def test_the_api_refuses_no_examples_and_an_unknown_combination_before_any_model_loads(built):
+    from indexer import api
+    from indexer.errors import IndexerError
+
+    store = api.open_store(built[2])
+    with pytest.raises(IndexerError, match="no query"):
+        api.search(store, [], k=3)
+    with pytest.raises(IndexerError, match="not one of mean, any"):
+        api.search(store, ["no-such-file.jpg", 3], k=3, combine="median")
 
 
 # -- documentation ------------------------------------------------------------------------------

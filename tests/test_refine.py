@@ -1,12 +1,13 @@
 """Scene search refinements and GeoJSON export, on hand-made results and on real NAIP chips."""
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
 from indexer.errors import IndexerError
-from indexer.refine import Refinement, parse_dates, refine, to_geojson
+from indexer.refine import Refinement, combined_search, parse_dates, refine, to_geojson
 
 
 def hit(rank, *, scene="a.tif", window=(0, 0, 256, 256), date="2015-06-01", bounds=(10.0, 50.0, 10.1, 50.1)):
@@ -84,6 +85,20 @@ def test_cli_writes_geojson_of_real_chips(index, shared_data_dir, tmp_path):
         lon, lat = feature["properties"]["centroid"]
         assert -99.2 < lon < -99.1 and 47.0 < lat < 47.05
 
+    # two query chips of different scenes: both scenes are left out, and the GeoJSON names both examples
+    other = next(f["id"] for f in collection["features"] if f["properties"]["scene"] != query_scene)
+    result = CliRunner().invoke(cli, ["search", "--id", "5", "--id", str(other), "--store", str(tmp_path / "s"),
+                                      "-k", "6", "--exclude-scene", "--geojson", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    examples = json.loads(result.output)["query"]["examples"]
+    scenes = {example["scene"] for example in examples}
+    assert len(scenes) == 2
+    collection = json.loads(out.read_text())
+    assert len(collection["features"]) == 6
+    assert not scenes & {f["properties"]["scene"] for f in collection["features"]}
+    assert [example["id"] for example in collection["query"]["examples"]] == [5, other]
+    assert not any("geo" in example for example in collection["query"]["examples"])
+
 
 @pytest.mark.parametrize("text, expected", [
     ("2015,2016", ("2015-01-01", "2016-12-31")), (",2015", ("", "2015-12-31")), ("2015-02,", ("2015-02-01", "")),
@@ -115,3 +130,71 @@ def test_cli_dates_are_checked_and_an_emptied_list_says_why(index, shared_data_d
     assert backwards.exit_code == 2 and "run backwards" in backwards.stderr
     future = CliRunner().invoke(cli, ["search", "--id", "1", "--store", str(store_dir), "--dates", "2090,"])
     assert future.exit_code == 0 and "no indexed image passes the filters" in future.stdout
+
+
+# -- several examples ---------------------------------------------------------------------------
+class BruteForceStore:
+    """store.search over unit vectors by brute force, each image a chip of a few overlapping scenes."""
+
+    def __init__(self, vectors, hits):
+        self.vectors, self.hits = vectors, hits
+
+    def search(self, query, *, k, exclude_ids=()):
+        scores = self.vectors @ query
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in set(exclude_ids)][:k]
+        return [dict(self.hits[i], rank=rank, score=float(scores[i])) for rank, i in enumerate(order, 1)]
+
+
+def chip_store(seed, count=300):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(count, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hits = [{"id": i, "path": f"chip{i}", "scene": f"s{i % 3}", "window": [int(rng.integers(0, 6)) * 64, 0, 128, 128],
+             "geo": {"date": f"{2010 + i % 8}-06-01"}} for i in range(count)]
+    return BruteForceStore(vectors, hits), rng
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("refinement", [Refinement(dedupe=False), Refinement(),
+                                        Refinement(dates=("2012-01-01", "2014-12-31")),
+                                        Refinement(exclude_scene=("s0", "s2"), dedupe=False)],
+                         ids=["plain", "dedupe", "dates+dedupe", "two-scenes-out"])
+def test_any_of_several_examples_is_the_brute_force_ranking_by_best_score(seed, refinement):
+    store, rng = chip_store(seed)
+    examples = rng.normal(size=(3, 8)).astype(np.float32)
+    examples /= np.linalg.norm(examples, axis=1, keepdims=True)
+    best = (store.vectors @ examples.T).max(axis=1)
+    ranking = [dict(store.hits[i], score=float(best[i])) for i in np.argsort(-best, kind="stable")]
+    expected = refine(ranking, refinement, k=7)
+    found = combined_search(store, examples, k=7, refinement=refinement, combine="any")
+    assert [(h["id"], h["rank"]) for h in found] == [(h["id"], h["rank"]) for h in expected]
+    assert [h["score"] for h in found] == pytest.approx([h["score"] for h in expected])
+
+
+def test_any_looks_past_each_examples_first_k_when_chips_collapse():
+    """e1's top 2 are overlapping chips A, B; its third, C, beats e2's best D once B collapses into A."""
+    scores = {"A": (0.9, 0.1), "B": (0.8, 0.1), "C": (0.75, 0.1), "D": (0.1, 0.7), "E": (0.1, 0.6)}
+    windows = {"A": 0, "B": 64, "C": 256, "D": 0, "E": 256}
+    hits = [{"id": i, "path": name, "scene": "s" if name in "ABC" else "t", "window": [windows[name], 0, 128, 128]}
+            for i, name in enumerate(scores)]
+    store = BruteForceStore(np.array(list(scores.values()), dtype=np.float32), hits)
+    found = combined_search(store, np.eye(2, dtype=np.float32), k=2, refinement=Refinement(), combine="any")
+    assert [h["path"] for h in found] == ["A", "C"]
+
+
+def test_the_mean_of_several_examples_is_searched_as_one_direction():
+    store, rng = chip_store(0)
+    examples = store.vectors[[4, 9]]
+    centre = examples.mean(axis=0) / np.linalg.norm(examples.mean(axis=0))
+    found = combined_search(store, examples, k=5, refinement=Refinement(dedupe=False), exclude=[4, 9])
+    order = [i for i in np.argsort(-(store.vectors @ centre)) if i not in (4, 9)][:5]
+    assert [h["id"] for h in found] == order
+    assert found[0]["score"] == pytest.approx(float(store.vectors[order[0]] @ centre), abs=1e-6)
+
+
+def test_examples_that_cancel_out_or_an_unknown_combination_are_refused():
+    store, _ = chip_store(0)
+    with pytest.raises(IndexerError, match="cancel out"):
+        combined_search(store, [store.vectors[0], -store.vectors[0]], k=3, refinement=Refinement())
+    with pytest.raises(IndexerError, match="not one of mean, any"):
+        combined_search(store, store.vectors[:2], k=3, refinement=Refinement(), combine="median")
