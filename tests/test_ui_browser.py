@@ -259,6 +259,34 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
     assert page.get_by_text("#8 · score").count() == 1 and page.get_by_text("#9 · score").count() == 0
 
 
+def click_until(page, button, shown) -> None:
+    """Click, and wait for `shown`; a click that lands while the page is still redrawing can be dropped: retry once."""
+    for attempt in range(2):
+        button.click()
+        try:
+            shown.wait_for(timeout=WAIT_MS // 4 if attempt == 0 else WAIT_MS)
+            return
+        except PlaywrightTimeout:
+            if attempt == 1:
+                raise
+
+
+def test_add_a_result_to_the_query_and_take_it_out(page, ui_ids, artifacts_dir):
+    image_id = ui_ids[sorted(ui_ids)[6]]
+    open_page(page, f"/?id={image_id}&k=8")
+    page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
+    # the query itself is offered no "Add": the first such button is the second result's
+    click_until(page, page.get_by_role("button", name="Add to the query", exact=True).first,
+                page.get_by_text(f"2 examples: ids {image_id}, {second_id} (the first shown)", exact=True))
+    page.wait_for_function("ids => new URLSearchParams(location.search).get('id') === ids", arg=f"{image_id},{second_id}")
+    page.get_by_role("button", name="Remove", exact=True).wait_for()
+    page.screenshot(path=str(artifacts_dir / "several-examples.png"), full_page=True)
+    click_until(page, page.get_by_role("button", name="Remove", exact=True),
+                page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True))
+    page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=image_id)
+
+
 def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
     process, url = start_server(ui_store_dir, model_dir, tmp_path / "serve.log")
     try:

@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -155,7 +156,8 @@ def test_page_past_the_end_shows_the_last(page, ui_ids):
 
 def test_id_that_is_not_a_number(page):
     at = page(id="abc")
-    assert [e.value for e in at.error] == ["The address asks for image id 'abc', which is not a number."]
+    assert [e.value for e in at.error] == ["The address asks for image id 'abc', which is not a number "
+                                           "(or several, separated by commas)."]
     assert cards(at) == []
 
 
@@ -229,6 +231,79 @@ def test_exact_heatmaps_recompute_with_the_model(page, ui_ids):
     assert len(exact_maps) == len(pca_maps) == 1 + 4  # the colour scale, then one picture per result
     # Not the query itself: its best match to any query patch is 1 everywhere, however it is computed.
     assert all(exact != pca for exact, pca in zip(exact_maps[2:], pca_maps[2:]))
+
+
+# -- several examples --------------------------------------------------------------------------
+def api_answer(store_dir, ids, **options):
+    from indexer import api
+
+    store = api.open_store(store_dir)
+    try:
+        return [(hit["rank"], round(hit["score"], 4), hit["id"]) for hit in api.search(store, ids, k=20, **options)["results"]]
+    finally:
+        store.close()
+
+
+def test_several_ids_in_the_address_search_as_the_cli_does(page, ui_ids, ui_store_dir):
+    ids = [chip(ui_ids, i)[1] for i in (1, 6, 11)]
+    at = page(id=",".join(map(str, ids)))
+    assert f"3 examples: ids {', '.join(map(str, ids))} (the first shown)" in [c.value for c in at.caption]
+    assert cards(at) == api_answer(ui_store_dir, ids)
+    assert [b.key for b in at.button if b.label.startswith("Remove")] == [f"remove-{i}" for i in ids[1:] + ids[:1]]
+
+    at.sidebar.radio[0].set_value("any")
+    run(at)
+    assert cards(at) == api_answer(ui_store_dir, ids, combine="any")
+    assert {hit for _, score, hit in cards(at) if score == 1.0} == set(ids)  # each example finds itself
+
+    run(at.checkbox[0].check())  # hide the query itself: all of its examples
+    assert set(ids).isdisjoint(hit for *_, hit in cards(at))
+    assert len(cards(at)) == 20
+
+
+def test_add_a_result_to_the_query_then_remove_it(page, ui_ids, ui_store_dir):
+    _, first = chip(ui_ids, 3)
+    at = page(id=first)
+    assert not [b for b in at.button if b.key == f"add-1-{first}"]  # the query itself is not offered
+    added = cards(at)[1][2]
+    run(button(at, "Add to the query", 0).click())
+    assert at.query_params["id"] == f"{first},{added}"
+    assert cards(at) == api_answer(ui_store_dir, [first, added])
+    assert not [b for b in at.button if b.label == "Add to the query" and b.key.endswith(f"-{added}")]
+    run(at.button(key=f"remove-{added}").click())
+    assert at.query_params["id"] == str(first)
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {first}"
+
+
+def test_heatmaps_of_several_examples_match_any_of_them(ui_ids, ui_store_dir):
+    from store import Store
+    from ui.query import Query
+    from ui.results import result_maps
+
+    store = Store.open(ui_store_dir)
+    ids = [chip(ui_ids, i)[1] for i in (2, 9, 15)]
+    grids = [store.patch_features(i) for i in ids]
+    examples = [{"id": i, "item": {"path": str(i)}, "grid": grid} for i, grid in zip(ids, grids)]
+    several = Query(key="k", label="l", vectors=np.stack([store.vector(i) for i in ids[:2]]), grid=grids[0],
+                    image=None, image_id=ids[0], examples=examples[:2])
+    one = Query(key="k", label="l", vectors=store.vector(ids[0])[None], grid=grids[0], image=None, image_id=ids[0])
+    hits = [{"id": i} for i in ids]
+    first, second, third = result_maps(store, several, hits, patch=None, exact=False)
+    assert np.allclose(first, 1, atol=1e-3) and np.allclose(second, 1, atol=1e-3)  # each matches itself
+    assert third.min() < 0.99
+    assert not np.allclose(result_maps(store, one, hits, patch=None, exact=False)[1], 1, atol=1e-3)
+    clicked = result_maps(store, several, hits, patch=(3, 4), exact=False)  # a patch of the shown example
+    assert clicked[0][3, 4] == pytest.approx(1, abs=1e-3)
+    store.close()
+
+
+def test_an_uploaded_query_offers_no_adding(page, ui_ids):
+    path, _ = chip(ui_ids, 0)
+    at = page()
+    run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    assert len(cards(at)) == 20
+    assert [b.label for b in at.button if b.label == "Search with this"]
+    assert not [b for b in at.button if b.label == "Add to the query"]
 
 
 # -- uploads -----------------------------------------------------------------------------------

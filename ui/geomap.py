@@ -7,8 +7,9 @@ import streamlit as st
 from . import heatmaps
 
 
-def footprint_rows(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float) -> list[dict]:
-    """One row per footprint for a PolygonLayer: results coloured by score on the page's colour ramp."""
+def footprint_rows(query_items: list[dict], hits: list[dict], *, vmin: float, vmax: float) -> list[dict]:
+    """One row per footprint for a PolygonLayer: results coloured by score on the page's colour ramp, then
+    the query's (each of its examples') outlined."""
     rows = []
     for hit in hits:
         geo = hit.get("geo") or {}
@@ -17,10 +18,11 @@ def footprint_rows(query_item: dict | None, hits: list[dict], *, vmin: float, vm
         colour = heatmaps.colourize([[hit["score"]]], vmin=vmin, vmax=vmax)[0][0].tolist()
         rows.append({"polygon": geo["footprint"][0], "fill": colour + [150], "line": [255, 255, 255, 220],
                      "label": f"#{hit['rank']} · {hit['score']:.4f} · {geo.get('date') or ''}", "rank": hit["rank"]})
-    geo = (query_item or {}).get("geo") or {}
-    if geo.get("footprint"):
-        rows.append({"polygon": geo["footprint"][0], "fill": [0, 0, 0, 0], "line": [255, 0, 0, 255],
-                     "label": "query", "rank": 0})
+    for item in query_items:
+        geo = item.get("geo") or {}
+        if geo.get("footprint"):
+            rows.append({"polygon": geo["footprint"][0], "fill": [0, 0, 0, 0], "line": [255, 0, 0, 255],
+                         "label": "query", "rank": 0})
     return rows
 
 
@@ -35,13 +37,13 @@ def view_of(rows: list[dict]) -> pydeck.ViewState:
 BASEMAPS = {"carto": pydeck.map_styles.CARTO_LIGHT}
 
 
-def result_map(query_item: dict | None, hits: list[dict], *, vmin: float, vmax: float, basemap: str | None = None):
+def result_map(query_items: list[dict], hits: list[dict], *, vmin: float, vmax: float, basemap: str | None = None):
     """Draws the map; returns the rank of a result footprint the user clicked, or None.
 
     No base layer unless `basemap` names one: a base layer makes every viewer's browser fetch tiles
     from a third party, which `lookalike serve --basemap carto` asks for explicitly.
     """
-    rows = footprint_rows(query_item, hits, vmin=vmin, vmax=vmax)
+    rows = footprint_rows(query_items, hits, vmin=vmin, vmax=vmax)
     if not rows:
         return None
     layer = pydeck.Layer(

@@ -3,16 +3,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, UnreadableImage
 from store import StoreError
 
 from . import heatmaps
 from .query import load_indexed, load_upload, query_panel
-from .resources import STORE_LOCK, embedder_for, open_store
-from indexer.refine import Refinement, empty_results_note, parse_dates, refined_search
+from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
+from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
 
 from .geomap import result_map
-from .query import use_indexed
+from .query import remove_example, use_indexed
 from .results import (clicked_patch, describe_place, downloads, forget_click, page_of, pager, result_grid,
                       result_maps)
 
@@ -35,6 +35,10 @@ def settings_sidebar(info: dict) -> dict:
         st.query_params["k"] = str(k)
         page_size = st.selectbox("Per page", [12, 20, 40, 100], index=1)
         hide_self = st.checkbox("Hide the query itself", value=False)
+        combine = st.radio("A query of several examples finds images", ["mean", "any"], horizontal=True,
+                           format_func={"mean": "like all of them", "any": "like any one"}.get,
+                           help="Like all of them: the mean of the examples' vectors, what they share. Like any "
+                                "one: each image scored by its best match among the examples.")
         st.header("Scenes")
         dedupe = st.checkbox("Collapse overlapping chips of a scene", value=True)
         exclude_scene = st.checkbox("Leave out the query's own scene", value=False)
@@ -44,7 +48,8 @@ def settings_sidebar(info: dict) -> dict:
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
-    return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "opacity": opacity, "exact": exact,
+    return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "combine": combine, "opacity": opacity,
+            "exact": exact,
             "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text), "dates": parse_dates(dates_text)}
 
 
@@ -101,13 +106,38 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
             st.caption(f"Patch row {patch[0]}, column {patch[1]} of a {query.grid.shape[0]}×{query.grid.shape[1]} "
                        "grid; the query shows its own similarity to it.")
             st.button("Clear the selected patch", on_click=forget_click)
-    exclude = [query.image_id] if settings["hide_self"] and query.image_id else []
+        other_examples(query)
+    exclude = query.example_ids if settings["hide_self"] else []
+    scenes = tuple(dict.fromkeys(item["scene"] for item in query_items(query) if item.get("scene")))
     refinement = Refinement(dedupe=settings["dedupe"], bbox=settings["bbox"], dates=settings["dates"],
-                            exclude_scene=(query.item or {}).get("scene") if settings["exclude_scene"] else None)
+                            exclude_scene=scenes if settings["exclude_scene"] and scenes else None)
     with STORE_LOCK:
-        results = refined_search(store, query.vector, k=settings["k"], exclude=exclude, refinement=refinement)
+        results = combined_search(store, query.vectors, k=settings["k"], exclude=exclude, refinement=refinement,
+                                  combine=settings["combine"])
     with results_column:
         show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap)
+
+
+def query_items(query) -> list[dict]:
+    """The catalogue rows behind the query's indexed examples (none for an upload)."""
+    return [example["item"] for example in query.examples] or ([query.item] if query.item else [])
+
+
+def other_examples(query) -> None:
+    """Under the shown example, the query's others, each with a button that takes it out."""
+    if not query.examples:
+        return
+    st.caption("The other examples:")
+    for example in query.examples[1:]:
+        picture, words = st.columns([1, 2])
+        try:
+            picture.image(thumbnail(example["item"]), width="stretch")
+        except UnreadableImage:
+            picture.caption("no longer readable")
+        words.caption(f"id {example['id']} · {describe_place(dict(example['item'], id=example['id']))}")
+        words.button("Remove", key=f"remove-{example['id']}", on_click=remove_example, args=(example["id"],))
+    st.button("Remove the shown one", key=f"remove-{query.examples[0]['id']}", on_click=remove_example,
+              args=(query.examples[0]["id"],))
 
 
 def show_results(store, query, results, *, settings, patch, model, basemap=None) -> None:
@@ -127,12 +157,13 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None)
     st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
     if any(hit.get("geo") for hit in results):
         scores = [hit["score"] for hit in hits] or [0.0]
-        picked = result_map(query.item, hits, vmin=min(scores), vmax=max(scores), basemap=basemap)
+        picked = result_map(query_items(query), hits, vmin=min(scores), vmax=max(scores), basemap=basemap)
         st.caption("Footprints of this page's results coloured by score (the same ramp, stretched to their "
                    "scores); the query's outlined in red. Click one to select it.")
         if picked:
             hit = next(h for h in hits if h["rank"] == picked)
             st.info(f"Selected on the map: #{hit['rank']} · score {hit['score']:.4f} · {describe_place(hit)}")
             st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
-    result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax)
-    downloads(query, results)
+    result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, can_add=query.image_id is not None,
+                examples=query.example_ids)
+    downloads(query, results, combine=settings["combine"])

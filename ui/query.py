@@ -1,6 +1,6 @@
 """The query panel: upload an image or pick an indexed one; turns the choice into a Query."""
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import streamlit as st
@@ -15,19 +15,25 @@ from store.store import chip_fields
 from .resources import STORE_LOCK, embedder_for, thumbnail
 
 MAX_UPLOAD_MB = 50
+MAX_EXAMPLES = 20  # indexed examples in one query ("Add to the query")
 
 
 @dataclass
 class Query:
     key: str  # identity: a new query forgets the clicked patch
     label: str
-    vector: np.ndarray  # (D,) L2-normalised
-    grid: np.ndarray  # (h, w, C) patch features reduced with the store's PCA
+    vectors: np.ndarray  # (n, D) L2-normalised: the one query, or each of several indexed examples
+    grid: np.ndarray  # (h, w, C) patch features reduced with the store's PCA (the first example's)
     image: Image.Image | None  # None when an indexed file no longer reads
-    image_id: int | None = None
+    image_id: int | None = None  # the first example's
     path: str | None = None
     tokens: np.ndarray | None = None  # (h, w, D) full patch tokens, uploads only
     item: dict | None = None  # the catalogue row (with a chip's scene, window, geo), indexed queries only
+    examples: list[dict] = field(default_factory=list)  # several indexed examples: {id, item, grid} each
+
+    @property
+    def example_ids(self) -> list[int]:
+        return [example["id"] for example in self.examples] or ([self.image_id] if self.image_id else [])
 
 
 # -- choosing ----------------------------------------------------------------------------------
@@ -36,6 +42,27 @@ def use_indexed(image_id: int) -> None:
     st.query_params["id"] = str(int(image_id))
     st.query_params["page"] = "1"
     st.session_state["uploader_generation"] = st.session_state.get("uploader_generation", 0) + 1
+
+
+def address_ids() -> list[int]:
+    """The indexed examples the address names (?id=12 or ?id=12,40,57); raises ValueError when not numbers."""
+    text = st.query_params.get("id", "")
+    return list(dict.fromkeys(int(part) for part in text.split(","))) if text else []
+
+
+def add_example(image_id: int) -> None:
+    """Callback: add an indexed image to the query's examples (the address keeps them all)."""
+    ids = address_ids()
+    if int(image_id) not in ids:
+        ids.append(int(image_id))
+    st.query_params["id"] = ",".join(map(str, ids[-MAX_EXAMPLES:]))
+    st.query_params["page"] = "1"
+
+
+def remove_example(image_id: int) -> None:
+    """Callback: take one example out of a query of several."""
+    st.query_params["id"] = ",".join(str(i) for i in address_ids() if i != int(image_id))
+    st.query_params["page"] = "1"
 
 
 def _use_upload() -> None:
@@ -87,29 +114,43 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
             st.button("Random image", on_click=_use_random, args=(store,))
     if "id" in st.query_params:
         try:
-            return "id", int(st.query_params["id"])
+            ids = address_ids()
         except ValueError:
-            st.error(f"The address asks for image id {st.query_params['id']!r}, which is not a number.")
+            st.error(f"The address asks for image id {st.query_params['id']!r}, which is not a number "
+                     "(or several, separated by commas).")
             return None
+        if len(ids) > MAX_EXAMPLES:
+            st.warning(f"The address names {len(ids)} images; a query takes at most {MAX_EXAMPLES}: the first "
+                       f"{MAX_EXAMPLES} are used.")
+        if ids:
+            return "id", ids[:MAX_EXAMPLES]
     if uploaded is not None:
         return "upload", uploaded
     return None
 
 
 # -- loading -----------------------------------------------------------------------------------
-def load_indexed(store: Store, image_id: int) -> Query:
+def load_indexed(store: Store, image_ids: list[int]) -> Query:
+    """One indexed image, or several as one query's examples (the first is shown, clickable)."""
     with STORE_LOCK:
-        row = store.image(image_id)
-        vector = store.vector(image_id)
-        grid = store.patch_features(image_id)
-    item = {"path": row["path"], "size": row["size"], "mtime": row["mtime"], **chip_fields(row)}
+        rows = [store.image(image_id) for image_id in image_ids]
+        vectors = np.stack([store.vector(image_id) for image_id in image_ids])
+        grids = [store.patch_features(image_id) for image_id in image_ids]
+    items = [{"path": row["path"], "size": row["size"], "mtime": row["mtime"], **chip_fields(row)} for row in rows]
     try:
-        image = thumbnail(item)
+        image = thumbnail(items[0])
     except UnreadableImage as error:
         st.warning(f"The query's file no longer reads ({error}); its stored vector is still searched.")
         image = None
-    return Query(key=f"id-{image_id}", label=f"id {image_id} · {row['path']}", vector=vector, grid=grid,
-                 image=image, image_id=image_id, path=row["path"], item=item)
+    first = image_ids[0]
+    if len(image_ids) == 1:
+        label = f"id {first} · {rows[0]['path']}"
+    else:
+        label = f"{len(image_ids)} examples: ids {', '.join(map(str, image_ids))} (the first shown)"
+    examples = [{"id": i, "item": item, "grid": grid} for i, item, grid in zip(image_ids, items, grids)]
+    return Query(key="id-" + "-".join(map(str, image_ids)), label=label, vectors=vectors, grid=grids[0],
+                 image=image, image_id=first, path=rows[0]["path"], item=items[0],
+                 examples=examples if len(image_ids) > 1 else [])
 
 
 def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int = MAX_UPLOAD_MB) -> Query:
@@ -134,5 +175,5 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     image, vector, grid, tokens = cache[digest]
     shown = image.copy()
     shown.thumbnail((320, 320))
-    return Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vector=vector, grid=grid,
+    return Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
                  image=shown, tokens=tokens)

@@ -13,7 +13,7 @@ from indexer.refine import to_geojson
 from store import Store
 
 from . import heatmaps
-from .query import Query, use_indexed
+from .query import MAX_EXAMPLES, Query, add_example, use_indexed
 from .resources import STORE_LOCK, full_tokens, thumbnail
 
 COLUMNS = 4
@@ -49,14 +49,17 @@ def forget_click() -> None:
 def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
     """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
     if exact:
-        query_grid = query.tokens if query.tokens is not None else full_tokens(query.item, embedder)
+        example_grids = [full_tokens(example["item"], embedder) for example in query.examples] or [
+            query.tokens if query.tokens is not None else full_tokens(query.item, embedder)]
         grids = [full_tokens(hit, embedder) for hit in results]
     else:
-        query_grid = query.grid
+        example_grids = [example["grid"] for example in query.examples] or [query.grid]
         with STORE_LOCK:
             grids = [store.patch_features(hit["id"]) for hit in results]
-    if patch is not None:
-        return [heatmaps.cosine_map(query_grid[patch], grid) for grid in grids]
+    if patch is not None:  # a patch of the shown (first) example
+        return [heatmaps.cosine_map(example_grids[0][patch], grid) for grid in grids]
+    # several examples: each result patch's best match to any patch of any example
+    query_grid = np.concatenate([grid.reshape(1, -1, grid.shape[-1]) for grid in example_grids], axis=1)
     return [heatmaps.correspondence_map(query_grid, grid) for grid in grids]
 
 
@@ -80,7 +83,9 @@ def pager(page: int, pages: int, total: int) -> None:
     forward.button("Next ▶", disabled=page >= pages, on_click=_go_to, args=(page + 1,), key="next")
 
 
-def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmin: float, vmax: float) -> None:
+def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmin: float, vmax: float,
+                can_add: bool = False, examples=()) -> None:
+    """The cards; `can_add` (an indexed query) offers to add each result to the query's examples."""
     for start in range(0, len(hits), COLUMNS):
         for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
             with column:
@@ -93,6 +98,9 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 st.caption(describe_place(hit))
                 st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
                           args=(hit["id"],))
+                if can_add and hit["id"] not in examples and len(examples) < MAX_EXAMPLES:
+                    st.button("Add to the query", key=f"add-{hit['rank']}-{hit['id']}", on_click=add_example,
+                              args=(hit["id"],))
 
 
 def describe_place(hit: dict) -> str:
@@ -106,7 +114,7 @@ def describe_place(hit: dict) -> str:
     return f"{hit['scene']} · window {col},{row} {width}×{height}{where}{when}"
 
 
-def downloads(query: Query, results: list[dict]) -> None:
+def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> None:
     rows = [{key: hit.get(key) for key in ("rank", "id", "path", "score", "width", "height")} for hit in results]
     for row, hit in zip(rows, results):
         if hit.get("scene"):
@@ -118,7 +126,11 @@ def downloads(query: Query, results: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
+    if query.examples:  # as `lookalike search --json` describes several examples
+        described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} for example in query.examples],
+                     "combine": combine}
+    else:
+        described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
     columns = st.columns(3)
     columns[0].download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
                                mime="text/csv")
