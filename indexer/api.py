@@ -1,11 +1,12 @@
 """The Python API for notebooks: open a store, load its model, embed an image, search."""
 import io
+from dataclasses import replace
 from numbers import Integral
 from pathlib import Path
 
 from PIL import Image
 
-from store import Store
+from store import Store, StoreError
 from store.store import chip_fields, provenance_conflicts
 from store.swap import last_chip_options, open_live, recorded_runs
 
@@ -17,7 +18,7 @@ from .refine import COMBINES, Refinement, combined_search
 from .scenes import is_georeferenced, scene_image
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
-           "load_query_image", "open_store", "scene_read_options", "search"]
+           "load_query_image", "open_store", "scene_read_options", "search", "search_each"]
 
 
 def open_store(store_dir) -> Store:
@@ -145,3 +146,52 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     results = combined_search(store, vectors, k=k, exclude=exclude, refinement=refinement, combine=combine)
     return {"query": described[0] if len(described) == 1 else {"examples": described, "combine": combine},
             "results": results}
+
+
+def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
+                exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16):
+    """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
+    searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
+    time with one model (loaded at the first image). A query that cannot be read (or an unknown id) gives
+    {"query": ..., "error": reason} and the others go on. `exclude_self` leaves an indexed query out of its own
+    results, `exclude_own_scene` its scene's chips."""
+    import torch
+
+    refinement = Refinement() if refinement is None else refinement
+    queries = list(queries)
+    read_options = None  # the store's scene bands and stretch, read at the first image
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start:start + batch_size]
+        prepared = []  # (described, vector or None, pixels or None, error or None, own id, own scene)
+        for query in chunk:
+            if isinstance(query, Integral) and not isinstance(query, bool):
+                try:
+                    row = store.image(int(query))
+                except StoreError as error:
+                    prepared.append(({"id": int(query)}, None, None, str(error), None, None))
+                    continue
+                prepared.append(({"id": int(query), "path": row["path"], **chip_fields(row)},
+                                 store.vector(int(query)), None, None, int(query), row["scene"]))
+                continue
+            described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+            try:
+                read_options = read_options or scene_read_options(store)
+                picture = query if isinstance(query, Image.Image) else load_query_image(query, read_options=read_options)
+            except (IndexerError, OSError) as error:
+                reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
+                prepared.append((described, None, None, reason, None, None))
+                continue
+            embedder = embedder or load_embedder(store)  # a model that cannot load ends it all: not caught
+            prepared.append((described, None, torch.from_numpy(embedder.preprocess(picture.convert("RGB"))), None,
+                             None, None))
+        pixels = [entry[2] for entry in prepared if entry[2] is not None]
+        embedded = iter(embedder.embed(torch.stack(pixels)).global_vectors.cpu().numpy() if pixels else [])
+        for described, vector, picture_pixels, error, own_id, own_scene in prepared:
+            if error is not None:
+                yield {"query": described, "error": error}
+                continue
+            vector = next(embedded) if picture_pixels is not None else vector
+            refined = replace(refinement, exclude_scene=own_scene) if exclude_own_scene and own_scene else refinement
+            results = combined_search(store, [vector], k=k, exclude=[own_id] if exclude_self and own_id else [],
+                                      refinement=refined)
+            yield {"query": described, "results": results}

@@ -25,6 +25,12 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except (IndexerError, StoreError) as error:
             raise click.ClickException(str(error)) from error
+        except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            except (OSError, ValueError):  # no real stdout (a test runner's)
+                pass
+            sys.exit(1)
         except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
             logging.getLogger(__name__).debug("the traceback", exc_info=True)
             where = f": {error.filename}" if error.filename else ""
@@ -299,6 +305,9 @@ def _numbers(text, name, kind, shortest, longest):
               help="With several examples: 'mean' finds what they have in common; 'any' ranks by the best "
                    "score against any one of them.")
 @click.option("--exclude-query", is_flag=True, help="Leave the query images given by --id out of the results.")
+@click.option("--each", is_flag=True,
+              help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
+                   "model load: one answer per query, as JSON Lines with --json.")
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model (e.g. a local directory); its weights must match.")
 @click.option("--dedupe/--no-dedupe", default=True, show_default=True,
@@ -315,7 +324,7 @@ def _numbers(text, name, kind, shortest, longest):
 @device_option
 @json_option
 @friendly_errors
-def search(images, store_dir, image_ids, k, combine, exclude_query, model, dedupe, bbox, dates, exclude_scene, nprobe,
+def search(images, store_dir, image_ids, k, combine, exclude_query, each, model, dedupe, bbox, dates, exclude_scene, nprobe,
            geojson_path, dtype, device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
@@ -327,6 +336,8 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, model, dedup
     Example: lookalike search --id 7 --store scenes --exclude-scene --dates 2015-01-01, --geojson hits.geojson
 
     Example: lookalike search --id 12 --id 40 --id 95 --store demo-store --exclude-query
+
+    Example: lookalike search --each queries/ --store demo-store -k 5 --json > answers.jsonl
     """
     from indexer import api
     from indexer.errors import IndexerError
@@ -344,8 +355,15 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, model, dedup
         raise click.BadParameter(str(error), param_hint="--dates") from error
     if geojson_path is not None and not os.access(geojson_path.parent, os.W_OK):  # before any model loads
         raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
+    if each and geojson_path is not None:
+        raise click.UsageError("--geojson writes one query's results: it does not go with --each")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
+    if each:
+        _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
+                     exclude_query=exclude_query, exclude_scene=exclude_scene,
+                     refinement=Refinement(dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range))
+        return
     rows = [store.image(image_id) for image_id in image_ids]  # an unknown id fails here, before any model loads
     refinement = Refinement(
         dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range,
@@ -377,6 +395,37 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, model, dedup
                    else "the store holds no images yet")
     for hit in answer["results"]:
         click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+
+
+def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, exclude_query, exclude_scene,
+                 refinement):
+    """search --each: one answer per query, printed as it comes; a query that fails is reported and skipped."""
+    from indexer import api
+    from indexer.images import scan_sources
+    from indexer.refine import empty_results_note
+
+    paths = [Path(str(path)) for path in scan_sources(images)]  # a missing source fails here, before any model
+    embedder = api.load_embedder(store, model=model, device=device, dtype=dtype) if paths else None
+    failed = 0
+    for answer in api.search_each(store, paths + list(image_ids), k=k, embedder=embedder, refinement=refinement,
+                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene):
+        failed += "error" in answer
+        if as_json:
+            click.echo(json.dumps(answer))
+            continue
+        query = answer["query"]
+        named = " · ".join(part for part in (f"id {query['id']}" if "id" in query else "", query.get("path")) if part)
+        click.echo(f"== {named}")
+        if "error" in answer:
+            click.echo(f"   error: {answer['error']}")
+        elif not answer["results"]:
+            filtered = refinement.bbox is not None or refinement.dates is not None or exclude_scene
+            click.echo(f"   {empty_results_note(filtered=filtered)}")
+        for hit in answer.get("results", []):
+            click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths) + len(image_ids)} queries could not be answered "
+                                   "(each one's reason is in its answer)")
 
 
 @cli.command()

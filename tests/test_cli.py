@@ -220,6 +220,49 @@ def test_a_file_and_an_id_ranked_by_the_best_of_either(built):
     assert answer["results"][2]["score"] < 0.999
 
 
+def test_each_query_answered_on_its_own_with_one_model_load(built, tmp_path):
+    chips_dir, _, store_dir, _ = built
+    (tmp_path / "not-a-picture.jpg").write_bytes(b"plain text")
+    listed = tmp_path / "queries.txt"
+    listed.write_text("not-a-picture.jpg\n")
+    result = invoke("search", "--each", chips_dir, listed, "--id", 3, "--id", 9999, "--store", store_dir, "-k", 2,
+                    "--exclude-query", "--json", *RUN)
+    assert result.exit_code == 1
+    assert "2 of 15 queries could not be answered" in result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    files = sorted(chips_dir.glob("*.jpg"))
+    assert [a["query"].get("path") for a in answers[:13]] == [str(f.absolute()) for f in files] + [
+        str(tmp_path / "not-a-picture.jpg")]
+    for answer in answers[:12]:  # each chip finds itself first, scored as a search of it alone would be
+        assert answer["results"][0]["path"] == answer["query"]["path"]
+        assert answer["results"][0]["score"] >= 0.999
+    alone = json.loads(invoke("search", files[5], "--store", store_dir, "-k", 2, "--json", *RUN).stdout)["results"]
+    assert [(h["id"], round(h["score"], 5)) for h in answers[5]["results"]] == [(h["id"], round(h["score"], 5))
+                                                                                 for h in alone]
+    assert "not an image" in answers[12]["error"]
+    assert answers[13]["query"]["id"] == 3 and 3 not in [h["id"] for h in answers[13]["results"]]  # --exclude-query
+    assert answers[14] == {"query": {"id": 9999}, "error": f"no image with id 9999 in the store at {store_dir}"}
+
+
+def test_each_batches_images_as_one_at_a_time_would(built):
+    from indexer import api
+
+    chips_dir, model_dir, store_dir, _ = built
+    store = api.open_store(store_dir)
+    embedder = api.load_embedder(store, model=str(model_dir), device="cpu", dtype="float32")
+    files = sorted(chips_dir.glob("*.jpg"))
+    batched = list(api.search_each(store, files, k=3, embedder=embedder, batch_size=5))  # 5 + 5 + 2
+    for path, answer in zip(files, batched):
+        alone = api.search(store, path, k=3, embedder=embedder)["results"]
+        assert [h["id"] for h in answer["results"]] == [h["id"] for h in alone]
+        assert [h["score"] for h in answer["results"]] == pytest.approx([h["score"] for h in alone], abs=1e-5)
+
+
+def test_each_refuses_geojson(built, tmp_path):
+    result = invoke("search", "--each", "--id", 1, "--store", built[2], "--geojson", tmp_path / "x.geojson")
+    assert result.exit_code == 2 and "--each" in result.output
+
+
 def test_the_api_refuses_no_examples_and_an_unknown_combination_before_any_model_loads(built):
     from indexer import api
     from indexer.errors import IndexerError
