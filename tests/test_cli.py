@@ -263,6 +263,18 @@ def test_each_refuses_geojson(built, tmp_path):
     assert result.exit_code == 2 and "--each" in result.output
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(built):
+    """`lookalike search ... | head -1`: the closed pipe is not reported as an error, nor as a traceback."""
+    ids = [arg for _ in range(60) for arg in ("--id", "1")]  # ~200 KB of answers: more than a pipe holds
+    process = subprocess.Popen([sys.executable, "-m", "indexer.cli", "search", "--each", *ids, "--store", str(built[2]),
+                                "-k", "12", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(process.stdout.readline())["query"]["id"] == 1
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert b"Broken pipe" not in stderr and b"Traceback" not in stderr and b"Exception ignored" not in stderr, stderr
+
+
 def test_the_api_refuses_no_examples_and_an_unknown_combination_before_any_model_loads(built):
     from indexer import api
     from indexer.errors import IndexerError
