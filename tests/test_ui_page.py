@@ -297,6 +297,17 @@ def test_heatmaps_of_several_examples_match_any_of_them(ui_ids, ui_store_dir):
     store.close()
 
 
+def test_exact_heatmaps_of_several_examples(page, ui_ids):
+    ids = [chip(ui_ids, i)[1] for i in (5, 17)]
+    at = page(id=",".join(map(str, ids)), k=4)
+    pca_maps, found = image_urls(at), cards(at)
+    run(at.toggle[0].set_value(True))
+    assert cards(at) == found
+    exact_maps = image_urls(at)
+    assert len(exact_maps) == len(pca_maps)
+    assert exact_maps[-4:] != pca_maps[-4:]
+
+
 def test_an_uploaded_query_offers_no_adding(page, ui_ids):
     path, _ = chip(ui_ids, 0)
     at = page()
