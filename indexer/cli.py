@@ -300,6 +300,9 @@ def _numbers(text, name, kind, shortest, longest):
 @store_option
 @click.option("--id", "image_ids", type=int, multiple=True,
               help="Query by an indexed image's id instead of a file (repeat it for several examples).")
+@click.option("--at", "at_text", default=None, metavar="LON,LAT",
+              help="Query by the indexed chip that shows this place (WGS84 degrees): the one whose centre is "
+                   "nearest; the others covering it are listed.")
 @click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many neighbours.")
 @click.option("--combine", type=click.Choice(["mean", "any"]), default="mean", show_default=True,
               help="With several examples: 'mean' finds what they have in common; 'any' ranks by the best "
@@ -324,7 +327,7 @@ def _numbers(text, name, kind, shortest, longest):
 @device_option
 @json_option
 @friendly_errors
-def search(images, store_dir, image_ids, k, combine, exclude_query, each, model, dedupe, bbox, dates, exclude_scene, nprobe,
+def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, each, model, dedupe, bbox, dates, exclude_scene, nprobe,
            geojson_path, dtype, device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
@@ -338,17 +341,23 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, each, model,
     Example: lookalike search --id 12 --id 40 --id 95 --store demo-store --exclude-query
 
     Example: lookalike search --each queries/ --store demo-store -k 5 --json > answers.jsonl
+
+    Example: lookalike search --at -99.15,47.02 --store scenes --exclude-scene
     """
     from indexer import api
     from indexer.errors import IndexerError
-    from indexer.refine import Refinement, empty_results_note, parse_dates, to_geojson
+    from indexer.refine import Refinement, empty_results_note, parse_dates, parse_lonlat, to_geojson
 
-    if not images and not image_ids:
-        raise click.UsageError("give an IMAGE file or --id N (or several of either)")
-    if exclude_scene and not image_ids:
-        raise click.UsageError("--exclude-scene needs a query chip given by --id")
-    if exclude_query and not image_ids:
-        raise click.UsageError("--exclude-query needs a query image given by --id")
+    try:
+        at = parse_lonlat(at_text) if at_text is not None else None
+    except IndexerError as error:
+        raise click.BadParameter(str(error), param_hint="--at") from error
+    if not images and not image_ids and at is None:
+        raise click.UsageError("give an IMAGE file, --id N or --at LON,LAT (or several)")
+    if exclude_scene and not image_ids and at is None:
+        raise click.UsageError("--exclude-scene needs a query chip given by --id or --at")
+    if exclude_query and not image_ids and at is None:
+        raise click.UsageError("--exclude-query needs a query image given by --id or --at")
     try:
         date_range = parse_dates(dates)
     except IndexerError as error:
@@ -359,6 +368,8 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, each, model,
         raise click.UsageError("--geojson writes one query's results: it does not go with --each")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
+    if at is not None:
+        image_ids = (*image_ids, _chip_at(store, *at))
     if each:
         _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
                      exclude_query=exclude_query, exclude_scene=exclude_scene,
@@ -395,6 +406,24 @@ def search(images, store_dir, image_ids, k, combine, exclude_query, each, model,
                    else "the store holds no images yet")
     for hit in answer["results"]:
         click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+
+
+def _chip_at(store, lon: float, lat: float) -> int:
+    """search --at: the id of the indexed chip whose centre is nearest the point; says so, and names the others."""
+    from indexer.errors import IndexerError
+
+    chips = store.chips_at(lon, lat)
+    if not chips:
+        extent = store.info().get("wgs84_extent")
+        where = f" (its chips span {', '.join(f'{v:.5f}' for v in extent)} W,S,E,N)" if extent else \
+            " (it holds no georeferenced chips)"
+        raise IndexerError(f"no indexed chip in the store covers {lon},{lat}{where}")
+    chosen = chips[0]
+    others = f"; {len(chips) - 1} more cover it: ids {', '.join(str(c['id']) for c in chips[1:11])}" + \
+        (" …" if len(chips) > 11 else "") if len(chips) > 1 else ""
+    click.echo(f"{lon},{lat} is in chip id {chosen['id']} ({chosen['scene']}, {chosen['date'] or 'no date'}, centre "
+               f"{chosen['distance_m']:.0f} m away){others}", err=True)
+    return chosen["id"]
 
 
 def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, exclude_query, exclude_scene,

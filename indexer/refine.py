@@ -122,6 +122,17 @@ def empty_results_note(*, filtered: bool) -> str:
     return "no other image in the store to compare with"
 
 
+def parse_lonlat(text: str) -> tuple[float, float]:
+    """'LON,LAT' in WGS84 degrees -> (lon, lat)."""
+    try:
+        lon, lat = (float(part) for part in text.split(","))
+    except ValueError:
+        raise IndexerError(f"{text!r} is not LON,LAT (two numbers, e.g. -99.15,47.02)") from None
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise IndexerError(f"{text!r} is not a longitude,latitude in degrees (-180..180, -90..90)")
+    return lon, lat
+
+
 def parse_dates(text: str | None) -> tuple | None:
     """'FROM,TO' (either may be empty; YYYY, YYYY-MM or YYYY-MM-DD) -> full ISO dates, FROM at the start of its
     year or month and TO at the end of its, so that ',2015' keeps all of 2015; None for no text."""

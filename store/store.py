@@ -223,6 +223,30 @@ class Store:
             ["%" + substring.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", int(limit)],
         ))
 
+    def chips_at(self, lon: float, lat: float, *, limit: int = 50) -> list[dict]:
+        """Indexed chips whose WGS84 bounds hold the point (lon, lat), the one whose centre is nearest first
+        (the latest dated among equally near ones): the chips that show that place, on every date it was imaged. Each {id, path, scene, date, centroid,
+        distance_m}, the distance from the point to the chip's centre (metres, spherical approximation)."""
+        rows = self.db.execute(
+            "SELECT id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid'), "
+            "json_extract(geo, '$.wgs84_bounds') FROM images "
+            "WHERE json_extract(geo, '$.wgs84_bounds[1]') <= :lat AND json_extract(geo, '$.wgs84_bounds[3]') >= :lat "
+            "AND ((json_extract(geo, '$.wgs84_bounds[0]') <= :lon AND json_extract(geo, '$.wgs84_bounds[2]') >= :lon) "
+            # a footprint across the antimeridian has west > east
+            " OR (json_extract(geo, '$.wgs84_bounds[0]') > json_extract(geo, '$.wgs84_bounds[2]') "
+            "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))",
+            {"lon": float(lon), "lat": float(lat)}).fetchall()
+        found = []
+        for image_id, path, scene, date, centroid, _ in rows:
+            c_lon, c_lat = json.loads(centroid)
+            east = ((lon - c_lon + 180) % 360 - 180) * np.cos(np.radians(lat))
+            found.append({"id": image_id, "path": path, "scene": scene, "date": date, "centroid": [c_lon, c_lat],
+                          "distance_m": float(np.hypot(east, lat - c_lat) * 111_320)})
+        found.sort(key=lambda chip: chip["id"])
+        found.sort(key=lambda chip: chip["date"] or "", reverse=True)  # stable: the latest first among equals
+        found.sort(key=lambda chip: round(chip["distance_m"], 1))
+        return found[:limit]
+
     def random_image_id(self) -> int | None:
         row = self.db.execute("SELECT id FROM images ORDER BY random() LIMIT 1").fetchone()
         return row[0] if row else None

@@ -247,3 +247,53 @@ def test_a_geotiff_query_is_read_whole_as_its_chips_were(index, shared_data_dir,
     at = at.file_uploader[0].upload(scene.name, scene.read_bytes(), "image/tiff").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("score **1.0000**" in m.value for m in at.markdown)
+
+
+# -- query by place -----------------------------------------------------------------------------
+def test_chips_at_a_place_are_every_chip_covering_it_nearest_centre_first(index, naip_dir, store_dir, open_store):
+    index([naip_dir], store_dir, chips=_chips(512))
+    store = open_store(store_dir)
+    rows = {row["id"]: store.image(row["id"]) for row in chip_rows(store).values()}
+    geo = {image_id: json.loads(row["geo"]) for image_id, row in rows.items()}
+    (west, south, east, north) = geo[1]["wgs84_bounds"]
+    for lon, lat in [geo[1]["centroid"], (west + (east - west) * 0.9, south + (north - south) * 0.2)]:
+        found = store.chips_at(lon, lat)
+        covering = {i for i, g in geo.items() if g["wgs84_bounds"][0] <= lon <= g["wgs84_bounds"][2]
+                    and g["wgs84_bounds"][1] <= lat <= g["wgs84_bounds"][3]}
+        assert {chip["id"] for chip in found} == covering and 1 in covering
+        assert len({chip["scene"] for chip in found}) == 3  # the same place, three years
+        distances = [chip["distance_m"] for chip in found]
+        assert distances == sorted(distances)
+    assert store.chips_at(*geo[1]["centroid"])[0]["distance_m"] < 1
+    assert store.chips_at(0.0, 0.0) == []
+
+
+def test_search_at_a_place(index, naip_dir, store_dir, open_store, monkeypatch):
+    index([naip_dir], store_dir, chips=_chips(512))
+    store = open_store(store_dir)
+    lon, lat = json.loads(store.image(6)["geo"])["centroid"]
+    covering = store.chips_at(lon, lat)
+    chosen = covering[0]["id"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["search", "--at", f"{lon},{lat}", "--store", str(store_dir), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["query"]["id"] == chosen and answer["results"][0]["id"] == chosen
+    assert f"is in chip id {chosen} " in result.stderr and f"{len(covering) - 1} more cover it" in result.stderr
+    nowhere = runner.invoke(cli, ["search", "--at", "10,10", "--store", str(store_dir)])
+    assert nowhere.exit_code == 1 and "no indexed chip in the store covers 10.0,10.0 (its chips span" in nowhere.stderr
+    for bad in ("10", "x,y", "200,0"):
+        refused = runner.invoke(cli, ["search", "--at", bad, "--store", str(store_dir)])
+        assert refused.exit_code == 2 and "--at" in refused.output
+
+    monkeypatch.setenv("LOOKALIKE_STORE", str(store_dir))  # the page: the same place, picked by lon,lat
+    at = AppTest.from_file(str(REPO_ROOT / "ui" / "app.py"), default_timeout=60).run()
+    at.text_input(key="place").input(f"{lon},{lat}").run()
+    assert at.selectbox(key="place-match").value["id"] == chosen
+    at.button(key="by-place").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["id"] == str(chosen)
+    at.text_input(key="place").input("0,0").run()
+    assert "no indexed chip covers that point" in [c.value for c in at.caption]
+    at.text_input(key="place").input("north pole").run()
+    assert any("is not LON,LAT" in c.value for c in at.caption)

@@ -9,6 +9,7 @@ from PIL import Image
 from indexer import api
 from indexer.errors import IndexerError, UnreadableImage
 from indexer.images import IMAGE_SUFFIXES
+from indexer.refine import parse_lonlat
 from store import Store
 from store.store import chip_fields
 
@@ -85,6 +86,27 @@ def _use_random(store: Store) -> None:
         use_indexed(image_id)
 
 
+def place_picker(store: Store) -> None:
+    """The chips that show a place given as lon,lat, the nearest-centred first, each with its date."""
+    text = st.text_input("At lon,lat", placeholder="e.g. -99.15,47.02", key="place", help="WGS84 degrees: the indexed chips "
+                         "that cover this point (every date), the one centred nearest first.")
+    if not text:
+        return
+    try:
+        lon, lat = parse_lonlat(text)
+    except IndexerError as error:
+        st.caption(str(error))
+        return
+    with STORE_LOCK:
+        chips = store.chips_at(lon, lat, limit=200)
+    if not chips:
+        st.caption("no indexed chip covers that point")
+        return
+    st.selectbox("Chips there", chips, key="place-match",
+                 format_func=lambda c: f"{c['id']} · {c['date'] or 'no date'} · centre {c['distance_m']:.0f} m away")
+    st.button("Search with this chip", on_click=_use_widget, args=("place-match",), key="by-place")
+
+
 def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
     """Draws the choices; returns ('id', N), ('upload', UploadedFile) or None."""
     upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
@@ -96,7 +118,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
             help=f"JPEG, PNG, TIFF, WebP, BMP or GIF, up to {max_upload_mb} MB; embedded with the store's model.",
         )
     with indexed_tab:
-        by_id, by_path, at_random = st.columns([1, 2, 1])
+        by_id, by_path, by_place, at_random = st.columns([1, 2, 2, 1])
         with by_id:
             st.number_input("Image id", min_value=1, step=1, value=None, placeholder="id", key="wanted-id")
             st.button("Search by id", on_click=_use_widget, args=("wanted-id",))
@@ -110,6 +132,8 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
                     st.button("Search with this image", on_click=_use_widget, args=("path-match",), key="by-path")
                 else:
                     st.caption("no indexed path contains that")
+        with by_place:
+            place_picker(store)
         with at_random:
             st.button("Random image", on_click=_use_random, args=(store,))
     if "id" in st.query_params:
