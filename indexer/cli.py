@@ -1,5 +1,4 @@
 """The `lookalike` command line, a click group; library errors become one clear line, never a traceback."""
-import functools
 import json
 import logging
 import os
@@ -8,48 +7,10 @@ from pathlib import Path
 
 import click
 
-DTYPE_CHOICES = ["auto", "float16", "bfloat16", "float32"]
-DEVICE_CHOICES = ["auto", "cuda", "cpu"]
+from .cli_common import device_option, dtype_option, friendly_errors, json_option, parse_numbers, store_option
+from .cli_search import search
+
 SCENES_SHOWN = 20
-
-
-def friendly_errors(command):
-    """Foreseeable errors end the command with one sentence and exit status 1, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from indexer.errors import IndexerError
-        from store import StoreError
-
-        try:
-            return command(*args, **kwargs)
-        except (IndexerError, StoreError) as error:
-            raise click.ClickException(str(error)) from error
-        except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            except (OSError, ValueError):  # no real stdout (a test runner's)
-                pass
-            sys.exit(1)
-        except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
-            logging.getLogger(__name__).debug("the traceback", exc_info=True)
-            where = f": {error.filename}" if error.filename else ""
-            raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
-
-    return wrapper
-
-
-store_option = click.option(
-    "--store", "store_dir", required=True, envvar="LOOKALIKE_STORE", type=click.Path(path_type=Path),
-    help="Store directory (env LOOKALIKE_STORE).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-dtype_option = click.option(
-    "--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-    help="auto: float16 on CUDA, bfloat16 on CPUs that support it, else float32.",
-)
-
 
 
 def ray_options(command):
@@ -107,6 +68,8 @@ def cli(verbose):
     logging.getLogger("rasterio").setLevel(max(level, logging.ERROR))  # GDAL's notes on odd TIFF headers
 
 
+cli.add_command(search)
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_option
@@ -163,7 +126,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 
     chips = ChipOptions(chip_size=chip_size or 512, chip_plain=chip_size is not None, overlap=overlap,
                         min_valid=min_valid, gsd=gsd,
-                        bands=_numbers(bands, "--bands", int, 1, 3), stretch=_numbers(stretch, "--stretch", float, 2, 2))
+                        bands=parse_numbers(bands, "--bands", int, 1, 3), stretch=parse_numbers(stretch, "--stretch", float, 2, 2))
     if chips.overlap >= chips.chip_size:
         raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
                                  param_hint="--overlap")
@@ -280,181 +243,6 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     kept = f"; the old one is at {summary['previous']}" if summary["previous"] else ""
     click.echo(f"rebuilt {store_dir}: indexed {summary['indexed']}, failed {summary['failed']} in "
                f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s), swapped in{kept}")
-
-
-def _numbers(text, name, kind, shortest, longest):
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not shortest <= len(values) <= longest:
-        count = shortest if shortest == longest else f"{shortest} to {longest}"
-        raise click.BadParameter(f"{text!r} is not {count} comma-separated numbers", param_hint=name)
-    return values
-
-
-@cli.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@store_option
-@click.option("--id", "image_ids", type=int, multiple=True,
-              help="Query by an indexed image's id instead of a file (repeat it for several examples).")
-@click.option("--at", "at_text", default=None, metavar="LON,LAT",
-              help="Query by the indexed chip that shows this place (WGS84 degrees): the one whose centre is "
-                   "nearest; the others covering it are listed.")
-@click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many neighbours.")
-@click.option("--combine", type=click.Choice(["mean", "any"]), default="mean", show_default=True,
-              help="With several examples: 'mean' finds what they have in common; 'any' ranks by the best "
-                   "score against any one of them.")
-@click.option("--exclude-query", is_flag=True, help="Leave the query images given by --id out of the results.")
-@click.option("--each", is_flag=True,
-              help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
-                   "model load: one answer per query, as JSON Lines with --json.")
-@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
-              help="Another copy of the store's model (e.g. a local directory); its weights must match.")
-@click.option("--dedupe/--no-dedupe", default=True, show_default=True,
-              help="Collapse overlapping chips of one scene to the best-ranked.")
-@click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
-@click.option("--dates", default=None, help="Only chips dated FROM,TO: 2015, 2015-07 or 2015-07-31, either may be empty; a year or month covers all of itself.")
-@click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chips' own scenes.")
-@click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
-              help="Inverted lists to search, instead of the value tuned to the store's recall target "
-                   "(approximate indexes only; more is slower and finds more).")
-@click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the results as a GeoJSON FeatureCollection (RFC 7946) to this file.")
-@dtype_option
-@device_option
-@json_option
-@friendly_errors
-def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, each, model, dedupe, bbox, dates, exclude_scene, nprobe,
-           geojson_path, dtype, device, as_json):
-    """Find the images in a store that look most like IMAGE (or like indexed image --id N).
-
-    Several examples (IMAGE... and/or --id N --id M ...) make one query: by default the images they have in
-    common. Scores are cosine similarities (1 = identical descriptors).
-
-    Example: lookalike search query.jpg --store demo-store -k 5 --json
-
-    Example: lookalike search --id 7 --store scenes --exclude-scene --dates 2015-01-01, --geojson hits.geojson
-
-    Example: lookalike search --id 12 --id 40 --id 95 --store demo-store --exclude-query
-
-    Example: lookalike search --each queries/ --store demo-store -k 5 --json > answers.jsonl
-
-    Example: lookalike search --at -99.15,47.02 --store scenes --exclude-scene
-    """
-    from indexer import api
-    from indexer.errors import IndexerError
-    from indexer.refine import Refinement, empty_results_note, parse_dates, parse_lonlat, to_geojson
-
-    try:
-        at = parse_lonlat(at_text) if at_text is not None else None
-    except IndexerError as error:
-        raise click.BadParameter(str(error), param_hint="--at") from error
-    if not images and not image_ids and at is None:
-        raise click.UsageError("give an IMAGE file, --id N or --at LON,LAT (or several)")
-    if exclude_scene and not image_ids and at is None:
-        raise click.UsageError("--exclude-scene needs a query chip given by --id or --at")
-    if exclude_query and not image_ids and at is None:
-        raise click.UsageError("--exclude-query needs a query image given by --id or --at")
-    try:
-        date_range = parse_dates(dates)
-    except IndexerError as error:
-        raise click.BadParameter(str(error), param_hint="--dates") from error
-    if geojson_path is not None and not os.access(geojson_path.parent, os.W_OK):  # before any model loads
-        raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
-    if each and geojson_path is not None:
-        raise click.UsageError("--geojson writes one query's results: it does not go with --each")
-    store = api.open_store(store_dir)
-    store.index.nprobe_override = nprobe
-    if at is not None:
-        image_ids = (*image_ids, _chip_at(store, *at))
-    if each:
-        _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
-                     exclude_query=exclude_query, exclude_scene=exclude_scene,
-                     refinement=Refinement(dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range))
-        return
-    rows = [store.image(image_id) for image_id in image_ids]  # an unknown id fails here, before any model loads
-    refinement = Refinement(
-        dedupe=dedupe, bbox=_numbers(bbox, "--bbox", float, 4, 4), dates=date_range,
-        exclude_scene=tuple(row["scene"] for row in rows if row["scene"]) if exclude_scene else None,
-    )
-    examples, embedder = [], None
-    for image in images:
-        if not image.is_file():
-            raise IndexerError(f"query image {image} does not exist or is not a file")
-        # an unreadable query fails here, before a minutes-long model load
-        examples.append(api.load_query_image(image, read_options=api.scene_read_options(store)))
-    if examples:
-        embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-    answer = api.search(store, examples + list(image_ids), k=k, embedder=embedder, refinement=refinement,
-                        exclude_self=exclude_query, combine=combine)
-    described = answer["query"]["examples"] if len(examples) + len(image_ids) > 1 else [answer["query"]]
-    for example, image in zip(described, images):  # the files first, as api.search got them
-        example["path"] = str(image)
-    if geojson_path is not None:
-        try:
-            geojson_path.write_text(json.dumps(to_geojson(answer)))
-        except OSError as error:
-            raise click.ClickException(f"cannot write {geojson_path}: {error.strerror or error}") from error
-    if as_json:
-        click.echo(json.dumps(answer))
-        return
-    if not answer["results"]:
-        click.echo(empty_results_note(filtered=bool(bbox or date_range or exclude_scene)) if store.count_images()
-                   else "the store holds no images yet")
-    for hit in answer["results"]:
-        click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
-
-
-def _chip_at(store, lon: float, lat: float) -> int:
-    """search --at: the id of the indexed chip whose centre is nearest the point; says so, and names the others."""
-    from indexer.errors import IndexerError
-
-    chips = store.chips_at(lon, lat)
-    if not chips:
-        extent = store.info().get("wgs84_extent")
-        where = f" (its chips span {', '.join(f'{v:.5f}' for v in extent)} W,S,E,N)" if extent else \
-            " (it holds no georeferenced chips)"
-        raise IndexerError(f"no indexed chip in the store covers {lon},{lat}{where}")
-    chosen = chips[0]
-    others = f"; {len(chips) - 1} more cover it: ids {', '.join(str(c['id']) for c in chips[1:11])}" + \
-        (" …" if len(chips) > 11 else "") if len(chips) > 1 else ""
-    click.echo(f"{lon},{lat} is in chip id {chosen['id']} ({chosen['scene']}, {chosen['date'] or 'no date'}, centre "
-               f"{chosen['distance_m']:.0f} m away){others}", err=True)
-    return chosen["id"]
-
-
-def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, exclude_query, exclude_scene,
-                 refinement):
-    """search --each: one answer per query, printed as it comes; a query that fails is reported and skipped."""
-    from indexer import api
-    from indexer.images import scan_sources
-    from indexer.refine import empty_results_note
-
-    paths = [Path(str(path)) for path in scan_sources(images)]  # a missing source fails here, before any model
-    embedder = api.load_embedder(store, model=model, device=device, dtype=dtype) if paths else None
-    failed = 0
-    for answer in api.search_each(store, paths + list(image_ids), k=k, embedder=embedder, refinement=refinement,
-                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene):
-        failed += "error" in answer
-        if as_json:
-            click.echo(json.dumps(answer))
-            continue
-        query = answer["query"]
-        named = " · ".join(part for part in (f"id {query['id']}" if "id" in query else "", query.get("path")) if part)
-        click.echo(f"== {named}")
-        if "error" in answer:
-            click.echo(f"   error: {answer['error']}")
-        elif not answer["results"]:
-            filtered = refinement.bbox is not None or refinement.dates is not None or exclude_scene
-            click.echo(f"   {empty_results_note(filtered=filtered)}")
-        for hit in answer.get("results", []):
-            click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
-    if failed:
-        raise click.ClickException(f"{failed} of {len(paths) + len(image_ids)} queries could not be answered "
-                                   "(each one's reason is in its answer)")
 
 
 @cli.command()

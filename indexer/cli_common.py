@@ -1,0 +1,64 @@
+"""What the commands share: one-line errors for foreseeable failures, the common options, number lists."""
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DTYPE_CHOICES = ["auto", "float16", "bfloat16", "float32"]
+DEVICE_CHOICES = ["auto", "cuda", "cpu"]
+
+
+def friendly_errors(command):
+    """Foreseeable errors end the command with one sentence and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from indexer.errors import IndexerError
+        from store import StoreError
+
+        try:
+            return command(*args, **kwargs)
+        except (IndexerError, StoreError) as error:
+            raise click.ClickException(str(error)) from error
+        except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            except (OSError, ValueError):  # no real stdout (a test runner's)
+                pass
+            sys.exit(1)
+        except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
+            logging.getLogger(__name__).debug("the traceback", exc_info=True)
+            where = f": {error.filename}" if error.filename else ""
+            raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
+
+    return wrapper
+
+
+store_option = click.option(
+    "--store", "store_dir", required=True, envvar="LOOKALIKE_STORE", type=click.Path(path_type=Path),
+    help="Store directory (env LOOKALIKE_STORE).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+dtype_option = click.option(
+    "--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+    help="auto: float16 on CUDA, bfloat16 on CPUs that support it, else float32.",
+)
+
+
+
+
+def parse_numbers(text, name, kind, shortest, longest):
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not shortest <= len(values) <= longest:
+        count = shortest if shortest == longest else f"{shortest} to {longest}"
+        raise click.BadParameter(f"{text!r} is not {count} comma-separated numbers", param_hint=name)
+    return values
