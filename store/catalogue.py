@@ -1,5 +1,6 @@
 """The SQLite catalogue: schema, settings table and row helpers (sqlite-utils)."""
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ import sqlite_utils
 
 SCHEMA_VERSION = 2  # 2: chips of scenes (images.scene, window, geo)
 CATALOGUE_NAME = "catalogue.db"
+log = logging.getLogger(__name__)
 
 # AUTOINCREMENT so that an id is never reused after a deletion: ids are what
 # the FAISS index, bookmarks and result lists refer to.
@@ -46,6 +48,42 @@ CREATE TABLE IF NOT EXISTS pca (
 );
 """
 
+# Query by place (Store.chips_at): an R*Tree of every chip's WGS84 box, kept by triggers so that each write path
+# (a new chip, a re-embedded one, a removal) keeps it true. A footprint across the antimeridian (west > east) is
+# boxed as the whole width: the box only narrows the search, the exact bounds are checked after it.
+def _boxes_of(id_expr: str, geo_expr: str, source: str = "") -> str:
+    return ("SELECT box_id, CASE WHEN w > e THEN -180 ELSE w END, CASE WHEN w > e THEN 180 ELSE e END, s, n FROM "
+            f"(SELECT {id_expr} AS box_id, json_extract({geo_expr}, '$.wgs84_bounds[0]') AS w, "
+            f"json_extract({geo_expr}, '$.wgs84_bounds[2]') AS e, json_extract({geo_expr}, '$.wgs84_bounds[1]') AS s, "
+            f"json_extract({geo_expr}, '$.wgs84_bounds[3]') AS n {source}) WHERE w IS NOT NULL")
+
+
+_BOXES = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS image_boxes USING rtree(id, west, east, south, north);
+CREATE TRIGGER IF NOT EXISTS image_boxes_insert AFTER INSERT ON images BEGIN
+    INSERT INTO image_boxes {_boxes_of("NEW.id", "NEW.geo")};
+END;
+CREATE TRIGGER IF NOT EXISTS image_boxes_update AFTER UPDATE OF geo ON images BEGIN
+    DELETE FROM image_boxes WHERE id = OLD.id;
+    INSERT INTO image_boxes {_boxes_of("NEW.id", "NEW.geo")};
+END;
+CREATE TRIGGER IF NOT EXISTS image_boxes_delete AFTER DELETE ON images BEGIN
+    DELETE FROM image_boxes WHERE id = OLD.id;
+END;
+INSERT OR REPLACE INTO image_boxes {_boxes_of("id", "geo", "FROM images")};
+"""
+
+
+def _add_boxes(db: sqlite_utils.Database) -> None:
+    """The place index, made (and filled from the chips already there) the first time a store is opened."""
+    if "image_boxes" in db.table_names():
+        return
+    try:
+        with db.conn:  # all of it or none
+            db.conn.executescript("BEGIN;" + _BOXES + "COMMIT;")
+    except sqlite3.OperationalError as error:  # an SQLite built without R*Tree: places are found by a scan
+        log.warning("no R*Tree in this SQLite (%s): queries by place scan every chip", error)
+
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -69,6 +107,7 @@ def connect(catalogue_path: Path) -> sqlite_utils.Database:
             db["runs"].add_column("skipped_chips", int)
         set_meta(db, "schema_version", SCHEMA_VERSION)
     db.execute("CREATE INDEX IF NOT EXISTS images_scene ON images(scene)")
+    _add_boxes(db)
     return db
 
 

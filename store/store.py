@@ -227,17 +227,19 @@ class Store:
         """Indexed chips whose WGS84 bounds hold the point (lon, lat), the one whose centre is nearest first
         (the latest dated among equally near ones): the chips that show that place, on every date it was imaged. Each {id, path, scene, date, centroid,
         distance_m}, the distance from the point to the chip's centre (metres, spherical approximation)."""
+        boxed = "image_boxes" in self.db.table_names()  # the R*Tree narrows; the exact bounds decide
         rows = self.db.execute(
-            "SELECT id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid'), "
-            "json_extract(geo, '$.wgs84_bounds') FROM images "
-            "WHERE json_extract(geo, '$.wgs84_bounds[1]') <= :lat AND json_extract(geo, '$.wgs84_bounds[3]') >= :lat "
+            "SELECT images.id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid') FROM "
+            + ("image_boxes JOIN images ON images.id = image_boxes.id WHERE west <= :lon AND east >= :lon "
+               "AND south <= :lat AND north >= :lat AND " if boxed else "images WHERE ")
+            + "json_extract(geo, '$.wgs84_bounds[1]') <= :lat AND json_extract(geo, '$.wgs84_bounds[3]') >= :lat "
             "AND ((json_extract(geo, '$.wgs84_bounds[0]') <= :lon AND json_extract(geo, '$.wgs84_bounds[2]') >= :lon) "
             # a footprint across the antimeridian has west > east
             " OR (json_extract(geo, '$.wgs84_bounds[0]') > json_extract(geo, '$.wgs84_bounds[2]') "
             "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))",
             {"lon": float(lon), "lat": float(lat)}).fetchall()
         found = []
-        for image_id, path, scene, date, centroid, _ in rows:
+        for image_id, path, scene, date, centroid in rows:
             c_lon, c_lat = json.loads(centroid)
             east = ((lon - c_lon + 180) % 360 - 180) * np.cos(np.radians(lat))
             found.append({"id": image_id, "path": path, "scene": scene, "date": date, "centroid": [c_lon, c_lat],

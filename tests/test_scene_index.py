@@ -297,3 +297,45 @@ def test_search_at_a_place(index, naip_dir, store_dir, open_store, monkeypatch):
     assert "no indexed chip covers that point" in [c.value for c in at.caption]
     at.text_input(key="place").input("north pole").run()
     assert any("is not LON,LAT" in c.value for c in at.caption)
+
+
+def boxed_ids(store) -> set[int]:
+    return {row[0] for row in store.db.execute("SELECT id FROM image_boxes")}
+
+
+def test_the_place_index_follows_every_write_and_is_made_for_an_older_store(index, naip_dir, store_dir, open_store,
+                                                                            monkeypatch, caplog):
+    from store import catalogue
+
+    index([naip_dir], store_dir, chips=_chips(512))
+    store = open_store(store_dir)
+    assert boxed_ids(store) == {row["id"] for row in chip_rows(store).values()}
+    moved = min(boxed_ids(store))  # a chip whose bounds change in place (as a re-embedded chip's row does)
+    store.db.execute("UPDATE images SET geo = json_set(geo, '$.wgs84_bounds', json('[10, 10, 10.1, 10.1]'), "
+                     "'$.centroid', json('[10.05, 10.05]')) WHERE id = ?", [moved])
+    store.db.conn.commit()
+    assert [chip["id"] for chip in store.chips_at(10.05, 10.05)] == [moved]
+    gone = sorted(naip_dir.glob("*.tif"))[0]
+    gone.unlink()
+    index([naip_dir], store_dir, chips=_chips(768))  # other chip options: every remaining scene cut again
+    store = open_store(store_dir)
+    assert boxed_ids(store) == {row["id"] for row in chip_rows(store).values()}
+    lon, lat = json.loads(store.image(max(boxed_ids(store)))["geo"])["centroid"]
+    expected = store.chips_at(lon, lat)
+    assert expected and all(chip["scene"] != str(gone) for chip in expected)
+
+    for name in ("image_boxes_insert", "image_boxes_update", "image_boxes_delete"):  # a store from before
+        store.db.execute(f"DROP TRIGGER {name}")
+    store.db.execute("DROP TABLE image_boxes")
+    store.db.conn.commit()
+    reopened = open_store(store_dir)
+    assert boxed_ids(reopened) == {row["id"] for row in chip_rows(reopened).values()}
+    assert reopened.chips_at(lon, lat) == expected
+
+    reopened.db.execute("DROP TABLE image_boxes")  # an SQLite without R*Tree: the same chips, by a scan
+    reopened.db.conn.commit()
+    monkeypatch.setattr(catalogue, "_BOXES", "CREATE VIRTUAL TABLE image_boxes USING no_such_module(id);")
+    scanning = open_store(store_dir)
+    assert "queries by place scan every chip" in caplog.text
+    assert "image_boxes" not in scanning.db.table_names()
+    assert scanning.chips_at(lon, lat) == expected
