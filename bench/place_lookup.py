@@ -2,8 +2,8 @@
 
 The catalogue is a real store's (`store.catalogue.connect`, the same triggers), filled with synthetic chips: 1 km
 boxes laid edge to edge (slightly overlapping) over the western US, each with the geo JSON an indexed chip
-carries; every point looked up falls inside the covered area. Both ways answer the same points, checked equal; each point is timed once per way,
-alternating, and the medians reported.
+carries; every point looked up falls inside the covered area. Both ways answer the same points, checked equal;
+each point is timed once per way, alternating, and the medians reported.
 
     python bench/place_lookup.py --chips 1000000 --out bench/results/place_lookup.json
 """
@@ -101,7 +101,8 @@ def main() -> None:
         "command": "python bench/place_lookup.py " + " ".join(sys.argv[1:]),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
         "sqlite": sqlite3.sqlite_version,
-        "chips": args.chips, "points": args.points, "insert_seconds": {name: round(value, 1) for name, value in fill_seconds.items()},
+        "chips": args.chips, "points": args.points,
+        "insert_seconds": {name: round(value, 1) for name, value in fill_seconds.items()},
         "chips_found_per_point": statistics.median(len(ids) for _, ids in found[::2]),
         "median_ms": {name: round(statistics.median(values) * 1000, 2) for name, values in timings.items()},
         "scan_over_rtree": round(statistics.median(s / r for s, r in zip(timings["scan"], timings["rtree"])), 1),

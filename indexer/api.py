@@ -176,7 +176,8 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
             try:
                 read_options = read_options or scene_read_options(store)
-                picture = query if isinstance(query, Image.Image) else load_query_image(query, read_options=read_options)
+                picture = query if isinstance(query, Image.Image) else load_query_image(
+                    query, read_options=read_options)
             except (IndexerError, OSError) as error:
                 reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
                 prepared.append((described, None, None, reason, None, None))

@@ -225,8 +225,8 @@ class Store:
 
     def chips_at(self, lon: float, lat: float, *, limit: int = 50) -> list[dict]:
         """Indexed chips whose WGS84 bounds hold the point (lon, lat), the one whose centre is nearest first
-        (the latest dated among equally near ones): the chips that show that place, on every date it was imaged. Each {id, path, scene, date, centroid,
-        distance_m}, the distance from the point to the chip's centre (metres, spherical approximation)."""
+        (the latest dated among equally near ones): the chips that show that place, on every date it was
+        imaged. Each {id, path, scene, date, centroid, distance_m}, the distance from the point to the chip's centre (metres, spherical approximation)."""
         boxed = "image_boxes" in self.db.table_names()  # the R*Tree narrows; the exact bounds decide
         rows = self.db.execute(
             "SELECT images.id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid') FROM "
@@ -236,7 +236,8 @@ class Store:
             "AND ((json_extract(geo, '$.wgs84_bounds[0]') <= :lon AND json_extract(geo, '$.wgs84_bounds[2]') >= :lon) "
             # a footprint across the antimeridian has west > east
             " OR (json_extract(geo, '$.wgs84_bounds[0]') > json_extract(geo, '$.wgs84_bounds[2]') "
-            "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))",
+            "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon "
+            "          OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))",
             {"lon": float(lon), "lat": float(lat)}).fetchall()
         found = []
         for image_id, path, scene, date, centroid in rows:

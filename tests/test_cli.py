@@ -212,8 +212,8 @@ def test_a_file_and_an_id_ranked_by_the_best_of_either(built):
     result = invoke("search", query, "--id", 3, "--combine", "any", "--store", store_dir, "-k", 3, "--json", *RUN)
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
-    assert answer["query"] == {"examples": [{"path": str(query)}, {"id": 3, "path": answer["query"]["examples"][1]["path"]}],
-                               "combine": "any"}
+    id_path = answer["query"]["examples"][1]["path"]
+    assert answer["query"] == {"examples": [{"path": str(query)}, {"id": 3, "path": id_path}], "combine": "any"}
     top_two = answer["results"][:2]
     assert {hit["path"] for hit in top_two} == {str(query), answer["query"]["examples"][1]["path"]}
     assert all(hit["score"] >= 0.999 for hit in top_two)  # each example finds itself

@@ -279,7 +279,8 @@ def test_add_a_result_to_the_query_and_take_it_out(page, ui_ids, artifacts_dir):
     # the query itself is offered no "Add": the first such button is the second result's
     click_until(page, page.get_by_role("button", name="Add to the query", exact=True).first,
                 page.get_by_text(f"2 examples: ids {image_id}, {second_id} (the first shown)", exact=True))
-    page.wait_for_function("ids => new URLSearchParams(location.search).get('id') === ids", arg=f"{image_id},{second_id}")
+    page.wait_for_function("ids => new URLSearchParams(location.search).get('id') === ids",
+                           arg=f"{image_id},{second_id}")
     page.get_by_role("button", name="Remove", exact=True).wait_for()
     page.screenshot(path=str(artifacts_dir / "several-examples.png"), full_page=True)
     click_until(page, page.get_by_role("button", name="Remove", exact=True),

@@ -239,7 +239,8 @@ def api_answer(store_dir, ids, **options):
 
     store = api.open_store(store_dir)
     try:
-        return [(hit["rank"], round(hit["score"], 4), hit["id"]) for hit in api.search(store, ids, k=20, **options)["results"]]
+        hits = api.search(store, ids, k=20, **options)["results"]
+        return [(hit["rank"], round(hit["score"], 4), hit["id"]) for hit in hits]
     finally:
         store.close()
 

@@ -49,8 +49,8 @@ def settings_sidebar(info: dict) -> dict:
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
     return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "combine": combine, "opacity": opacity,
-            "exact": exact,
-            "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text), "dates": parse_dates(dates_text)}
+            "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text),
+            "dates": parse_dates(dates_text)}
 
 
 def _bbox(text: str):

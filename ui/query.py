@@ -88,8 +88,9 @@ def _use_random(store: Store) -> None:
 
 def place_picker(store: Store) -> None:
     """The chips that show a place given as lon,lat, the nearest-centred first, each with its date."""
-    text = st.text_input("At lon,lat", placeholder="e.g. -99.15,47.02", key="place", help="WGS84 degrees: the indexed chips "
-                         "that cover this point (every date), the one centred nearest first.")
+    text = st.text_input("At lon,lat", placeholder="e.g. -99.15,47.02", key="place",
+                         help="WGS84 degrees: the indexed chips that cover this point (every date), the one centred "
+                              "nearest first.")
     if not text:
         return
     try:
@@ -108,7 +109,7 @@ def place_picker(store: Store) -> None:
 
 
 def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
-    """Draws the choices; returns ('id', N), ('upload', UploadedFile) or None."""
+    """Draws the choices; returns ('id', [N, ...]), ('upload', UploadedFile) or None."""
     upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
     with upload_tab:
         generation = st.session_state.get("uploader_generation", 0)
