@@ -15,7 +15,7 @@ from .errors import IndexerError, UnreadableImage
 from .images import decode_bytes, load_image
 from .pipeline import SCENE_SUFFIXES, index_collection
 from .refine import COMBINES, Refinement, combined_search
-from .scenes import is_georeferenced, scene_image
+from .scenes import check_crop, is_georeferenced, scene_image
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
            "load_query_image", "open_store", "scene_read_options", "search", "search_each"]
@@ -81,21 +81,31 @@ def source_file(item: dict) -> Path:
     return Path(item.get("scene") or item["path"])
 
 
-def load_query_image(source, *, name: str | None = None, read_options: dict | None = None) -> Image.Image:
+def load_query_image(source, *, name: str | None = None, read_options: dict | None = None,
+                     crop: tuple | None = None) -> Image.Image:
     """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is
     read whole as a scene, with its mask and `read_options` (a store's `scene_read_options`: the bands and
     stretch its chips were read with); anything else is decoded by Pillow. `source`: a path, or an upload's
-    bytes and `name`."""
-    options = read_options or {}
+    bytes and `name`. `crop` (col, row, width, height) in the file's pixels (a plain image's upright after
+    EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long side)."""
+    options = dict(read_options or {}, **({"window": tuple(crop)} if crop else {}))
     if isinstance(source, (bytes, bytearray)):
         name = name or "upload"
         if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
             return scene_image(io.BytesIO(source), **options)
-        return decode_bytes(bytes(source), name=name)
+        return _cropped(decode_bytes(bytes(source), name=name), crop, name)
     path = Path(source)
     if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
         return scene_image(path, **options)
-    return load_image(path)
+    return _cropped(load_image(path), crop, str(path))
+
+
+def _cropped(image: Image.Image, crop, name: str) -> Image.Image:
+    if not crop:
+        return image
+    col, row, width, height = crop
+    check_crop(crop, image.size, name)
+    return image.crop((col, row, col + width, row + height))
 
 
 def scene_read_options(store: Store) -> dict:
@@ -149,12 +159,13 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
 
 
 def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
-                exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16):
+                exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16,
+                crop: tuple | None = None):
     """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
     searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
     time with one model (loaded at the first image). A query that cannot be read (or an unknown id) gives
     {"query": ..., "error": reason} and the others go on. `exclude_self` leaves an indexed query out of its own
-    results, `exclude_own_scene` its scene's chips."""
+    results, `exclude_own_scene` its scene's chips; `crop` is load_query_image's, for every image file."""
     import torch
 
     refinement = Refinement() if refinement is None else refinement
@@ -177,7 +188,7 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             try:
                 read_options = read_options or scene_read_options(store)
                 picture = query if isinstance(query, Image.Image) else load_query_image(
-                    query, read_options=read_options)
+                    query, read_options=read_options, crop=crop)
             except (IndexerError, OSError) as error:
                 reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
                 prepared.append((described, None, None, reason, None, None))

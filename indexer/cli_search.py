@@ -21,6 +21,8 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
               help="With several examples: 'mean' finds what they have in common; 'any' ranks by the best "
                    "score against any one of them.")
 @click.option("--exclude-query", is_flag=True, help="Leave the query images given by --id out of the results.")
+@click.option("--crop", "crop_text", default=None, metavar="COL,ROW,WIDTH,HEIGHT",
+              help="Query with this pixel window of each IMAGE (of a scene: read at full resolution, up to 2,048 px).")
 @click.option("--each", is_flag=True,
               help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
                    "model load: one answer per query, as JSON Lines with --json.")
@@ -40,7 +42,7 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @device_option
 @json_option
 @friendly_errors
-def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, each, model, dedupe, bbox, dates,
+def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, crop_text, each, model, dedupe, bbox, dates,
            exclude_scene, nprobe, geojson_path, dtype, device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
@@ -56,6 +58,8 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, eac
     Example: lookalike search --each queries/ --store demo-store -k 5 --json > answers.jsonl
 
     Example: lookalike search --at -99.15,47.02 --store scenes --exclude-scene
+
+    Example: lookalike search big-scene.tif --crop 2048,1024,512,512 --store scenes
     """
     from indexer import api
     from indexer.refine import Refinement
@@ -63,17 +67,20 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, eac
     at, date_range = _checked_options(images, image_ids, at_text=at_text, dates=dates, exclude_scene=exclude_scene,
                                       exclude_query=exclude_query, each=each, geojson_path=geojson_path)
     refinement = Refinement(dedupe=dedupe, bbox=parse_numbers(bbox, "--bbox", float, 4, 4), dates=date_range)
+    crop = parse_numbers(crop_text, "--crop", int, 4, 4)
+    if crop and not images:
+        raise click.UsageError("--crop cuts the IMAGE files: give one")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
     if at is not None:
         image_ids = (*image_ids, _chip_at(store, *at))
     if each:
         _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
-                     exclude_query=exclude_query, exclude_scene=exclude_scene, refinement=refinement)
+                     exclude_query=exclude_query, exclude_scene=exclude_scene, refinement=refinement, crop=crop)
         return
     answer = _search_examples(store, images, image_ids, k=k, combine=combine, model=model, device=device,
                               dtype=dtype, exclude_query=exclude_query, exclude_scene=exclude_scene,
-                              refinement=refinement)
+                              refinement=refinement, crop=crop)
     _print_answer(store, answer, geojson_path=geojson_path, as_json=as_json,
                   filtered=bool(bbox or date_range or exclude_scene))
 
@@ -105,7 +112,7 @@ def _checked_options(images, image_ids, *, at_text, dates, exclude_scene, exclud
 
 
 def _search_examples(store, images, image_ids, *, k, combine, model, device, dtype, exclude_query, exclude_scene,
-                     refinement) -> dict:
+                     refinement, crop=None) -> dict:
     """One query: one image or id, or several combined. Ids and files are checked before the model loads."""
     from dataclasses import replace
 
@@ -119,7 +126,7 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     for image in images:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
-        examples.append(api.load_query_image(image, read_options=api.scene_read_options(store)))  # unreadable: here
+        examples.append(api.load_query_image(image, read_options=api.scene_read_options(store), crop=crop))  # fails here
     if examples:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
     answer = api.search(store, examples + list(image_ids), k=k, embedder=embedder, refinement=refinement,
@@ -166,7 +173,7 @@ def _chip_at(store, lon: float, lat: float) -> int:
 
 
 def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, exclude_query, exclude_scene,
-                 refinement):
+                 refinement, crop=None):
     """search --each: one answer per query, printed as it comes; a query that fails is reported and skipped."""
     from indexer import api
     from indexer.images import scan_sources
@@ -176,7 +183,7 @@ def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, 
     embedder = api.load_embedder(store, model=model, device=device, dtype=dtype) if paths else None
     failed = 0
     for answer in api.search_each(store, paths + list(image_ids), k=k, embedder=embedder, refinement=refinement,
-                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene):
+                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene, crop=crop):
         failed += "error" in answer
         if as_json:
             click.echo(json.dumps(answer))

@@ -297,10 +297,11 @@ def read_chip(path_or_dataset, scene: Scene, window) -> tuple[np.ndarray, float]
     return _rgb(dataset, scene, window=Window(*window))
 
 
-def scene_image(source, *, bands=None, stretch=(2, 98), longest: int = QUERY_READ_SIZE):
-    """A whole scene as one RGB PIL image, read as its chips are (bands, mask, stretch), its long side at most
-    `longest` px (GDAL decimates, from overviews where the file has them): a query by example.
-    `source` is a path or a file-like object (an upload); `bands` that this raster lacks fall back to its own."""
+def scene_image(source, *, bands=None, stretch=(2, 98), longest: int = QUERY_READ_SIZE, window=None):
+    """A whole scene (or its `window`, (col, row, width, height) in pixels) as one RGB PIL image, read as its
+    chips are (bands, mask, stretch: the scene's own percentiles), its long side at most `longest` px (GDAL
+    decimates, from overviews where the file has them): a query by example. `source` is a path or a file-like
+    object (an upload); `bands` that this raster lacks fall back to its own."""
     from PIL import Image
 
     with _open(source) as dataset:
@@ -311,10 +312,21 @@ def scene_image(source, *, bands=None, stretch=(2, 98), longest: int = QUERY_REA
                 raise
             log.warning("%s has no bands %s: reading its default bands", dataset.name, tuple(bands))
             scene = describe(dataset, stretch=stretch)
-        factor = max(1.0, max(scene.width, scene.height) / longest)
-        shape = (max(1, round(scene.height / factor)), max(1, round(scene.width / factor)))
-        rgb, _ = _rgb(dataset, scene, out_shape=shape, resampling=Resampling.nearest)
+        col, row, width, height = window or (0, 0, scene.width, scene.height)
+        check_crop((col, row, width, height), (scene.width, scene.height), dataset.name)
+        factor = max(1.0, max(width, height) / longest)
+        shape = (max(1, round(height / factor)), max(1, round(width / factor)))
+        rgb, _ = _rgb(dataset, scene, window=Window(col, row, width, height), out_shape=shape,
+                      resampling=Resampling.nearest)
     return Image.fromarray(rgb)
+
+
+def check_crop(crop, size, name) -> None:
+    """A query's crop (col, row, width, height) must lie inside its image of `size` (width, height) px."""
+    col, row, width, height = crop
+    if width < 1 or height < 1 or col < 0 or row < 0 or col + width > size[0] or row + height > size[1]:
+        raise IndexerError(f"the crop {col},{row},{width},{height} (col,row,width,height) does not fit in {name}, "
+                           f"which is {size[0]}×{size[1]} px")
 
 
 def _rgb(dataset, scene: Scene, **read_args) -> tuple[np.ndarray, float]:

@@ -422,3 +422,25 @@ def test_serve_refuses_a_busy_port_and_a_foreign_host_in_one_line(built):
     assert_one_line_error(result, f"cannot serve on 127.0.0.1:{port}", "pick another --port")
     foreign = invoke("serve", "--store", store_dir, "--host", "192.0.2.1")  # TEST-NET-1: never this machine's
     assert foreign.exit_code == 2 and "cannot listen on 192.0.2.1" in foreign.stderr
+
+
+def test_a_crop_of_the_query_finds_what_it_cuts_out(built, tmp_path):
+    from PIL import Image
+
+    chips_dir, _, store_dir, _ = built
+    left, right = sorted(chips_dir.glob("*.jpg"))[2:4]
+    pair = Image.new("RGB", (256, 128))
+    for offset, chip in ((0, left), (128, right)):
+        with Image.open(chip) as picture:
+            pair.paste(picture.convert("RGB"), (offset, 0))
+    pair.save(tmp_path / "pair.png")  # lossless: each half is exactly its chip's decoded pixels
+    for crop, wanted in (("0,0,128,128", left), ("128,0,128,128", right)):
+        result = invoke("search", tmp_path / "pair.png", "--crop", crop, "--store", store_dir, "-k", 1, "--json", *RUN)
+        assert result.exit_code == 0, result.output
+        (hit,) = json.loads(result.stdout)["results"]
+        assert hit["path"] == str(wanted.absolute()) and hit["score"] >= 0.999
+    outside = invoke("search", tmp_path / "pair.png", "--crop", "200,0,128,128", "--store", store_dir, "--model",
+                     "nobody/no-such-model", *RUN)  # refused before any model is looked for
+    assert_one_line_error(outside, "does not fit in", "256×128 px")
+    without_image = invoke("search", "--id", 1, "--crop", "0,0,8,8", "--store", store_dir)
+    assert without_image.exit_code == 2 and "--crop" in without_image.output

@@ -339,3 +339,15 @@ def test_the_place_index_follows_every_write_and_is_made_for_an_older_store(inde
     assert "queries by place scan every chip" in caplog.text
     assert "image_boxes" not in scanning.db.table_names()
     assert scanning.chips_at(lon, lat) == expected
+
+
+def test_a_crop_of_a_scene_query_finds_the_chip_at_that_window(index, naip_dir, store_dir, open_store, embedder):
+    index([naip_dir], store_dir, chips=_chips(256))
+    store = open_store(store_dir)
+    chip = next(row for path, row in sorted(chip_rows(store).items()) if path.endswith("#256,256,256,256"))
+    (hit,) = api.search_each(store, [chip["scene"]], k=1, embedder=embedder, crop=(256, 256, 256, 256))
+    assert hit["results"][0]["id"] == chip["id"] and hit["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    (whole,) = api.search_each(store, [chip["scene"]], k=1, embedder=embedder)  # not that chip without the crop
+    assert whole["results"][0]["score"] < 0.9999
+    (outside,) = api.search_each(store, [chip["scene"]], k=1, embedder=embedder, crop=(900, 0, 256, 256))
+    assert "does not fit in" in outside["error"]
