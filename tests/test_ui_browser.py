@@ -288,6 +288,20 @@ def test_add_a_result_to_the_query_and_take_it_out(page, ui_ids, artifacts_dir):
     page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=image_id)
 
 
+def test_compare_opens_side_by_side_and_closes(page, ui_ids, artifacts_dir):
+    image_id = ui_ids[sorted(ui_ids)[9]]
+    open_page(page, f"/?id={image_id}&k=4")
+    page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
+    click_until(page, page.get_by_role("button", name="Compare", exact=True).nth(1),
+                page.get_by_text("Side by side: the query and #2", exact=False))
+    page.wait_for_function("id => new URLSearchParams(location.search).get('compare') === String(id)", arg=second_id)
+    page.screenshot(path=str(artifacts_dir / "compare.png"), full_page=True)
+    page.get_by_role("button", name="Close the comparison", exact=True).click()
+    page.get_by_text("Side by side", exact=False).wait_for(state="detached", timeout=WAIT_MS)
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('compare')")
+
+
 def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
     process, url = start_server(ui_store_dir, model_dir, tmp_path / "serve.log")
     try:

@@ -309,6 +309,46 @@ def test_exact_heatmaps_of_several_examples(page, ui_ids):
     assert exact_maps[-4:] != pca_maps[-4:]
 
 
+def test_compare_a_result_side_by_side_then_close(page, ui_ids):
+    _, image_id = chip(ui_ids, 8)
+    at = page(id=image_id, k=4)
+    found = cards(at)
+    before = len(image_urls(at))
+    run(at.button(key=f"compare-2-{found[1][2]}").click())
+    assert at.query_params["compare"] == str(found[1][2])
+    assert [s.value for s in at.subheader if s.value.startswith("Side by side")] == [
+        f"Side by side: the query and #2 (score {found[1][1]:.4f}, id {found[1][2]})"]
+    assert len(image_urls(at)) == before + 3  # the query and the result, large, and their colour scale
+    assert cards(at) == found
+    run(at.button(key="stop-comparing").click())
+    assert "compare" not in at.query_params
+    assert not [s for s in at.subheader if s.value.startswith("Side by side")]
+
+
+def test_a_comparison_closes_when_the_query_changes(page, ui_ids):
+    _, image_id = chip(ui_ids, 8)
+    at = page(id=image_id, k=4, compare=cards(page(id=image_id, k=4))[1][2])
+    assert [s for s in at.subheader if s.value.startswith("Side by side")]
+    run(button(at, "Search with this", 2).click())
+    assert "compare" not in at.query_params
+    assert not [s for s in at.subheader if s.value.startswith("Side by side")]
+
+
+def test_mutual_maps_are_each_sides_best_match_in_the_other(ui_ids, ui_store_dir):
+    from store import Store
+    from ui.results import mutual_maps
+
+    store = Store.open(ui_store_dir)
+    first, second, third = (store.patch_features(chip(ui_ids, i)[1]) for i in (1, 4, 7))
+    on_query, on_result = mutual_maps([first], first)
+    assert np.allclose(on_query, 1, atol=1e-3) and np.allclose(on_result, 1, atol=1e-3)  # itself: a match everywhere
+    on_query, on_result = mutual_maps([first, third], second)
+    assert on_query.shape == first.shape[:2] and on_result.shape == second.shape[:2]
+    assert np.allclose(on_result, np.maximum(mutual_maps([first], second)[1], mutual_maps([third], second)[1]))
+    assert np.allclose(on_query, mutual_maps([first], second)[0])  # the shown example's side only
+    store.close()
+
+
 def test_an_uploaded_query_offers_no_adding(page, ui_ids):
     path, _ = chip(ui_ids, 0)
     at = page()

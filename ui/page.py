@@ -13,8 +13,8 @@ from indexer.refine import Refinement, combined_search, empty_results_note, pars
 
 from .geomap import result_map
 from .query import remove_example, use_indexed
-from .results import (clicked_patch, describe_place, downloads, forget_click, page_of, pager, result_grid,
-                      result_maps)
+from .results import (clicked_patch, compare_panel, compared_hit, describe_place, downloads, forget_click, page_of,
+                      pager, result_grid, result_maps)
 
 MAX_K = 1000
 
@@ -148,6 +148,9 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None)
     hits, page, pages = page_of(results, settings["page_size"])
     pager(page, pages, len(results))
     embedder = embedder_for(store, model) if settings["exact"] else None
+    compared = compared_hit(results)
+    if compared is not None:  # above the page's own colour scale and grid
+        compare_panel(store, query, compared, exact=settings["exact"], embedder=embedder, opacity=settings["opacity"])
     maps = result_maps(store, query, hits, patch=patch, exact=settings["exact"], embedder=embedder)
     vmin, vmax = heatmaps.value_range(maps)  # one scale for the whole page, stretched to what it shows
     if patch is None:

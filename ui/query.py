@@ -38,10 +38,16 @@ class Query:
 
 
 # -- choosing ----------------------------------------------------------------------------------
+def _new_query() -> None:
+    """A new query starts on its first page, with no comparison open."""
+    st.query_params["page"] = "1"
+    st.query_params.pop("compare", None)
+
+
 def use_indexed(image_id: int) -> None:
     """Callback: make an indexed image the query, in the URL so it can be bookmarked."""
     st.query_params["id"] = str(int(image_id))
-    st.query_params["page"] = "1"
+    _new_query()
     st.session_state["uploader_generation"] = st.session_state.get("uploader_generation", 0) + 1
 
 
@@ -57,18 +63,18 @@ def add_example(image_id: int) -> None:
     if int(image_id) not in ids:
         ids.append(int(image_id))
     st.query_params["id"] = ",".join(map(str, ids[-MAX_EXAMPLES:]))
-    st.query_params["page"] = "1"
+    _new_query()
 
 
 def remove_example(image_id: int) -> None:
     """Callback: take one example out of a query of several."""
     st.query_params["id"] = ",".join(str(i) for i in address_ids() if i != int(image_id))
-    st.query_params["page"] = "1"
+    _new_query()
 
 
 def _use_upload() -> None:
     st.query_params.pop("id", None)
-    st.query_params["page"] = "1"
+    _new_query()
 
 
 def _use_widget(key: str) -> None:

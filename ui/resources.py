@@ -12,6 +12,7 @@ from store import Store
 from store import swap
 
 THUMBNAIL_SIZE = 320
+LARGE_SIZE = 640  # the side-by-side comparison
 # One SQLite connection and one FAISS index serve every browser session: one user at a time touches them.
 STORE_LOCK = threading.RLock()
 
@@ -49,9 +50,9 @@ def embedder_for(store: Store, model: str | None = None):
 
 
 @st.cache_resource(max_entries=4000, show_spinner=False)
-def _thumbnail(path: str, mtime_ns: int, _item: dict) -> Image.Image:
+def _thumbnail(path: str, mtime_ns: int, size: int, _item: dict) -> Image.Image:
     image = api.load_indexed_image(_item)
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
     return image
 
 
@@ -62,9 +63,9 @@ def _mtime_ns(item: dict) -> int:
         return -1
 
 
-def thumbnail(item: dict) -> Image.Image:
+def thumbnail(item: dict, *, size: int = THUMBNAIL_SIZE) -> Image.Image:
     """A small upright RGB copy of an indexed image or chip; raises UnreadableImage if it no longer reads."""
-    return _thumbnail(item["path"], _mtime_ns(item), item)
+    return _thumbnail(item["path"], _mtime_ns(item), size, item)
 
 
 @st.cache_resource(max_entries=256, show_spinner=False)

@@ -14,7 +14,7 @@ from store import Store
 
 from . import heatmaps
 from .query import MAX_EXAMPLES, Query, add_example, use_indexed
-from .resources import STORE_LOCK, full_tokens, thumbnail
+from .resources import LARGE_SIZE, STORE_LOCK, full_tokens, thumbnail
 
 COLUMNS = 4
 
@@ -46,21 +46,76 @@ def forget_click() -> None:
     st.session_state["click_generation"] = st.session_state.get("click_generation", 0) + 1
 
 
-def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
-    """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
+def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embedder=None):
+    """(each example's patch grid, each result's): stored PCA features, or full tokens recomputed (exact)."""
     if exact:
         example_grids = [full_tokens(example["item"], embedder) for example in query.examples] or [
             query.tokens if query.tokens is not None else full_tokens(query.item, embedder)]
-        grids = [full_tokens(hit, embedder) for hit in results]
-    else:
-        example_grids = [example["grid"] for example in query.examples] or [query.grid]
-        with STORE_LOCK:
-            grids = [store.patch_features(hit["id"]) for hit in results]
+        return example_grids, [full_tokens(hit, embedder) for hit in results]
+    with STORE_LOCK:
+        grids = [store.patch_features(hit["id"]) for hit in results]
+    return [example["grid"] for example in query.examples] or [query.grid], grids
+
+
+def _all_patches(example_grids) -> np.ndarray:
+    """Several examples' grids as one (1, n, C) grid: a best match to any patch of any example."""
+    return np.concatenate([grid.reshape(1, -1, grid.shape[-1]) for grid in example_grids], axis=1)
+
+
+def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
+    """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
+    example_grids, grids = _grids(store, query, results, exact=exact, embedder=embedder)
     if patch is not None:  # a patch of the shown (first) example
         return [heatmaps.cosine_map(example_grids[0][patch], grid) for grid in grids]
-    # several examples: each result patch's best match to any patch of any example
-    query_grid = np.concatenate([grid.reshape(1, -1, grid.shape[-1]) for grid in example_grids], axis=1)
+    query_grid = _all_patches(example_grids)
     return [heatmaps.correspondence_map(query_grid, grid) for grid in grids]
+
+
+def mutual_maps(example_grids, result_grid) -> tuple[np.ndarray, np.ndarray]:
+    """(on the shown example: each patch's best match in the result; on the result: each patch's best match in
+    any example)."""
+    return (heatmaps.correspondence_map(result_grid, example_grids[0]),
+            heatmaps.correspondence_map(_all_patches(example_grids), result_grid))
+
+
+# -- side by side --------------------------------------------------------------------------------
+def compare(image_id: int) -> None:
+    """Callback: show this result beside the query (in the address: ?compare=N)."""
+    st.query_params["compare"] = str(int(image_id))
+
+
+def stop_comparing() -> None:
+    st.query_params.pop("compare", None)
+
+
+def compared_hit(results: list[dict]) -> dict | None:
+    """The result the address asks to compare, when it is among this query's results."""
+    wanted = st.query_params.get("compare")
+    return next((hit for hit in results if str(hit["id"]) == wanted), None)
+
+
+def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedder=None, opacity: float) -> None:
+    """The query and one result side by side, large: on each, where the other matches it."""
+    example_grids, (result_grid,) = _grids(store, query, [hit], exact=exact, embedder=embedder)
+    on_query, on_result = mutual_maps(example_grids, result_grid)
+    vmin, vmax = heatmaps.value_range([on_query, on_result])
+    st.subheader(f"Side by side: the query and #{hit['rank']} (score {hit['score']:.4f}, id {hit['id']})")
+    left, right = st.columns(2)
+    for column, item, fallback, values, words in (
+            (left, query.item, query.image, on_query, "The query: each patch's best match anywhere in the result"),
+            (right, hit, None, on_result, f"#{hit['rank']}: each patch's best match anywhere in the query")):
+        with column:
+            try:
+                picture = thumbnail(item, size=LARGE_SIZE) if item else fallback
+            except UnreadableImage:
+                picture = None
+            if picture is None:
+                st.warning("file no longer readable")
+            else:
+                st.image(heatmaps.overlay(picture, values, opacity=opacity, vmin=vmin, vmax=vmax), caption=words,
+                         width="stretch")
+    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption="cosine similarity, both pictures")
+    st.button("Close the comparison", on_click=stop_comparing, key="stop-comparing")
 
 
 def page_of(results: list[dict], page_size: int) -> tuple[list[dict], int, int]:
@@ -98,6 +153,7 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 st.caption(describe_place(hit))
                 st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
                           args=(hit["id"],))
+                st.button("Compare", key=f"compare-{hit['rank']}-{hit['id']}", on_click=compare, args=(hit["id"],))
                 if can_add and hit["id"] not in examples and len(examples) < MAX_EXAMPLES:
                     st.button("Add to the query", key=f"add-{hit['rank']}-{hit['id']}", on_click=add_example,
                               args=(hit["id"],))
