@@ -274,6 +274,29 @@ def info(store_dir, as_json):
 
 
 @cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@store_option
+@json_option
+@friendly_errors
+def export(out_dir, store_dir, as_json):
+    """Write a store's vectors and catalogue to OUT_DIR as plain files: vectors.npy ((N, D) float32),
+    images.jsonl (one line per row: id, path, and a chip's scene, window, date, centroid, bounds) and
+    provenance.json. Needs no model.
+
+    Example: lookalike export embeddings/ --store demo-store
+    """
+    from store import Store
+    from store.export import export_store
+
+    summary = export_store(Store.open(store_dir), out_dir)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"exported {summary['images']} vectors of {summary['dim']} dims to {summary['out']} "
+               f"({', '.join(summary['files'])})")
+
+
+@cli.command()
 @store_option
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
               help="Show at most this many, newest first (--json lists them all unless --limit is given).")

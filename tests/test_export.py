@@ -1,0 +1,58 @@
+"""`lookalike export`: the store's vectors and catalogue as plain files, whole or not at all."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from store import Store, StoreError
+from store.export import export_store
+
+
+def test_export_writes_every_vector_with_its_row(index, shared_data_dir, store_dir, tmp_path):
+    from indexer.pipeline import ChipOptions
+
+    scenes = sorted((shared_data_dir / "naip").glob("*.tif"))[:2]
+    index(scenes, store_dir, chips=ChipOptions(chip_size=512))
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "out"), "--store", str(store_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    store = Store.open(store_dir)
+    assert summary["images"] == store.count_images() == 8 and summary["dim"] == store.dim
+    vectors = np.load(tmp_path / "out" / "vectors.npy")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "images.jsonl").read_text().splitlines()]
+    assert vectors.shape == (8, store.dim) and vectors.dtype == np.float32 and len(rows) == 8
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+    for row, vector in zip(rows, vectors):
+        np.testing.assert_array_equal(vector, store.vector(row["id"]))
+        catalogued = store.image(row["id"])
+        assert row["path"] == catalogued["path"] and row["window"] == json.loads(catalogued["window"])
+        assert row["date"] and len(row["wgs84_bounds"]) == 4
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["images"] == 8 and provenance["model"] == store.provenance["model"]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_export_refuses_a_folder_with_something_in_it_and_leaves_it_alone(indexed, store_dir, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not an empty folder"):
+        export_store(Store.open(store_dir), taken)
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+    (tmp_path / "empty").mkdir()
+    assert export_store(Store.open(store_dir), tmp_path / "empty")["images"] > 0  # an empty folder is filled
+
+
+def test_a_failed_export_leaves_nothing(indexed, store_dir, tmp_path, monkeypatch):
+    from store import export
+
+    def broken(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_described", broken)
+    before = set(tmp_path.iterdir())
+    with pytest.raises(OSError):
+        export_store(Store.open(store_dir), tmp_path / "out")
+    assert set(tmp_path.iterdir()) == before  # no out/, no partial folder
