@@ -4,6 +4,7 @@ from dataclasses import replace
 from numbers import Integral
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from store import Store, StoreError
@@ -158,12 +159,26 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
             "results": results}
 
 
+def _embed_halving(embedder, pixels):
+    """Global vectors (B, D) as numpy, the batch split in halves while the device runs out of memory."""
+    import torch
+
+    try:
+        return embedder.embed(pixels).global_vectors.cpu().numpy()
+    except torch.OutOfMemoryError:
+        if len(pixels) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(pixels) // 2
+        return np.concatenate([_embed_halving(embedder, pixels[:half]), _embed_halving(embedder, pixels[half:])])
+
+
 def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
                 exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16,
                 crop: tuple | None = None):
     """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
     searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
-    time with one model (loaded at the first image). A query that cannot be read (or an unknown id) gives
+    time with one model (loaded at the first image; a batch the device cannot hold is split in halves). A query that cannot be read (or an unknown id) gives
     {"query": ..., "error": reason} and the others go on. `exclude_self` leaves an indexed query out of its own
     results, `exclude_own_scene` its scene's chips; `crop` is load_query_image's, for every image file."""
     import torch
@@ -197,7 +212,7 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             prepared.append((described, None, torch.from_numpy(embedder.preprocess(picture.convert("RGB"))), None,
                              None, None))
         pixels = [entry[2] for entry in prepared if entry[2] is not None]
-        embedded = iter(embedder.embed(torch.stack(pixels)).global_vectors.cpu().numpy() if pixels else [])
+        embedded = iter(_embed_halving(embedder, torch.stack(pixels)) if pixels else [])
         for described, vector, picture_pixels, error, own_id, own_scene in prepared:
             if error is not None:
                 yield {"query": described, "error": error}

@@ -444,3 +444,28 @@ def test_a_crop_of_the_query_finds_what_it_cuts_out(built, tmp_path):
     assert_one_line_error(outside, "does not fit in", "256×128 px")
     without_image = invoke("search", "--id", 1, "--crop", "0,0,8,8", "--store", store_dir)
     assert without_image.exit_code == 2 and "--crop" in without_image.output
+
+
+def test_each_splits_a_batch_the_device_cannot_hold(built):
+    import torch
+
+    from indexer import api
+
+    chips_dir, model_dir, store_dir, _ = built
+    store = api.open_store(store_dir)
+    embedder = api.load_embedder(store, model=str(model_dir), device="cpu", dtype="float32")
+    sizes = []
+
+    class SmallDevice:  # the real embedder, on a device that holds at most 3 images at a time
+        preprocess = embedder.preprocess
+
+        def embed(self, pixels, **options):
+            sizes.append(len(pixels))
+            if len(pixels) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return embedder.embed(pixels, **options)
+
+    files = sorted(chips_dir.glob("*.jpg"))[:10]
+    answers = list(api.search_each(store, files, k=1, embedder=SmallDevice(), batch_size=10))
+    assert [a["results"][0]["path"] for a in answers] == [str(f.absolute()) for f in files]  # each finds itself
+    assert sizes[0] == 10 and max(sizes[1:]) <= 5 and sum(s for s in sizes if s <= 3) == 10
