@@ -349,13 +349,31 @@ def test_mutual_maps_are_each_sides_best_match_in_the_other(ui_ids, ui_store_dir
     store.close()
 
 
-def test_an_uploaded_query_offers_no_adding(page, ui_ids):
-    path, _ = chip(ui_ids, 0)
+def test_an_uploaded_query_takes_indexed_examples(page, ui_ids, ui_store_dir):
+    path, own_id = chip(ui_ids, 0)
     at = page()
     run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
-    assert len(cards(at)) == 20
-    assert [b.label for b in at.button if b.label == "Search with this"]
-    assert not [b for b in at.button if b.label == "Add to the query"]
+    added = cards(at)[1][2]  # #1 is the upload's own indexed copy
+    run(at.button(key=f"add-2-{added}").click())
+    assert at.query_params["id"] == str(added)
+    assert f"2 examples: upload · {path.name} (shown) and ids {added}" in [c.value for c in at.caption]
+    assert cards(at) == api_answer(ui_store_dir, [path, added])  # as the API combines a file and an id
+    third = next(hit for _, _, hit in cards(at) if hit not in (own_id, added))
+    run(at.button(key=f"add-{next(r for r, _, h in cards(at) if h == third)}-{third}").click())
+    assert at.query_params["id"] == f"{added},{third}"
+    assert cards(at) == api_answer(ui_store_dir, [path, added, third])
+
+    run(at.button(key=f"remove-{added}").click())  # an indexed example out: the upload stays
+    run(at.button(key=f"remove-{third}").click())
+    assert "id" not in at.query_params
+    assert f"upload · {path.name}" in [c.value for c in at.caption]
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {own_id}"
+
+    run(at.button(key=f"add-2-{added}").click())
+    run(at.button(key="remove-None").click())  # the upload out: its indexed examples are the query
+    assert at.query_params["id"] == str(added)
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {added}"
+    assert not at.caption or not any(c.value.startswith("upload ·") for c in at.caption)
 
 
 # -- uploads -----------------------------------------------------------------------------------

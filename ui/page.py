@@ -7,7 +7,7 @@ from indexer.errors import IndexerError, UnreadableImage
 from store import StoreError
 
 from . import heatmaps
-from .query import load_indexed, load_upload, query_panel
+from .query import load_indexed, load_upload, query_panel, with_examples
 from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
 from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
 
@@ -93,7 +93,14 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
         st.info("Upload an image or pick an indexed one to see its nearest neighbours.")
         return
     kind, value = choice
-    query = load_indexed(store, value) if kind == "id" else load_upload(store, value, model=model, max_upload_mb=max_upload_mb)
+    if kind == "id":
+        query = load_indexed(store, value)
+    elif kind == "upload":
+        query = load_upload(store, value, model=model, max_upload_mb=max_upload_mb)
+    else:  # an upload and indexed examples
+        uploaded, image_ids = value
+        query = with_examples(load_upload(store, uploaded, model=model, max_upload_mb=max_upload_mb),
+                              load_indexed(store, image_ids))
 
     query_column, results_column = st.columns([1, 3])
     with query_column:
@@ -120,7 +127,9 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
 
 def query_items(query) -> list[dict]:
     """The catalogue rows behind the query's indexed examples (none for an upload)."""
-    return [example["item"] for example in query.examples] or ([query.item] if query.item else [])
+    if query.examples:
+        return [example["item"] for example in query.examples if example["item"]]
+    return [query.item] if query.item else []
 
 
 def other_examples(query) -> None:
@@ -128,7 +137,7 @@ def other_examples(query) -> None:
     if not query.examples:
         return
     st.caption("The other examples:")
-    for example in query.examples[1:]:
+    for example in query.examples[1:]:  # indexed ones: the shown one may be an upload
         picture, words = st.columns([1, 2])
         try:
             picture.image(thumbnail(example["item"]), width="stretch")
@@ -167,6 +176,6 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None)
             hit = next(h for h in hits if h["rank"] == picked)
             st.info(f"Selected on the map: #{hit['rank']} · score {hit['score']:.4f} · {describe_place(hit)}")
             st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
-    result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, can_add=query.image_id is not None,
-                examples=query.example_ids)
+    result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, examples=query.example_ids,
+                keep_upload=query.tokens is not None)
     downloads(query, results, combine=settings["combine"])

@@ -30,11 +30,15 @@ class Query:
     path: str | None = None
     tokens: np.ndarray | None = None  # (h, w, D) full patch tokens, uploads only
     item: dict | None = None  # the catalogue row (with a chip's scene, window, geo), indexed queries only
-    examples: list[dict] = field(default_factory=list)  # several indexed examples: {id, item, grid} each
+    # several examples: {id, item, grid} each; an upload among them first, as {id: None, item: None, grid, tokens}
+    examples: list[dict] = field(default_factory=list)
 
     @property
     def example_ids(self) -> list[int]:
-        return [example["id"] for example in self.examples] or ([self.image_id] if self.image_id else [])
+        """The indexed images the query is made of."""
+        if self.examples:
+            return [example["id"] for example in self.examples if example["id"] is not None]
+        return [self.image_id] if self.image_id else []
 
 
 # -- choosing ----------------------------------------------------------------------------------
@@ -48,6 +52,11 @@ def use_indexed(image_id: int) -> None:
     """Callback: make an indexed image the query, in the URL so it can be bookmarked."""
     st.query_params["id"] = str(int(image_id))
     _new_query()
+    _forget_upload()
+
+
+def _forget_upload() -> None:
+    st.session_state["with_upload"] = False
     st.session_state["uploader_generation"] = st.session_state.get("uploader_generation", 0) + 1
 
 
@@ -57,8 +66,12 @@ def address_ids() -> list[int]:
     return list(dict.fromkeys(int(part) for part in text.split(","))) if text else []
 
 
-def add_example(image_id: int) -> None:
-    """Callback: add an indexed image to the query's examples (the address keeps them all)."""
+def add_example(image_id: int, keep_upload: bool = False) -> None:
+    """Callback: add an indexed image to the query's examples (the address keeps the indexed ones; an uploaded
+    query stays the first example for this session, `keep_upload`)."""
+    if keep_upload and not st.session_state.get("with_upload"):
+        st.query_params.pop("id", None)  # an upload's examples start afresh
+    st.session_state["with_upload"] = st.session_state.get("with_upload") or keep_upload
     ids = address_ids()
     if int(image_id) not in ids:
         ids.append(int(image_id))
@@ -66,14 +79,20 @@ def add_example(image_id: int) -> None:
     _new_query()
 
 
-def remove_example(image_id: int) -> None:
-    """Callback: take one example out of a query of several."""
-    st.query_params["id"] = ",".join(str(i) for i in address_ids() if i != int(image_id))
+def remove_example(image_id: int | None) -> None:
+    """Callback: take one example out of a query of several (None: the upload)."""
+    if image_id is None:
+        _forget_upload()
+    else:
+        st.query_params["id"] = ",".join(str(i) for i in address_ids() if i != int(image_id))
+        if not st.query_params["id"]:  # the upload alone again
+            st.query_params.pop("id")
     _new_query()
 
 
 def _use_upload() -> None:
     st.query_params.pop("id", None)
+    st.session_state["with_upload"] = False
     _new_query()
 
 
@@ -115,7 +134,8 @@ def place_picker(store: Store) -> None:
 
 
 def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
-    """Draws the choices; returns ('id', [N, ...]), ('upload', UploadedFile) or None."""
+    """Draws the choices; returns ('id', [N, ...]), ('upload', UploadedFile), ('upload+ids', (UploadedFile,
+    [N, ...])) or None."""
     upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
     with upload_tab:
         generation = st.session_state.get("uploader_generation", 0)
@@ -153,6 +173,8 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
         if len(ids) > MAX_EXAMPLES:
             st.warning(f"The address names {len(ids)} images; a query takes at most {MAX_EXAMPLES}: the first "
                        f"{MAX_EXAMPLES} are used.")
+        if ids and uploaded is not None and st.session_state.get("with_upload"):
+            return "upload+ids", (uploaded, ids[:MAX_EXAMPLES - 1])
         if ids:
             return "id", ids[:MAX_EXAMPLES]
     if uploaded is not None:
@@ -208,3 +230,13 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     shown.thumbnail((320, 320))
     return Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
                  image=shown, tokens=tokens)
+
+
+def with_examples(upload: Query, indexed: Query) -> Query:
+    """An uploaded query followed by indexed examples: one query, the upload shown (and clickable)."""
+    first = {"id": None, "item": None, "grid": upload.grid, "tokens": upload.tokens, "label": upload.label}
+    others = indexed.examples or [{"id": indexed.image_id, "item": indexed.item, "grid": indexed.grid}]
+    ids = ", ".join(str(example["id"]) for example in others)
+    return Query(key=f"{upload.key}-{indexed.key}", label=f"{1 + len(others)} examples: {upload.label} (shown) and "
+                 f"ids {ids}", vectors=np.concatenate([upload.vectors, indexed.vectors]), grid=upload.grid,
+                 image=upload.image, tokens=upload.tokens, examples=[first, *others])

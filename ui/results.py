@@ -49,7 +49,8 @@ def forget_click() -> None:
 def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embedder=None):
     """(each example's patch grid, each result's): stored PCA features, or full tokens recomputed (exact)."""
     if exact:
-        example_grids = [full_tokens(example["item"], embedder) for example in query.examples] or [
+        example_grids = [example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
+                         for example in query.examples] or [
             query.tokens if query.tokens is not None else full_tokens(query.item, embedder)]
         return example_grids, [full_tokens(hit, embedder) for hit in results]
     with STORE_LOCK:
@@ -139,8 +140,9 @@ def pager(page: int, pages: int, total: int) -> None:
 
 
 def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmin: float, vmax: float,
-                can_add: bool = False, examples=()) -> None:
-    """The cards; `can_add` (an indexed query) offers to add each result to the query's examples."""
+                examples=(), keep_upload: bool = False) -> None:
+    """The cards, each offering to become the query, to join it (unless it is one of its `examples` already;
+    `keep_upload`: the query is an upload) or to be compared with it."""
     for start in range(0, len(hits), COLUMNS):
         for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
             with column:
@@ -154,9 +156,9 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
                           args=(hit["id"],))
                 st.button("Compare", key=f"compare-{hit['rank']}-{hit['id']}", on_click=compare, args=(hit["id"],))
-                if can_add and hit["id"] not in examples and len(examples) < MAX_EXAMPLES:
+                if hit["id"] not in examples and len(examples) + keep_upload < MAX_EXAMPLES:
                     st.button("Add to the query", key=f"add-{hit['rank']}-{hit['id']}", on_click=add_example,
-                              args=(hit["id"],))
+                              args=(hit["id"], keep_upload))
 
 
 def describe_place(hit: dict) -> str:
@@ -183,8 +185,8 @@ def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> No
     writer.writeheader()
     writer.writerows(rows)
     if query.examples:  # as `lookalike search --json` describes several examples
-        described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} for example in query.examples],
-                     "combine": combine}
+        described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} if example["item"] else
+                                  {"upload": example["label"]} for example in query.examples], "combine": combine}
     else:
         described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
     columns = st.columns(3)
