@@ -49,9 +49,11 @@ def forget_click() -> None:
 def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embedder=None):
     """(each example's patch grid, each result's): stored PCA features, or full tokens recomputed (exact)."""
     if exact:
-        example_grids = [example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
-                         for example in query.examples] or [
-            query.tokens if query.tokens is not None else full_tokens(query.item, embedder)]
+        def tokens(example: dict):  # an upload's were kept when it was embedded
+            return example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
+
+        example_grids = [tokens(example) for example in query.examples] or [
+            tokens({"tokens": query.tokens, "item": query.item})]
         return example_grids, [full_tokens(hit, embedder) for hit in results]
     with STORE_LOCK:
         grids = [store.patch_features(hit["id"]) for hit in results]
