@@ -349,6 +349,17 @@ def test_mutual_maps_are_each_sides_best_match_in_the_other(ui_ids, ui_store_dir
     store.close()
 
 
+def test_exact_heatmaps_of_an_upload_with_examples(page, ui_ids):
+    path, _ = chip(ui_ids, 3)
+    at = page(k=4)
+    run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    run(at.button(key=f"add-2-{cards(at)[1][2]}").click())
+    pca_maps, found = image_urls(at), cards(at)
+    run(at.toggle[0].set_value(True))
+    assert cards(at) == found
+    assert image_urls(at)[-4:] != pca_maps[-4:]
+
+
 def test_an_uploaded_query_takes_indexed_examples(page, ui_ids, ui_store_dir):
     path, own_id = chip(ui_ids, 0)
     at = page()
