@@ -180,6 +180,8 @@ def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, 
     from indexer.refine import empty_results_note
 
     paths = [Path(str(path)) for path in scan_sources(images)]  # a missing source fails here, before any model
+    if not paths and not image_ids:
+        raise click.ClickException(f"no image files to query with in {', '.join(map(str, images))}")
     embedder = api.load_embedder(store, model=model, device=device, dtype=dtype) if paths else None
     failed = 0
     for answer in api.search_each(store, paths + list(image_ids), k=k, embedder=embedder, refinement=refinement,

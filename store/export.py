@@ -22,10 +22,13 @@ def export_store(store, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StoreError(f"{out_dir} already exists and is not an empty folder: export into a new one")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"  # beside it: one rename makes it whole
     shutil.rmtree(staging, ignore_errors=True)  # a leftover of a killed export with this pid
-    staging.mkdir()  # with the user's umask, as the folder it becomes
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # with the user's umask, as the folder it becomes
+    except OSError as error:
+        raise StoreError(f"cannot write into {out_dir.parent} ({error.strerror or error})") from None
     try:
         count = _write(store, staging)
         if out_dir.exists():

@@ -258,6 +258,12 @@ def test_each_batches_images_as_one_at_a_time_would(built):
         assert [h["score"] for h in answer["results"]] == pytest.approx([h["score"] for h in alone], abs=1e-5)
 
 
+def test_each_over_a_folder_without_images_says_so(built, tmp_path):
+    (tmp_path / "nothing").mkdir()
+    assert_one_line_error(invoke("search", "--each", tmp_path / "nothing", "--store", built[2]),
+                          "no image files to query with")
+
+
 def test_each_refuses_geojson(built, tmp_path):
     result = invoke("search", "--each", "--id", 1, "--store", built[2], "--geojson", tmp_path / "x.geojson")
     assert result.exit_code == 2 and "--each" in result.output

@@ -1,5 +1,7 @@
 """`lookalike export`: the store's vectors and catalogue as plain files, whole or not at all."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +58,16 @@ def test_a_failed_export_leaves_nothing(indexed, store_dir, tmp_path, monkeypatc
     with pytest.raises(OSError):
         export_store(Store.open(store_dir), tmp_path / "out")
     assert set(tmp_path.iterdir()) == before  # no out/, no partial folder
+
+
+def test_export_into_a_place_that_cannot_be_written_is_one_clear_error(indexed, store_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere: the kernel's own folder refuses even root
+            locked = Path("/proc")
+        with pytest.raises(StoreError, match=f"cannot write into {locked}"):
+            export_store(Store.open(store_dir), locked / "out")
+    finally:
+        (tmp_path / "locked").chmod(0o700)
