@@ -81,8 +81,8 @@ def _add_boxes(db: sqlite_utils.Database) -> None:
     try:
         with db.conn:  # all of it or none
             db.conn.executescript("BEGIN;" + _BOXES + "COMMIT;")
-    except sqlite3.OperationalError as error:  # an SQLite built without R*Tree: places are found by a scan
-        log.warning("no R*Tree in this SQLite (%s): queries by place scan every chip", error)
+    except sqlite3.OperationalError as error:  # no R*Tree in this SQLite, or a read-only store: a scan instead
+        log.warning("the place index could not be made (%s): queries by place scan every chip", error)
 
 
 def now_iso() -> str:
