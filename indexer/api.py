@@ -3,6 +3,7 @@ import io
 from dataclasses import replace
 from numbers import Integral
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -125,6 +126,33 @@ def embed_image(image, embedder) -> Embedding:
     return embedder.embed(pixels)
 
 
+def _is_image_id(query) -> bool:
+    return isinstance(query, Integral) and not isinstance(query, bool)
+
+
+def _indexed_query(store: Store, image_id: int) -> tuple[dict, "np.ndarray", dict]:
+    """An indexed image as a query: (its description in an answer, its stored vector, its catalogue row)."""
+    row = store.image(int(image_id))  # an unknown id fails here
+    return {"id": int(image_id), "path": row["path"], **chip_fields(row)}, store.vector(int(image_id)), row
+
+
+def _described_picture(query) -> dict:
+    return {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+
+
+class _QueryReader:
+    """Reads query images as a store's chips were read: the store's bands and stretch, looked up once."""
+
+    def __init__(self, store: Store, crop: tuple | None = None):
+        self.store, self.crop, self._options = store, crop, None
+
+    def __call__(self, query) -> Image.Image:
+        if isinstance(query, Image.Image):
+            return query
+        self._options = self._options or scene_read_options(self.store)
+        return load_query_image(query, read_options=self._options, crop=self.crop)
+
+
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
            refinement: Refinement | None = None, combine: str = "mean") -> dict:
     """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), or of several
@@ -141,19 +169,18 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     examples = list(query) if isinstance(query, (list, tuple)) else [query]
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
+    read = _QueryReader(store)
     vectors, described, exclude = [], [], []
     for example in examples:
-        if isinstance(example, Integral) and not isinstance(example, bool):
-            vectors.append(store.vector(int(example)))
-            row = store.image(int(example))
-            described.append({"id": int(example), "path": row["path"], **chip_fields(row)})
-            exclude += [int(example)] if exclude_self else []
-            continue
-        embedder = embedder or load_embedder(store)
-        picture = example if isinstance(example, Image.Image) else load_query_image(
-            example, read_options=scene_read_options(store))
-        vectors.append(embed_image(picture, embedder).global_vectors[0].cpu().numpy())
-        described.append({"path": str(example) if not isinstance(example, Image.Image) else "<image>"})
+        if _is_image_id(example):
+            about, vector, _ = _indexed_query(store, example)
+            exclude += [about["id"]] if exclude_self else []
+        else:
+            embedder = embedder or load_embedder(store)
+            about, vector = _described_picture(example), embed_image(read(example), embedder).global_vectors[0]
+            vector = vector.cpu().numpy()
+        described.append(about)
+        vectors.append(vector)
     results = combined_search(store, vectors, k=k, exclude=exclude, refinement=refinement, combine=combine)
     return {"query": described[0] if len(described) == 1 else {"examples": described, "combine": combine},
             "results": results}
@@ -173,52 +200,59 @@ def _embed_halving(embedder, pixels):
         return np.concatenate([_embed_halving(embedder, pixels[:half]), _embed_halving(embedder, pixels[half:])])
 
 
+class _Prepared(NamedTuple):
+    """One query of search_each, ready to search: a vector, pixels still to embed, or the reason it failed."""
+    described: dict
+    vector: object = None  # (D,) of an indexed image
+    pixels: object = None  # (3, H, W) of an image, embedded with its batch
+    error: str | None = None
+    own_id: int | None = None
+    own_scene: str | None = None
+
+
 def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
                 exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16,
                 crop: tuple | None = None):
     """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
     searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
-    time with one model (loaded at the first image; a batch the device cannot hold is split in halves). A query that cannot be read (or an unknown id) gives
-    {"query": ..., "error": reason} and the others go on. `exclude_self` leaves an indexed query out of its own
-    results, `exclude_own_scene` its scene's chips; `crop` is load_query_image's, for every image file."""
+    time with one model (loaded at the first image; a batch the device cannot hold is split in halves).
+    A query that cannot be read (or an unknown id) gives {"query": ..., "error": reason} and the others go
+    on. `exclude_self` leaves an indexed query out of its own results, `exclude_own_scene` its scene's chips;
+    `crop` is load_query_image's, for every image file."""
     import torch
 
     refinement = Refinement() if refinement is None else refinement
     queries = list(queries)
-    read_options = None  # the store's scene bands and stretch, read at the first image
+    read = _QueryReader(store, crop)
     for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
-        prepared = []  # (described, vector or None, pixels or None, error or None, own id, own scene)
-        for query in chunk:
-            if isinstance(query, Integral) and not isinstance(query, bool):
+        prepared = []
+        for query in queries[start:start + batch_size]:
+            if _is_image_id(query):
                 try:
-                    row = store.image(int(query))
+                    described, vector, row = _indexed_query(store, query)
                 except StoreError as error:
-                    prepared.append(({"id": int(query)}, None, None, str(error), None, None))
+                    prepared.append(_Prepared({"id": int(query)}, error=str(error)))
                     continue
-                prepared.append(({"id": int(query), "path": row["path"], **chip_fields(row)},
-                                 store.vector(int(query)), None, None, int(query), row["scene"]))
+                prepared.append(_Prepared(described, vector=vector, own_id=described["id"], own_scene=row["scene"]))
                 continue
-            described = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
             try:
-                read_options = read_options or scene_read_options(store)
-                picture = query if isinstance(query, Image.Image) else load_query_image(
-                    query, read_options=read_options, crop=crop)
+                picture = read(query)
             except (IndexerError, OSError) as error:
                 reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
-                prepared.append((described, None, None, reason, None, None))
+                prepared.append(_Prepared(_described_picture(query), error=reason))
                 continue
             embedder = embedder or load_embedder(store)  # a model that cannot load ends it all: not caught
-            prepared.append((described, None, torch.from_numpy(embedder.preprocess(picture.convert("RGB"))), None,
-                             None, None))
-        pixels = [entry[2] for entry in prepared if entry[2] is not None]
+            pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
+            prepared.append(_Prepared(_described_picture(query), pixels=pixels))
+        pixels = [entry.pixels for entry in prepared if entry.pixels is not None]
         embedded = iter(_embed_halving(embedder, torch.stack(pixels)) if pixels else [])
-        for described, vector, picture_pixels, error, own_id, own_scene in prepared:
-            if error is not None:
-                yield {"query": described, "error": error}
+        for entry in prepared:
+            if entry.error is not None:
+                yield {"query": entry.described, "error": entry.error}
                 continue
-            vector = next(embedded) if picture_pixels is not None else vector
-            refined = replace(refinement, exclude_scene=own_scene) if exclude_own_scene and own_scene else refinement
-            results = combined_search(store, [vector], k=k, exclude=[own_id] if exclude_self and own_id else [],
-                                      refinement=refined)
-            yield {"query": described, "results": results}
+            vector = next(embedded) if entry.pixels is not None else entry.vector
+            refined = replace(refinement, exclude_scene=entry.own_scene) if exclude_own_scene and entry.own_scene \
+                else refinement
+            results = combined_search(store, [vector], k=k, refinement=refined,
+                                      exclude=[entry.own_id] if exclude_self and entry.own_id else [])
+            yield {"query": entry.described, "results": results}

@@ -123,10 +123,11 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     if exclude_scene:
         refinement = replace(refinement, exclude_scene=tuple(row["scene"] for row in rows if row["scene"]))
     examples, embedder = [], None
+    read_options = api.scene_read_options(store) if images else None
     for image in images:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
-        examples.append(api.load_query_image(image, read_options=api.scene_read_options(store), crop=crop))  # fails here
+        examples.append(api.load_query_image(image, read_options=read_options, crop=crop))  # unreadable: fails here
     if examples:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
     answer = api.search(store, examples + list(image_ids), k=k, embedder=embedder, refinement=refinement,
@@ -151,7 +152,7 @@ def _print_answer(store, answer: dict, *, geojson_path, as_json: bool, filtered:
     if not answer["results"]:
         click.echo(empty_results_note(filtered=filtered) if store.count_images() else "the store holds no images yet")
     for hit in answer["results"]:
-        click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+        click.echo(_hit_line(hit))
 
 
 def _chip_at(store, lon: float, lat: float) -> int:
@@ -160,7 +161,7 @@ def _chip_at(store, lon: float, lat: float) -> int:
 
     chips = store.chips_at(lon, lat)
     if not chips:
-        extent = store.info().get("wgs84_extent")
+        extent = store.wgs84_extent()  # not info(): it reads much more
         where = f" (its chips span {', '.join(f'{v:.5f}' for v in extent)} W,S,E,N)" if extent else \
             " (it holds no georeferenced chips)"
         raise IndexerError(f"no indexed chip in the store covers {lon},{lat}{where}")
@@ -199,7 +200,11 @@ def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, 
             filtered = refinement.bbox is not None or refinement.dates is not None or exclude_scene
             click.echo(f"   {empty_results_note(filtered=filtered)}")
         for hit in answer.get("results", []):
-            click.echo(f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}")
+            click.echo(_hit_line(hit))
     if failed:
         raise click.ClickException(f"{failed} of {len(paths) + len(image_ids)} queries could not be answered "
                                    "(each one's reason is in its answer)")
+
+
+def _hit_line(hit: dict) -> str:
+    return f"{hit['rank']:>4}  {hit['score']:.4f}  id={hit['id']:<8} {hit['path']}"

@@ -620,7 +620,7 @@ class Store:
         return [{"scene": scene, "bands": json.loads(bands) if bands else None, "band_source": source, "crs": crs,
                  "date": date, "chips": chips} for scene, bands, source, crs, date, chips in rows]
 
-    def _extent(self) -> list | None:
+    def wgs84_extent(self) -> list | None:
         """[west, south, east, north] over every chip footprint, or None without georeferenced chips."""
         row = self.db.execute(
             "SELECT min(json_extract(geo, '$.wgs84_bounds[0]')), min(json_extract(geo, '$.wgs84_bounds[1]')), "
@@ -642,7 +642,7 @@ class Store:
             "skipped_chips": (last_run[0].get("skipped_chips") if last_run else None),
             "crs": [r[0] for r in self.db.execute(
                 "SELECT DISTINCT json_extract(geo, '$.crs') FROM images WHERE geo IS NOT NULL")],
-            "wgs84_extent": self._extent(),
+            "wgs84_extent": self.wgs84_extent(),
             "scene_list": self.scene_list(),
             "failed": self.count_failures(),
             "model": provenance.get("model"),
