@@ -14,10 +14,10 @@ from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
-from .images import decode_bytes, load_image
+from .images import decode_bytes, load_image, upright_size
 from .pipeline import SCENE_SUFFIXES, index_collection
 from .refine import COMBINES, Refinement, combined_search
-from .scenes import check_crop, is_georeferenced, scene_image
+from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
            "load_query_image", "open_store", "scene_read_options", "search", "search_each"]
@@ -65,17 +65,20 @@ def _check_unchanged(item: dict) -> None:
                               "runs again")
 
 
-def load_indexed_image(item: dict) -> Image.Image:
-    """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene."""
+def load_indexed_image(item: dict, *, crop: tuple | None = None) -> Image.Image:
+    """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene. `crop`
+    (col, row, width, height) takes a part of that picture, in its own pixels (a chip's as it was indexed)."""
     from .scenes import load_chip_image
 
     _check_unchanged(item)
     if item.get("scene") and (item.get("geo") or {}).get("plain"):
         col, row, width, height = item["window"]
-        return load_image(Path(item["scene"])).crop((col, row, col + width, row + height))
-    if item.get("scene"):
-        return load_chip_image(item["scene"], item["window"], item.get("geo") or {})
-    return load_image(Path(item["path"]))
+        image = load_image(Path(item["scene"])).crop((col, row, col + width, row + height))
+    elif item.get("scene"):
+        image = load_chip_image(item["scene"], item["window"], item.get("geo") or {})
+    else:
+        image = load_image(Path(item["path"]))
+    return _cropped(image, crop, item["path"])
 
 
 def source_file(item: dict) -> Path:
@@ -100,6 +103,20 @@ def load_query_image(source, *, name: str | None = None, read_options: dict | No
     if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
         return scene_image(path, **options)
     return _cropped(load_image(path), crop, str(path))
+
+
+def query_file_size(source, *, name: str | None = None) -> tuple[int, int]:
+    """(width, height) in the pixels a query's `crop` counts: a georeferenced raster's own (its whole read is
+    smaller when it is large), anything else's as decoded and turned upright. `source` as load_query_image's."""
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "upload"
+        if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
+            return scene_size(io.BytesIO(source))
+        return upright_size(io.BytesIO(source))
+    path = Path(source)
+    if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
+        return scene_size(path)
+    return upright_size(path)
 
 
 def _cropped(image: Image.Image, crop, name: str) -> Image.Image:
@@ -136,8 +153,9 @@ def _indexed_query(store: Store, image_id: int) -> tuple[dict, "np.ndarray", dic
     return {"id": int(image_id), "path": row["path"], **chip_fields(row)}, store.vector(int(image_id)), row
 
 
-def _described_picture(query) -> dict:
-    return {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+def _described_picture(query, crop: tuple | None = None) -> dict:
+    about = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+    return dict(about, crop=list(crop)) if crop and not isinstance(query, Image.Image) else about
 
 
 class _QueryReader:
@@ -239,11 +257,11 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
                 picture = read(query)
             except (IndexerError, OSError) as error:
                 reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
-                prepared.append(_Prepared(_described_picture(query), error=reason))
+                prepared.append(_Prepared(_described_picture(query, crop), error=reason))
                 continue
             embedder = embedder or load_embedder(store)  # a model that cannot load ends it all: not caught
             pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
-            prepared.append(_Prepared(_described_picture(query), pixels=pixels))
+            prepared.append(_Prepared(_described_picture(query, crop), pixels=pixels))
         pixels = [entry.pixels for entry in prepared if entry.pixels is not None]
         embedded = iter(_embed_halving(embedder, torch.stack(pixels)) if pixels else [])
         for entry in prepared:

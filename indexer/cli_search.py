@@ -134,7 +134,7 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
                         exclude_self=exclude_query, combine=combine)
     described = answer["query"]["examples"] if len(examples) + len(image_ids) > 1 else [answer["query"]]
     for example, image in zip(described, images):  # the files first, as api.search got them
-        example["path"] = str(image)
+        example.update(path=str(image), **({"crop": list(crop)} if crop else {}))
     return answer
 
 

@@ -321,6 +321,12 @@ def scene_image(source, *, bands=None, stretch=(2, 98), longest: int = QUERY_REA
     return Image.fromarray(rgb)
 
 
+def scene_size(source) -> tuple[int, int]:
+    """(width, height) of a raster in its own pixels (header only); `source` a path or a file-like object."""
+    with _open(source if hasattr(source, "read") else str(source)) as dataset:
+        return dataset.width, dataset.height
+
+
 def check_crop(crop, size, name) -> None:
     """A query's crop (col, row, width, height) must lie inside its image of `size` (width, height) px."""
     col, row, width, height = crop

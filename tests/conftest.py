@@ -170,3 +170,22 @@ def ui_ids(ui_store_dir) -> dict[str, int]:
         return ids_by_path(store)
     finally:
         store.close()
+
+
+@pytest.fixture
+def page(monkeypatch, ui_store_dir, model_dir):
+    """page(**query_params) runs the page on the test store, as `lookalike serve` would start it."""
+    monkeypatch.setenv("LOOKALIKE_STORE", str(ui_store_dir))
+    monkeypatch.setenv("LOOKALIKE_MODEL", str(model_dir))
+
+    def open_page(**query_params):
+        from streamlit.testing.v1 import AppTest
+
+        from page_helpers import APP_PATH, run
+
+        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
+        for name, value in query_params.items():
+            at.query_params[name] = str(value)
+        return run(at)
+
+    return open_page

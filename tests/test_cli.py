@@ -443,8 +443,13 @@ def test_a_crop_of_the_query_finds_what_it_cuts_out(built, tmp_path):
     for crop, wanted in (("0,0,128,128", left), ("128,0,128,128", right)):
         result = invoke("search", tmp_path / "pair.png", "--crop", crop, "--store", store_dir, "-k", 1, "--json", *RUN)
         assert result.exit_code == 0, result.output
-        (hit,) = json.loads(result.stdout)["results"]
+        answer = json.loads(result.stdout)
+        (hit,) = answer["results"]
         assert hit["path"] == str(wanted.absolute()) and hit["score"] >= 0.999
+        assert answer["query"] == {"path": str(tmp_path / "pair.png"), "crop": [int(v) for v in crop.split(",")]}
+    each = invoke("search", "--each", tmp_path / "pair.png", "--crop", "128,0,128,128", "--store", store_dir, "-k", 1,
+                  "--json", *RUN)
+    assert json.loads(each.stdout)["query"]["crop"] == [128, 0, 128, 128], each.output
     outside = invoke("search", tmp_path / "pair.png", "--crop", "200,0,128,128", "--store", store_dir, "--model",
                      "nobody/no-such-model", *RUN)  # refused before any model is looked for
     assert_one_line_error(outside, "does not fit in", "256×128 px")

@@ -1,7 +1,6 @@
 """What the product refuses to do: load pickles or remote code, bind to the world, read paths it was not given."""
 import os
 import re
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

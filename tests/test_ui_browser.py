@@ -302,6 +302,40 @@ def test_compare_opens_side_by_side_and_closes(page, ui_ids, artifacts_dir):
     page.wait_for_function("() => !new URLSearchParams(location.search).has('compare')")
 
 
+def test_drag_a_part_and_search_by_it(page, ui_ids, artifacts_dir):
+    image_id = ui_ids[sorted(ui_ids)[11]]
+    open_page(page, f"/?id={image_id}&k=8")
+    page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    page.get_by_text("Select a part to search by", exact=True).click()
+    page.get_by_text("Drag a box over the part to search by (128×128 px picture).", exact=True).wait_for()
+    frames = "iframe[src*='streamlit_image_coordinates']"
+    page.wait_for_function("frames => document.querySelectorAll(frames).length === 1", arg=frames)  # the click one gone
+    picture = page.frame_locator(frames).locator("img")
+    picture.wait_for()
+    box = page.locator(frames).bounding_box()  # the picture fills its frame; the mouse moves in page coordinates
+    # from a quarter of the way in to three quarters, in the page's own coordinates: 64×64 px of the picture
+    page.mouse.move(box["x"] + box["width"] / 4, box["y"] + box["height"] / 4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=5)
+    page.mouse.up()
+    caption = page.get_by_text("of the 128×128 px picture", exact=False)
+    caption.wait_for()
+    col, row, width, height = map(int, re.match(r"Part (\d+),(\d+) (\d+)×(\d+) px", caption.inner_text()).groups())
+    assert abs(col - 32) <= 1 and abs(row - 32) <= 1 and abs(width - 64) <= 1 and abs(height - 64) <= 1
+    page.screenshot(path=str(artifacts_dir / "part-dragged.png"), full_page=True)
+    click_until(page, page.get_by_role("button", name="Search with this part", exact=True),
+                page.get_by_text(f"part {col},{row} {width}×{height} px of id {image_id}", exact=False))
+    page.wait_for_function("part => new URLSearchParams(location.search).get('part') === part",
+                           arg=f"{col},{row},{width},{height}")
+    page.get_by_text("#8 · score").wait_for()
+    assert card(page, 1).inner_text() != f"#1 · score 1.0000 · id {image_id}"  # the part is not the picture
+    page.screenshot(path=str(artifacts_dir / "part-results.png"), full_page=True)
+    click_until(page, page.get_by_role("button", name="Search with the whole picture", exact=True),
+                page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True))
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('part')")
+
+
 def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
     process, url = start_server(ui_store_dir, model_dir, tmp_path / "serve.log")
     try:

@@ -1,66 +1,11 @@
 """The search page through Streamlit's AppTest: queries from the address, paging, buttons, uploads, errors."""
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from helpers import REPO_ROOT, copy_chips
-
-APP_PATH = REPO_ROOT / "ui" / "app.py"
-CARD = re.compile(r"\*\*#(\d+)\*\* · score \*\*(-?\d+\.\d{4})\*\* · id (\d+)")
-NO_QUERY = "Upload an image or pick an indexed one to see its nearest neighbours."
-
-
-@pytest.fixture
-def page(monkeypatch, ui_store_dir, model_dir):
-    """page(**query_params) runs the page on the test store, as `lookalike serve` would start it."""
-    monkeypatch.setenv("LOOKALIKE_STORE", str(ui_store_dir))
-    monkeypatch.setenv("LOOKALIKE_MODEL", str(model_dir))
-
-    def open_page(**query_params) -> AppTest:
-        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
-        for name, value in query_params.items():
-            at.query_params[name] = str(value)
-        return run(at)
-
-    return open_page
-
-
-def run(target) -> AppTest:
-    """Run (or rerun, after a widget interaction) the page; no foreseeable problem may end in an exception."""
-    at = target.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def cards(at: AppTest) -> list[tuple[int, float, int]]:
-    """(rank, score, image_id) of every result card on the page, in order."""
-    found = [CARD.fullmatch(m.value) for m in at.markdown]
-    return [(int(m[1]), float(m[2]), int(m[3])) for m in found if m]
-
-
-def card_texts(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if CARD.fullmatch(m.value)]
-
-
-def pager_text(at: AppTest) -> str:
-    return next(m.value for m in at.markdown if m.value.startswith("Page "))
-
-
-def image_urls(at: AppTest) -> list[str]:
-    """The media address of every picture in the main area; it changes exactly when the picture's bytes do."""
-    return [image.proto.imgs[0].url for image in at.main.get("image")]
-
-
-def button(at: AppTest, label: str, index: int = 0):
-    return [b for b in at.button if b.label == label][index]
-
-
-def chip(ui_ids: dict, index: int) -> tuple[Path, int]:
-    path = sorted(ui_ids)[index]
-    return Path(path), ui_ids[path]
+from helpers import copy_chips
+from page_helpers import NO_QUERY, button, card_texts, cards, chip, image_urls, pager_text, run
 
 
 # -- no query, no store ------------------------------------------------------------------------
@@ -225,7 +170,7 @@ def test_exact_heatmaps_recompute_with_the_model(page, ui_ids):
     _, image_id = chip(ui_ids, 4)
     at = page(id=image_id, k=4)
     pca_maps = image_urls(at)
-    run(at.toggle[0].set_value(True))
+    run(at.sidebar.toggle[0].set_value(True))
     assert cards(at)[0] == (1, 1.0, image_id)
     exact_maps = image_urls(at)
     assert len(exact_maps) == len(pca_maps) == 1 + 4  # the colour scale, then one picture per result
@@ -302,7 +247,7 @@ def test_exact_heatmaps_of_several_examples(page, ui_ids):
     ids = [chip(ui_ids, i)[1] for i in (5, 17)]
     at = page(id=",".join(map(str, ids)), k=4)
     pca_maps, found = image_urls(at), cards(at)
-    run(at.toggle[0].set_value(True))
+    run(at.sidebar.toggle[0].set_value(True))
     assert cards(at) == found
     exact_maps = image_urls(at)
     assert len(exact_maps) == len(pca_maps)
@@ -355,7 +300,7 @@ def test_exact_heatmaps_of_an_upload_with_examples(page, ui_ids):
     run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
     run(at.button(key=f"add-2-{cards(at)[1][2]}").click())
     pca_maps, found = image_urls(at), cards(at)
-    run(at.toggle[0].set_value(True))
+    run(at.sidebar.toggle[0].set_value(True))
     assert cards(at) == found
     assert image_urls(at)[-4:] != pca_maps[-4:]
 
@@ -437,7 +382,7 @@ def test_a_model_that_cannot_be_loaded_is_one_clear_line(page, monkeypatch, ui_i
     assert cards(at) == []
 
 
-def sidebar_input(at: AppTest, label: str):
+def sidebar_input(at, label: str):
     return next(widget for widget in at.text_input if widget.label == label)
 
 

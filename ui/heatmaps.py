@@ -108,6 +108,34 @@ def cell_box(row: int, col: int, *, image_size, grid_shape) -> tuple[int, int, i
     return left, top, right, bottom
 
 
+def dragged_box(x1, y1, x2, y2, *, display_size, image_size) -> tuple[int, int, int, int]:
+    """(col, row, width, height) in an image of image_size (width, height) px of a box dragged from (x1, y1) to
+    (x2, y2) on it shown at display_size; either corner, and ends outside the picture clamped to its edge."""
+    shown_width, shown_height = display_size
+    width, height = image_size
+    if shown_width <= 0 or shown_height <= 0:
+        raise ValueError(f"display_size {display_size} must be positive")
+
+    def scaled(value, shown, full):
+        return min(max(round(value * full / shown), 0), full)
+
+    cols = sorted(scaled(x, shown_width, width) for x in (x1, x2))
+    rows = sorted(scaled(y, shown_height, height) for y in (y1, y2))
+    return cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0]
+
+
+def outline_box(image: Image.Image, box, *, image_size, colour=(255, 40, 40)) -> Image.Image:
+    """A copy of `image` (any size) with `box` (col, row, width, height in image_size px) outlined."""
+    scale_x, scale_y = image.width / image_size[0], image.height / image_size[1]
+    col, row, width, height = box
+    left, top = round(col * scale_x), round(row * scale_y)
+    right = max(left, round((col + width) * scale_x) - 1)
+    bottom = max(top, round((row + height) * scale_y) - 1)
+    marked = image.convert("RGB")
+    ImageDraw.Draw(marked).rectangle((left, top, right, bottom), outline=colour, width=max(2, image.width // 160))
+    return marked
+
+
 def upsample(values, size) -> np.ndarray:
     """A smooth (H, W) float32 version of an (h, w) map for size (W, H); patch centres keep about their values.
 

@@ -12,6 +12,7 @@ from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
 from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
 
 from .geomap import result_map
+from .part import address_part, part_picker, source_size, use_whole
 from .query import remove_example, use_indexed
 from .results import (clicked_patch, compare_panel, compared_hit, describe_place, downloads, forget_click, page_of,
                       pager, result_grid, result_maps)
@@ -92,27 +93,20 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
     if choice is None:
         st.info("Upload an image or pick an indexed one to see its nearest neighbours.")
         return
-    kind, value = choice
-    if kind == "id":
-        query = load_indexed(store, value)
-    elif kind == "upload":
-        query = load_upload(store, value, model=model, max_upload_mb=max_upload_mb)
-    else:  # an upload and indexed examples
-        uploaded, image_ids = value
-        query = with_examples(load_upload(store, uploaded, model=model, max_upload_mb=max_upload_mb),
-                              load_indexed(store, image_ids))
+    query = load_query(store, choice, model=model, max_upload_mb=max_upload_mb)
 
     query_column, results_column = st.columns([1, 3])
     with query_column:
         st.subheader("Query")
         st.caption(query.label)
-        patch = clicked_patch(query, opacity=settings["opacity"])
-        if patch is None:
-            st.caption("Click the image to compare one 16×16 patch with every result.")
+        patch = None
+        if query.image is not None and st.toggle("Select a part to search by", key="choosing-part",
+                                                 help="Drag a box over the picture, then search by what it holds."):
+            part_picker(query, size=source_size(query, choice))
         else:
-            st.caption(f"Patch row {patch[0]}, column {patch[1]} of a {query.grid.shape[0]}×{query.grid.shape[1]} "
-                       "grid; the query shows its own similarity to it.")
-            st.button("Clear the selected patch", on_click=forget_click)
+            patch = query_patch(query, opacity=settings["opacity"])
+        if query.part:
+            st.button("Search with the whole picture", on_click=use_whole, key="use-whole")
         other_examples(query)
     exclude = query.example_ids if settings["hide_self"] else []
     scenes = tuple(dict.fromkeys(item["scene"] for item in query_items(query) if item.get("scene")))
@@ -123,6 +117,39 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
                                   combine=settings["combine"])
     with results_column:
         show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap)
+
+
+def load_query(store, choice, *, model, max_upload_mb=50):
+    """The Query the choice names; with the part the address names cut from its first example, when it reads."""
+    def load(part=None):
+        kind, value = choice
+        if kind == "id":
+            return load_indexed(store, value, part=part, model=model)
+        if kind == "upload":
+            return load_upload(store, value, model=model, max_upload_mb=max_upload_mb, part=part)
+        uploaded, image_ids = value  # an upload and indexed examples
+        return with_examples(load_upload(store, uploaded, model=model, max_upload_mb=max_upload_mb, part=part),
+                             load_indexed(store, image_ids))
+
+    try:
+        part = address_part()
+        if part:
+            return load(part)
+    except IndexerError as error:
+        st.error(f"{error}; the whole picture is searched instead.")
+    return load()
+
+
+def query_patch(query, *, opacity: float):
+    """The query's picture, clickable: the patch clicked on it, or None."""
+    patch = clicked_patch(query, opacity=opacity)
+    if patch is None:
+        st.caption("Click the image to compare one 16×16 patch with every result.")
+    else:
+        st.caption(f"Patch row {patch[0]}, column {patch[1]} of a {query.grid.shape[0]}×{query.grid.shape[1]} "
+                   "grid; the query shows its own similarity to it.")
+        st.button("Clear the selected patch", on_click=forget_click)
+    return patch
 
 
 def query_items(query) -> list[dict]:
@@ -177,5 +204,5 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None)
             st.info(f"Selected on the map: #{hit['rank']} · score {hit['score']:.4f} · {describe_place(hit)}")
             st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
     result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, examples=query.example_ids,
-                keep_upload=query.tokens is not None)
+                keep_upload=query.uploaded)
     downloads(query, results, combine=settings["combine"])

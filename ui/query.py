@@ -1,6 +1,6 @@
 """The query panel: upload an image or pick an indexed one; turns the choice into a Query."""
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import streamlit as st
@@ -13,10 +13,11 @@ from indexer.refine import parse_lonlat
 from store import Store
 from store.store import chip_fields
 
-from .resources import STORE_LOCK, embedder_for, thumbnail
+from .resources import LARGE_SIZE, STORE_LOCK, embedder_for, thumbnail
 
 MAX_UPLOAD_MB = 50
 MAX_EXAMPLES = 20  # indexed examples in one query ("Add to the query")
+KEEP_EMBEDDED = 3  # a session's embedded uploads and parts (a click reruns the page; it must not re-embed)
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Query:
     item: dict | None = None  # the catalogue row (with a chip's scene, window, geo), indexed queries only
     # several examples: {id, item, grid} each; an upload among them first, as {id: None, item: None, grid, tokens}
     examples: list[dict] = field(default_factory=list)
+    uploaded: bool = False  # the first example is an upload
+    part: tuple | None = None  # (col, row, width, height): the first example is this part of its picture
+    whole: Image.Image | None = None  # then, its whole picture (shown while another part is chosen)
 
     @property
     def example_ids(self) -> list[int]:
@@ -42,16 +46,19 @@ class Query:
 
 
 # -- choosing ----------------------------------------------------------------------------------
-def _new_query() -> None:
-    """A new query starts on its first page, with no comparison open."""
+def new_query(*, keep_part: bool = False) -> None:
+    """A new query starts on its first page, with no comparison open (and, unless kept, whole)."""
     st.query_params["page"] = "1"
     st.query_params.pop("compare", None)
+    st.session_state["choosing-part"] = False
+    if not keep_part:
+        st.query_params.pop("part", None)
 
 
 def use_indexed(image_id: int) -> None:
     """Callback: make an indexed image the query, in the URL so it can be bookmarked."""
     st.query_params["id"] = str(int(image_id))
-    _new_query()
+    new_query()
     _forget_upload()
 
 
@@ -76,24 +83,27 @@ def add_example(image_id: int, keep_upload: bool = False) -> None:
     if int(image_id) not in ids:
         ids.append(int(image_id))
     st.query_params["id"] = ",".join(map(str, ids[-MAX_EXAMPLES:]))
-    _new_query()
+    new_query(keep_part=True)  # a part stays the first example's
 
 
 def remove_example(image_id: int | None) -> None:
-    """Callback: take one example out of a query of several (None: the upload)."""
+    """Callback: take one example out of a query of several (None: the upload). A part of the first example
+    goes with it."""
+    ids = address_ids()
+    first = image_id is None or (not st.session_state.get("with_upload") and ids[:1] == [image_id])
     if image_id is None:
         _forget_upload()
     else:
-        st.query_params["id"] = ",".join(str(i) for i in address_ids() if i != int(image_id))
+        st.query_params["id"] = ",".join(str(i) for i in ids if i != int(image_id))
         if not st.query_params["id"]:  # the upload alone again
             st.query_params.pop("id")
-    _new_query()
+    new_query(keep_part=not first)
 
 
 def _use_upload() -> None:
     st.query_params.pop("id", None)
     st.session_state["with_upload"] = False
-    _new_query()
+    new_query()
 
 
 def _use_widget(key: str) -> None:
@@ -183,8 +193,9 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
 
 
 # -- loading -----------------------------------------------------------------------------------
-def load_indexed(store: Store, image_ids: list[int]) -> Query:
-    """One indexed image, or several as one query's examples (the first is shown, clickable)."""
+def load_indexed(store: Store, image_ids: list[int], *, part: tuple | None = None, model: str | None = None) -> Query:
+    """One indexed image, or several as one query's examples (the first is shown, clickable); `part` (col, row,
+    width, height) of the first one's picture searches that part instead of it (embedded with the model)."""
     with STORE_LOCK:
         rows = [store.image(image_id) for image_id in image_ids]
         vectors = np.stack([store.vector(image_id) for image_id in image_ids])
@@ -193,6 +204,8 @@ def load_indexed(store: Store, image_ids: list[int]) -> Query:
     try:
         image = thumbnail(items[0])
     except UnreadableImage as error:
+        if part:
+            raise
         st.warning(f"The query's file no longer reads ({error}); its stored vector is still searched.")
         image = None
     first = image_ids[0]
@@ -201,35 +214,68 @@ def load_indexed(store: Store, image_ids: list[int]) -> Query:
     else:
         label = f"{len(image_ids)} examples: ids {', '.join(map(str, image_ids))} (the first shown)"
     examples = [{"id": i, "item": item, "grid": grid} for i, item, grid in zip(image_ids, items, grids)]
-    return Query(key="id-" + "-".join(map(str, image_ids)), label=label, vectors=vectors, grid=grids[0],
-                 image=image, image_id=first, path=rows[0]["path"], item=items[0],
-                 examples=examples if len(image_ids) > 1 else [])
+    query = Query(key="id-" + "-".join(map(str, image_ids)), label=label, vectors=vectors, grid=grids[0],
+                  image=image, image_id=first, path=rows[0]["path"], item=items[0],
+                  examples=examples if len(image_ids) > 1 else [])
+    if not part:
+        return query
+    key = f"id-{first}-{items[0]['mtime']}-{part}"
+    return _with_part(query, part, _embedded(store, key, lambda: api.load_indexed_image(items[0], crop=part),
+                                             model=model))
 
 
-def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int = MAX_UPLOAD_MB) -> Query:
-    """Embeds an upload once per session (a click reruns the page; it must not re-embed)."""
+def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int = MAX_UPLOAD_MB,
+                part: tuple | None = None) -> Query:
+    """An upload (or its `part`: col, row, width, height in the file's pixels), embedded once per session."""
     data = uploaded.getvalue()
     if len(data) > max_upload_mb * 2**20:
         raise IndexerError(f"{uploaded.name} is {len(data) / 2**20:.0f} MB; uploads are limited to {max_upload_mb} MB "
                            "(lookalike serve --max-upload-mb)")
     digest = hashlib.sha256(data).hexdigest()
-    cache = st.session_state.setdefault("embedded_uploads", {})
-    if digest not in cache:
+
+    def read(crop=None):
         with STORE_LOCK:  # the store's connection is shared by every session's thread
             read_options = api.scene_read_options(store)
-        image = api.load_query_image(data, name=uploaded.name, read_options=read_options)  # a GeoTIFF: as chips
-        embedder = embedder_for(store, model)
-        embedding = api.embed_image(image, embedder)
+        return api.load_query_image(data, name=uploaded.name, read_options=read_options, crop=crop)  # a GeoTIFF: as chips
+
+    image, vector, grid, tokens = _embedded(store, digest, read, model=model)
+    shown = image.copy()
+    shown.thumbnail((320, 320))
+    query = Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
+                  image=shown, tokens=tokens, uploaded=True)
+    if not part:
+        return query
+    return _with_part(query, part, _embedded(store, f"{digest}-{part}", lambda: read(part), model=model))
+
+
+def _embedded(store: Store, cache_key: str, read, *, model: str | None) -> tuple:
+    """(image, vector, PCA grid, full tokens) of the picture `read()` gives, embedded once per session."""
+    cache = st.session_state.setdefault("embedded_queries", {})
+    if cache_key not in cache:
+        image = read()
+        embedding = api.embed_image(image, embedder_for(store, model))
         tokens = embedding.patch_tokens[0].cpu().numpy()  # (h, w, D)
         with STORE_LOCK:
             pca = store.pca()
-        cache.clear()  # keep one: an upload's tokens can be large
-        cache[digest] = (image, embedding.global_vectors[0].cpu().numpy(), pca.project(tokens), tokens)
-    image, vector, grid, tokens = cache[digest]
+        while len(cache) >= KEEP_EMBEDDED:  # an upload's tokens can be large
+            cache.pop(next(iter(cache)))
+        cache[cache_key] = (image, embedding.global_vectors[0].cpu().numpy(), pca.project(tokens), tokens)
+    return cache[cache_key]
+
+
+def _with_part(query: Query, part: tuple, embedded: tuple) -> Query:
+    """The query with its first example replaced by the embedded part of its picture."""
+    image, vector, grid, tokens = embedded
+    col, row, width, height = part
     shown = image.copy()
-    shown.thumbnail((320, 320))
-    return Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
-                 image=shown, tokens=tokens)
+    shown.thumbnail((LARGE_SIZE, LARGE_SIZE))
+    vectors = query.vectors.copy()
+    vectors[0] = vector
+    examples = [dict(query.examples[0], grid=grid, tokens=tokens), *query.examples[1:]] if query.examples else []
+    words = f"part {col},{row} {width}×{height} px"
+    label = f"{query.label}; the first by its {words}" if examples else f"{words} of {query.label}"
+    return replace(query, key=f"{query.key}-part-{col}-{row}-{width}-{height}", label=label, vectors=vectors,
+                   grid=grid, image=shown, tokens=tokens, examples=examples, part=tuple(part), whole=query.image)
 
 
 def with_examples(upload: Query, indexed: Query) -> Query:
@@ -239,4 +285,5 @@ def with_examples(upload: Query, indexed: Query) -> Query:
     ids = ", ".join(str(example["id"]) for example in others)
     return Query(key=f"{upload.key}-{indexed.key}", label=f"{1 + len(others)} examples: {upload.label} (shown) and "
                  f"ids {ids}", vectors=np.concatenate([upload.vectors, indexed.vectors]), grid=upload.grid,
-                 image=upload.image, tokens=upload.tokens, examples=[first, *others])
+                 image=upload.image, tokens=upload.tokens, examples=[first, *others], uploaded=True,
+                 part=upload.part, whole=upload.whole)

@@ -78,3 +78,13 @@ def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _em
 def full_tokens(item: dict, embedder) -> np.ndarray:
     key = json.dumps(embedder.provenance, sort_keys=True)
     return _full_tokens(item["path"], _mtime_ns(item), key, item, embedder)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _picture_size(path: str, mtime_ns: int, _item: dict) -> tuple[int, int]:
+    return api.load_indexed_image(_item).size
+
+
+def picture_size(item: dict) -> tuple[int, int]:
+    """(width, height) of an indexed image or chip as it was indexed: the pixels a part of it counts."""
+    return _picture_size(item["path"], _mtime_ns(item), item)

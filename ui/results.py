@@ -105,7 +105,7 @@ def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedde
     st.subheader(f"Side by side: the query and #{hit['rank']} (score {hit['score']:.4f}, id {hit['id']})")
     left, right = st.columns(2)
     for column, item, fallback, values, words in (
-            (left, query.item, query.image, on_query, "The query: each patch's best match anywhere in the result"),
+            (left, None if query.part else query.item, query.image, on_query, "The query: each patch's best match anywhere in the result"),
             (right, hit, None, on_result, f"#{hit['rank']}: each patch's best match anywhere in the query")):
         with column:
             try:
@@ -174,6 +174,18 @@ def describe_place(hit: dict) -> str:
     return f"{hit['scene']} · window {col},{row} {width}×{height}{where}{when}"
 
 
+def describe_query(query: Query, *, combine: str = "mean") -> dict:
+    """The query as `lookalike search --json` describes it; a part of the first example's picture as its crop."""
+    if query.examples:
+        described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} if example["item"] else
+                                  {"upload": example["label"]} for example in query.examples], "combine": combine}
+    else:
+        described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
+    if query.part:
+        (described["examples"][0] if query.examples else described)["crop"] = list(query.part)
+    return described
+
+
 def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> None:
     rows = [{key: hit.get(key) for key in ("rank", "id", "path", "score", "width", "height")} for hit in results]
     for row, hit in zip(rows, results):
@@ -186,11 +198,7 @@ def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> No
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    if query.examples:  # as `lookalike search --json` describes several examples
-        described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} if example["item"] else
-                                  {"upload": example["label"]} for example in query.examples], "combine": combine}
-    else:
-        described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
+    described = describe_query(query, combine=combine)
     columns = st.columns(3)
     columns[0].download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
                                mime="text/csv")

@@ -1,0 +1,71 @@
+"""Searching by a part of the query's picture: the box dragged over it, and the part in the address (?part=)."""
+import streamlit as st
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from indexer import api
+from indexer.errors import IndexerError
+
+from . import heatmaps
+from .query import Query, new_query
+from .resources import picture_size
+
+MIN_PART_PX = 16  # one of the model's patches: a smaller part holds next to nothing
+
+
+def address_part() -> tuple | None:
+    """The part the address names (?part=COL,ROW,WIDTH,HEIGHT), or None; raises IndexerError when malformed."""
+    text = st.query_params.get("part")
+    if not text:
+        return None
+    try:
+        values = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0 or min(values[2:]) < 1:
+        raise IndexerError(f"the address asks for the part {text!r}, which is not col,row,width,height in whole "
+                           "pixels")
+    return values
+
+
+def use_part(box: tuple) -> None:
+    """Callback: search by this part of the shown example's picture."""
+    new_query()
+    st.query_params["part"] = ",".join(map(str, box))
+
+
+def use_whole() -> None:
+    """Callback: search by the whole picture again."""
+    new_query()
+
+
+def source_size(query: Query, choice) -> tuple[int, int]:
+    """(width, height) in the pixels a part counts: an upload's file's, an indexed image's as it was indexed."""
+    kind, value = choice
+    if query.uploaded:
+        uploaded = value if kind == "upload" else value[0]
+        return api.query_file_size(uploaded.getvalue(), name=uploaded.name)
+    return picture_size(query.item)
+
+
+def part_picker(query: Query, *, size: tuple[int, int]) -> None:
+    """The shown example's whole picture: drag a box over it, then search by that part."""
+    picture = query.whole if query.part else query.image
+    state_key = f"part-box-{query.key}"
+    box = st.session_state.get(state_key)
+    shown = heatmaps.outline_box(picture, box, image_size=size) if box else picture
+    value = streamlit_image_coordinates(shown, key=f"drag-{query.key}", click_and_drag=True, cursor="crosshair",
+                                        use_column_width="always")
+    if value and "x1" in value:
+        dragged = heatmaps.dragged_box(value["x1"], value["y1"], value["x2"], value["y2"],
+                                       display_size=(value["width"], value["height"]), image_size=size)
+        if dragged != box:
+            st.session_state[state_key] = dragged
+            st.rerun()  # redraw the picture with the box on it
+    if box is None:
+        st.caption(f"Drag a box over the part to search by ({size[0]}×{size[1]} px picture).")
+    elif min(box[2:]) < MIN_PART_PX:
+        st.caption(f"That box is {box[2]}×{box[3]} px: drag one of at least {MIN_PART_PX}×{MIN_PART_PX} px.")
+    else:
+        st.caption(f"Part {box[0]},{box[1]} {box[2]}×{box[3]} px of the {size[0]}×{size[1]} px picture. It is "
+                   "resized to the model's square input as every image is: a near-square part keeps its shapes.")
+        st.button("Search with this part", on_click=use_part, args=(box,), type="primary", key="use-part")
