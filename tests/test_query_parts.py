@@ -172,3 +172,27 @@ def test_the_downloads_describe_the_part():
     assert json.loads(json.dumps(describe_query(several, combine="any"))) == {
         "examples": [{"upload": "part 1,2 3×4 px of upload · u.png", "crop": [1, 2, 3, 4]}, {"id": 7, "path": "b.jpg"}],
         "combine": "any"}
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning:rasterio")
+def test_a_part_of_an_uploaded_scene_is_read_from_the_file(page, index, shared_data_dir, tmp_path, monkeypatch):
+    """A GeoTIFF upload's part counts the file's pixels and is read as its chips were: a chip's own window finds
+    that chip at 1.0."""
+    from indexer.pipeline import ChipOptions
+    from store import Store
+
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]  # 934×724
+    index([scene], tmp_path / "scenes", chips=ChipOptions(chip_size=256))
+    store = Store.open(tmp_path / "scenes")
+    chip_id = next(row["id"] for path, row in store.images_by_path().items() if path.endswith("#256,256,256,256"))
+    store.close()
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "scenes"))
+    at = page()
+    run(at.file_uploader[0].upload(scene.name, scene.read_bytes(), "image/tiff"))
+    assert cards(at)[0][1] < 0.9999  # the whole scene is no chip
+    at.toggle(key="choosing-part").set_value(True)
+    run(at)
+    assert any(c.value.startswith("Drag a box") and "934×724 px" in c.value for c in at.caption)
+    at.query_params["part"] = "256,256,256,256"
+    run(at)
+    assert cards(at)[0][2] == chip_id and cards(at)[0][1] == pytest.approx(1.0, abs=1e-4)
