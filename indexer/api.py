@@ -143,6 +143,21 @@ def embed_image(image, embedder) -> Embedding:
     return embedder.embed(pixels)
 
 
+class Part(NamedTuple):
+    """A query by a part of an indexed image: `crop` (col, row, width, height) in its pixels as it was indexed
+    (load_indexed_image's); embedded with the model, as an image file is."""
+    image_id: int
+    crop: tuple
+
+
+def read_part(store: Store, part: Part) -> tuple[dict, Image.Image]:
+    """(the part described in an answer, its pixels); an unknown id, a changed file or a crop that does not fit
+    fails here, before any model loads."""
+    about, _, row = _indexed_query(store, part.image_id)
+    picture = load_indexed_image(dict(about, size=row["size"], mtime=row["mtime"]), crop=tuple(part.crop))
+    return dict(about, crop=list(part.crop)), picture
+
+
 def _is_image_id(query) -> bool:
     return isinstance(query, Integral) and not isinstance(query, bool)
 
@@ -173,18 +188,19 @@ class _QueryReader:
 
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
            refinement: Refinement | None = None, combine: str = "mean") -> dict:
-    """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), or of several
-    such examples given as a list (combined by `combine`: 'mean' or 'any', see refine.combined_search).
+    """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), of a Part of an
+    indexed image, or of several such examples given as a list (combined by `combine`: 'mean' or 'any', see
+    refine.combined_search).
 
     With a `Refinement` (on by default: overlapping chips of one scene collapse to the best), more
     neighbours are fetched until k pass or the store is exhausted. `exclude_self` leaves the indexed
-    examples themselves out of the results. The answer's "query" describes the one query, or holds
-    {"examples": [...], "combine": ...} for several.
+    examples themselves (and the images parts were cut from) out of the results. The answer's "query"
+    describes the one query, or holds {"examples": [...], "combine": ...} for several.
     """
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
-    examples = list(query) if isinstance(query, (list, tuple)) else [query]
+    examples = list(query) if isinstance(query, (list, tuple)) and not isinstance(query, Part) else [query]
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
     read = _QueryReader(store)
@@ -194,9 +210,11 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
             about, vector, _ = _indexed_query(store, example)
             exclude += [about["id"]] if exclude_self else []
         else:
+            about, picture = read_part(store, example) if isinstance(example, Part) else \
+                (_described_picture(example), read(example))  # unreadable: fails before any model loads
+            exclude += [about["id"]] if exclude_self and isinstance(example, Part) else []
             embedder = embedder or load_embedder(store)
-            about, vector = _described_picture(example), embed_image(read(example), embedder).global_vectors[0]
-            vector = vector.cpu().numpy()
+            vector = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
         described.append(about)
         vectors.append(vector)
     results = combined_search(store, vectors, k=k, exclude=exclude, refinement=refinement, combine=combine)

@@ -22,7 +22,8 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
                    "score against any one of them.")
 @click.option("--exclude-query", is_flag=True, help="Leave the query images given by --id out of the results.")
 @click.option("--crop", "crop_text", default=None, metavar="COL,ROW,WIDTH,HEIGHT",
-              help="Query with this pixel window of each IMAGE (of a scene: read at full resolution, up to 2,048 px).")
+              help="Query with this pixel window of each IMAGE (of a scene: read at full resolution, up to 2,048 px); "
+                   "with no IMAGE, of the first --id's (or the --at chip's) picture as it was indexed.")
 @click.option("--each", is_flag=True,
               help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
                    "model load: one answer per query, as JSON Lines with --json.")
@@ -60,6 +61,8 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     Example: lookalike search --at -99.15,47.02 --store scenes --exclude-scene
 
     Example: lookalike search big-scene.tif --crop 2048,1024,512,512 --store scenes
+
+    Example: lookalike search --id 42 --crop 64,64,128,128 --store scenes --exclude-query
     """
     from indexer import api
     from indexer.refine import Refinement
@@ -68,8 +71,8 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
                                       exclude_query=exclude_query, each=each, geojson_path=geojson_path)
     refinement = Refinement(dedupe=dedupe, bbox=parse_numbers(bbox, "--bbox", float, 4, 4), dates=date_range)
     crop = parse_numbers(crop_text, "--crop", int, 4, 4)
-    if crop and not images:
-        raise click.UsageError("--crop cuts the IMAGE files: give one")
+    if crop and not images and (each or not (image_ids or at_text)):
+        raise click.UsageError("--crop cuts the IMAGE files (or, without --each, the first --id's picture): give one")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
     if at is not None:
@@ -122,15 +125,18 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     rows = [store.image(image_id) for image_id in image_ids]  # an unknown id fails here
     if exclude_scene:
         refinement = replace(refinement, exclude_scene=tuple(row["scene"] for row in rows if row["scene"]))
-    examples, embedder = [], None
+    examples, embedder, indexed = [], None, list(image_ids)
+    if crop and not images:  # a part of the first indexed example's picture
+        api.read_part(store, api.Part(image_ids[0], crop))  # a crop that does not fit fails before the model loads
+        indexed[0] = api.Part(image_ids[0], crop)
     read_options = api.scene_read_options(store) if images else None
     for image in images:
         if not image.is_file():
             raise IndexerError(f"query image {image} does not exist or is not a file")
         examples.append(api.load_query_image(image, read_options=read_options, crop=crop))  # unreadable: fails here
-    if examples:
+    if examples or crop:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-    answer = api.search(store, examples + list(image_ids), k=k, embedder=embedder, refinement=refinement,
+    answer = api.search(store, examples + indexed, k=k, embedder=embedder, refinement=refinement,
                         exclude_self=exclude_query, combine=combine)
     described = answer["query"]["examples"] if len(examples) + len(image_ids) > 1 else [answer["query"]]
     for example, image in zip(described, images):  # the files first, as api.search got them

@@ -453,8 +453,36 @@ def test_a_crop_of_the_query_finds_what_it_cuts_out(built, tmp_path):
     outside = invoke("search", tmp_path / "pair.png", "--crop", "200,0,128,128", "--store", store_dir, "--model",
                      "nobody/no-such-model", *RUN)  # refused before any model is looked for
     assert_one_line_error(outside, "does not fit in", "256×128 px")
-    without_image = invoke("search", "--id", 1, "--crop", "0,0,8,8", "--store", store_dir)
-    assert without_image.exit_code == 2 and "--crop" in without_image.output
+    each_id = invoke("search", "--each", "--id", 1, "--crop", "0,0,8,8", "--store", store_dir)
+    assert each_id.exit_code == 2 and "--crop" in each_id.output
+
+
+def test_a_crop_of_an_indexed_image_searches_that_part(built):
+    from PIL import Image
+
+    from indexer import api
+
+    chips_dir, _, store_dir, _ = built
+    store = api.open_store(store_dir)
+    image_id = store.image_id_for_path(str(sorted(chips_dir.glob("*.jpg"))[3].absolute()))
+    row = store.image(image_id)
+    with Image.open(row["path"]) as picture:
+        part = picture.convert("RGB").crop((16, 32, 16 + 80, 32 + 64))
+    expected = api.search(store, part, k=5, embedder=api.load_embedder(store, device="cpu", dtype="float32"))
+    store.close()
+    result = invoke("search", "--id", image_id, "--crop", "16,32,80,64", "--store", store_dir, "-k", 5, "--json", *RUN)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["query"]["id"] == image_id and answer["query"]["crop"] == [16, 32, 80, 64]
+    assert [(h["id"], round(h["score"], 5)) for h in answer["results"]] == \
+        [(h["id"], round(h["score"], 5)) for h in expected["results"]]
+    assert answer["results"][0]["score"] < 0.9999  # a part, not the whole picture
+    left_out = invoke("search", "--id", image_id, "--crop", "16,32,80,64", "--store", store_dir, "--exclude-query",
+                      "--json", *RUN)
+    assert image_id not in [h["id"] for h in json.loads(left_out.stdout)["results"]]
+    outside = invoke("search", "--id", image_id, "--crop", "100,0,64,64", "--store", store_dir, "--model",
+                     "nobody/no-such-model", *RUN)  # refused before any model is looked for
+    assert_one_line_error(outside, "does not fit in", "128×128 px")
 
 
 def test_each_splits_a_batch_the_device_cannot_hold(built):

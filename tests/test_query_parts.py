@@ -196,3 +196,21 @@ def test_a_part_of_an_uploaded_scene_is_read_from_the_file(page, index, shared_d
     at.query_params["part"] = "256,256,256,256"
     run(at)
     assert cards(at)[0][2] == chip_id and cards(at)[0][1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_api_searches_a_part_of_an_indexed_image(ui_store_dir, ui_ids, model_dir, monkeypatch):
+    path, image_id = chip(ui_ids, 7)
+    store = api.open_store(ui_store_dir)
+    embedder = api.load_embedder(store, model=str(model_dir))
+    by_part = api.search(store, api.Part(image_id, PART), k=5, embedder=embedder)
+    by_picture = api.search(store, part_of(path), k=5, embedder=embedder)
+    assert by_part["results"] == by_picture["results"]
+    assert by_part["query"]["id"] == image_id and by_part["query"]["crop"] == list(PART)
+    several = api.search(store, [api.Part(image_id, PART), chip(ui_ids, 2)[1]], k=5, embedder=embedder,
+                         exclude_self=True)
+    assert image_id not in [hit["id"] for hit in several["results"]]  # the picture the part was cut from
+    assert several["query"]["examples"][0]["crop"] == list(PART)
+    monkeypatch.setattr(api, "load_embedder", lambda *a, **k: pytest.fail("the model loaded before the crop was checked"))
+    with pytest.raises(IndexerError, match="does not fit in"):
+        api.search(store, api.Part(image_id, (100, 0, 64, 64)))
+    store.close()

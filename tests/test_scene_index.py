@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
@@ -196,7 +197,8 @@ def test_a_large_plain_image_is_cut_only_when_chip_size_is_given(index, tmp_path
     tile = api.load_indexed_image(hit)
     col, row = hit["window"][:2]
     assert tile.size == (256, 256)
-    assert list(tile.getdata()) == list(Image.open(big).convert("RGB").crop((col, row, col + 256, row + 256)).getdata())
+    expected = Image.open(big).convert("RGB").crop((col, row, col + 256, row + 256))
+    assert np.array_equal(np.asarray(tile), np.asarray(expected))
 
     back = index([folder], tmp_path / "s")
     assert (back["indexed"], back["removed"]) == (1, 6)
