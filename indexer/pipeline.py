@@ -64,7 +64,7 @@ class Plan:
     removed_ids: list = field(default_factory=list)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
-    scene_records: list = field(default_factory=list)  # (path, size, mtime, options) of the scenes cut now
+    scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
 
 
@@ -166,8 +166,13 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     run cut short goes on where it stopped.
     """
     key, options = str(path), dataclasses.asdict(chips)
+    options_text = json.dumps(options, sort_keys=True)
+    if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
+            and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
+        store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
+        record = dict(record, mtime=stat.st_mtime)
     unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
-        stat.st_size, stat.st_mtime, json.dumps(options, sort_keys=True))
+        stat.st_size, stat.st_mtime, options_text)
     if not unchanged:
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
@@ -187,7 +192,10 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     plan.skipped += len(windows) - len(missing)
     if missing:
         plan.scenes += 1
-    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options))
+    # Hashed when cut (or first seen unchanged by a lookalike that hashes scenes), so that a later run knows a
+    # copy under a new time from a change: one read of the file.
+    sha256 = (record.get("sha256") if unchanged else None) or _sha256_or_none(path)
+    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, sha256))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
                   for w in missing]
 
@@ -213,6 +221,13 @@ def _windows(scene, chips: ChipOptions) -> list[tuple]:
 
 def chip_key(scene_path, window) -> str:
     return f"{scene_path}#{','.join(str(int(v)) for v in window)}"
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def _same_content(path: Path, sha256: str | None) -> bool:
@@ -374,8 +389,8 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
         store.forget_failure(path)
     for path in plan.forget_scenes:
         store.forget_scene(path)
-    for path, size, mtime, options in plan.scene_records:
-        store.record_scene(path, size=size, mtime=mtime, options=options)
+    for path, size, mtime, options, sha256 in plan.scene_records:
+        store.record_scene(path, size=size, mtime=mtime, options=options, sha256=sha256)
     for failure in plan.failures:
         record_failure(store, failure, run_id, counts)
 

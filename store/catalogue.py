@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS runs (
     indexed INTEGER, skipped INTEGER, removed INTEGER, failed INTEGER, skipped_chips INTEGER,
     seconds REAL, images_per_second REAL, model TEXT, settings TEXT
 );
-CREATE TABLE IF NOT EXISTS scenes (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, options TEXT);
+CREATE TABLE IF NOT EXISTS scenes (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, options TEXT, sha256 TEXT);
 CREATE TABLE IF NOT EXISTS skipped_chips (key TEXT PRIMARY KEY, scene TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS id_hints (path TEXT PRIMARY KEY, id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pca (

@@ -262,11 +262,18 @@ class Store:
 
     # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
     def scenes_by_path(self) -> dict[str, dict]:
-        return {row["path"]: row for row in self.db.query("SELECT path, size, mtime, options FROM scenes")}
+        """path → {path, size, mtime, options, sha256 (None where an older lookalike recorded the scene)}."""
+        return {row["path"]: {"sha256": None, **row} for row in self.db.query("SELECT * FROM scenes")}
 
-    def record_scene(self, path: str, *, size: int, mtime: float, options: dict) -> None:
-        self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime,
-                                  "options": json.dumps(options, sort_keys=True)}, pk="path")
+    def record_scene(self, path: str, *, size: int, mtime: float, options: dict, sha256: str | None = None) -> None:
+        self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime, "sha256": sha256,
+                                  "options": json.dumps(options, sort_keys=True)}, pk="path", alter=True)
+
+    def touch_scene(self, path: str, *, size: int, mtime: float) -> None:
+        """Same content under a new mtime: the scene and its chips remember it (so the page shows them again)."""
+        with self.db.atomic():
+            self.db.execute("UPDATE scenes SET size = ?, mtime = ? WHERE path = ?", [size, mtime, path])
+            self.db.execute("UPDATE images SET size = ?, mtime = ? WHERE scene = ?", [size, mtime, path])
 
     def forget_scene(self, path: str) -> None:
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none

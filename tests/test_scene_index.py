@@ -36,10 +36,50 @@ def test_rerun_skips_every_chip_and_a_changed_scene_is_cut_again(index, naip_dir
     assert (again["indexed"], again["skipped"], again["removed"], again["scenes"]) == (0, 36, 0, 0)
 
     scene = sorted(naip_dir.glob("*.tif"))[0]
-    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    with open(scene, "ab") as handle:  # TIFF finds its data by offsets: still the same picture, other bytes
+        handle.write(b"\0" * 16)
     changed = index([naip_dir], store_dir, chips=_chips(256))
     assert (changed["indexed"], changed["removed"], changed["skipped"]) == (12, 12, 24)
     assert open_store(store_dir).index.ntotal == 36
+
+
+def test_a_scene_copied_with_a_new_time_is_not_cut_again(index, naip_dir, store_dir, open_store):
+    """As for a plain file: a new mtime on the same bytes (a copy, a restore) is noted, not re-embedded."""
+    import sqlite3
+
+    index([naip_dir], store_dir, chips=_chips(256))
+    before = {path: row["id"] for path, row in chip_rows(open_store(store_dir)).items()}
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    touched = index([naip_dir], store_dir, chips=_chips(256))
+    assert (touched["indexed"], touched["removed"], touched["skipped"]) == (0, 0, 36)
+    store = open_store(store_dir)
+    rows = chip_rows(store)
+    assert {path: row["id"] for path, row in rows.items()} == before  # the same ids: bookmarks still hold
+    mine = [row for row in rows.values() if row["scene"] == str(scene)]
+    assert len(mine) == 12 and {row["mtime"] for row in mine} == {scene.stat().st_mtime}
+    api.load_indexed_image(api.search(store, mine[0]["id"], k=1)["results"][0])  # shown again, not "changed"
+    store.close()
+
+    with sqlite3.connect(store_dir / "catalogue.db") as db:  # bytes that differ under the same size and a new time
+        db.execute("UPDATE scenes SET sha256 = ? WHERE path = ?", ["0" * 64, str(scene)])
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    changed = index([naip_dir], store_dir, chips=_chips(256))
+    assert (changed["indexed"], changed["removed"], changed["skipped"]) == (12, 12, 24)
+
+
+def test_a_scene_recorded_by_an_older_lookalike_gets_its_hash(index, naip_dir, store_dir, open_store):
+    import sqlite3
+
+    index([naip_dir], store_dir, chips=_chips(256))
+    with sqlite3.connect(store_dir / "catalogue.db") as db:
+        db.execute("ALTER TABLE scenes DROP COLUMN sha256")  # as a store made before scenes were hashed
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    again = index([naip_dir], store_dir, chips=_chips(256))  # no hash to compare: cut again, as before
+    assert (again["indexed"], again["removed"], again["skipped"]) == (12, 12, 24)
+    recorded = open_store(store_dir).scenes_by_path()
+    assert all(record["sha256"] and len(record["sha256"]) == 64 for record in recorded.values())
 
 
 def test_a_vanished_scene_loses_its_chips(index, naip_dir, store_dir, open_store):
