@@ -70,6 +70,11 @@ def cli(verbose):
 
 cli.add_command(search)
 
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_option
@@ -166,8 +171,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        scenes = (f" ({summary['scenes']} scenes cut into chips, {summary['skipped_chips']} chips under "
-                  f"--min-valid skipped)") if summary["scenes"] else ""
+        scenes = (f" ({_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
+                  "under --min-valid skipped)") if summary["scenes"] else ""
         click.echo(
             f"indexed {summary['indexed']}{scenes}, skipped {summary['skipped']}, removed {summary['removed']}, "
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "
