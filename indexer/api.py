@@ -16,7 +16,7 @@ from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
 from .images import decode_bytes, load_image, upright_size
 from .pipeline import SCENE_SUFFIXES, index_collection
-from .refine import COMBINES, Refinement, combined_search
+from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
 __all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
@@ -187,39 +187,60 @@ class _QueryReader:
 
 
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
-           refinement: Refinement | None = None, combine: str = "mean") -> dict:
+           refinement: Refinement | None = None, combine: str = "mean", unlike=(),
+           unlike_weight: float = UNLIKE_WEIGHT) -> dict:
     """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), of a Part of an
     indexed image, or of several such examples given as a list (combined by `combine`: 'mean' or 'any', see
-    refine.combined_search).
+    refine.combined_search). `unlike`: examples of the same kinds that the results should not look like; the
+    query moves away from them (refine.away_from) and indexed ones are never among the results.
 
     With a `Refinement` (on by default: overlapping chips of one scene collapse to the best), more
     neighbours are fetched until k pass or the store is exhausted. `exclude_self` leaves the indexed
     examples themselves (and the images parts were cut from) out of the results. The answer's "query"
-    describes the one query, or holds {"examples": [...], "combine": ...} for several.
+    describes the one query, or holds {"examples": [...], "combine": ...} for several, and with `unlike`
+    always, with "unlike" and "unlike_weight" too.
     """
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
-    examples = list(query) if isinstance(query, (list, tuple)) and not isinstance(query, Part) else [query]
+    examples, unlike = _as_list(query), _as_list(unlike)
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
+    vectors, described, embedder = _examples(store, examples + unlike, embedder=embedder)
+    exclude = [int(other) for other in unlike if _is_image_id(other)]  # a part's own image may still be wanted
+    exclude += [about["id"] for about in described[:len(examples)] if "id" in about] if exclude_self else []
+    results = combined_search(store, vectors[:len(examples)], k=k, exclude=exclude, refinement=refinement,
+                              combine=combine, unlike=vectors[len(examples):], unlike_weight=unlike_weight)
+    if unlike:
+        about = {"examples": described[:len(examples)], "combine": combine, "unlike": described[len(examples):],
+                 "unlike_weight": unlike_weight}
+    else:
+        about = described[0] if len(described) == 1 else {"examples": described, "combine": combine}
+    return {"query": about, "results": results}
+
+
+def _as_list(query) -> list:
+    return list(query) if isinstance(query, (list, tuple)) and not isinstance(query, Part) else [query]
+
+
+def _examples(store: Store, examples: list, *, embedder=None) -> tuple[list, list, object]:
+    """(each example's unit vector, its description, the embedder: loaded when a picture needed it). Every
+    picture is read before any model loads."""
     read = _QueryReader(store)
-    vectors, described, exclude = [], [], []
-    for example in examples:
+    vectors, described, pictures = [], [], {}
+    for position, example in enumerate(examples):
         if _is_image_id(example):
             about, vector, _ = _indexed_query(store, example)
-            exclude += [about["id"]] if exclude_self else []
+            vectors.append(vector)
         else:
-            about, picture = read_part(store, example) if isinstance(example, Part) else \
-                (_described_picture(example), read(example))  # unreadable: fails before any model loads
-            exclude += [about["id"]] if exclude_self and isinstance(example, Part) else []
-            embedder = embedder or load_embedder(store)
-            vector = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
+            about, pictures[position] = read_part(store, example) if isinstance(example, Part) else \
+                (_described_picture(example), read(example))  # unreadable: fails here
+            vectors.append(None)
         described.append(about)
-        vectors.append(vector)
-    results = combined_search(store, vectors, k=k, exclude=exclude, refinement=refinement, combine=combine)
-    return {"query": described[0] if len(described) == 1 else {"examples": described, "combine": combine},
-            "results": results}
+    for position, picture in pictures.items():
+        embedder = embedder or load_embedder(store)
+        vectors[position] = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
+    return vectors, described, embedder
 
 
 def _embed_halving(embedder, pixels):

@@ -24,6 +24,12 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @click.option("--crop", "crop_text", default=None, metavar="COL,ROW,WIDTH,HEIGHT",
               help="Query with this pixel window of each IMAGE (of a scene: read at full resolution, up to 2,048 px); "
                    "with no IMAGE, of the first --id's (or the --at chip's) picture as it was indexed.")
+@click.option("--unlike", "unlike_images", type=click.Path(path_type=Path), multiple=True, metavar="IMAGE",
+              help="An image the results should not look like (repeat it): the query moves away from it.")
+@click.option("--unlike-id", "unlike_ids", type=int, multiple=True, metavar="N",
+              help="An indexed image the results should not look like (repeat it); it is never among them.")
+@click.option("--unlike-weight", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="How far the query moves away from the --unlike images (Rocchio's weight for them).")
 @click.option("--each", is_flag=True,
               help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
                    "model load: one answer per query, as JSON Lines with --json.")
@@ -43,8 +49,8 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @device_option
 @json_option
 @friendly_errors
-def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, crop_text, each, model, dedupe, bbox, dates,
-           exclude_scene, nprobe, geojson_path, dtype, device, as_json):
+def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, crop_text, unlike_images, unlike_ids,
+           unlike_weight, each, model, dedupe, bbox, dates, exclude_scene, nprobe, geojson_path, dtype, device, as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
     Several examples (IMAGE... and/or --id N --id M ...) make one query: by default the images they have in
@@ -63,6 +69,8 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     Example: lookalike search big-scene.tif --crop 2048,1024,512,512 --store scenes
 
     Example: lookalike search --id 42 --crop 64,64,128,128 --store scenes --exclude-query
+
+    Example: lookalike search --id 12 --unlike-id 57 --unlike greenhouse.jpg --store demo-store
     """
     from indexer import api
     from indexer.refine import Refinement
@@ -73,6 +81,8 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     crop = parse_numbers(crop_text, "--crop", int, 4, 4)
     if crop and not images and (each or not (image_ids or at_text)):
         raise click.UsageError("--crop cuts the IMAGE files (or, without --each, the first --id's picture): give one")
+    if each and (unlike_images or unlike_ids):
+        raise click.UsageError("--unlike and --unlike-id shape one query: they do not go with --each")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
     if at is not None:
@@ -83,7 +93,7 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
         return
     answer = _search_examples(store, images, image_ids, k=k, combine=combine, model=model, device=device,
                               dtype=dtype, exclude_query=exclude_query, exclude_scene=exclude_scene,
-                              refinement=refinement, crop=crop)
+                              refinement=refinement, crop=crop, unlike=(unlike_images, unlike_ids, unlike_weight))
     _print_answer(store, answer, geojson_path=geojson_path, as_json=as_json,
                   filtered=bool(bbox or date_range or exclude_scene))
 
@@ -115,33 +125,47 @@ def _checked_options(images, image_ids, *, at_text, dates, exclude_scene, exclud
 
 
 def _search_examples(store, images, image_ids, *, k, combine, model, device, dtype, exclude_query, exclude_scene,
-                     refinement, crop=None) -> dict:
-    """One query: one image or id, or several combined. Ids and files are checked before the model loads."""
+                     refinement, crop=None, unlike=((), (), 0.25)) -> dict:
+    """One query: one image or id, or several combined, moved away from the `unlike` (images, ids, weight). Ids
+    and files are checked before the model loads."""
     from dataclasses import replace
 
     from indexer import api
-    from indexer.errors import IndexerError
 
-    rows = [store.image(image_id) for image_id in image_ids]  # an unknown id fails here
+    unlike_images, unlike_ids, unlike_weight = unlike
+    rows = [store.image(image_id) for image_id in (*image_ids, *unlike_ids)]  # an unknown id fails here
     if exclude_scene:
-        refinement = replace(refinement, exclude_scene=tuple(row["scene"] for row in rows if row["scene"]))
-    examples, embedder, indexed = [], None, list(image_ids)
+        refinement = replace(refinement, exclude_scene=tuple(row["scene"] for row in rows[:len(image_ids)]
+                                                             if row["scene"]))
+    indexed = list(image_ids)
     if crop and not images:  # a part of the first indexed example's picture
         api.read_part(store, api.Part(image_ids[0], crop))  # a crop that does not fit fails before the model loads
         indexed[0] = api.Part(image_ids[0], crop)
-    read_options = api.scene_read_options(store) if images else None
-    for image in images:
-        if not image.is_file():
-            raise IndexerError(f"query image {image} does not exist or is not a file")
-        examples.append(api.load_query_image(image, read_options=read_options, crop=crop))  # unreadable: fails here
-    if examples or crop:
+    read_options = api.scene_read_options(store) if images or unlike_images else None
+    examples = [_query_picture(image, read_options, crop) for image in images]  # unreadable: fails here
+    avoided = [_query_picture(image, read_options, None) for image in unlike_images]
+    embedder = None
+    if examples or avoided or crop:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
     answer = api.search(store, examples + indexed, k=k, embedder=embedder, refinement=refinement,
-                        exclude_self=exclude_query, combine=combine)
-    described = answer["query"]["examples"] if len(examples) + len(image_ids) > 1 else [answer["query"]]
+                        exclude_self=exclude_query, combine=combine, unlike=avoided + list(unlike_ids),
+                        unlike_weight=unlike_weight)
+    query = answer["query"]
+    described = query["examples"] if "examples" in query else [query]
     for example, image in zip(described, images):  # the files first, as api.search got them
         example.update(path=str(image), **({"crop": list(crop)} if crop else {}))
+    for example, image in zip(query.get("unlike", []), unlike_images):
+        example["path"] = str(image)
     return answer
+
+
+def _query_picture(image: Path, read_options, crop):
+    from indexer import api
+    from indexer.errors import IndexerError
+
+    if not image.is_file():
+        raise IndexerError(f"query image {image} does not exist or is not a file")
+    return api.load_query_image(image, read_options=read_options, crop=crop)
 
 
 def _print_answer(store, answer: dict, *, geojson_path, as_json: bool, filtered: bool) -> None:

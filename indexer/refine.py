@@ -54,28 +54,51 @@ def refined_search(store, vector, *, k: int, exclude=(), refinement: Refinement)
 
 
 COMBINES = ("mean", "any")
+# Relevance feedback after Rocchio: the query moves away from what it should not look like by a quarter of the
+# weight it gives its own examples (the textbook beta = 0.75, gamma = 0.15 weigh negatives at a fifth).
+UNLIKE_WEIGHT = 0.25
 
 
-def combined_search(store, vectors, *, k: int, exclude=(), refinement: Refinement, combine: str = "mean") -> list[dict]:
+def away_from(directions, unlike, *, weight: float = UNLIKE_WEIGHT) -> np.ndarray:
+    """Query directions (n, D) moved away from the mean of the `unlike` unit vectors (m, D): each
+    d − weight·mean(unlike), made unit length: Rocchio's query, with the examples' mean direction for theirs."""
+    directions = np.atleast_2d(np.asarray(directions, dtype=np.float32))
+    unlike = np.atleast_2d(np.asarray(unlike, dtype=np.float32))
+    if not 0 <= weight <= 1:
+        raise IndexerError(f"the unlike weight {weight} must be between 0 and 1")
+    moved = directions - weight * unlike.mean(axis=0)
+    lengths = np.linalg.norm(moved, axis=1, keepdims=True)
+    if (lengths < 1e-6).any():
+        raise IndexerError("the examples and the images they should not look like cancel out: give other ones, or "
+                           "a lower unlike weight")
+    return moved / lengths
+
+
+def combined_search(store, vectors, *, k: int, exclude=(), refinement: Refinement, combine: str = "mean",
+                    unlike=None, unlike_weight: float = UNLIKE_WEIGHT) -> list[dict]:
     """Neighbours of one or several examples' unit vectors (n, D).
 
     'mean' searches the examples' mean direction: what they have in common (the usual way to query by several
     examples of one kind of place). 'any' ranks every image by its best score against any one example, so
     examples of different looks each bring their own neighbours; a score is then that best cosine similarity.
+    `unlike` (m, D): images the results should not look like; every example moves away from them (away_from),
+    and scores are cosines to the moved examples.
     """
     if combine not in COMBINES:
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
     check_k(k)
     vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-    if len(vectors) == 1:
-        return refined_search(store, vectors[0], k=k, exclude=exclude, refinement=refinement)
-    if combine == "mean":
+    if len(vectors) > 1 and combine == "mean":
         centre = vectors.mean(axis=0)
         length = float(np.linalg.norm(centre))
         if length < 1e-6:
             raise IndexerError("the examples cancel out (their mean is zero): search with fewer of them, "
                                "or rank by any one of them (combine 'any')")
-        return refined_search(store, centre / length, k=k, exclude=exclude, refinement=refinement)
+        vectors = (centre / length)[None]
+    if unlike is not None and len(unlike):  # every direction searched moves away from them
+        vectors = away_from(vectors, unlike, weight=unlike_weight)
+    if len(vectors) == 1:
+        return refined_search(store, vectors[0], k=k, exclude=exclude, refinement=refinement)
     # An image whose best example is e and that is missing from e's list scores at most that list's last score:
     # the merged ranking is complete above the highest such last score. Overlapping chips collapse once, on it.
     undeduped = replace(refinement, dedupe=False)

@@ -508,3 +508,32 @@ def test_each_splits_a_batch_the_device_cannot_hold(built):
     answers = list(api.search_each(store, files, k=1, embedder=SmallDevice(), batch_size=10))
     assert [a["results"][0]["path"] for a in answers] == [str(f.absolute()) for f in files]  # each finds itself
     assert sizes[0] == 10 and max(sizes[1:]) <= 5 and sum(s for s in sizes if s <= 3) == 10
+
+
+def test_unlike_moves_the_query_away_and_leaves_those_images_out(built, tmp_path):
+    from indexer import api
+
+    chips_dir, _, store_dir, _ = built
+    store = api.open_store(store_dir)
+    paths = sorted(chips_dir.glob("*.jpg"))
+    query = store.image_id_for_path(str(paths[0].absolute()))
+    avoided_id = api.search(store, query, k=2)["results"][1]["id"]
+    expected = api.search(store, query, k=4, unlike=[avoided_id, paths[5]], unlike_weight=0.4,
+                          embedder=api.load_embedder(store, device="cpu", dtype="float32"))
+    store.close()
+    result = invoke("search", "--id", query, "--unlike-id", avoided_id, "--unlike", paths[5], "--unlike-weight", 0.4,
+                    "--store", store_dir, "-k", 4, "--json", *RUN)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert [hit["id"] for hit in answer["results"]] == [hit["id"] for hit in expected["results"]]
+    assert avoided_id not in [hit["id"] for hit in answer["results"]]
+    assert answer["query"]["unlike"][0] == {"path": str(paths[5])}  # the files first, then the ids
+    assert answer["query"]["unlike"][1]["id"] == avoided_id
+    assert answer["query"]["unlike_weight"] == 0.4 and answer["query"]["examples"][0]["id"] == query
+    each = invoke("search", "--each", "--id", query, "--unlike-id", avoided_id, "--store", store_dir)
+    assert each.exit_code == 2 and "--unlike" in each.output
+    heavy = invoke("search", "--id", query, "--unlike-id", avoided_id, "--unlike-weight", 2, "--store", store_dir)
+    assert heavy.exit_code == 2 and "--unlike-weight" in heavy.output
+    unknown = invoke("search", "--id", query, "--unlike-id", 99999, "--store", store_dir, "--model",
+                     "nobody/no-such-model")
+    assert_one_line_error(unknown, "no image with id 99999")

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from indexer.cli import cli
 from indexer.errors import IndexerError
-from indexer.refine import Refinement, combined_search, parse_dates, refine, to_geojson
+from indexer.refine import Refinement, away_from, combined_search, parse_dates, refine, to_geojson
 
 
 def hit(rank, *, scene="a.tif", window=(0, 0, 256, 256), date="2015-06-01", bounds=(10.0, 50.0, 10.1, 50.1)):
@@ -198,3 +198,63 @@ def test_examples_that_cancel_out_or_an_unknown_combination_are_refused():
         combined_search(store, [store.vectors[0], -store.vectors[0]], k=3, refinement=Refinement())
     with pytest.raises(IndexerError, match="not one of mean, any"):
         combined_search(store, store.vectors[:2], k=3, refinement=Refinement(), combine="median")
+
+
+# -- images the results should not look like -----------------------------------------------------
+def unit(vector) -> np.ndarray:
+    return vector / np.linalg.norm(vector, axis=-1, keepdims=True)
+
+
+def test_unlike_moves_each_direction_away_as_rocchio_does():
+    rng = np.random.default_rng(3)
+    directions, unlike = unit(rng.normal(size=(2, 8))), unit(rng.normal(size=(3, 8)))
+    moved = away_from(directions, unlike, weight=0.25)
+    assert np.allclose(moved, unit(directions - 0.25 * unlike.mean(axis=0)), atol=1e-6)
+    assert np.allclose(np.linalg.norm(moved, axis=1), 1, atol=1e-6)
+    assert ((moved @ unlike.mean(axis=0)) < (directions @ unlike.mean(axis=0))).all()  # farther from them
+    assert np.allclose(away_from(directions, unlike, weight=0), directions, atol=1e-6)
+    with pytest.raises(IndexerError, match="between 0 and 1"):
+        away_from(directions, unlike, weight=1.5)
+    with pytest.raises(IndexerError, match="cancel out"):
+        away_from(directions[:1], directions[:1], weight=1)
+
+
+@pytest.mark.parametrize("combine", ["mean", "any"])
+def test_a_search_unlike_some_images_is_the_brute_force_ranking_of_the_moved_query(combine):
+    store, _ = chip_store(5)
+    examples, unlike = store.vectors[[3, 8]], store.vectors[[20, 41]]
+    directions = unit(examples.mean(axis=0))[None] if combine == "mean" else examples
+    moved = unit(directions - 0.25 * unlike.mean(axis=0))
+    best = (store.vectors @ moved.T).max(axis=1)
+    order = [i for i in np.argsort(-best, kind="stable") if i not in (20, 41)][:6]
+    found = combined_search(store, examples, k=6, refinement=Refinement(dedupe=False), exclude=[20, 41],
+                            combine=combine, unlike=unlike)
+    assert [h["id"] for h in found] == order
+    assert [h["score"] for h in found] == pytest.approx([float(best[i]) for i in order], abs=1e-6)
+    plain = combined_search(store, examples, k=6, refinement=Refinement(dedupe=False), combine=combine)
+    assert [h["id"] for h in plain] != order  # it changed the answer
+
+
+def test_results_unlike_an_image_look_less_like_it(ui_store_dir, ui_ids):
+    """Through the API on real chips: the results move away from the image given as unlike, which is left out.
+    The plain query's best k without that image maximise q·x, the moved query's q·x − w·n·x: so the moved ones'
+    summed closeness n·x to it can only be lower, and is where they differ."""
+    from indexer import api
+
+    store = api.open_store(ui_store_dir)
+
+    def closeness(hits, avoided):
+        return sum(float(store.vector(hit["id"]) @ store.vector(avoided)) for hit in hits)
+
+    changed = 0
+    for query in sorted(ui_ids.values())[::3]:
+        avoided = api.search(store, query, k=2)["results"][1]["id"]  # its nearest neighbour: a look it shares
+        plain = combined_search(store, store.vector(query), k=6, exclude=[avoided], refinement=Refinement())
+        shifted = api.search(store, query, k=6, unlike=[avoided], unlike_weight=0.5)
+        assert avoided not in [hit["id"] for hit in shifted["results"]]
+        assert shifted["query"]["unlike"][0]["id"] == avoided and shifted["query"]["unlike_weight"] == 0.5
+        assert shifted["query"]["examples"][0]["id"] == query
+        assert closeness(shifted["results"], avoided) <= closeness(plain, avoided) + 1e-5
+        changed += {hit["id"] for hit in shifted["results"]} != {hit["id"] for hit in plain}
+    assert changed
+    store.close()
