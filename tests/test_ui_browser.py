@@ -361,6 +361,21 @@ def test_drag_a_part_and_search_by_it(page, ui_ids, artifacts_dir):
     page.wait_for_function("() => !new URLSearchParams(location.search).has('part')")
 
 
+def test_less_like_this_puts_the_image_in_the_address(page, ui_ids):
+    image_id = ui_ids[sorted(ui_ids)[13]]
+    open_page(page, f"/?id={image_id}&k=8")
+    page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
+    # the query itself is offered no "Less like this": the first such button is the second result's
+    click_until(page, page.get_by_role("button", name="Less like this", exact=True).first,
+                page.get_by_text("Less like these:", exact=True))
+    page.wait_for_function("id => new URLSearchParams(location.search).get('unlike') === String(id)", arg=second_id)
+    among_results = page.get_by_text(re.compile(rf"^#\d+ · score \S+ · id {second_id}$"))
+    among_results.wait_for(state="detached")
+    click_until(page, page.get_by_role("button", name="Remove", exact=True), among_results)
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('unlike')")
+
+
 def test_stopping_serve_stops_the_page(ui_store_dir, model_dir, tmp_path):
     process, url = start_server(ui_store_dir, model_dir, tmp_path / "serve.log")
     try:

@@ -4,18 +4,17 @@ from pathlib import Path
 import streamlit as st
 
 from indexer.errors import IndexerError, UnreadableImage
+from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
 from store import StoreError
 
 from . import heatmaps
-from .query import load_indexed, load_upload, query_panel, with_examples
-from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
-from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
-
 from .geomap import result_map
 from .part import address_part, part_picker, source_size, use_whole
-from .query import remove_example, use_indexed
-from .results import (clicked_patch, compare_panel, compared_hit, describe_place, downloads, forget_click, page_of,
-                      pager, result_grid, result_maps)
+from .query import describe_place, load_indexed, load_upload, query_panel, remove_example, use_indexed, with_examples
+from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
+from .results import (clicked_patch, compare_panel, compared_hit, downloads, forget_click, page_of, pager,
+                      result_grid, result_maps)
+from .unlike import unlike_panel, unlike_rows
 
 MAX_K = 1000
 
@@ -108,15 +107,18 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
         if query.part:
             st.button("Search with the whole picture", on_click=use_whole, key="use-whole")
         other_examples(query)
-    exclude = query.example_ids if settings["hide_self"] else []
+        unliked, unlike_vectors = unlike_rows(store)
+        weight = unlike_panel(unliked)
+    exclude = (query.example_ids if settings["hide_self"] else []) + [row["id"] for row in unliked]
     scenes = tuple(dict.fromkeys(item["scene"] for item in query_items(query) if item.get("scene")))
     refinement = Refinement(dedupe=settings["dedupe"], bbox=settings["bbox"], dates=settings["dates"],
                             exclude_scene=scenes if settings["exclude_scene"] and scenes else None)
     with STORE_LOCK:
         results = combined_search(store, query.vectors, k=settings["k"], exclude=exclude, refinement=refinement,
-                                  combine=settings["combine"])
+                                  combine=settings["combine"], unlike=unlike_vectors, unlike_weight=weight)
     with results_column:
-        show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap)
+        show_results(store, query, results, settings=settings, patch=patch, model=model, basemap=basemap,
+                     unlike=(unliked, weight))
 
 
 def load_query(store, choice, *, model, max_upload_mb=50):
@@ -176,7 +178,7 @@ def other_examples(query) -> None:
               args=(query.examples[0]["id"],))
 
 
-def show_results(store, query, results, *, settings, patch, model, basemap=None) -> None:
+def show_results(store, query, results, *, settings, patch, model, basemap=None, unlike=((), None)) -> None:
     st.subheader("Nearest neighbours")
     if not results:
         st.info(empty_results_note(filtered=bool(settings["bbox"] or settings["dates"] or settings["exclude_scene"])))
@@ -205,4 +207,4 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None)
             st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
     result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, examples=query.example_ids,
                 keep_upload=query.uploaded)
-    downloads(query, results, combine=settings["combine"])
+    downloads(query, results, combine=settings["combine"], unlike=unlike)

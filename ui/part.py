@@ -29,13 +29,13 @@ def address_part() -> tuple | None:
 
 def use_part(box: tuple) -> None:
     """Callback: search by this part of the shown example's picture."""
-    new_query()
+    new_query(keep=("unlike",))
     st.query_params["part"] = ",".join(map(str, box))
 
 
 def use_whole() -> None:
     """Callback: search by the whole picture again."""
-    new_query()
+    new_query(keep=("unlike",))
 
 
 def source_size(query: Query, choice) -> tuple[int, int]:

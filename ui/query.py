@@ -45,14 +45,27 @@ class Query:
         return [self.image_id] if self.image_id else []
 
 
+def describe_place(hit: dict) -> str:
+    """The path, and for a chip its window, lon/lat and date."""
+    if not hit.get("scene"):
+        return hit["path"]
+    geo = hit.get("geo") or {}
+    col, row, width, height = hit["window"]
+    where = f" · {geo['centroid'][0]:.5f}, {geo['centroid'][1]:.5f}" if geo.get("centroid") else ""
+    when = f" · {geo['date']}" if geo.get("date") else ""
+    return f"{hit['scene']} · window {col},{row} {width}×{height}{where}{when}"
+
+
 # -- choosing ----------------------------------------------------------------------------------
-def new_query(*, keep_part: bool = False) -> None:
-    """A new query starts on its first page, with no comparison open (and, unless kept, whole)."""
+def new_query(*, keep: tuple = ()) -> None:
+    """A new query starts on its first page, with no comparison open, whole and unlike nothing, unless `keep`
+    names 'part' or 'unlike' (a change to the same query: an example more or less, another part)."""
     st.query_params["page"] = "1"
     st.query_params.pop("compare", None)
     st.session_state["choosing-part"] = False
-    if not keep_part:
-        st.query_params.pop("part", None)
+    for name in ("part", "unlike"):
+        if name not in keep:
+            st.query_params.pop(name, None)
 
 
 def use_indexed(image_id: int) -> None:
@@ -83,7 +96,7 @@ def add_example(image_id: int, keep_upload: bool = False) -> None:
     if int(image_id) not in ids:
         ids.append(int(image_id))
     st.query_params["id"] = ",".join(map(str, ids[-MAX_EXAMPLES:]))
-    new_query(keep_part=True)  # a part stays the first example's
+    new_query(keep=("part", "unlike"))  # a part stays the first example's
 
 
 def remove_example(image_id: int | None) -> None:
@@ -97,7 +110,7 @@ def remove_example(image_id: int | None) -> None:
         st.query_params["id"] = ",".join(str(i) for i in ids if i != int(image_id))
         if not st.query_params["id"]:  # the upload alone again
             st.query_params.pop("id")
-    new_query(keep_part=not first)
+    new_query(keep=("unlike",) if first else ("part", "unlike"))
 
 
 def _use_upload() -> None:

@@ -13,8 +13,9 @@ from indexer.refine import to_geojson
 from store import Store
 
 from . import heatmaps
-from .query import MAX_EXAMPLES, Query, add_example, use_indexed
+from .query import MAX_EXAMPLES, Query, add_example, describe_place, use_indexed
 from .resources import LARGE_SIZE, STORE_LOCK, full_tokens, thumbnail
+from .unlike import add_unlike
 
 COLUMNS = 4
 
@@ -161,21 +162,14 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 if hit["id"] not in examples and len(examples) + keep_upload < MAX_EXAMPLES:
                     st.button("Add to the query", key=f"add-{hit['rank']}-{hit['id']}", on_click=add_example,
                               args=(hit["id"], keep_upload))
+                if hit["id"] not in examples:
+                    st.button("Less like this", key=f"unlike-{hit['rank']}-{hit['id']}", on_click=add_unlike,
+                              args=(hit["id"],))
 
 
-def describe_place(hit: dict) -> str:
-    """The path, and for a chip its window, lon/lat and date."""
-    if not hit.get("scene"):
-        return hit["path"]
-    geo = hit.get("geo") or {}
-    col, row, width, height = hit["window"]
-    where = f" · {geo['centroid'][0]:.5f}, {geo['centroid'][1]:.5f}" if geo.get("centroid") else ""
-    when = f" · {geo['date']}" if geo.get("date") else ""
-    return f"{hit['scene']} · window {col},{row} {width}×{height}{where}{when}"
-
-
-def describe_query(query: Query, *, combine: str = "mean") -> dict:
-    """The query as `lookalike search --json` describes it; a part of the first example's picture as its crop."""
+def describe_query(query: Query, *, combine: str = "mean", unlike=((), None)) -> dict:
+    """The query as `lookalike search --json` describes it; a part of the first example's picture as its crop;
+    `unlike`: (the rows of the images it should not look like, the weight)."""
     if query.examples:
         described = {"examples": [{"id": example["id"], "path": example["item"]["path"]} if example["item"] else
                                   {"upload": example["label"]} for example in query.examples], "combine": combine}
@@ -183,10 +177,14 @@ def describe_query(query: Query, *, combine: str = "mean") -> dict:
         described = {"id": query.image_id, "path": query.path} if query.image_id else {"upload": query.label}
     if query.part:
         (described["examples"][0] if query.examples else described)["crop"] = list(query.part)
+    rows, weight = unlike
+    if rows:
+        described = described if query.examples else {"examples": [described], "combine": combine}
+        described.update(unlike=[{"id": row["id"], "path": row["path"]} for row in rows], unlike_weight=weight)
     return described
 
 
-def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> None:
+def downloads(query: Query, results: list[dict], *, combine: str = "mean", unlike=((), None)) -> None:
     rows = [{key: hit.get(key) for key in ("rank", "id", "path", "score", "width", "height")} for hit in results]
     for row, hit in zip(rows, results):
         if hit.get("scene"):
@@ -198,7 +196,7 @@ def downloads(query: Query, results: list[dict], *, combine: str = "mean") -> No
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    described = describe_query(query, combine=combine)
+    described = describe_query(query, combine=combine, unlike=unlike)
     columns = st.columns(3)
     columns[0].download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
                                mime="text/csv")

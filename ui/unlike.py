@@ -1,0 +1,92 @@
+"""What the results should not look like: "Less like this" under a result, the list in the address (?unlike=)."""
+import numpy as np
+import streamlit as st
+
+from indexer.errors import IndexerError, UnreadableImage
+from indexer.refine import UNLIKE_WEIGHT
+from store import StoreError
+from store.store import chip_fields
+
+from .query import describe_place, new_query
+from .resources import STORE_LOCK, thumbnail
+
+MAX_UNLIKE = 20
+
+
+def address_unlike() -> list[int]:
+    """The ids the address names as unlike (?unlike=12,40); raises IndexerError when they are not numbers."""
+    text = st.query_params.get("unlike", "")
+    try:
+        return list(dict.fromkeys(int(part) for part in text.split(",")))[:MAX_UNLIKE] if text else []
+    except ValueError:
+        raise IndexerError(f"the address asks for results unlike {text!r}, which is not image ids separated by "
+                           "commas") from None
+
+
+def unlike_weight() -> float:
+    """The weight in the address (?unlike_weight=), or the default; clamped to [0, 1]."""
+    try:
+        return min(1.0, max(0.0, float(st.query_params.get("unlike_weight", UNLIKE_WEIGHT))))
+    except ValueError:
+        return UNLIKE_WEIGHT
+
+
+def add_unlike(image_id: int) -> None:
+    """Callback: the results should look less like this one (the same query, moved away from it)."""
+    ids = [i for i in (st.query_params.get("unlike", "") or "").split(",") if i] + [str(int(image_id))]
+    new_query(keep=("part", "unlike"))
+    st.query_params["unlike"] = ",".join(dict.fromkeys(ids[-MAX_UNLIKE:]))
+
+
+def remove_unlike(image_id: int) -> None:
+    kept = [i for i in st.query_params.get("unlike", "").split(",") if i and i != str(int(image_id))]
+    new_query(keep=("part", "unlike"))
+    if kept:
+        st.query_params["unlike"] = ",".join(kept)
+    else:
+        st.query_params.pop("unlike", None)
+
+
+def _set_weight() -> None:
+    st.query_params["unlike_weight"] = str(st.session_state["unlike-weight"])
+    st.query_params["page"] = "1"
+
+
+def unlike_rows(store) -> tuple[list[dict], np.ndarray | None]:
+    """(the catalogue rows, the unit vectors (m, D)) of the images the address names as unlike that are still
+    in the store; a gone one is dropped with a warning, an address that names no ids is one error line."""
+    try:
+        image_ids = address_unlike()
+    except IndexerError as error:
+        st.error(f"{error}; they are left out.")
+        image_ids = []
+    rows, vectors = [], []
+    with STORE_LOCK:
+        for image_id in image_ids:
+            try:
+                row = store.image(image_id)
+                rows.append({"id": image_id, "path": row["path"], "size": row["size"], "mtime": row["mtime"],
+                             **chip_fields(row)})
+                vectors.append(store.vector(image_id))
+            except StoreError:
+                st.warning(f"Image {image_id}, which the results should not look like, is no longer in the store.")
+    return rows, (np.stack(vectors) if vectors else None)
+
+
+def unlike_panel(rows: list[dict]) -> float:
+    """Under the query: the images it should not look like, each with a button that takes it out, and how far
+    to move away from them. Returns that weight."""
+    if not rows:
+        return unlike_weight()
+    st.caption("Less like these:")
+    for row in rows:
+        picture, words = st.columns([1, 2])
+        try:
+            picture.image(thumbnail(row), width="stretch")
+        except UnreadableImage:
+            picture.caption("no longer readable")
+        words.caption(f"id {row['id']} · {describe_place(row)}")
+        words.button("Remove", key=f"unlike-remove-{row['id']}", on_click=remove_unlike, args=(row["id"],))
+    return st.slider("Move away from them", 0.0, 1.0, unlike_weight(), 0.05, key="unlike-weight",
+                     on_change=_set_weight, help="Rocchio's weight: the query direction d becomes d − weight × "
+                                                 "their mean direction.")
