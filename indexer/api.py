@@ -19,8 +19,9 @@ from .pipeline import SCENE_SUFFIXES, index_collection
 from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
-__all__ = ["DEFAULT_MODEL", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
-           "load_query_image", "open_store", "scene_read_options", "search", "search_each"]
+__all__ = ["DEFAULT_MODEL", "Part", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
+           "load_query_image", "open_store", "query_file_size", "read_part", "scene_read_options", "search",
+           "search_each"]
 
 
 def open_store(store_dir) -> Store:
@@ -203,7 +204,7 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
-    examples, unlike = _as_list(query), _as_list(unlike)
+    examples, unlike = _as_list(query), _as_list(unlike) if unlike is not None else []
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
     vectors, described, embedder = _examples(store, examples + unlike, embedder=embedder)
