@@ -244,6 +244,7 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
     image_id = ui_ids[sorted(ui_ids)[4]]
     open_page(page, f"/?id={image_id}&k=8")
     page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    assert page.get_by_role("tab", selected=True).inner_text() == "Pick an indexed image"  # a bookmark's way in
     second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
     switched = page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True)
     for attempt in range(2):  # a click that lands while the page is still redrawing can be dropped: retry once

@@ -159,7 +159,9 @@ def place_picker(store: Store) -> None:
 def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
     """Draws the choices; returns ('id', [N, ...]), ('upload', UploadedFile), ('upload+ids', (UploadedFile,
     [N, ...])) or None."""
-    upload_tab, indexed_tab = st.tabs(["Upload an image", "Pick an indexed image"])
+    names = ["Upload an image", "Pick an indexed image"]
+    indexed_query = "id" in st.query_params and not st.session_state.get("with_upload")
+    upload_tab, indexed_tab = st.tabs(names, default=names[indexed_query])  # a bookmark opens on how it was made
     with upload_tab:
         generation = st.session_state.get("uploader_generation", 0)
         uploaded = st.file_uploader(
