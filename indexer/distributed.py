@@ -27,7 +27,7 @@ from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
 from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
-                       embed_in_chunks, new_counts, plan_run, takes_uint8, tracked_run)
+                       embed_in_chunks, hashing_scenes, new_counts, plan_run, takes_uint8, tracked_run)
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,10 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         plan = plan_run(paths, store, chips=chips)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         if plan.jobs:
-            run_dir = _embed_on_ray(plan.jobs, store, embedder, spec, shard_root=shard_root, address=address,
-                                    batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
-                                    counts=counts, progress=progress, chips=chips, run_id=run_id)
+            with hashing_scenes(store, plan.to_hash):
+                run_dir = _embed_on_ray(plan.jobs, store, embedder, spec, shard_root=shard_root, address=address,
+                                        batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
+                                        counts=counts, progress=progress, chips=chips, run_id=run_id)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
         try:

@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Plan:
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
     scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
+    to_hash: list = field(default_factory=list)  # (path, size, mtime) of the scenes cut now (hashing_scenes)
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
 
 
@@ -192,10 +194,9 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     plan.skipped += len(windows) - len(missing)
     if missing:
         plan.scenes += 1
-    # Hashed when cut (or first seen unchanged by a lookalike that hashes scenes), so that a later run knows a
-    # copy under a new time from a change: one read of the file.
-    sha256 = (record.get("sha256") if unchanged else None) or _sha256_or_none(path)
-    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, sha256))
+    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None))
+    if not unchanged:
+        plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
                   for w in missing]
 
@@ -354,9 +355,43 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     with tracked_run(store, run_id, counts, started=started) as outcome:
         plan = plan_run(paths, store, chips=chips)
         apply_plan(store, plan, run_id=run_id, counts=counts)
-        _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
-                    workers=workers, progress=progress, chips=chips)
+        with hashing_scenes(store, plan.to_hash):
+            _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,
+                        workers=workers, progress=progress, chips=chips)
     return dict(outcome["summary"], run_id=run_id, store=str(store_dir))
+
+
+@contextlib.contextmanager
+def hashing_scenes(store: Store, scenes: list):
+    """Hashes the scenes cut in this run (path, size, mtime) in a thread while their chips are embedded, and
+    records each hash once the block ends, unless the file changed meanwhile; so a later run tells a copy under
+    a new time from a change without this run reading every scene once more before the model starts."""
+    hashed, stop = [], threading.Event()
+
+    def work():
+        for path, size, mtime in scenes:
+            if stop.is_set():
+                return
+            hashed.append((path, _sha256_or_none(Path(path)), size, mtime))  # one append: safe across threads
+
+    thread = threading.Thread(target=work, name="scene-hashes", daemon=True)
+    thread.start()
+    try:
+        yield
+        thread.join()  # done embedding: what is left to hash is all there is to do
+    finally:
+        stop.set()  # after an error or Ctrl-C: keep what is hashed, do not wait for the rest
+        for path, sha256, size, mtime in hashed[:]:
+            if sha256 and _stat_of(path) == (size, mtime):
+                store.set_scene_sha256(path, sha256)
+
+
+def _stat_of(path: str):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime
 
 
 @contextlib.contextmanager

@@ -269,6 +269,9 @@ class Store:
         self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime, "sha256": sha256,
                                   "options": json.dumps(options, sort_keys=True)}, pk="path", alter=True)
 
+    def set_scene_sha256(self, path: str, sha256: str) -> None:
+        self.db["scenes"].update(path, {"sha256": sha256}, alter=True)
+
     def touch_scene(self, path: str, *, size: int, mtime: float) -> None:
         """Same content under a new mtime: the scene and its chips remember it (so the page shows them again)."""
         with self.db.atomic():

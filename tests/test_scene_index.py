@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import REPO_ROOT
 from indexer import api
 from indexer.cli import cli
+from indexer.images import file_sha256
 from indexer.pipeline import ChipOptions
 
 
@@ -78,8 +79,34 @@ def test_a_scene_recorded_by_an_older_lookalike_gets_its_hash(index, naip_dir, s
     os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
     again = index([naip_dir], store_dir, chips=_chips(256))  # no hash to compare: cut again, as before
     assert (again["indexed"], again["removed"], again["skipped"]) == (12, 12, 24)
+    store = open_store(store_dir)
+    recorded = store.scenes_by_path()
+    assert recorded[str(scene)]["sha256"] == file_sha256(scene)  # hashed while its chips were embedded
+    assert [r["sha256"] for path, r in recorded.items() if path != str(scene)] == [None, None]  # not read again
+    store.close()
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    copied = index([naip_dir], store_dir, chips=_chips(256))
+    assert (copied["indexed"], copied["removed"], copied["skipped"]) == (0, 0, 36)
+
+
+def test_a_scene_changed_while_it_was_hashed_keeps_no_hash(index, naip_dir, store_dir, open_store, monkeypatch):
+    """The hash is taken while the chips are embedded: a file that changed by then is not the one they show."""
+    from indexer import pipeline
+
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    real = pipeline._sha256_or_none
+
+    def hash_then_touch(path):
+        digest = real(path)
+        if path == scene:
+            os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+        return digest
+
+    monkeypatch.setattr(pipeline, "_sha256_or_none", hash_then_touch)
+    index([naip_dir], store_dir, chips=_chips(256))
     recorded = open_store(store_dir).scenes_by_path()
-    assert all(record["sha256"] and len(record["sha256"]) == 64 for record in recorded.values())
+    assert recorded[str(scene)]["sha256"] is None
+    assert all(r["sha256"] for path, r in recorded.items() if path != str(scene))
 
 
 def test_a_vanished_scene_loses_its_chips(index, naip_dir, store_dir, open_store):
