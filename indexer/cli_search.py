@@ -143,7 +143,7 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
         indexed[0] = api.Part(image_ids[0], crop)
     read_options = api.scene_read_options(store) if images or unlike_images else None
     examples = [_query_picture(image, read_options, crop) for image in images]  # unreadable: fails here
-    avoided = [_query_picture(image, read_options, None) for image in unlike_images]
+    avoided = [_query_picture(image, read_options, None, role="--unlike image") for image in unlike_images]
     embedder = None
     if examples or avoided or crop:
         embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
@@ -159,12 +159,12 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     return answer
 
 
-def _query_picture(image: Path, read_options, crop):
+def _query_picture(image: Path, read_options, crop, *, role: str = "query image"):
     from indexer import api
     from indexer.errors import IndexerError
 
     if not image.is_file():
-        raise IndexerError(f"query image {image} does not exist or is not a file")
+        raise IndexerError(f"{role} {image} does not exist or is not a file")
     return api.load_query_image(image, read_options=read_options, crop=crop)
 
 

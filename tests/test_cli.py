@@ -537,3 +537,6 @@ def test_unlike_moves_the_query_away_and_leaves_those_images_out(built, tmp_path
     unknown = invoke("search", "--id", query, "--unlike-id", 99999, "--store", store_dir, "--model",
                      "nobody/no-such-model")
     assert_one_line_error(unknown, "no image with id 99999")
+    missing = invoke("search", "--id", query, "--unlike", tmp_path / "nothing.jpg", "--store", store_dir, "--model",
+                     "nobody/no-such-model")  # refused before any model is looked for
+    assert_one_line_error(missing, "--unlike image", "nothing.jpg", "does not exist")
