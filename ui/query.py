@@ -13,11 +13,11 @@ from indexer.refine import parse_lonlat
 from store import Store
 from store.store import chip_fields
 
-from .resources import LARGE_SIZE, STORE_LOCK, embedder_for, thumbnail
+from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, thumbnail
 
 MAX_UPLOAD_MB = 50
 MAX_EXAMPLES = 20  # indexed examples in one query ("Add to the query")
-KEEP_EMBEDDED = 3  # a session's embedded uploads and parts (a click reruns the page; it must not re-embed)
+KEEP_EMBEDDED = 2  # a session's embedded queries: an upload and a part of it (a click reruns the page)
 
 
 @dataclass
@@ -255,7 +255,7 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
 
     image, vector, grid, tokens = _embedded(store, digest, read, model=model)
     shown = image.copy()
-    shown.thumbnail((320, 320))
+    shown.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     query = Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
                   image=shown, tokens=tokens, uploaded=True)
     if not part:
@@ -264,7 +264,8 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
 
 
 def _embedded(store: Store, cache_key: str, read, *, model: str | None) -> tuple:
-    """(image, vector, PCA grid, full tokens) of the picture `read()` gives, embedded once per session."""
+    """(a copy of the picture `read()` gives, at most LARGE_SIZE px, its vector, PCA grid and full tokens),
+    embedded once per session; the full-size picture is not kept."""
     cache = st.session_state.setdefault("embedded_queries", {})
     if cache_key not in cache:
         image = read()
@@ -272,7 +273,8 @@ def _embedded(store: Store, cache_key: str, read, *, model: str | None) -> tuple
         tokens = embedding.patch_tokens[0].cpu().numpy()  # (h, w, D)
         with STORE_LOCK:
             pca = store.pca()
-        while len(cache) >= KEEP_EMBEDDED:  # an upload's tokens can be large
+        image.thumbnail((LARGE_SIZE, LARGE_SIZE))  # in place: read() makes a fresh picture each time
+        while len(cache) >= KEEP_EMBEDDED:  # tokens can be large too
             cache.pop(next(iter(cache)))
         cache[cache_key] = (image, embedding.global_vectors[0].cpu().numpy(), pca.project(tokens), tokens)
     return cache[cache_key]
@@ -280,10 +282,8 @@ def _embedded(store: Store, cache_key: str, read, *, model: str | None) -> tuple
 
 def _with_part(query: Query, part: tuple, embedded: tuple) -> Query:
     """The query with its first example replaced by the embedded part of its picture."""
-    image, vector, grid, tokens = embedded
+    shown, vector, grid, tokens = embedded
     col, row, width, height = part
-    shown = image.copy()
-    shown.thumbnail((LARGE_SIZE, LARGE_SIZE))
     vectors = query.vectors.copy()
     vectors[0] = vector
     examples = [dict(query.examples[0], grid=grid, tokens=tokens), *query.examples[1:]] if query.examples else []
