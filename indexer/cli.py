@@ -72,7 +72,25 @@ cli.add_command(search)
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -> None:
+    from indexer.preview import preview_run
+
+    plan = preview_run(sources, store_dir, chips=chips, rebuild=rebuild)
+    if as_json:
+        click.echo(json.dumps(plan))
+        return
+    parts = [f"{_count(plan['files'], 'file')} whole"] if plan["files"] else []
+    parts += [f"{_count(plan['chips'], 'chip')} of {_count(plan['scenes'], 'scene')}"] if plan["chips"] else []
+    click.echo(f"dry run: would embed {_count(plan['embed'], 'image')}" + (f" ({', '.join(parts)})" if parts else "")
+               + f", skip {plan['skipped']:,}, remove {plan['removed']:,}, and refuse "
+               f"{_count(plan['failing'], 'file')} before reading")
+    for failure in plan["failures"]:
+        click.echo(f"  would fail: {failure['path']}: {failure['reason']}")
+    click.echo(f"{store_dir} holds {plan['indexed_now']:,} images now, about {plan['after']:,} after (pictures that "
+               "do not decode and chips under --min-valid are found only when read); nothing was loaded or written")
 
 
 @cli.command()
@@ -108,6 +126,9 @@ def _count(n: int, noun: str) -> str:
               help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
                    "compile, worth it beyond ~40,000 images). No gain on a CPU.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
+@click.option("--dry-run", is_flag=True,
+              help="Say what the run would embed, skip and remove, from the files and the store alone: no model "
+                   "is loaded and nothing is written.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @index_memory_option
 @target_recall_option
@@ -115,15 +136,16 @@ def _count(n: int, noun: str) -> str:
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, progress, index_memory,
-          target_recall, ray_address,
-          shard_dir, shard_rows, ray_actors, as_json):
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, dry_run, progress,
+          index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
     Georeferenced TIFF scenes (GeoTIFF, COG) are read by windows and cut into chips.
 
     Example: lookalike index samples/naip --store demo-store --model ./my-dinov3
+
+    Example: lookalike index /data/scenes --store scenes --chip-size 256 --dry-run
     """
     from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
     from indexer.normalization import normalization_for
@@ -150,6 +172,9 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if not rebuild:
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,
                        normalization=normalization_for(model, normalization))
+    if dry_run:
+        _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, as_json=as_json)
+        return
     embedder = DinoV3Embedder.from_pretrained(
         model, dtype=dtype, device=device, resolution=resolution,
         normalization=normalization, pooling=pooling, compile=compile_model,

@@ -88,8 +88,9 @@ def precheck_store(store_dir, *, model: str, resolution: int, normalization: dic
         raise mismatch_error(store_dir, problems)
 
 
-def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions()) -> Plan:
-    """Compare the files on disk with the catalogue: what to embed, skip and remove."""
+def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions(), write: bool = True) -> Plan:
+    """Compare the files on disk with the catalogue: what to embed, skip and remove. A file (or scene) with
+    the same bytes under a new time has the new time recorded unless `write` is false (a dry run)."""
     plan = Plan()
     known = store.images_by_path()
     known_failures = store.failures_by_path()
@@ -136,7 +137,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
             _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced)
+                        georeferenced=georeferenced, write=write)
         elif key in chips_of:  # cut into chips before, embedded whole now
             plan.removed_ids += [c["id"] for c in chips_of[key]]
             plan.forget_scenes.append(key)
@@ -144,7 +145,8 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
-            store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
+            if write:
+                store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
             plan.skipped += 1
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
@@ -161,7 +163,7 @@ def is_scene(path: Path) -> bool:
 
 
 def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
-                chips: ChipOptions, *, georeferenced: bool) -> None:
+                chips: ChipOptions, *, georeferenced: bool, write: bool = True) -> None:
     """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
@@ -171,7 +173,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     options_text = json.dumps(options, sort_keys=True)
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
-        store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
+        if write:
+            store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
         record = dict(record, mtime=stat.st_mtime)
     unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
         stat.st_size, stat.st_mtime, options_text)

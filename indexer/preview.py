@@ -1,0 +1,63 @@
+"""`index --dry-run`: what a run would embed, skip and remove, from the files and the store alone (no model, no
+writes), so that a bulk rebuild's cost is known before the GPU time is spent."""
+import contextlib
+import tempfile
+from pathlib import Path
+
+from store import Store
+from store import catalogue
+from store.catalogue import CATALOGUE_NAME
+
+from .images import scan_sources
+from .pipeline import ChipOptions, plan_run
+
+SHOWN_FAILURES = 20
+
+
+def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebuild: bool = False) -> dict:
+    """The plan of `index SOURCES --store STORE_DIR` now: counts of images to embed (files whole, chips of how
+    many scenes), skipped, removed, and the files refused unread (links out of the sources, names SQLite cannot
+    hold, scenes that do not open...). Pictures that do not decode and chips too empty under --min-valid are
+    only known when read, so they count as to embed here."""
+    paths = scan_sources(sources)  # a missing source fails here, as it would in the run
+    store_dir = Path(store_dir)
+    exists = (store_dir / CATALOGUE_NAME).is_file()
+    indexed = _count_images(store_dir) if exists else 0
+    with _planning_store(store_dir if exists and not rebuild else None) as store:
+        plan = plan_run(paths, store, chips=chips, write=False)
+    chips_to_embed = sum(1 for job in plan.jobs if job.window is not None)
+    removed = len(set(plan.removed_ids))
+    kept = 0 if rebuild else indexed - removed
+    return {"store": str(store_dir), "store_exists": exists, "rebuild": rebuild, "indexed_now": indexed,
+            "embed": len(plan.jobs), "files": len(plan.jobs) - chips_to_embed, "chips": chips_to_embed,
+            "scenes": plan.scenes, "skipped": plan.skipped, "removed": indexed if rebuild else removed,
+            "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
+            "failing": len(plan.failures),
+            "failures": [{"path": path, "reason": reason} for path, reason, *_ in plan.failures[:SHOWN_FAILURES]]}
+
+
+def _count_images(store_dir: Path) -> int:
+    store = Store.open(store_dir)
+    try:
+        return store.count_images()
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _planning_store(store_dir: Path | None):
+    """The store read as it is (no write lock: a run may be going on), or an empty one for a new store or
+    --rebuild, made in a temporary folder and thrown away."""
+    if store_dir is not None:
+        store = Store.open(store_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="lookalike-dry-run-") as folder:
+        store = Store(Path(folder), catalogue.connect(Path(folder) / CATALOGUE_NAME))
+        try:
+            yield store
+        finally:
+            store.close()
