@@ -15,7 +15,8 @@ from store.swap import last_chip_options, open_live, recorded_runs
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
 from .images import decode_bytes, load_image, upright_size
-from .pipeline import SCENE_SUFFIXES, index_collection
+from .pipeline import index_collection
+from .plan import SCENE_SUFFIXES
 from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 

@@ -149,7 +149,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     """
     from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
     from indexer.normalization import normalization_for
-    from indexer.pipeline import ChipOptions, index_collection, precheck_store
+    from indexer.pipeline import ChipOptions, index_collection
+    from indexer.plan import precheck_store
 
     chips = ChipOptions(chip_size=chip_size or 512, chip_plain=chip_size is not None, overlap=overlap,
                         min_valid=min_valid, gsd=gsd,

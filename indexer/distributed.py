@@ -26,8 +26,9 @@ from . import scenes
 from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
-from .pipeline import (ChipOptions, DecodeDataset, Job, _embed, _fit_store_pca, _project, apply_plan, batches,
-                       embed_in_chunks, hashing_scenes, new_counts, plan_run, takes_uint8, tracked_run)
+from .pipeline import (DecodeDataset, _embed, _fit_store_pca, _project, batches, embed_in_chunks, new_counts,
+                       takes_uint8, tracked_run)
+from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,11 @@
-"""The indexing run: scan, decide what changed, decode in parallel workers, embed, write the store."""
+"""The indexing run: decode in parallel workers, embed, write the store (what to do is indexer/plan.py's)."""
 import contextlib
 import dataclasses
 import hashlib
 import inspect
-import json
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,229 +13,23 @@ import torch
 from tqdm import tqdm
 
 from store import PCA, Store
-from store.swap import recorded_runs
 
 from PIL import Image
 
 from . import scenes
 from .embedder import Embedder, fit_pca
-from .errors import IndexerError, UnreadableImage
-from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, OutsideLink, Preprocess, decode_bytes,
-                     file_sha256, load_image, scan_sources, upright_size)
-from .scenes import Scene
-from .writer import StoreWriter, non_finite_error, record_failure
+from .errors import UnreadableImage
+from .images import Preprocess, decode_bytes, load_image, scan_sources
+from .writer import StoreWriter, non_finite_error
+from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
-SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
 RUN_COLUMNS = ("indexed", "skipped", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class Job:
-    path: str  # the catalogue key: a file's path, or "scene#col,row,width,height" for a chip
-    size: int
-    mtime: float
-    image_id: int | None = None  # set when a changed file replaces an indexed one
-    scene: Scene | None = None  # set for a chip of a georeferenced scene
-    window: tuple | None = None
-    plain_source: str | None = None  # set for a chip of a large plain image
-
-
-@dataclass(frozen=True)
-class ChipOptions:
-    """How georeferenced scenes are cut into chips (plain images are embedded whole)."""
-
-    chip_size: int = 512
-    overlap: int = 0
-    min_valid: float = 0.5
-    bands: tuple | None = None
-    stretch: tuple = (2, 98)
-    gsd: float | None = None  # metres per pixel wanted: a chip then covers chip_size x gsd metres of ground
-    chip_plain: bool = False  # plain images larger than chip_size are cut into chips too
-
-
-@dataclass
-class Plan:
-    jobs: list = field(default_factory=list)
-    skipped: int = 0
-    scenes: int = 0
-    removed_ids: list = field(default_factory=list)
-    forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
-    forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
-    scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
-    to_hash: list = field(default_factory=list)  # (path, size, mtime) of the scenes cut now (hashing_scenes)
-    failures: list = field(default_factory=list)  # (path, reason, size, mtime)
-
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def precheck_store(store_dir, *, model: str, resolution: int, normalization: dict, pooling: str) -> None:
-    """Refuse a provenance mismatch before the (possibly minutes-long) model load."""
-    from store.store import GUARDED_KEYS, mismatch_error
-
-    recorded = Store.peek_provenance(store_dir)
-    if recorded is None:
-        return
-    wanted = {"resolution": resolution, "normalization": normalization, "pooling": pooling}
-    problems = [f"{key} {recorded.get(key)!r} (store) vs {wanted[key]!r}"
-                for key in GUARDED_KEYS if recorded.get(key) != wanted[key]]
-    if problems:
-        raise mismatch_error(store_dir, problems)
-
-
-def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions(), write: bool = True) -> Plan:
-    """Compare the files on disk with the catalogue: what to embed, skip and remove. A file (or scene) with
-    the same bytes under a new time has the new time recorded unless `write` is false (a dry run)."""
-    plan = Plan()
-    known = store.images_by_path()
-    known_failures = store.failures_by_path()
-    # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
-    options_now = json.dumps(dataclasses.asdict(chips), sort_keys=True)
-    options_of_run = {run["run_id"]: json.dumps(run.get("chips"), sort_keys=True) for run in recorded_runs(store)}
-    scene_records = store.scenes_by_path()
-    chips_of = {}
-    for row in known.values():
-        if row["scene"]:
-            chips_of.setdefault(row["scene"], []).append(row)
-    failing_now = set()
-
-    def unreadable(key: str, reason: str) -> None:
-        failing_now.add(key)
-        known = known_failures.get(key)
-        if known and known["reason"] == reason:
-            plan.skipped += 1  # the same failure as last time: nothing new to say
-        else:
-            plan.failures.append((key, reason, None, None))
-
-    for path in paths:
-        key = str(path)
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:  # SQLite stores UTF-8: keep the name's bytes visible, escaped
-            unreadable(os.fsencode(path).decode("utf-8", "backslashreplace"),
-                       "file name is not valid UTF-8 (rename the file to index it)")
-            continue
-        if isinstance(path, OutsideLink):
-            unreadable(key, OUTSIDE_LINK_REASON)
-            continue
-        try:
-            stat = path.stat()
-        except OSError as error:
-            unreadable(key, f"cannot be read ({error.strerror or error})")
-            continue
-        row = known.get(key)
-        failure = known_failures.get(key)
-        if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime) \
-                and options_of_run.get(failure["run_id"]) == options_now:
-            plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
-        elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
-            if row:
-                plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
-            _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced, write=write)
-        elif key in chips_of:  # cut into chips before, embedded whole now
-            plan.removed_ids += [c["id"] for c in chips_of[key]]
-            plan.forget_scenes.append(key)
-            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime))
-        elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
-            plan.skipped += 1
-        elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
-            if write:
-                store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
-            plan.skipped += 1
-        else:
-            plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
-    plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
-    plan.forget_failures = [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
-    plan.forget_failures += [record[0] for record in plan.scene_records if record[0] in known_failures]
-    plan.forget_scenes += [key for key in scene_records if not os.path.lexists(key)]
-    return plan
-
-
-def is_scene(path: Path) -> bool:
-    """A TIFF with a coordinate reference system: read by windows and cut into chips."""
-    return path.suffix.lower() in SCENE_SUFFIXES and scenes.is_georeferenced(path)
-
-
-def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
-                chips: ChipOptions, *, georeferenced: bool, write: bool = True) -> None:
-    """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
-
-    A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
-    run cut short goes on where it stopped.
-    """
-    key, options = str(path), dataclasses.asdict(chips)
-    options_text = json.dumps(options, sort_keys=True)
-    if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
-            and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
-        if write:
-            store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
-        record = dict(record, mtime=stat.st_mtime)
-    unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
-        stat.st_size, stat.st_mtime, options_text)
-    if not unchanged:
-        plan.removed_ids += [c["id"] for c in known_chips]
-        plan.forget_scenes.append(key)
-    try:
-        if georeferenced:
-            scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
-            windows, plain_source = _windows(scene, chips), None
-        else:
-            width, height = upright_size(path)
-            scene, plain_source = None, key
-            windows = scenes.chip_windows(width, height, chip_size=chips.chip_size, overlap=chips.overlap)
-    except IndexerError as error:
-        plan.failures.append((key, str(error).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
-        return
-    done = ({c["path"] for c in known_chips} | store.skipped_chip_keys(key)) if unchanged else set()
-    missing = [window for window in windows if chip_key(path, window) not in done]
-    plan.skipped += len(windows) - len(missing)
-    if missing:
-        plan.scenes += 1
-    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None))
-    if not unchanged:
-        plan.to_hash.append((key, stat.st_size, stat.st_mtime))
-    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
-                  for w in missing]
-
-
-def _larger_than(path: Path, chip_size: int) -> bool:
-    try:
-        return path.suffix.lower() in IMAGE_SUFFIXES and max(upright_size(path)) > chip_size
-    except IndexerError:
-        return False  # an unreadable file fails later, where every file does
-
-
-def _windows(scene, chips: ChipOptions) -> list[tuple]:
-    size, overlap = chips.chip_size, chips.overlap
-    if chips.gsd:
-        native = scenes.native_gsd(scene)
-        if native is None:
-            raise IndexerError(f"--gsd needs a projected CRS in metres, and this scene's is {scene.crs or 'missing'}")
-        # The window covers chip_size x gsd metres in native pixels; the model's resize resamples it.
-        size = max(1, round(chips.chip_size * chips.gsd / native))
-        overlap = min(size - 1, round(chips.overlap * chips.gsd / native))
-    return scenes.chip_windows(scene.width, scene.height, chip_size=size, overlap=overlap)
-
-
-def chip_key(scene_path, window) -> str:
-    return f"{scene_path}#{','.join(str(int(v)) for v in window)}"
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return file_sha256(path)
-    except OSError:
-        return None
-
-
-def _same_content(path: Path, sha256: str | None) -> bool:
-    try:
-        return sha256 is not None and file_sha256(path) == sha256
-    except OSError:
-        return False
 
 
 class DecodeDataset(torch.utils.data.Dataset):
@@ -365,39 +156,6 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
 
 
 @contextlib.contextmanager
-def hashing_scenes(store: Store, scenes: list):
-    """Hashes the scenes cut in this run (path, size, mtime) in a thread while their chips are embedded, and
-    records each hash once the block ends, unless the file changed meanwhile; so a later run tells a copy under
-    a new time from a change without this run reading every scene once more before the model starts."""
-    hashed, stop = [], threading.Event()
-
-    def work():
-        for path, size, mtime in scenes:
-            if stop.is_set():
-                return
-            hashed.append((path, _sha256_or_none(Path(path)), size, mtime))  # one append: safe across threads
-
-    thread = threading.Thread(target=work, name="scene-hashes", daemon=True)
-    thread.start()
-    try:
-        yield
-        thread.join()  # done embedding: what is left to hash is all there is to do
-    finally:
-        stop.set()  # after an error or Ctrl-C: keep what is hashed, do not wait for the rest
-        for path, sha256, size, mtime in hashed[:]:
-            if sha256 and _stat_of(path) == (size, mtime):
-                store.set_scene_sha256(path, sha256)
-
-
-def _stat_of(path: str):
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime
-
-
-@contextlib.contextmanager
 def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
     """Whatever happens inside (done, Ctrl-C, an error), the index is saved and the run's row closed;
     the summary lands in the yielded dict."""
@@ -415,22 +173,6 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 def new_counts() -> dict:
     return {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
             "failure_reasons": {}, "failure_examples": {}}
-
-
-def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
-    """Everything a plan decides before embedding: removals, forgotten failures and scenes, early failures."""
-    counts["skipped"], counts["scenes"] = plan.skipped, plan.scenes
-    if plan.removed_ids:
-        store.remove_images(plan.removed_ids)
-        counts["removed"] = len(plan.removed_ids)
-    for path in plan.forget_failures:
-        store.forget_failure(path)
-    for path in plan.forget_scenes:
-        store.forget_scene(path)
-    for path, size, mtime, options, sha256 in plan.scene_records:
-        store.record_scene(path, size=size, mtime=mtime, options=options, sha256=sha256)
-    for failure in plan.failures:
-        record_failure(store, failure, run_id, counts)
 
 
 def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, status: str) -> dict:

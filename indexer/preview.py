@@ -1,5 +1,4 @@
-"""`index --dry-run`: what a run would embed, skip and remove, from the files and the store alone (no model, no
-writes), so that a bulk rebuild's cost is known before the GPU time is spent."""
+"""`index --dry-run`: a run's plan from the files and the store alone, before any model loads or GPU time is spent."""
 import contextlib
 import tempfile
 from pathlib import Path
@@ -9,7 +8,7 @@ from store import catalogue
 from store.catalogue import CATALOGUE_NAME
 
 from .images import scan_sources
-from .pipeline import ChipOptions, plan_run
+from .plan import ChipOptions, plan_run
 
 SHOWN_FAILURES = 20
 

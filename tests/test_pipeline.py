@@ -143,7 +143,7 @@ def test_touched_file_is_skipped_and_remembered(index, indexed, chip_paths, chip
     def no_hashing(path):
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr("indexer.pipeline.file_sha256", no_hashing)
+    monkeypatch.setattr("indexer.plan.file_sha256", no_hashing)
     assert index([chips_dir], store_dir)["skipped"] == 12
 
 

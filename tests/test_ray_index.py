@@ -159,7 +159,8 @@ def test_ingesting_a_shard_twice_changes_nothing(embedder, chips_dir, tmp_path):
     """In process, no Ray: a shard of 12 chips and a broken file, ingested twice into a fresh store."""
     from indexer.distributed import _first_batch
     from indexer.images import scan_sources
-    from indexer.pipeline import ChipOptions, index_collection, plan_run
+    from indexer.pipeline import ChipOptions, index_collection
+    from indexer.plan import plan_run
     from indexer.shards import ingest_shard, write_shard
     from store import Store
 
@@ -215,7 +216,8 @@ def test_an_embedding_actor_halves_its_batch_on_out_of_memory(embedder, chips_di
 
     from indexer.distributed import EmbedActor, _job_table, decode_rows
     from indexer.images import scan_sources
-    from indexer.pipeline import ChipOptions, _fit_store_pca, plan_run
+    from indexer.pipeline import ChipOptions, _fit_store_pca
+    from indexer.plan import plan_run
     from store import Store
 
     store = Store.create(tmp_path / "store", provenance=embedder.provenance)

@@ -91,10 +91,10 @@ def test_a_scene_recorded_by_an_older_lookalike_gets_its_hash(index, naip_dir, s
 
 def test_a_scene_changed_while_it_was_hashed_keeps_no_hash(index, naip_dir, store_dir, open_store, monkeypatch):
     """The hash is taken while the chips are embedded: a file that changed by then is not the one they show."""
-    from indexer import pipeline
+    from indexer import plan
 
     scene = sorted(naip_dir.glob("*.tif"))[0]
-    real = pipeline._sha256_or_none
+    real = plan._sha256_or_none
 
     def hash_then_touch(path):
         digest = real(path)
@@ -102,7 +102,7 @@ def test_a_scene_changed_while_it_was_hashed_keeps_no_hash(index, naip_dir, stor
             os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
         return digest
 
-    monkeypatch.setattr(pipeline, "_sha256_or_none", hash_then_touch)
+    monkeypatch.setattr(plan, "_sha256_or_none", hash_then_touch)
     index([naip_dir], store_dir, chips=_chips(256))
     recorded = open_store(store_dir).scenes_by_path()
     assert recorded[str(scene)]["sha256"] is None
