@@ -380,6 +380,26 @@ def chip_geometry(scene: Scene, window) -> dict:
     return {"bounds": bounds, "footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])]}
 
 
+def part_geometry(geo: dict, part, picture_size) -> dict | None:
+    """Footprint, centroid and WGS84 bounds of `part` (col, row, width, height) of a chip whose picture is
+    `picture_size` (width, height) px, from the chip's bounds in its scene's CRS (a north-up grid, as chips are
+    cut); None for a chip without them."""
+    if not geo or not geo.get("bounds") or not geo.get("crs"):
+        return None
+    west, south, east, north = geo["bounds"]
+    col, row, width, height = part
+    xs = [west + (east - west) * c / picture_size[0] for c in (col, col + width)]
+    ys = [north - (north - south) * r / picture_size[1] for r in (row, row + height)]
+    corners_x = [xs[0], xs[0], xs[1], xs[1], (xs[0] + xs[1]) / 2]
+    corners_y = [ys[0], ys[1], ys[1], ys[0], (ys[0] + ys[1]) / 2]
+    lons, lats = warp_transform(CRS.from_user_input(geo["crs"]), WGS84, corners_x, corners_y)
+    ring = [[float(lon), float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
+    if _signed_area(ring) < 0:
+        ring.reverse()
+    return {"footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])],
+            "wgs84_bounds": [min(lons[:4]), min(lats[:4]), max(lons[:4]), max(lats[:4])]}
+
+
 def _signed_area(ring) -> float:
     """Shoelace area of an open ring: positive when counter-clockwise."""
     return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1])) / 2

@@ -214,3 +214,30 @@ def test_the_api_searches_a_part_of_an_indexed_image(ui_store_dir, ui_ids, model
     with pytest.raises(IndexerError, match="does not fit in"):
         api.search(store, api.Part(image_id, (100, 0, 64, 64)))
     store.close()
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning:rasterio")
+def test_the_map_outlines_the_part_not_the_whole_chip(page, index, shared_data_dir, tmp_path, monkeypatch):
+    from indexer.pipeline import ChipOptions
+    from indexer.scenes import part_geometry
+    from store import Store
+
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    index([scene], tmp_path / "scenes", chips=ChipOptions(chip_size=256))
+    store = Store.open(tmp_path / "scenes")
+    chip = api.search(store, next(iter(store.images_by_path().values()))["id"], k=1)["results"][0]
+    store.close()
+    geo = chip["geo"]
+    whole = part_geometry(geo, (0, 0, 256, 256), (256, 256))
+    assert np.allclose(whole["footprint"][0], geo["footprint"][0], atol=1e-9)  # the whole part is the chip
+    quarter = part_geometry(geo, (128, 0, 128, 128), (256, 256))  # the north-east quarter
+    west, south, east, north = geo["wgs84_bounds"]
+    assert quarter["wgs84_bounds"] == pytest.approx([(west + east) / 2, (south + north) / 2, east, north], abs=2e-4)
+    assert part_geometry({"bounds": None}, (0, 0, 1, 1), (2, 2)) is None
+
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "scenes"))
+    at = page(id=chip["id"], part="128,0,128,128")
+    (chart,) = at.get("deck_gl_json_chart")
+    rows = json.loads(chart.proto.json)["layers"][0]["data"]
+    (outline,) = [row for row in rows if row["label"] == "query"]
+    assert np.allclose(outline["polygon"], quarter["footprint"][0], atol=1e-9)

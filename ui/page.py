@@ -9,7 +9,7 @@ from store import StoreError
 
 from . import heatmaps
 from .geomap import result_map
-from .part import address_part, part_picker, source_size, use_whole
+from .part import address_part, part_item, part_picker, source_size, use_whole
 from .query import describe_place, load_indexed, load_upload, query_panel, remove_example, use_indexed, with_examples
 from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
 from .results import (clicked_patch, compare_panel, compared_hit, downloads, forget_click, page_of, pager,
@@ -155,10 +155,15 @@ def query_patch(query, *, opacity: float):
 
 
 def query_items(query) -> list[dict]:
-    """The catalogue rows behind the query's indexed examples (none for an upload)."""
+    """The catalogue rows behind the query's indexed examples (none for an upload); a part of the first one's
+    picture has the part's footprint."""
     if query.examples:
-        return [example["item"] for example in query.examples if example["item"]]
-    return [query.item] if query.item else []
+        items = [example["item"] for example in query.examples if example["item"]]
+    else:
+        items = [query.item] if query.item else []
+    if query.part and not query.uploaded and items:
+        items[0] = part_item(items[0], query.part)
+    return items
 
 
 def other_examples(query) -> None:

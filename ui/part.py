@@ -4,6 +4,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from indexer import api
 from indexer.errors import IndexerError
+from indexer.scenes import part_geometry
 
 from . import heatmaps
 from .query import Query, new_query
@@ -69,3 +70,9 @@ def part_picker(query: Query, *, size: tuple[int, int]) -> None:
         st.caption(f"Part {box[0]},{box[1]} {box[2]}×{box[3]} px of the {size[0]}×{size[1]} px picture. It is "
                    "resized to the model's square input as every image is: a near-square part keeps its shapes.")
         st.button("Search with this part", on_click=use_part, args=(box,), type="primary", key="use-part")
+
+
+def part_item(item: dict, part: tuple) -> dict:
+    """A chip's catalogue row with the footprint of its `part` instead of its own (for the map)."""
+    geometry = part_geometry(item.get("geo") or {}, part, picture_size(item))
+    return dict(item, geo=dict(item["geo"], **geometry)) if geometry else item
