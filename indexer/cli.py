@@ -89,6 +89,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -
                f"{_count(plan['failing'], 'file')} before reading")
     for failure in plan["failures"]:
         click.echo(f"  would fail: {failure['path']}: {failure['reason']}")
+    if plan["failing"] > len(plan["failures"]):
+        click.echo(f"  ... and {plan['failing'] - len(plan['failures']):,} more")
     click.echo(f"{store_dir} holds {plan['indexed_now']:,} images now, about {plan['after']:,} after (pictures that "
                "do not decode and chips under --min-valid are found only when read); nothing was loaded or written")
 
