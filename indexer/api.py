@@ -95,30 +95,32 @@ def load_query_image(source, *, name: str | None = None, read_options: dict | No
     stretch its chips were read with); anything else is decoded by Pillow. `source`: a path, or an upload's
     bytes and `name`. `crop` (col, row, width, height) in the file's pixels (a plain image's upright after
     EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long side)."""
-    options = dict(read_options or {}, **({"window": tuple(crop)} if crop else {}))
-    if isinstance(source, (bytes, bytearray)):
-        name = name or "upload"
-        if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
-            return scene_image(io.BytesIO(source), **options)
-        return _cropped(decode_bytes(bytes(source), name=name), crop, name)
-    path = Path(source)
-    if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
-        return scene_image(path, **options)
-    return _cropped(load_image(path), crop, str(path))
+    scene, name = _as_scene(source, name)
+    if scene is not None:
+        return scene_image(scene, **dict(read_options or {}, **({"window": tuple(crop)} if crop else {})))
+    image = decode_bytes(bytes(source), name=name) if isinstance(source, (bytes, bytearray)) else load_image(source)
+    return _cropped(image, crop, name)
 
 
 def query_file_size(source, *, name: str | None = None) -> tuple[int, int]:
     """(width, height) in the pixels a query's `crop` counts: a georeferenced raster's own (its whole read is
     smaller when it is large), anything else's as decoded and turned upright. `source` as load_query_image's."""
+    scene, _ = _as_scene(source, name)
+    if scene is not None:
+        return scene_size(scene)
+    return upright_size(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+
+
+def _as_scene(source, name: str | None) -> tuple:
+    """(what to read as a scene, or None for a plain image; the name errors give it), told as `index` tells a
+    scene: its suffix, then a CRS. `source` is a path, or an upload's bytes named `name`."""
     if isinstance(source, (bytes, bytearray)):
         name = name or "upload"
-        if Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source)):
-            return scene_size(io.BytesIO(source))
-        return upright_size(io.BytesIO(source))
+        georeferenced = Path(name).suffix.lower() in SCENE_SUFFIXES and is_georeferenced(io.BytesIO(source))
+        return (io.BytesIO(source) if georeferenced else None), name
     path = Path(source)
-    if path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path):
-        return scene_size(path)
-    return upright_size(path)
+    georeferenced = path.suffix.lower() in SCENE_SUFFIXES and path.is_file() and is_georeferenced(path)
+    return (path if georeferenced else None), str(path)
 
 
 def _cropped(image: Image.Image, crop, name: str) -> Image.Image:
@@ -155,7 +157,7 @@ class Part(NamedTuple):
 def read_part(store: Store, part: Part) -> tuple[dict, Image.Image]:
     """(the part described in an answer, its pixels); an unknown id, a changed file or a crop that does not fit
     fails here, before any model loads."""
-    about, _, row = _indexed_query(store, part.image_id)
+    about, row = _indexed_row(store, part.image_id)
     picture = load_indexed_image(dict(about, size=row["size"], mtime=row["mtime"]), crop=tuple(part.crop))
     return dict(about, crop=list(part.crop)), picture
 
@@ -166,8 +168,13 @@ def _is_image_id(query) -> bool:
 
 def _indexed_query(store: Store, image_id: int) -> tuple[dict, "np.ndarray", dict]:
     """An indexed image as a query: (its description in an answer, its stored vector, its catalogue row)."""
+    about, row = _indexed_row(store, image_id)
+    return about, store.vector(int(image_id)), row
+
+
+def _indexed_row(store: Store, image_id: int) -> tuple[dict, dict]:
     row = store.image(int(image_id))  # an unknown id fails here
-    return {"id": int(image_id), "path": row["path"], **chip_fields(row)}, store.vector(int(image_id)), row
+    return {"id": int(image_id), "path": row["path"], **chip_fields(row)}, row
 
 
 def _described_picture(query, crop: tuple | None = None) -> dict:
@@ -190,7 +197,7 @@ class _QueryReader:
 
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,
            refinement: Refinement | None = None, combine: str = "mean", unlike=(),
-           unlike_weight: float = UNLIKE_WEIGHT) -> dict:
+           unlike_weight: float = UNLIKE_WEIGHT, make_embedder=None) -> dict:
     """Nearest neighbours of an indexed image id (an int), of an image (a path or PIL image), of a Part of an
     indexed image, or of several such examples given as a list (combined by `combine`: 'mean' or 'any', see
     refine.combined_search). `unlike`: examples of the same kinds that the results should not look like; the
@@ -200,7 +207,8 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     neighbours are fetched until k pass or the store is exhausted. `exclude_self` leaves the indexed
     examples themselves (and the images parts were cut from) out of the results. The answer's "query"
     describes the one query, or holds {"examples": [...], "combine": ...} for several, and with `unlike`
-    always, with "unlike" and "unlike_weight" too.
+    always, with "unlike" and "unlike_weight" too. Without an `embedder`, one is made when a picture needs it,
+    after every picture is read: by `make_embedder()`, or the store's own model.
     """
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
@@ -208,7 +216,7 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     examples, unlike = _as_list(query), _as_list(unlike) if unlike is not None else []
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
-    vectors, described, embedder = _examples(store, examples + unlike, embedder=embedder)
+    vectors, described = _examples(store, examples + unlike, embedder=embedder, make_embedder=make_embedder)
     exclude = [int(other) for other in unlike if _is_image_id(other)]  # a part's own image may still be wanted
     exclude += [about["id"] for about in described[:len(examples)] if "id" in about] if exclude_self else []
     results = combined_search(store, vectors[:len(examples)], k=k, exclude=exclude, refinement=refinement,
@@ -225,9 +233,8 @@ def _as_list(query) -> list:
     return list(query) if isinstance(query, (list, tuple)) and not isinstance(query, Part) else [query]
 
 
-def _examples(store: Store, examples: list, *, embedder=None) -> tuple[list, list, object]:
-    """(each example's unit vector, its description, the embedder: loaded when a picture needed it). Every
-    picture is read before any model loads."""
+def _examples(store: Store, examples: list, *, embedder=None, make_embedder=None) -> tuple[list, list]:
+    """(each example's unit vector, its description). Every picture is read before any model loads."""
     read = _QueryReader(store)
     vectors, described, pictures = [], [], {}
     for position, example in enumerate(examples):
@@ -239,10 +246,11 @@ def _examples(store: Store, examples: list, *, embedder=None) -> tuple[list, lis
                 (_described_picture(example), read(example))  # unreadable: fails here
             vectors.append(None)
         described.append(about)
+    if pictures and embedder is None:
+        embedder = make_embedder() if make_embedder else load_embedder(store)
     for position, picture in pictures.items():
-        embedder = embedder or load_embedder(store)
         vectors[position] = embed_image(picture, embedder).global_vectors[0].cpu().numpy()
-    return vectors, described, embedder
+    return vectors, described
 
 
 def _embed_halving(embedder, pixels):

@@ -138,18 +138,14 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
         refinement = replace(refinement, exclude_scene=tuple(row["scene"] for row in rows[:len(image_ids)]
                                                              if row["scene"]))
     indexed = list(image_ids)
-    if crop and not images:  # a part of the first indexed example's picture
-        api.read_part(store, api.Part(image_ids[0], crop))  # a crop that does not fit fails before the model loads
-        indexed[0] = api.Part(image_ids[0], crop)
+    if crop and not images:  # a part of the first indexed example's picture (read, and its crop checked, by
+        indexed[0] = api.Part(image_ids[0], crop)  # api.search before it makes the model)
     read_options = api.scene_read_options(store) if images or unlike_images else None
     examples = [_query_picture(image, read_options, crop) for image in images]  # unreadable: fails here
     avoided = [_query_picture(image, read_options, None, role="--unlike image") for image in unlike_images]
-    embedder = None
-    if examples or avoided or crop:
-        embedder = api.load_embedder(store, model=model, device=device, dtype=dtype)
-    answer = api.search(store, examples + indexed, k=k, embedder=embedder, refinement=refinement,
-                        exclude_self=exclude_query, combine=combine, unlike=avoided + list(unlike_ids),
-                        unlike_weight=unlike_weight)
+    answer = api.search(store, examples + indexed, k=k, refinement=refinement, exclude_self=exclude_query,
+                        combine=combine, unlike=avoided + list(unlike_ids), unlike_weight=unlike_weight,
+                        make_embedder=lambda: api.load_embedder(store, model=model, device=device, dtype=dtype))
     query = answer["query"]
     described = query["examples"] if "examples" in query else [query]
     for example, image in zip(described, images):  # the files first, as api.search got them

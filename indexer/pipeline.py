@@ -76,7 +76,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         image = Image.fromarray(rgb)
         geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
                    **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
-        geo["wgs84_bounds"] = _ring_bounds(geo["footprint"])
+        geo["wgs84_bounds"] = scenes.ring_bounds(geo["footprint"])
         geo["stretch_percentiles"] = list(self.stretch)
         geo["native_gsd"] = scenes.native_gsd(job.scene)
         geo["gsd"] = self.gsd or geo["native_gsd"]
@@ -98,14 +98,6 @@ class DecodeDataset(torch.utils.data.Dataset):
 
 
 SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
-
-
-def _ring_bounds(footprint) -> list | None:
-    if not footprint:
-        return None
-    ring = footprint[0]
-    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
-    return [min(lons), min(lats), max(lons), max(lats)]
 
 
 def collate(items):

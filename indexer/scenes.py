@@ -373,11 +373,24 @@ def chip_geometry(scene: Scene, window) -> dict:
     bounds = [min(xs[:4]), min(ys[:4]), max(xs[:4]), max(ys[:4])]
     if scene.crs is None:
         return {"bounds": bounds, "footprint": None, "centroid": None}
-    lons, lats = warp_transform(scene.crs, WGS84, xs, ys)
+    return {"bounds": bounds, **_outline(scene.crs, xs, ys)}
+
+
+def _outline(crs, xs, ys) -> dict:
+    """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid."""
+    lons, lats = warp_transform(crs, WGS84, xs, ys)
     ring = [[float(lon), float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
     if _signed_area(ring) < 0:
         ring.reverse()
-    return {"bounds": bounds, "footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])]}
+    return {"footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])]}
+
+
+def ring_bounds(footprint) -> list | None:
+    """[west, south, east, north] of a footprint polygon's outer ring."""
+    if not footprint:
+        return None
+    lons, lats = [p[0] for p in footprint[0]], [p[1] for p in footprint[0]]
+    return [min(lons), min(lats), max(lons), max(lats)]
 
 
 def part_geometry(geo: dict, part, picture_size) -> dict | None:
@@ -390,14 +403,9 @@ def part_geometry(geo: dict, part, picture_size) -> dict | None:
     col, row, width, height = part
     xs = [west + (east - west) * c / picture_size[0] for c in (col, col + width)]
     ys = [north - (north - south) * r / picture_size[1] for r in (row, row + height)]
-    corners_x = [xs[0], xs[0], xs[1], xs[1], (xs[0] + xs[1]) / 2]
-    corners_y = [ys[0], ys[1], ys[1], ys[0], (ys[0] + ys[1]) / 2]
-    lons, lats = warp_transform(CRS.from_user_input(geo["crs"]), WGS84, corners_x, corners_y)
-    ring = [[float(lon), float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
-    if _signed_area(ring) < 0:
-        ring.reverse()
-    return {"footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])],
-            "wgs84_bounds": [min(lons[:4]), min(lats[:4]), max(lons[:4]), max(lats[:4])]}
+    outline = _outline(geo["crs"], [xs[0], xs[0], xs[1], xs[1], (xs[0] + xs[1]) / 2],
+                       [ys[0], ys[1], ys[1], ys[0], (ys[0] + ys[1]) / 2])
+    return dict(outline, wgs84_bounds=ring_bounds(outline["footprint"]))
 
 
 def _signed_area(ring) -> float:

@@ -40,12 +40,17 @@ def use_whole() -> None:
 
 
 def source_size(query: Query, choice) -> tuple[int, int]:
-    """(width, height) in the pixels a part counts: an upload's file's, an indexed image's as it was indexed."""
+    """(width, height) in the pixels a part counts: an upload's file's (read once per session, not on every
+    rerun of a drag), an indexed image's as it was indexed."""
     kind, value = choice
-    if query.uploaded:
+    if not query.uploaded:
+        return picture_size(query.item)
+    sizes = st.session_state.setdefault("upload-sizes", {})
+    if query.key not in sizes:
         uploaded = value if kind == "upload" else value[0]
-        return api.query_file_size(uploaded.getvalue(), name=uploaded.name)
-    return picture_size(query.item)
+        sizes.clear()  # the current upload's only
+        sizes[query.key] = api.query_file_size(uploaded.getvalue(), name=uploaded.name)
+    return sizes[query.key]
 
 
 def part_picker(query: Query, *, size: tuple[int, int]) -> None:

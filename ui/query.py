@@ -82,8 +82,21 @@ def _forget_upload() -> None:
 
 def address_ids() -> list[int]:
     """The indexed examples the address names (?id=12 or ?id=12,40,57); raises ValueError when not numbers."""
-    text = st.query_params.get("id", "")
+    return address_numbers("id")
+
+
+def address_numbers(name: str) -> list[int]:
+    """The ids the address lists under `name`, in order, each once; raises ValueError when they are not numbers."""
+    text = st.query_params.get(name, "")
     return list(dict.fromkeys(int(part) for part in text.split(","))) if text else []
+
+
+def set_address_numbers(name: str, ids: list[int]) -> None:
+    """Lists `ids` under `name` in the address; none takes the name out."""
+    if ids:
+        st.query_params[name] = ",".join(map(str, ids))
+    else:
+        st.query_params.pop(name, None)
 
 
 def add_example(image_id: int, keep_upload: bool = False) -> None:
@@ -107,9 +120,7 @@ def remove_example(image_id: int | None) -> None:
     if image_id is None:
         _forget_upload()
     else:
-        st.query_params["id"] = ",".join(str(i) for i in ids if i != int(image_id))
-        if not st.query_params["id"]:  # the upload alone again
-            st.query_params.pop("id")
+        set_address_numbers("id", [i for i in ids if i != int(image_id)])  # none: the upload alone again
     new_query(keep=("unlike",) if first else ("part", "unlike"))
 
 

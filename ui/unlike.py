@@ -7,7 +7,7 @@ from indexer.refine import UNLIKE_WEIGHT
 from store import StoreError
 from store.store import chip_fields
 
-from .query import describe_place, new_query
+from .query import address_numbers, describe_place, new_query, set_address_numbers
 from .resources import STORE_LOCK, thumbnail
 
 MAX_UNLIKE = 20
@@ -15,12 +15,11 @@ MAX_UNLIKE = 20
 
 def address_unlike() -> list[int]:
     """The ids the address names as unlike (?unlike=12,40); raises IndexerError when they are not numbers."""
-    text = st.query_params.get("unlike", "")
     try:
-        return list(dict.fromkeys(int(part) for part in text.split(",")))[:MAX_UNLIKE] if text else []
+        return address_numbers("unlike")[:MAX_UNLIKE]
     except ValueError:
-        raise IndexerError(f"the address asks for results unlike {text!r}, which is not image ids separated by "
-                           "commas") from None
+        raise IndexerError(f"the address asks for results unlike {st.query_params['unlike']!r}, which is not image "
+                           "ids separated by commas") from None
 
 
 def unlike_weight() -> float:
@@ -33,18 +32,19 @@ def unlike_weight() -> float:
 
 def add_unlike(image_id: int) -> None:
     """Callback: the results should look less like this one (the same query, moved away from it)."""
-    ids = [i for i in (st.query_params.get("unlike", "") or "").split(",") if i] + [str(int(image_id))]
+    try:
+        ids = address_numbers("unlike")
+    except ValueError:  # a list that named no ids (said on the page) gives way to this one
+        ids = []
     new_query(keep=("part", "unlike"))
-    st.query_params["unlike"] = ",".join(dict.fromkeys(ids[-MAX_UNLIKE:]))
+    set_address_numbers("unlike", list(dict.fromkeys([*ids, int(image_id)]))[-MAX_UNLIKE:])
 
 
 def remove_unlike(image_id: int) -> None:
-    kept = [i for i in st.query_params.get("unlike", "").split(",") if i and i != str(int(image_id))]
+    """Callback: take one image out of what the results should not look like."""
+    kept = [i for i in address_numbers("unlike") if i != int(image_id)]  # offered only when the list reads
     new_query(keep=("part", "unlike"))
-    if kept:
-        st.query_params["unlike"] = ",".join(kept)
-    else:
-        st.query_params.pop("unlike", None)
+    set_address_numbers("unlike", kept)
 
 
 def _set_weight() -> None:
