@@ -1,0 +1,195 @@
+"""The FAISS side of a store: which index to build, building and tuning it, keeping it in step with the catalogue."""
+import logging
+import tempfile
+
+import numpy as np
+
+from . import ann, faiss_index
+from .catalogue import get_meta, now_iso, set_meta
+from .errors import StoreError
+from .lock import acquire_write_lock
+from .vectors import blob_to_vector
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.faiss"
+INDEX_SETTINGS = "index_settings"  # meta: what the user asked of the index (memory, recall, type, parameters)
+INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and on how many vectors it was trained
+IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
+
+
+class IndexedStore:
+    """Store's index methods (a mixin): they use the store's db, store_dir, dim, writable and _index."""
+    @property
+    def index(self) -> faiss_index.SearchIndex:
+        if self._index is None:
+            index = self._load_or_rebuild_index()
+            params = (self.index_state() or {}).get("params") or {}
+            self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
+                                                  exact_source=self._all_vectors)
+        return self._index
+
+    def index_settings(self) -> dict:
+        return get_meta(self.db, INDEX_SETTINGS) or {}
+
+    def set_index_settings(self, **wishes) -> dict:
+        """Remember memory_bytes / target_recall / factory / params (None leaves a setting as it was)."""
+        recall = wishes.get("target_recall")
+        if recall is not None and not 0 < recall <= 1:
+            raise StoreError(f"target recall {recall} must be above 0 and at most 1")
+        settings = dict(self.index_settings(), **{k: v for k, v in wishes.items() if v is not None})
+        count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        self.index_plan(count, settings=settings)  # an impossible budget or type is refused before it is kept
+        set_meta(self.db, INDEX_SETTINGS, settings)
+        return settings
+
+    def index_state(self) -> dict | None:
+        return get_meta(self.db, INDEX_STATE)
+
+    def _stored_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")], dtype=np.int64)
+
+    def _load_or_rebuild_index(self):
+        index_path = self.store_dir / INDEX_NAME
+        if index_path.exists():
+            try:
+                return self._catch_up(faiss_index.read_index(index_path))
+            except RuntimeError as error:
+                log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
+        elif self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone():
+            log.warning("index file %s is missing: rebuilding it from the stored vectors", index_path)
+        return self._build_index().index
+
+    def _catch_up(self, index):
+        """An index file behind the catalogue (a run killed between saves, or still writing) is brought
+        up to date in place: stale ids removed, missing vectors added, no retraining."""
+        stored_ids = self._stored_ids()
+        held_ids = faiss_index.index_ids(index)
+        extra = np.setdiff1d(held_ids, stored_ids)
+        missing = np.setdiff1d(stored_ids, held_ids)
+        if len(extra) or len(missing):
+            log.warning("index file is out of step with the catalogue (%d vectors to add, %d to remove): "
+                        "bringing it up to date", len(missing), len(extra))
+            if len(extra):
+                index.remove_ids(extra)
+            if len(missing):
+                ids, vectors = self._vectors_for(missing)
+                index.add_with_ids(vectors, ids)
+        return index
+
+    def _vectors_for(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = [], []
+        for start in range(0, len(image_ids), 900):  # under SQLite's limit on bound parameters
+            chunk = [int(i) for i in image_ids[start:start + 900]]
+            rows = self.db.execute(
+                f"SELECT image_id, vector FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)
+            for image_id, blob in rows:
+                ids.append(image_id)
+                vectors.append(blob_to_vector(blob))
+        return np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the whole store from one SELECT: a consistent snapshot even while a run writes
+        (WAL). Past IN_MEMORY_BYTES the vectors go to a scratch file that is unlinked at once."""
+        dim = self.dim or 1
+        count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        if count * dim * 4 <= IN_MEMORY_BYTES:
+            vectors = np.empty((count, dim), dtype=np.float32)  # (N, D)
+        else:
+            scratch = tempfile.NamedTemporaryFile(dir=self.store_dir, prefix=".vectors-", suffix=".f32")
+            vectors = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(count, dim))  # (N, D)
+            scratch.close()  # the mapping keeps the space until it is dropped
+        ids = np.empty(count, dtype=np.int64)
+        row = -1
+        for row, (image_id, blob) in enumerate(self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")):
+            if row == count:  # rows added after the count: left for the next catch-up
+                row -= 1
+                break
+            ids[row] = image_id
+            vectors[row] = blob_to_vector(blob)
+        return ids[:row + 1], vectors[:row + 1]
+
+    def index_plan(self, n: int, *, settings: dict | None = None) -> ann.IndexPlan:
+        settings = self.index_settings() if settings is None else settings
+        if settings.get("factory"):
+            return ann.user_plan(settings["factory"], n, self.dim or 1)
+        return ann.plan_index(n, self.dim or 1, memory_bytes=settings.get("memory_bytes"),
+                              target_recall=settings.get("target_recall", ann.DEFAULT_RECALL))
+
+    def _build_index(self) -> ann.BuiltIndex:
+        """Choose, train, fill and tune an index over every stored vector; a writer records what it built."""
+        ids, vectors = self._all_vectors()
+        settings = self.index_settings()
+        plan = self.index_plan(len(ids))
+        built = ann.build_index(vectors, ids, plan, target_recall=settings.get("target_recall", ann.DEFAULT_RECALL),
+                                params=settings.get("params"))
+        if self.writable:
+            state = {"factory": plan.factory, "kind": plan.kind, "reason": plan.reason,
+                     "estimated_bytes": plan.estimated_bytes, "params": built.params,
+                     "recall_at_10": None if built.recall is None else round(built.recall, 4),
+                     "latency_ms": None if built.latency_ms is None else round(built.latency_ms, 3),
+                     "tuning": [[p, round(r, 4)] for p, r in built.tuning], "trained_on": built.trained_on,
+                     "tuned_on": len(ids), "build_s": round(built.build_s, 2), "built_at": now_iso(),
+                     "settings": settings}
+            set_meta(self.db, INDEX_STATE, state)
+        return built
+
+    def rebuild_reason(self) -> str | None:
+        """Why the index should be rebuilt now (after a run), or None: retraining is not done on every add."""
+        n = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        state = self.index_state()
+        plan = self.index_plan(n)
+        if state is None:
+            return "no record of how the index was built" if n else None
+        if state.get("settings") != self.index_settings():
+            return "the index settings changed"
+        if state["kind"] != plan.kind:
+            return f"the collection ({n:,} vectors) now calls for {plan.factory}, not {state['factory']}"
+        if state["kind"] == "ivf" and n >= ann.RETRAIN_GROWTH * max(1, state["trained_on"]):
+            return f"the collection grew from {state['trained_on']:,} to {n:,} vectors since training"
+        if state["kind"] == "ivf" and n * ann.RETRAIN_GROWTH <= state["trained_on"]:
+            return f"the collection shrank from {state['trained_on']:,} to {n:,} vectors since training"
+        dead = self._index.cpu.dead_rows() if self._index is not None and hasattr(self._index.cpu, "dead_rows") else 0
+        if dead > ann.COMPACT_SHARE * max(1, n):
+            return f"{dead:,} removed vectors still hold re-ranking codes"
+        budget = self.index_settings().get("memory_bytes")
+        if budget and plan.factory != state["factory"] and ann.estimate_bytes(state["factory"], n, self.dim) > budget:
+            return f"{state['factory']} over {n:,} vectors would exceed the memory budget"
+        if state["kind"] != "flat" and not ann.RETUNE_GROWTH ** -1 <= n / max(1, state["tuned_on"]) < ann.RETUNE_GROWTH:
+            return f"the collection changed from {state['tuned_on']:,} to {n:,} vectors since tuning"
+        return None
+
+    def finish_index(self) -> None:
+        """After a run: rebuild (choose, train, tune) when rebuild_reason says so, then save."""
+        try:
+            reason = self.rebuild_reason()
+            if reason:
+                log.info("rebuilding the index: %s", reason)
+                built = self._build_index()
+                self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                                      exact_source=self._all_vectors)
+        except StoreError as error:  # e.g. the collection outgrew --index-memory: keep what searches now
+            log.warning("keeping the current index: %s", error)
+        self.save_index()
+
+    def reindex(self, **wishes) -> dict:
+        """Rebuild only the index from the stored vectors with new settings; returns what was built."""
+        self._write_lock = self._write_lock or acquire_write_lock(self.store_dir)
+        self.set_index_settings(**wishes)
+        self.writable = True
+        built = self._build_index()
+        self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                              exact_source=self._all_vectors)
+        self.save_index()
+        return self.index_description()
+
+    def index_description(self) -> dict:
+        state = self.index_state() or {}
+        index_path = self.store_dir / INDEX_NAME
+        return dict(faiss_index.describe(self.index.cpu), **{k: v for k, v in state.items() if k != "settings"},
+                    settings=self.index_settings(),
+                    file_bytes=index_path.stat().st_size if index_path.exists() else None)
+
+    def save_index(self) -> None:
+        if self._index is not None:
+            faiss_index.write_index_atomic(self._index.cpu, self.store_dir / INDEX_NAME)
