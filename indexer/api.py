@@ -279,18 +279,32 @@ class _Prepared(NamedTuple):
 
 def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
                 exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16,
-                crop: tuple | None = None):
+                crop: tuple | None = None, unlike=(), unlike_weight: float = UNLIKE_WEIGHT, make_embedder=None):
     """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
     searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
     time with one model (loaded at the first image; a batch the device cannot hold is split in halves).
     A query that cannot be read (or an unknown id) gives {"query": ..., "error": reason} and the others go
     on. `exclude_self` leaves an indexed query out of its own results, `exclude_own_scene` its scene's chips;
-    `crop` is load_query_image's, for every image file."""
+    `crop` is load_query_image's, for every image file. `unlike` (as search's, read and embedded once, before
+    the first query; one that cannot be read ends it all) moves every query away from them, and each answer's
+    "query" is then search's {"examples": [the query], "combine", "unlike", "unlike_weight"}. Without an
+    `embedder`, one is made when a picture needs it: by `make_embedder()`, or the store's own model."""
     import torch
 
     refinement = Refinement() if refinement is None else refinement
     queries = list(queries)
     read = _QueryReader(store, crop)
+    made = [embedder] if embedder is not None else []
+
+    def model():  # made once, when a picture first needs it, and kept for the whole run
+        if not made:
+            made.append(make_embedder() if make_embedder else load_embedder(store))
+        return made[0]
+
+    avoided, avoided_about, avoided_ids = [], [], []
+    if unlike:
+        avoided, avoided_about = _examples(store, list(unlike), embedder=embedder, make_embedder=model)
+        avoided_ids = [int(other) for other in unlike if _is_image_id(other)]
     for start in range(0, len(queries), batch_size):
         prepared = []
         for query in queries[start:start + batch_size]:
@@ -308,7 +322,7 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
                 reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
                 prepared.append(_Prepared(_described_picture(query, crop), error=reason))
                 continue
-            embedder = embedder or load_embedder(store)  # a model that cannot load ends it all: not caught
+            embedder = model()  # a model that cannot load ends it all: not caught
             pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
             prepared.append(_Prepared(_described_picture(query, crop), pixels=pixels))
         pixels = [entry.pixels for entry in prepared if entry.pixels is not None]
@@ -320,6 +334,9 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             vector = next(embedded) if entry.pixels is not None else entry.vector
             refined = replace(refinement, exclude_scene=entry.own_scene) if exclude_own_scene and entry.own_scene \
                 else refinement
-            results = combined_search(store, [vector], k=k, refinement=refined,
-                                      exclude=[entry.own_id] if exclude_self and entry.own_id else [])
-            yield {"query": entry.described, "results": results}
+            exclude = avoided_ids + ([entry.own_id] if exclude_self and entry.own_id else [])
+            results = combined_search(store, [vector], k=k, refinement=refined, exclude=exclude,
+                                      unlike=avoided or None, unlike_weight=unlike_weight)
+            about = {"examples": [entry.described], "combine": "mean", "unlike": avoided_about,
+                     "unlike_weight": unlike_weight} if unlike else entry.described
+            yield {"query": about, "results": results}

@@ -32,7 +32,7 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
               help="How far the query moves away from the --unlike images (Rocchio's weight for them).")
 @click.option("--each", is_flag=True,
               help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "
-                   "model load: one answer per query, as JSON Lines with --json.")
+                   "model load: one answer per query, as JSON Lines with --json; --unlike then moves every query.")
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model (e.g. a local directory); its weights must match.")
 @click.option("--dedupe/--no-dedupe", default=True, show_default=True,
@@ -81,14 +81,13 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     crop = parse_numbers(crop_text, "--crop", int, 4, 4)
     if crop and not images and (each or not (image_ids or at_text)):
         raise click.UsageError("--crop cuts the IMAGE files (or, without --each, the first --id's picture): give one")
-    if each and (unlike_images or unlike_ids):
-        raise click.UsageError("--unlike and --unlike-id shape one query: they do not go with --each")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
     if at is not None:
         image_ids = (*image_ids, _chip_at(store, *at))
     if each:
         _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
+                     unlike=(unlike_images, unlike_ids, unlike_weight),
                      exclude_query=exclude_query, exclude_scene=exclude_scene, refinement=refinement, crop=crop)
         return
     answer = _search_examples(store, images, image_ids, k=k, combine=combine, model=model, device=device,
@@ -200,24 +199,32 @@ def _chip_at(store, lon: float, lat: float) -> int:
 
 
 def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, exclude_query, exclude_scene,
-                 refinement, crop=None):
-    """search --each: one answer per query, printed as it comes; a query that fails is reported and skipped."""
+                 refinement, crop=None, unlike=((), (), 0.25)):
+    """search --each: one answer per query, printed as it comes; a query that fails is reported and skipped.
+    The `unlike` (images, ids, weight) shape every query; one of them that cannot be read ends the run."""
     from indexer import api
     from indexer.images import scan_sources
     from indexer.refine import empty_results_note
 
+    unlike_images, unlike_ids, unlike_weight = unlike
     paths = [Path(str(path)) for path in scan_sources(images)]  # a missing source fails here, before any model
     if not paths and not image_ids:
         raise click.ClickException(f"no image files to query with in {', '.join(map(str, images))}")
-    embedder = api.load_embedder(store, model=model, device=device, dtype=dtype) if paths else None
+    for image_id in unlike_ids:  # an unknown id fails here
+        store.image(image_id)
+    for image in unlike_images:
+        if not image.is_file():
+            raise click.ClickException(f"--unlike image {image} does not exist or is not a file")
     failed = 0
-    for answer in api.search_each(store, paths + list(image_ids), k=k, embedder=embedder, refinement=refinement,
-                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene, crop=crop):
+    for answer in api.search_each(store, paths + list(image_ids), k=k, refinement=refinement,
+                                  make_embedder=lambda: api.load_embedder(store, model=model, device=device, dtype=dtype),
+                                  exclude_self=exclude_query, exclude_own_scene=exclude_scene, crop=crop,
+                                  unlike=[*unlike_images, *unlike_ids], unlike_weight=unlike_weight):
         failed += "error" in answer
         if as_json:
             click.echo(json.dumps(answer))
             continue
-        query = answer["query"]
+        query = answer["query"]["examples"][0] if "examples" in answer["query"] else answer["query"]
         named = " · ".join(part for part in (f"id {query['id']}" if "id" in query else "", query.get("path")) if part)
         click.echo(f"== {named}")
         if "error" in answer:

@@ -530,8 +530,6 @@ def test_unlike_moves_the_query_away_and_leaves_those_images_out(built, tmp_path
     assert answer["query"]["unlike"][0] == {"path": str(paths[5])}  # the files first, then the ids
     assert answer["query"]["unlike"][1]["id"] == avoided_id
     assert answer["query"]["unlike_weight"] == 0.4 and answer["query"]["examples"][0]["id"] == query
-    each = invoke("search", "--each", "--id", query, "--unlike-id", avoided_id, "--store", store_dir)
-    assert each.exit_code == 2 and "--unlike" in each.output
     heavy = invoke("search", "--id", query, "--unlike-id", avoided_id, "--unlike-weight", 2, "--store", store_dir)
     assert heavy.exit_code == 2 and "--unlike-weight" in heavy.output
     unknown = invoke("search", "--id", query, "--unlike-id", 99999, "--store", store_dir, "--model",
@@ -540,3 +538,35 @@ def test_unlike_moves_the_query_away_and_leaves_those_images_out(built, tmp_path
     missing = invoke("search", "--id", query, "--unlike", tmp_path / "nothing.jpg", "--store", store_dir, "--model",
                      "nobody/no-such-model")  # refused before any model is looked for
     assert_one_line_error(missing, "--unlike image", "nothing.jpg", "does not exist")
+
+
+def test_each_moves_every_query_away_from_the_same_unlike(built):
+    from indexer import api
+
+    chips_dir, _, store_dir, _ = built
+    store = api.open_store(store_dir)
+    paths = sorted(chips_dir.glob("*.jpg"))
+    queries = [store.image_id_for_path(str(paths[0].absolute())), store.image_id_for_path(str(paths[9].absolute()))]
+    avoided_id = api.search(store, queries[0], k=2)["results"][1]["id"]
+    embedder = api.load_embedder(store, device="cpu", dtype="float32")
+    expected = [api.search(store, query, k=4, unlike=[avoided_id, paths[5]], unlike_weight=0.4, embedder=embedder)
+                for query in queries]
+    store.close()
+    result = invoke("search", "--each", "--id", queries[0], "--id", queries[1], "--unlike-id", avoided_id,
+                    "--unlike", paths[5], "--unlike-weight", 0.4, "--store", store_dir, "-k", 4, "--json", *RUN)
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["query"]["examples"][0]["id"] for a in answers] == queries
+    for answer, wanted in zip(answers, expected):  # each as its own `search --unlike` answers it
+        assert [h["id"] for h in answer["results"]] == [h["id"] for h in wanted["results"]]
+        assert [h["score"] for h in answer["results"]] == pytest.approx([h["score"] for h in wanted["results"]], abs=1e-4)
+        assert avoided_id not in [h["id"] for h in answer["results"]]
+        assert answer["query"]["unlike"][0] == {"path": str(paths[5])} and answer["query"]["unlike"][1]["id"] == avoided_id
+        assert answer["query"]["unlike_weight"] == 0.4
+    plain = invoke("search", "--each", "--id", queries[0], "--store", store_dir, "-k", 4, "--json", *RUN)
+    assert json.loads(plain.stdout)["results"] != answers[0]["results"]  # the unlike did move the query
+    text = invoke("search", "--each", "--id", queries[0], "--unlike-id", avoided_id, "--store", store_dir, *RUN)
+    assert text.exit_code == 0 and text.output.startswith(f"== id {queries[0]}")
+    missing = invoke("search", "--each", "--id", queries[0], "--unlike", chips_dir / "nothing.jpg", "--store",
+                     store_dir, "--model", "nobody/no-such-model")
+    assert_one_line_error(missing, "--unlike image", "nothing.jpg")
