@@ -85,7 +85,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -
     parts = [f"{_count(plan['files'], 'file')} whole"] if plan["files"] else []
     parts += [f"{_count(plan['chips'], 'chip')} of {_count(plan['scenes'], 'scene')}"] if plan["chips"] else []
     click.echo(f"dry run: would embed {_count(plan['embed'], 'image')}" + (f" ({', '.join(parts)})" if parts else "")
-               + f", skip {plan['skipped']:,}, remove {plan['removed']:,}, and refuse "
+               + f", skip {plan['skipped']:,}" + (f", keep {plan['moved']:,} moved under new paths" if plan["moved"] else "")
+               + f", remove {plan['removed']:,}, and refuse "
                f"{_count(plan['failing'], 'file')} before reading")
     for failure in plan["failures"]:
         click.echo(f"  would fail: {failure['path']}: {failure['reason']}")
@@ -202,7 +203,9 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         scenes = (f" ({_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
                   "under --min-valid skipped)") if summary["scenes"] else ""
         click.echo(
-            f"indexed {summary['indexed']}{scenes}, skipped {summary['skipped']}, removed {summary['removed']}, "
+            f"indexed {summary['indexed']}{scenes}, skipped {summary['skipped']}, "
+            + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
+            + f"removed {summary['removed']}, "
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "
             f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
         )

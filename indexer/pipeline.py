@@ -163,7 +163,7 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 
 
 def new_counts() -> dict:
-    return {"indexed": 0, "skipped": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
+    return {"indexed": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
             "failure_reasons": {}, "failure_examples": {}}
 
 

@@ -13,6 +13,7 @@ from store.swap import recorded_runs
 from . import scenes
 from .errors import IndexerError
 from .images import IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, OutsideLink, file_sha256, upright_size
+from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .writer import record_failure
 
@@ -49,6 +50,9 @@ class Plan:
     skipped: int = 0
     scenes: int = 0
     removed_ids: list = field(default_factory=list)
+    moved: int = 0  # images found under a new path with the same bytes: they keep their ids and vectors
+    moves: list = field(default_factory=list)  # (image_id, new path, size, mtime) of moved files
+    scene_moves: list = field(default_factory=list)  # (old path, new path, date, georeferenced) of moved scenes
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
     scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
@@ -85,6 +89,9 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         if row["scene"]:
             chips_of.setdefault(row["scene"], []).append(row)
     failing_now = set()
+    gone_rows = [row for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
+    gone_scenes = [record for key, record in scene_records.items() if not os.path.lexists(key)]
+    moves = Moves(store, gone_rows=gone_rows, gone_scenes=gone_scenes, chips_of=chips_of)
 
     def unreadable(key: str, reason: str) -> None:
         failing_now.add(key)
@@ -119,7 +126,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
             _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced, write=write)
+                        georeferenced=georeferenced, write=write, moves=moves)
         elif key in chips_of:  # cut into chips before, embedded whole now
             plan.removed_ids += [c["id"] for c in chips_of[key]]
             plan.forget_scenes.append(key)
@@ -130,12 +137,19 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             if write:
                 store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
             plan.skipped += 1
+        elif row is None and (gone := moves.file(path, stat.st_size)) is not None:
+            plan.moves.append((gone["id"], key, stat.st_size, stat.st_mtime))
+            plan.moved += 1
+            if key in known_failures:  # a failure this path had before is history: its content is indexed
+                plan.forget_failures.append(key)
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
-    plan.removed_ids += [row["id"] for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
-    plan.forget_failures = [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
+    moved_ids = {move[0] for move in plan.moves}
+    moved_scenes = {move[0] for move in plan.scene_moves}
+    plan.removed_ids += [row["id"] for row in gone_rows if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
+    plan.forget_failures += [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
     plan.forget_failures += [record[0] for record in plan.scene_records if record[0] in known_failures]
-    plan.forget_scenes += [key for key in scene_records if not os.path.lexists(key)]
+    plan.forget_scenes += [record["path"] for record in gone_scenes if record["path"] not in moved_scenes]
     return plan
 
 
@@ -145,14 +159,30 @@ def is_scene(path: Path) -> bool:
 
 
 def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
-                chips: ChipOptions, *, georeferenced: bool, write: bool = True) -> None:
+                chips: ChipOptions, *, georeferenced: bool, write: bool = True, moves: Moves | None = None) -> None:
     """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
-    run cut short goes on where it stopped.
+    run cut short goes on where it stopped. A new scene with the bytes of a gone one (`moves`) takes over
+    its chips.
     """
     key, options = str(path), dataclasses.asdict(chips)
     options_text = json.dumps(options, sort_keys=True)
+    try:
+        scene, windows, plain_source = _cut(path, chips, georeferenced=georeferenced)
+    except IndexerError as error:
+        scene, failure = None, error
+    else:
+        failure = None
+    moved_from = None
+    if record is None and not known_chips and moves is not None and failure is None:
+        reading = {name: scene.as_record()[name] for name in READING_FIELDS} if georeferenced else None
+        gone = moves.scene(path, stat.st_size, options_text, reading=reading)
+        if gone is not None:  # the same bytes under a new path: its chips follow it
+            moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
+            known_chips = moves.chips(moved_from, key)
+            plan.scene_moves.append((moved_from, key, scene.date if georeferenced else None, georeferenced))
+            plan.moved += len(known_chips)
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
         if write:
@@ -163,20 +193,15 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if not unchanged:
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
-    try:
-        if georeferenced:
-            scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
-            windows, plain_source = _windows(scene, chips), None
-        else:
-            width, height = upright_size(path)
-            scene, plain_source = None, key
-            windows = scenes.chip_windows(width, height, chip_size=chips.chip_size, overlap=chips.overlap)
-    except IndexerError as error:
-        plan.failures.append((key, str(error).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
+    if failure is not None:
+        plan.failures.append((key, str(failure).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
-    done = ({c["path"] for c in known_chips} | store.skipped_chip_keys(key)) if unchanged else set()
+    skipped_keys = store.skipped_chip_keys(moved_from or key)
+    if moved_from:
+        skipped_keys = {key + chip[len(moved_from):] for chip in skipped_keys}
+    done = ({c["path"] for c in known_chips} | skipped_keys) if unchanged else set()
     missing = [window for window in windows if chip_key(path, window) not in done]
-    plan.skipped += len(windows) - len(missing)
+    plan.skipped += len(windows) - len(missing) - (len(known_chips) if moved_from else 0)
     if missing:
         plan.scenes += 1
     plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None))
@@ -184,6 +209,15 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
                   for w in missing]
+
+
+def _cut(path: Path, chips: ChipOptions, *, georeferenced: bool) -> tuple:
+    """(the opened scene or None, its windows, the plain image's path or None)."""
+    if georeferenced:
+        scene = scenes.open_scene(path, bands=chips.bands, stretch=chips.stretch)
+        return scene, _windows(scene, chips), None
+    width, height = upright_size(path)
+    return None, scenes.chip_windows(width, height, chip_size=chips.chip_size, overlap=chips.overlap), str(path)
 
 
 def _larger_than(path: Path, chip_size: int) -> bool:
@@ -258,7 +292,11 @@ def _stat_of(path: str):
 
 def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
     """Everything a plan decides before embedding: removals, forgotten failures and scenes, early failures."""
-    counts["skipped"], counts["scenes"] = plan.skipped, plan.scenes
+    counts["skipped"], counts["scenes"], counts["moved"] = plan.skipped, plan.scenes, plan.moved
+    for image_id, path, size, mtime in plan.moves:
+        store.move_image(image_id, path=path, size=size, mtime=mtime)
+    for old, new, date, georeferenced in plan.scene_moves:
+        store.move_scene(old, new, date=date, dated=georeferenced)
     if plan.removed_ids:
         store.remove_images(plan.removed_ids)
         counts["removed"] = len(plan.removed_ids)

@@ -17,7 +17,8 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     """The plan of `index SOURCES --store STORE_DIR` now: counts of images to embed (files whole, chips of how
     many scenes), skipped, removed, and the files refused unread (links out of the sources, names SQLite cannot
     hold, scenes that do not open...). Pictures that do not decode and chips too empty under --min-valid are
-    only known when read, so they count as to embed here."""
+    only known when read, so they count as to embed here. "moved": images found under a new path with the
+    same bytes, which keep their ids and vectors (a new path is read to hash it when a gone file has its size)."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
     exists = (store_dir / CATALOGUE_NAME).is_file()
@@ -29,7 +30,8 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     kept = 0 if rebuild else indexed - removed
     return {"store": str(store_dir), "store_exists": exists, "rebuild": rebuild, "indexed_now": indexed,
             "embed": len(plan.jobs), "files": len(plan.jobs) - chips_to_embed, "chips": chips_to_embed,
-            "scenes": plan.scenes, "skipped": plan.skipped, "removed": indexed if rebuild else removed,
+            "scenes": plan.scenes, "skipped": plan.skipped, "moved": plan.moved,
+            "removed": indexed if rebuild else removed,
             "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
             "failing": len(plan.failures),
             "failures": [{"path": path, "reason": reason} for path, reason, *_ in plan.failures[:SHOWN_FAILURES]]}

@@ -274,6 +274,20 @@ class Store(IndexedStore):
             self.db.execute("UPDATE scenes SET size = ?, mtime = ? WHERE path = ?", [size, mtime, path])
             self.db.execute("UPDATE images SET size = ?, mtime = ? WHERE scene = ?", [size, mtime, path])
 
+    def move_scene(self, old: str, new: str, *, date=None, dated: bool = False) -> None:
+        """A scene found under a new path with the same bytes: its record, its chips (ids, vectors and all) and
+        its too-empty windows follow it. `dated`: its chips take `date`, the date the new path gives (a date
+        in a file name may change with it)."""
+        start = len(old) + 1  # chip keys are "<scene path>#<window>": the new path, then the same window
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
+            self.db.execute("UPDATE scenes SET path = ? WHERE path = ?", [new, old])
+            self.db.execute("UPDATE images SET path = ? || substr(path, ?), scene = ? WHERE scene = ?",
+                            [new, start, new, old])
+            self.db.execute("UPDATE skipped_chips SET key = ? || substr(key, ?), scene = ? WHERE scene = ?",
+                            [new, start, new, old])
+            if dated:
+                self.db.execute("UPDATE images SET geo = json_set(geo, '$.date', ?) WHERE scene = ?", [date, new])
+
     def forget_scene(self, path: str) -> None:
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none
             self.db.execute("DELETE FROM skipped_chips WHERE scene = ?", [path])
@@ -301,6 +315,10 @@ class Store(IndexedStore):
     def touch_image(self, image_id: int, *, size: int, mtime: float) -> None:
         """Same content under a new mtime: remember it so the next scan needs no hash."""
         self.db["images"].update(image_id, {"size": size, "mtime": mtime})
+
+    def move_image(self, image_id: int, *, path: str, size: int, mtime: float) -> None:
+        """A file found under a new path with the same bytes: its id, vector and patch features follow it."""
+        self.db["images"].update(image_id, {"path": path, "size": size, "mtime": mtime})
 
     def vector(self, image_id: int) -> np.ndarray:
         row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [int(image_id)]).fetchone()
