@@ -291,7 +291,7 @@ def _stat_of(path: str):
 
 
 def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
-    """Everything a plan decides before embedding: removals, forgotten failures and scenes, early failures."""
+    """Everything a plan decides before embedding: moves, removals, forgotten failures and scenes, early failures."""
     counts["skipped"], counts["scenes"], counts["moved"] = plan.skipped, plan.scenes, plan.moved
     for image_id, path, size, mtime in plan.moves:
         store.move_image(image_id, path=path, size=size, mtime=mtime)
