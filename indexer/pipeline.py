@@ -23,7 +23,7 @@ from .images import Preprocess, decode_bytes, load_image, scan_sources
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
-RUN_COLUMNS = ("indexed", "skipped", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
+RUN_COLUMNS = ("indexed", "skipped", "moved", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
 
 log = logging.getLogger(__name__)
 

@@ -430,7 +430,8 @@ class Store(IndexedStore):
         ).last_pk
 
     def finish_run(self, run_id: int, summary: dict, *, status: str = "done") -> None:
-        self.db["runs"].update(run_id, dict(summary, ended=now_iso(), status=status))
+        # alter: a count added since the store was made (e.g. "moved") gets its column on the first write
+        self.db["runs"].update(run_id, dict(summary, ended=now_iso(), status=status), alter=True)
 
     # -- reading -------------------------------------------------------------------------
     def search(self, query: np.ndarray, *, k: int = 10, exclude_ids=(), nprobe: int | None = None) -> list[dict]:

@@ -44,6 +44,8 @@ def test_a_renamed_folder_keeps_every_id_and_embeds_nothing(index, indexed, chip
     hit = store.search(store.vector(some_id), k=1)[0]
     assert hit["id"] == some_id and hit["path"].startswith(str(moved_dir.absolute()))
     assert store.index.ntotal == 12
+    last_run = store.info()["last_run"]
+    assert (last_run["moved"], last_run["indexed"]) == (12, 0)  # kept with the run's other counts
     store.close()
     assert index([moved_dir], store_dir)["skipped"] == 12  # the new paths and times are recorded
 
