@@ -15,14 +15,15 @@ from store.swap import last_chip_options, open_live, recorded_runs
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
 from .images import decode_bytes, load_image, upright_size
+from .neardup import near_duplicates
 from .pipeline import index_collection
 from .plan import SCENE_SUFFIXES
 from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
 __all__ = ["DEFAULT_MODEL", "Part", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
-           "load_query_image", "open_store", "query_file_size", "read_part", "scene_read_options", "search",
-           "search_each"]
+           "load_query_image", "near_duplicates", "open_store", "query_file_size", "read_part", "scene_read_options",
+           "search", "search_each"]
 
 
 def open_store(store_dir) -> Store:

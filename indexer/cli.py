@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .cli_common import device_option, dtype_option, friendly_errors, json_option, parse_numbers, store_option
+from .cli_neardup import near_duplicates
 from .cli_search import search
 
 SCENES_SHOWN = 20
@@ -69,6 +70,7 @@ def cli(verbose):
 
 
 cli.add_command(search)
+cli.add_command(near_duplicates)
 
 
 def _count(n: int, noun: str) -> str:

@@ -198,13 +198,15 @@ def _in_dates(date: str | None, dates: tuple) -> bool:
 def _overlaps_kept(hit: dict, kept: list[dict]) -> bool:
     if not hit.get("scene"):
         return False
-    col, row, width, height = hit["window"]
-    for other in kept:
-        if other.get("scene") == hit["scene"]:
-            o_col, o_row, o_width, o_height = other["window"]
-            if col < o_col + o_width and o_col < col + width and row < o_row + o_height and o_row < row + height:
-                return True
-    return False
+    return any(other.get("scene") == hit["scene"] and windows_overlap(hit["window"], other["window"])
+               for other in kept)
+
+
+def windows_overlap(one, other) -> bool:
+    """Whether two (col, row, width, height) windows of one scene share pixels."""
+    col, row, width, height = one
+    o_col, o_row, o_width, o_height = other
+    return col < o_col + o_width and o_col < col + width and row < o_row + o_height and o_row < row + height
 
 
 def to_geojson(answer: dict) -> dict:

@@ -208,6 +208,17 @@ class Store(IndexedStore):
             raise UnknownImage(f"no image with id {image_id} in the store at {self.store_dir}")
         return rows[0]
 
+    def images(self, image_ids) -> dict[int, dict]:
+        """id → {id, path, size, mtime, width, height, and a chip's scene, window and geo} for those of
+        `image_ids` in the store."""
+        image_ids, found = [int(i) for i in image_ids], {}
+        for start in range(0, len(image_ids), 900):  # under SQLite's limit on bound parameters
+            chunk = image_ids[start:start + 900]
+            for row in self.db.query(f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                found[row["id"]] = {**{k: row[k] for k in ("id", "path", "size", "mtime", "width", "height")},
+                                    **chip_fields(row)}
+        return found
+
     def image_id_for_path(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
         return row[0] if row else None
@@ -319,6 +330,14 @@ class Store(IndexedStore):
     def move_image(self, image_id: int, *, path: str, size: int, mtime: float) -> None:
         """A file found under a new path with the same bytes: its id, vector and patch features follow it."""
         self.db["images"].update(image_id, {"path": path, "size": size, "mtime": mtime})
+
+    def vector_batches(self, *, batch_size: int = 4096):
+        """Every stored vector, in id order: (ids (n,), vectors (n, D)) at most `batch_size` at a time, from one
+        SELECT (a consistent snapshot while a run writes)."""
+        cursor = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")
+        while rows := cursor.fetchmany(batch_size):
+            yield (np.array([image_id for image_id, _ in rows], dtype=np.int64),
+                   np.stack([blob_to_vector(blob) for _, blob in rows]))  # (n, D)
 
     def vector(self, image_id: int) -> np.ndarray:
         row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [int(image_id)]).fetchone()

@@ -1,0 +1,79 @@
+"""Near-duplicates in a store: images whose vectors are within a cosine threshold of each other, in groups."""
+from tqdm import tqdm
+
+from store import Store
+
+from .errors import IndexerError
+from .refine import windows_overlap
+
+DEFAULT_THRESHOLD = 0.95
+
+
+def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: int = 10, overlapping: bool = False,
+                    progress: bool = False) -> dict:
+    """Every stored image searched against the store's index for its k nearest; two images whose cosine is at
+    least `threshold` are linked, and a group is a set of images joined by links (connected components, so
+    a chain of near-copies is one group). Chips of one scene whose windows overlap share pixels and are not
+    linked unless `overlapping`. Approximate indexes find what their recall allows; exact ones find every
+    pair among each image's k nearest.
+
+    Returns {"threshold", "k", "images" (searched), "in_groups", "groups": [{"size", "images": [{id, path,
+    ...}], "links": [[id, id, cosine], ...]}]}, the largest groups first."""
+    if not 0 < threshold <= 1:
+        raise IndexerError(f"the threshold {threshold} must be above 0 and at most 1 (a cosine similarity)")
+    if k < 1:
+        raise IndexerError(f"k must be at least 1, not {k}")
+    links = _links(store, threshold=threshold, k=k, progress=progress)
+    rows = store.images({image_id for pair in links for image_id in pair})
+    if not overlapping:
+        links = {pair: score for pair, score in links.items() if not _overlap(rows.get(pair[0]), rows.get(pair[1]))}
+    links = {pair: score for pair, score in links.items() if pair[0] in rows and pair[1] in rows}  # removed meanwhile
+    group_of = _components(links)
+    members, member_links = {}, {}
+    for image_id, group in group_of.items():
+        members.setdefault(group, []).append(image_id)
+    for (a, b), score in sorted(links.items(), key=lambda link: -link[1]):
+        member_links.setdefault(group_of[a], []).append([a, b, round(score, 6)])
+    groups = [{"size": len(ids), "images": [rows[image_id] for image_id in sorted(ids)], "links": member_links[group]}
+              for group, ids in members.items()]
+    groups.sort(key=lambda group: (-group["size"], group["images"][0]["id"]))
+    return {"threshold": threshold, "k": k, "images": store.count_images(),
+            "in_groups": sum(group["size"] for group in groups), "groups": groups}
+
+
+def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tuple[int, int], float]:
+    """(smaller id, larger id) → the best cosine either found of the other, for pairs at or over threshold."""
+    index, links = store.index, {}
+    bar = tqdm(total=index.ntotal, unit="img", desc="searching", disable=not progress)
+    for ids, vectors in store.vector_batches(batch_size=1024):
+        scores, found = index.search(vectors, k + 1)  # (n, k + 1): the image itself is among them
+        for image_id, image_scores, image_found in zip(ids.tolist(), scores.tolist(), found.tolist()):
+            for score, other in zip(image_scores, image_found):
+                if other < 0 or other == image_id or score < threshold:
+                    continue
+                pair = (min(image_id, other), max(image_id, other))
+                links[pair] = max(score, links.get(pair, score))
+        bar.update(len(ids))
+    bar.close()
+    return links
+
+
+def _overlap(one: dict | None, other: dict | None) -> bool:
+    return bool(one and other and one.get("scene") and one.get("scene") == other.get("scene")
+                and windows_overlap(one["window"], other["window"]))
+
+
+def _components(links) -> dict[int, int]:
+    """Each linked image → its group's representative: connected components (union-find, path halving)."""
+    parent: dict[int, int] = {}
+
+    def root(node: int) -> int:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    return {node: root(node) for node in list(parent)}

@@ -1,0 +1,102 @@
+"""Near-copies in a store: the groups against brute force over every pair, copies found, overlaps left out."""
+import itertools
+import json
+import shutil
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from indexer import api
+from indexer.cli import cli
+from indexer.pipeline import ChipOptions
+from indexer.refine import windows_overlap
+
+
+def brute_force_groups(store, threshold: float, *, overlapping: bool = True) -> list[set[int]]:
+    ids = [image_id for _, image_id in store.path_ids()]
+    vectors = {image_id: store.vector(image_id) for image_id in ids}
+    rows = store.images(ids)
+    groups = {image_id: {image_id} for image_id in ids}
+    for a, b in itertools.combinations(sorted(ids), 2):
+        if float(vectors[a] @ vectors[b]) < threshold:
+            continue
+        if not overlapping and rows[a].get("scene") and rows[a].get("scene") == rows[b].get("scene") \
+                and windows_overlap(rows[a]["window"], rows[b]["window"]):
+            continue
+        merged = groups[a] | groups[b]
+        for member in merged:
+            groups[member] = merged
+    return sorted({frozenset(group) for group in groups.values() if len(group) > 1}, key=min)
+
+
+def found_groups(answer: dict) -> list[set[int]]:
+    return sorted((frozenset(image["id"] for image in group["images"]) for group in answer["groups"]), key=min)
+
+
+def pairwise_cosines(store) -> np.ndarray:
+    ids = [image_id for _, image_id in store.path_ids()]
+    vectors = np.stack([store.vector(image_id) for image_id in ids])
+    return (vectors @ vectors.T)[np.triu_indices(len(ids), 1)]
+
+
+def test_groups_are_the_linked_sets_of_every_pair_over_the_threshold(index, chips_dir, chip_paths, store_dir,
+                                                                    open_store):
+    shutil.copy2(chip_paths[0], chips_dir / "copy.jpg")  # the same bytes twice
+    Image.open(chip_paths[1]).save(chips_dir / "re-encoded.jpg", quality=60)
+    Image.open(chip_paths[2]).resize((100, 100)).save(chips_dir / "smaller.png")
+    index([chips_dir], store_dir)
+    store = open_store(store_dir)
+    cosines = pairwise_cosines(store)
+    for threshold in (0.99999, *np.quantile(cosines, [0.98, 0.9, 0.6]).tolist()):
+        answer = api.near_duplicates(store, threshold=threshold, k=20)
+        assert found_groups(answer) == brute_force_groups(store, threshold), threshold
+        assert answer["in_groups"] == sum(group["size"] for group in answer["groups"])
+        for group in answer["groups"]:
+            assert all(score >= threshold for _, _, score in group["links"])
+            assert len(group["links"]) >= group["size"] - 1  # enough links to join them all
+    ids = {path: image_id for path, image_id in store.path_ids()}
+    exact = api.near_duplicates(store, threshold=0.99999, k=5)["groups"]
+    assert {ids[str(chip_paths[0])], ids[str(chips_dir / "copy.jpg")]} in [{i["id"] for i in g["images"]} for g in exact]
+
+
+def test_overlapping_chips_of_a_scene_are_linked_only_when_asked(index, shared_data_dir, tmp_path, store_dir,
+                                                                 open_store):
+    naip = tmp_path / "naip"
+    naip.mkdir()
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    shutil.copy2(scene, naip / scene.name)
+    index([naip], store_dir, chips=ChipOptions(chip_size=256, overlap=128))
+    store = open_store(store_dir)
+    threshold = float(np.quantile(pairwise_cosines(store), 0.5))
+    apart = api.near_duplicates(store, threshold=threshold, k=50)
+    together = api.near_duplicates(store, threshold=threshold, k=50, overlapping=True)
+    assert found_groups(apart) == brute_force_groups(store, threshold, overlapping=False)
+    assert found_groups(together) == brute_force_groups(store, threshold, overlapping=True)
+
+    def overlapping_links(answer):
+        windows = {image["id"]: image["window"] for group in answer["groups"] for image in group["images"]}
+        return [(a, b) for group in answer["groups"] for a, b, _ in group["links"]
+                if windows_overlap(windows[a], windows[b])]
+
+    assert not overlapping_links(apart) and overlapping_links(together)  # the overlaps did link chips here
+
+
+def test_cli_prints_groups_and_refuses_a_bad_threshold(index, chips_dir, chip_paths, store_dir, tmp_path):
+    shutil.copy2(chip_paths[0], chips_dir / "copy.jpg")
+    index([chips_dir], store_dir)
+    runner = CliRunner()
+    as_json = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0.99999", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    answer = json.loads(as_json.stdout)
+    assert answer["images"] == 13 and answer["groups"][0]["size"] >= 2
+    paths = {image["path"] for image in answer["groups"][0]["images"]}
+    assert {str(chip_paths[0]), str(chips_dir / "copy.jpg")} <= paths
+    text = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0.99999"])
+    assert text.exit_code == 0 and "group 1:" in text.output and f"{chips_dir / 'copy.jpg'}" in text.output
+    capped = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0.5", "--limit", "0"])
+    assert capped.exit_code == 0 and "more groups" in capped.output
+    zero = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0"])
+    assert zero.exit_code == 2 and "--threshold" in zero.output
+    missing = runner.invoke(cli, ["near-duplicates", "--store", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no lookalike store" in missing.output
