@@ -52,7 +52,7 @@ class Plan:
     removed_ids: list = field(default_factory=list)
     moved: int = 0  # images found under a new path with the same bytes: they keep their ids and vectors
     moves: list = field(default_factory=list)  # (image_id, new path, size, mtime) of moved files
-    scene_moves: list = field(default_factory=list)  # (old path, new path, date, georeferenced) of moved scenes
+    scene_moves: list = field(default_factory=list)  # (old path, new path, size, mtime, date, georeferenced)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
     scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
@@ -181,7 +181,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         if gone is not None:  # the same bytes under a new path: its chips follow it
             moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
             known_chips = moves.chips(moved_from, key)
-            plan.scene_moves.append((moved_from, key, scene.date if georeferenced else None, georeferenced))
+            plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
+                                     georeferenced))
             plan.moved += len(known_chips)
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
@@ -295,8 +296,8 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
     counts["skipped"], counts["scenes"], counts["moved"] = plan.skipped, plan.scenes, plan.moved
     for image_id, path, size, mtime in plan.moves:
         store.move_image(image_id, path=path, size=size, mtime=mtime)
-    for old, new, date, georeferenced in plan.scene_moves:
-        store.move_scene(old, new, date=date, dated=georeferenced)
+    for old, new, size, mtime, date, georeferenced in plan.scene_moves:
+        store.move_scene(old, new, size=size, mtime=mtime, date=date, dated=georeferenced)
     if plan.removed_ids:
         store.remove_images(plan.removed_ids)
         counts["removed"] = len(plan.removed_ids)

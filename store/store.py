@@ -285,15 +285,15 @@ class Store(IndexedStore):
             self.db.execute("UPDATE scenes SET size = ?, mtime = ? WHERE path = ?", [size, mtime, path])
             self.db.execute("UPDATE images SET size = ?, mtime = ? WHERE scene = ?", [size, mtime, path])
 
-    def move_scene(self, old: str, new: str, *, date=None, dated: bool = False) -> None:
-        """A scene found under a new path with the same bytes: its record, its chips (ids, vectors and all) and
-        its too-empty windows follow it. `dated`: its chips take `date`, the date the new path gives (a date
-        in a file name may change with it)."""
+    def move_scene(self, old: str, new: str, *, size: int, mtime: float, date=None, dated: bool = False) -> None:
+        """A scene found under a new path with the same bytes: its record, its chips (ids, vectors and all, with
+        the new file's size and time) and its too-empty windows follow it. `dated`: its chips take `date`, the
+        date the new path gives (a date in a file name may change with it)."""
         start = len(old) + 1  # chip keys are "<scene path>#<window>": the new path, then the same window
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none
-            self.db.execute("UPDATE scenes SET path = ? WHERE path = ?", [new, old])
-            self.db.execute("UPDATE images SET path = ? || substr(path, ?), scene = ? WHERE scene = ?",
-                            [new, start, new, old])
+            self.db.execute("UPDATE scenes SET path = ?, size = ?, mtime = ? WHERE path = ?", [new, size, mtime, old])
+            self.db.execute("UPDATE images SET path = ? || substr(path, ?), scene = ?, size = ?, mtime = ? "
+                            "WHERE scene = ?", [new, start, new, size, mtime, old])
             self.db.execute("UPDATE skipped_chips SET key = ? || substr(key, ?), scene = ? WHERE scene = ?",
                             [new, start, new, old])
             if dated:

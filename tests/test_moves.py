@@ -109,8 +109,10 @@ def test_a_moved_scene_takes_its_chips_and_a_date_from_its_new_name(index, share
     empty_before = store.db.execute("SELECT count(*) FROM skipped_chips").fetchone()[0]
     store.close()
     disk = tmp_path / "new-disk"
-    shutil.copytree(naip, disk / "naip")  # copied: new times as well as new paths
+    old_times = {path.name: path.stat().st_mtime for path in naip.glob("*.tif")}
+    shutil.copytree(naip, disk / "naip", copy_function=shutil.copyfile)  # copied: new times as well as new paths
     shutil.rmtree(naip)
+    assert all(path.stat().st_mtime != old_times[path.name] for path in (disk / "naip").glob("*.tif"))
     renamed = disk / "naip" / "m_4709963_se_14_1_20211231.tif"  # the date in the name changes with it
     (disk / "naip" / scenes[0].name).rename(renamed)
     refuse_to_embed(monkeypatch)
@@ -128,6 +130,7 @@ def test_a_moved_scene_takes_its_chips_and_a_date_from_its_new_name(index, share
                             [f"{disk}%"]).fetchone()[0] == empty_before
     assert {s["scene"] for s in store.scene_list()} == {str(renamed), str(disk / "naip" / scenes[1].name)}
     moved_chip = next(row for row in rows.values() if row["scene"] == str(renamed))
+    assert {row["mtime"] for row in rows.values() if row["scene"] == str(renamed)} == {renamed.stat().st_mtime}
     row = store.image(moved_chip["id"])
     assert api.load_indexed_image(dict(row, **chip_fields(row))).size == (256, 256)  # read from its new place
     store.close()
