@@ -39,6 +39,9 @@ def near_duplicates(store_dir, threshold, k, overlapping, limit, as_json):
         click.echo(json.dumps(found))
         return
     groups = found["groups"]
+    if not found["images"]:
+        click.echo("the store holds no images yet")
+        return
     click.echo(f"{len(groups):,} group(s) of near-copies, {found['in_groups']:,} of {found['images']:,} images in them "
                f"(cosine at least {threshold:g} among each image's {k} nearest)")
     for number, group in enumerate(groups[:limit], start=1):

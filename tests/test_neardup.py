@@ -98,5 +98,9 @@ def test_cli_prints_groups_and_refuses_a_bad_threshold(index, chips_dir, chip_pa
     assert capped.exit_code == 0 and "more groups" in capped.output
     zero = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0"])
     assert zero.exit_code == 2 and "--threshold" in zero.output
+    (tmp_path / "nothing").mkdir()
+    index([tmp_path / "nothing"], tmp_path / "empty")
+    empty = runner.invoke(cli, ["near-duplicates", "--store", str(tmp_path / "empty")])
+    assert empty.exit_code == 0 and "holds no images yet" in empty.output
     missing = runner.invoke(cli, ["near-duplicates", "--store", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no lookalike store" in missing.output
