@@ -371,6 +371,21 @@ def test_the_page_picks_up_a_new_index_run_without_a_restart(page, monkeypatch, 
     assert len(cards(at)) == 12
 
 
+def test_results_whose_files_moved_say_how_to_find_them_again(page, monkeypatch, tmp_path, index):
+    chips = copy_chips(tmp_path / "chips", 6)
+    index([chips], tmp_path / "store")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "store"))
+    chips.rename(tmp_path / "moved")
+    at = page(id=1)
+    assert len(cards(at)) == 6 and len([w for w in at.warning if w.value == "file no longer readable"]) == 6
+    assert any(m.value.startswith("6 of these results can no longer be read") for m in at.info)
+
+    assert index([tmp_path / "moved"], tmp_path / "store")["moved"] == 6  # the server keeps running
+    run(at)
+    assert not [w for w in at.warning if w.value == "file no longer readable"]
+    assert not any("can no longer be read" in m.value for m in at.info) and len(cards(at)) == 6
+
+
 def test_a_model_that_cannot_be_loaded_is_one_clear_line(page, monkeypatch, ui_ids, tmp_path):
     monkeypatch.setenv("LOOKALIKE_MODEL", str(tmp_path / "no-such-model-sat493m"))
     path, _ = chip(ui_ids, 3)

@@ -146,6 +146,7 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 examples=(), keep_upload: bool = False) -> None:
     """The cards, each offering to become the query, to join it (unless it is one of its `examples` already;
     `keep_upload`: the query is an upload) or to be compared with it."""
+    unreadable = 0
     for start in range(0, len(hits), COLUMNS):
         for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
             with column:
@@ -154,6 +155,7 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                     st.image(image, output_format="JPEG", width="stretch")
                 except UnreadableImage:
                     st.warning("file no longer readable")
+                    unreadable += 1
                 st.markdown(f"**#{hit['rank']}** · score **{hit['score']:.4f}** · id {hit['id']}")
                 st.caption(describe_place(hit))
                 st.button("Search with this", key=f"with-{hit['rank']}-{hit['id']}", on_click=use_indexed,
@@ -165,6 +167,10 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
                 if hit["id"] not in examples:
                     st.button("Less like this", key=f"unlike-{hit['rank']}-{hit['id']}", on_click=add_unlike,
                               args=(hit["id"],))
+    if unreadable:
+        st.info(f"{unreadable} of these results can no longer be read where they were indexed (moved, changed or "
+                "deleted since). If the collection moved, `lookalike index NEW_FOLDER --store STORE` finds them "
+                "under their new paths and keeps their ids without embedding them again.")
 
 
 def describe_query(query: Query, *, combine: str = "mean", unlike=((), None)) -> dict:
