@@ -218,16 +218,25 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
     vectors, described = _examples(store, examples + unlike, embedder=embedder, make_embedder=make_embedder)
-    exclude = [int(other) for other in unlike if _is_image_id(other)]  # a part's own image may still be wanted
+    exclude = _image_ids(unlike)  # a part's own image may still be wanted
     exclude += [about["id"] for about in described[:len(examples)] if "id" in about] if exclude_self else []
     results = combined_search(store, vectors[:len(examples)], k=k, exclude=exclude, refinement=refinement,
                               combine=combine, unlike=vectors[len(examples):], unlike_weight=unlike_weight)
     if unlike:
-        about = {"examples": described[:len(examples)], "combine": combine, "unlike": described[len(examples):],
-                 "unlike_weight": unlike_weight}
+        about = _moved_query(described[:len(examples)], combine, described[len(examples):], unlike_weight)
     else:
         about = described[0] if len(described) == 1 else {"examples": described, "combine": combine}
     return {"query": about, "results": results}
+
+
+def _moved_query(examples: list, combine: str, unlike: list, unlike_weight: float) -> dict:
+    """An answer's "query" when it moved away from `unlike` (descriptions of both)."""
+    return {"examples": examples, "combine": combine, "unlike": unlike, "unlike_weight": unlike_weight}
+
+
+def _image_ids(items) -> list[int]:
+    """The indexed image ids among query items (not the pictures, nor the parts)."""
+    return [int(item) for item in items if _is_image_id(item)]
 
 
 def _as_list(query) -> list:
@@ -304,8 +313,8 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
 
     avoided, avoided_about, avoided_ids = [], [], []
     if unlike:
-        avoided, avoided_about = _examples(store, list(unlike), embedder=embedder, make_embedder=model)
-        avoided_ids = [int(other) for other in unlike if _is_image_id(other)]
+        avoided, avoided_about = _examples(store, list(unlike), make_embedder=model)
+        avoided_ids = _image_ids(unlike)
     for start in range(0, len(queries), batch_size):
         prepared = []
         for query in queries[start:start + batch_size]:
@@ -338,6 +347,6 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             exclude = avoided_ids + ([entry.own_id] if exclude_self and entry.own_id else [])
             results = combined_search(store, [vector], k=k, refinement=refined, exclude=exclude,
                                       unlike=avoided or None, unlike_weight=unlike_weight)
-            about = {"examples": [entry.described], "combine": "mean", "unlike": avoided_about,
-                     "unlike_weight": unlike_weight} if unlike else entry.described
+            about = _moved_query([entry.described], "mean", avoided_about, unlike_weight) if unlike \
+                else entry.described
             yield {"query": about, "results": results}

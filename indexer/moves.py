@@ -45,7 +45,15 @@ class Moves:
 
     def chips(self, old: str, new: str) -> list[dict]:
         """The gone scene's chip rows, keyed as the new path's chips will be."""
-        return [dict(chip, path=new + chip["path"][len(old):]) for chip in self.chips_of.get(old, [])]
+        return [dict(chip, path=_renamed(chip["path"], old, new)) for chip in self.chips_of.get(old, [])]
+
+    def skipped_chip_keys(self, old: str, new: str) -> set[str]:
+        """The gone scene's windows found too empty, keyed as the new path's chips will be."""
+        return {_renamed(key, old, new) for key in self.store.skipped_chip_keys(old)}
+
+
+def _renamed(chip_key: str, old: str, new: str) -> str:
+    return new + chip_key[len(old):]  # "<scene path>#<window>": the new path, the same window
 
 
 def _take(candidates: dict, key, path, *, also=None) -> dict | None:

@@ -25,9 +25,9 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
         raise IndexerError(f"k must be at least 1, not {k}")
     links = _links(store, threshold=threshold, k=k, progress=progress)
     rows = store.images({image_id for pair in links for image_id in pair})
-    if not overlapping:
-        links = {pair: score for pair, score in links.items() if not _overlap(rows.get(pair[0]), rows.get(pair[1]))}
-    links = {pair: score for pair, score in links.items() if pair[0] in rows and pair[1] in rows}  # removed meanwhile
+    links = {(a, b): score for (a, b), score in links.items()
+             if a in rows and b in rows  # not removed meanwhile
+             and (overlapping or not _overlap(rows[a], rows[b]))}
     group_of = _components(links)
     members, member_links = {}, {}
     for image_id, group in group_of.items():
@@ -58,8 +58,8 @@ def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tu
     return links
 
 
-def _overlap(one: dict | None, other: dict | None) -> bool:
-    return bool(one and other and one.get("scene") and one.get("scene") == other.get("scene")
+def _overlap(one: dict, other: dict) -> bool:
+    return bool(one.get("scene") and one.get("scene") == other.get("scene")
                 and windows_overlap(one["window"], other["window"]))
 
 

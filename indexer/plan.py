@@ -176,7 +176,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         failure = None
     moved_from = None
     if record is None and not known_chips and moves is not None and failure is None:
-        reading = {name: scene.as_record()[name] for name in READING_FIELDS} if georeferenced else None
+        reading = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
+            if georeferenced else None
         gone = moves.scene(path, stat.st_size, options_text, reading=reading)
         if gone is not None:  # the same bytes under a new path: its chips follow it
             moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
@@ -197,9 +198,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if failure is not None:
         plan.failures.append((key, str(failure).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
-    skipped_keys = store.skipped_chip_keys(moved_from or key)
-    if moved_from:
-        skipped_keys = {key + chip[len(moved_from):] for chip in skipped_keys}
+    skipped_keys = moves.skipped_chip_keys(moved_from, key) if moved_from else store.skipped_chip_keys(key)
     done = ({c["path"] for c in known_chips} | skipped_keys) if unchanged else set()
     missing = [window for window in windows if chip_key(path, window) not in done]
     plan.skipped += len(windows) - len(missing) - (len(known_chips) if moved_from else 0)
