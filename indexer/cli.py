@@ -204,8 +204,10 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     else:
         scenes = (f" ({_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
                   "under --min-valid skipped)") if summary["scenes"] else ""
+        copied = (f" ({summary['copied']} of them copies of files already embedded: no model pass)"
+                  if summary.get("copied") else "")
         click.echo(
-            f"indexed {summary['indexed']}{scenes}, skipped {summary['skipped']}, "
+            f"indexed {summary['indexed']}{copied}{scenes}, skipped {summary['skipped']}, "
             + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
             + f"removed {summary['removed']}, "
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "

@@ -17,13 +17,14 @@ from store import PCA, Store
 from PIL import Image
 
 from . import scenes
+from .copies import Copies
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
 from .images import Preprocess, decode_bytes, load_image, scan_sources
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
-RUN_COLUMNS = ("indexed", "skipped", "moved", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
+RUN_COLUMNS = ("indexed", "copied", "skipped", "moved", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 
 
 def new_counts() -> dict:
-    return {"indexed": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
+    return {"indexed": 0, "copied": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
             "failure_reasons": {}, "failure_examples": {}}
 
 
@@ -172,8 +173,9 @@ def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, s
     try:
         store.finish_index()  # rebuilds (retrains, retunes) only past the documented thresholds
         seconds = time.perf_counter() - started
+        embedded = counts["indexed"] - counts.get("copied", 0)  # what the model did: copies take no forward pass
         summary = dict(counts, seconds=round(seconds, 3),
-                       images_per_second=round(counts["indexed"] / seconds, 3) if seconds else 0.0)
+                       images_per_second=round(embedded / seconds, 3) if seconds else 0.0)
         store.finish_run(run_id, {k: v for k, v in summary.items() if k in RUN_COLUMNS}, status=status)
     finally:
         store.close()  # and with it the write lock, whatever happened
@@ -183,6 +185,7 @@ def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, s
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):
     pca = store.pca()
     writer = StoreWriter(store, run_id=run_id, counts=counts)
+    copies = Copies(store, reembedded_ids=[job.image_id for job in jobs])
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
     chunk = batch_size  # shrinks for good after an out-of-memory error
     try:
@@ -192,14 +195,19 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
                 writer.skipped_chips(batch["skipped_chips"])
             for failure in batch["failures"]:
                 writer.failed(failure)
-            records, pixels = batch["records"], batch["pixels"]
+            copies.forget_written(writer.done)
+            records, pixels, same_bytes = copies.split(batch["records"], batch["pixels"])
             for start, stop, embedding, chunk in embed_in_chunks(embedder, pixels, chunk) if records else ():
                 if pca is None:
                     pca = _fit_store_pca(store, embedding.patch_tokens)
                 writer.embedded(records[start:stop], embedding.global_vectors, _project(embedding.patch_tokens, pca))
-            bar.update(len(records) + len(batch["failures"]) + len(batch["skipped_chips"]))
+            copies.sent(records, written_after=writer.queued)
+            if same_bytes:
+                writer.copied(same_bytes)
+            bar.update(len(batch["records"]) + len(batch["failures"]) + len(batch["skipped_chips"]))
     finally:
         bar.close()
+        copies.close()
         writer.close()
 
 

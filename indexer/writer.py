@@ -24,6 +24,8 @@ class StoreWriter:
         self.run_id = run_id
         self.counts = counts
         self.batches_written = 0
+        self.queued = 0  # items handed over so far; `done` counts those written (or dropped after an error)
+        self.done = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="lookalike-store-writer", daemon=True)
@@ -32,6 +34,10 @@ class StoreWriter:
     def embedded(self, records: list[dict], vectors, grids) -> None:
         """vectors (B, D) and reduced patch grids (B, h, w, C), as tensors on any device."""
         self._put(("embedded", records, vectors, grids))
+
+    def copied(self, records: list[dict]) -> None:
+        """Whole files whose bytes an image written before holds: they take its vector and patch features."""
+        self._put(("copied", records))
 
     def failed(self, failure: tuple) -> None:
         self._put(("failed", failure))
@@ -52,16 +58,20 @@ class StoreWriter:
 
     def _put(self, item) -> None:
         self.raise_error()
+        self.queued += 1
         self._queue.put(item)
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._error is not None:
+                self.done += 1
                 continue  # drain without writing: a refused batch must not be followed by later ones
             try:
                 self._write(item)
             except BaseException as error:  # handed to the main thread
                 self._error = error
+            finally:
+                self.done += 1
 
     def _write(self, item) -> None:
         if item[0] == "failed":
@@ -70,6 +80,9 @@ class StoreWriter:
         if item[0] == "skipped_chips":
             self.store.record_skipped_chips(item[1])
             self.counts["skipped_chips"] = self.counts.get("skipped_chips", 0) + len(item[1])
+            return
+        if item[0] == "copied":
+            self._copy(item[1])
             return
         _, records, vectors, grids = item
         vectors = vectors.cpu().numpy()  # waits for this batch's device work only
@@ -81,6 +94,19 @@ class StoreWriter:
         self.batches_written += 1
         if self.batches_written % SAVE_EVERY_BATCHES == 0:
             self.store.save_index()
+
+
+    def _copy(self, records: list[dict]) -> None:
+        vectors, grids = [], []
+        for record in records:
+            twins = self.store.image_ids_with_bytes(record["sha256"])
+            if not twins:  # the loop only sends a copy after its twin, or one the store keeps all run
+                raise RuntimeError(f"no indexed image holds the bytes of {record['path']} any more")
+            vectors.append(self.store.vector(twins[0]))
+            grids.append(self.store.patch_features(twins[0]))
+        self.store.add_embeddings(records, np.stack(vectors), np.stack(grids), run_id=self.run_id)
+        self.counts["indexed"] += len(records)
+        self.counts["copied"] = self.counts.get("copied", 0) + len(records)
 
 
 def non_finite_error() -> NonFiniteOutput:

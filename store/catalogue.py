@@ -118,3 +118,25 @@ def get_meta(db: sqlite_utils.Database, key: str, default=None):
 
 def set_meta(db: sqlite_utils.Database, key: str, value) -> None:
     db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")
+
+
+class BytesLookup:
+    """Which indexed whole files hold given bytes (by SHA-256), on a read-only connection of its own: the
+    embedding loop asks it while the writer thread writes through the store's connection."""
+
+    def __init__(self, catalogue_path: Path):
+        self._conn = sqlite3.connect(Path(catalogue_path).absolute().as_uri() + "?mode=ro", uri=True,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+
+    def image_ids(self, sha256: str) -> list[int]:
+        return [row[0] for row in self._conn.execute(SAME_BYTES_SQL, [sha256])]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# Whole files only: a chip's bytes are its scene's, and its vector is of one window.
+SAME_BYTES_SQL = ("SELECT images.id FROM images JOIN vectors ON vectors.image_id = images.id "
+                  "WHERE images.sha256 = ? AND images.scene IS NULL ORDER BY images.id")
+

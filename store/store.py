@@ -133,6 +133,8 @@ class Store(IndexedStore):
             if rebuild:
                 store.clear()
             set_meta(store.db, "provenance", provenance)
+            # Writers look files up by their bytes (copies take an indexed twin's vector); built once per store.
+            store.db.execute("CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256)")
             store.writable = True
             store.index  # load (or repair) the index before any vector is written
         except BaseException:
@@ -330,6 +332,14 @@ class Store(IndexedStore):
     def move_image(self, image_id: int, *, path: str, size: int, mtime: float) -> None:
         """A file found under a new path with the same bytes: its id, vector and patch features follow it."""
         self.db["images"].update(image_id, {"path": path, "size": size, "mtime": mtime})
+
+    def image_ids_with_bytes(self, sha256: str) -> list[int]:
+        """The indexed whole files (not chips) with these bytes, and a vector: the oldest first."""
+        return [row[0] for row in self.db.execute(catalogue.SAME_BYTES_SQL, [sha256])]
+
+    def bytes_lookup(self) -> catalogue.BytesLookup:
+        """image_ids_with_bytes on a connection of its own, for another thread than the one writing."""
+        return catalogue.BytesLookup(self.store_dir / CATALOGUE_NAME)
 
     def vector_batches(self, *, batch_size: int = 4096):
         """Every stored vector, in id order: (ids (n,), vectors (n, D)) at most `batch_size` at a time, from one

@@ -10,12 +10,13 @@ SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 CHIP_COUNT = 12
 
 
-def copy_chips(target: Path, count: int = CHIP_COUNT) -> Path:
-    """`count` real NAIP chips from the bundled sample, spread over the scenes, copied into `target`."""
+def copy_chips(target: Path, count: int = CHIP_COUNT, *, offset: int = 0) -> Path:
+    """`count` real NAIP chips from the bundled sample, spread over the scenes, copied into `target`; another
+    `offset` picks other chips (the same bytes twice would be embedded once)."""
     sample = sorted(SAMPLES_DIR.glob("*.jpg"))
     assert len(sample) >= count, f"the bundled sample {SAMPLES_DIR} is missing"
     target.mkdir(parents=True)
-    for path in sample[:: max(1, len(sample) // count)][:count]:
+    for path in sample[offset:: max(1, len(sample) // count)][:count]:
         shutil.copy2(path, target / path.name)
     return target
 

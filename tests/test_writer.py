@@ -23,7 +23,8 @@ def test_a_non_finite_later_batch_is_refused_and_earlier_ones_kept(index, tmp_pa
 
     monkeypatch.setattr(broken.backbone, "forward", overflow_on_second_batch)
     with pytest.raises(NonFiniteOutput, match="--dtype bfloat16"):
-        index([first, copy_chips(tmp_path / "second", 6)], tmp_path / "store", embedder=broken, batch_size=2)
+        index([first, copy_chips(tmp_path / "second", 6, offset=1)], tmp_path / "store", embedder=broken,
+              batch_size=2)
 
     store = open_store(tmp_path / "store")
     # the 6 of the first run, the first new batch of 2; the refused batch and everything after it: nothing
