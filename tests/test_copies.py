@@ -138,5 +138,5 @@ def test_the_cli_says_how_many_were_copies(chips_dir, chip_paths, model_dir, tmp
     answer = CliRunner().invoke(cli, args + ["--rebuild", "--json"])
     summary = json.loads(answer.output)
     assert (summary["indexed"], summary["copied"]) == (len(chip_paths) + 2, 2)
-    # throughput counts the model's work only
-    assert summary["images_per_second"] <= len(chip_paths) / summary["seconds"] * 1.001
+    # throughput counts the model's work only: 12 images, not 14 (seconds are rounded to the millisecond)
+    assert abs(summary["images_per_second"] * summary["seconds"] - len(chip_paths)) < 0.5
