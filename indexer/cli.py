@@ -77,10 +77,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -> None:
+def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bool, as_json: bool) -> None:
     from indexer.preview import preview_run
 
-    plan = preview_run(sources, store_dir, chips=chips, rebuild=rebuild)
+    plan = preview_run(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed)
     if as_json:
         click.echo(json.dumps(plan))
         return
@@ -95,7 +95,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -
     if plan["failing"] > len(plan["failures"]):
         click.echo(f"  ... and {plan['failing'] - len(plan['failures']):,} more")
     click.echo(f"{store_dir} holds {plan['indexed_now']:,} images now, about {plan['after']:,} after (pictures that "
-               "do not decode and chips under --min-valid are found only when read); nothing was loaded or written")
+               "do not decode, chips under --min-valid and copies of embedded files are found only when read); "
+               "nothing was loaded or written")
 
 
 @cli.command()
@@ -131,6 +132,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -
               help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
                    "compile, worth it beyond ~40,000 images). No gain on a CPU.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
+@click.option("--retry-failed", is_flag=True,
+              help="Try again the files that failed before, even unchanged (after installing a reader, say). "
+                   "Files the system would not let be read (permissions, a drive away) are tried on every run.")
 @click.option("--dry-run", is_flag=True,
               help="Say what the run would embed, skip and remove, from the files and the store alone: no model "
                    "is loaded and nothing is written.")
@@ -141,7 +145,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, as_json: bool) -
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, dry_run, progress,
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, retry_failed, dry_run,
+          progress,
           index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
@@ -179,7 +184,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,
                        normalization=normalization_for(model, normalization))
     if dry_run:
-        _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, as_json=as_json)
+        _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed, as_json=as_json)
         return
     embedder = DinoV3Embedder.from_pretrained(
         model, dtype=dtype, device=device, resolution=resolution,
@@ -194,11 +199,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         summary = index_collection_ray(sources, store_dir, embedder=embedder, spec=spec, address=ray_address,
                                        shard_dir=shard_dir, rows_per_shard=shard_rows, actors=ray_actors,
                                        batch_size=batch_size, index_settings=index_settings,
-                                       rebuild=rebuild, progress=progress and not as_json, chips=chips)
+                                       rebuild=rebuild, progress=progress and not as_json, chips=chips,
+                                       retry_failed=retry_failed)
     else:
         summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
                                    rebuild=rebuild, progress=progress and not as_json, chips=chips,
-                                   index_settings=index_settings)
+                                   index_settings=index_settings, retry_failed=retry_failed)
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -82,7 +82,8 @@ def connect(address: str | None):
 def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelSpec, address: str | None = None,
                          shard_dir=None, batch_size: int = 32, rows_per_shard: int = SHARD_ROWS,
                          actors: int | None = None, rebuild: bool = False, progress: bool = True,
-                         chips: ChipOptions = ChipOptions(), index_settings: dict | None = None) -> dict:
+                         chips: ChipOptions = ChipOptions(), index_settings: dict | None = None,
+                         retry_failed: bool = False) -> dict:
     """`index_collection` on a Ray cluster; returns the run summary (plus `reused`: rows found in shards)."""
     started = time.perf_counter()
     paths = scan_sources(sources)
@@ -97,7 +98,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
     counts = dict(new_counts(), reused=0)
     run_dir = None
     with tracked_run(store, run_id, counts, started=started) as outcome:
-        plan = plan_run(paths, store, chips=chips)
+        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         if plan.jobs:
             with hashing_scenes(store, plan.to_hash):

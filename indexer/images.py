@@ -111,11 +111,20 @@ def upright_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # rotated a quarter turn
 
 
+# The reason of a failure the operating system gave (permissions, a drive or share away): not the file's
+# fault, so an index run tries such files again even when they have not changed.
+READ_ERROR = "cannot be read"
+
+
+def read_error(error: OSError) -> str:
+    return f"{READ_ERROR} ({error.strerror or error})"
+
+
 def load_image(path: Path) -> Image.Image:
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise UnreadableImage(f"{path}: cannot be read ({error.strerror or error})") from error
+        raise UnreadableImage(f"{path}: {read_error(error)}") from error
     return decode_bytes(data, name=str(path))
 
 

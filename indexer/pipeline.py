@@ -20,7 +20,7 @@ from . import scenes
 from .copies import Copies
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
-from .images import Preprocess, decode_bytes, load_image, scan_sources
+from .images import Preprocess, decode_bytes, load_image, read_error, scan_sources
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
@@ -65,7 +65,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         except UnreadableImage as error:
             return {"failure": (name, str(error).removeprefix(name + ": "), job.size, job.mtime)}
         except OSError as error:
-            return {"failure": (name, f"cannot be read ({error.strerror or error})", job.size, job.mtime)}
+            return {"failure": (name, read_error(error), job.size, job.mtime)}
 
     def _pixels(self, image) -> torch.Tensor:
         return torch.from_numpy(self.preprocess.resized(image) if self.raw else self.preprocess(image))
@@ -125,10 +125,11 @@ def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptio
 
 def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
                      rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions(),
-                     index_settings: dict | None = None) -> dict:
+                     index_settings: dict | None = None, retry_failed: bool = False) -> dict:
     """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary.
 
     Georeferenced TIFF scenes are cut into chips as `chips` says; every other image is embedded whole.
+    `retry_failed` tries again the files that failed before, changed or not.
     """
     started = time.perf_counter()
     paths = scan_sources(sources)
@@ -140,7 +141,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
     counts = new_counts()
     with tracked_run(store, run_id, counts, started=started) as outcome:
-        plan = plan_run(paths, store, chips=chips)
+        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         with hashing_scenes(store, plan.to_hash):
             _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,

@@ -12,7 +12,8 @@ from store.swap import recorded_runs
 
 from . import scenes
 from .errors import IndexerError
-from .images import IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, OutsideLink, file_sha256, upright_size
+from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR, OutsideLink, file_sha256,
+                     read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .writer import record_failure
@@ -42,6 +43,14 @@ class ChipOptions:
     stretch: tuple = (2, 98)
     gsd: float | None = None  # metres per pixel wanted: a chip then covers chip_size x gsd metres of ground
     chip_plain: bool = False  # plain images larger than chip_size are cut into chips too
+
+    def __post_init__(self):
+        # Runs compare their options as JSON: stretch=(2, 98) from Python must read as the CLI's (2.0, 98.0).
+        numbers = {"stretch": tuple(float(v) for v in self.stretch), "min_valid": float(self.min_valid),
+                   "gsd": None if self.gsd is None else float(self.gsd),
+                   "bands": None if self.bands is None else tuple(int(b) for b in self.bands)}
+        for name, value in numbers.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -74,16 +83,20 @@ def precheck_store(store_dir, *, model: str, resolution: int, normalization: dic
         raise mismatch_error(store_dir, problems)
 
 
-def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions(), write: bool = True) -> Plan:
+def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions(), write: bool = True,
+             retry_failed: bool = False) -> Plan:
     """Compare the files on disk with the catalogue: what to embed, skip and remove. A file (or scene) with
-    the same bytes under a new time has the new time recorded unless `write` is false (a dry run)."""
+    the same bytes under a new time has the new time recorded unless `write` is false (a dry run). A file that
+    failed is tried again when it or the chip options changed, when the system would not let it be read, or
+    with `retry_failed`."""
     plan = Plan()
     known = store.images_by_path()
     known_failures = store.failures_by_path()
     # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
-    options_now = json.dumps(dataclasses.asdict(chips), sort_keys=True)
-    options_of_run = {run["run_id"]: json.dumps(run.get("chips"), sort_keys=True) for run in recorded_runs(store)}
-    scene_records = store.scenes_by_path()
+    options_now = options_key(dataclasses.asdict(chips))
+    options_of_run = {run["run_id"]: options_key(run.get("chips")) for run in recorded_runs(store)}
+    scene_records = {path: dict(record, options=options_key(record["options"], scene=True))
+                     for path, record in store.scenes_by_path().items()}
     chips_of = {}
     for row in known.values():
         if row["scene"]:
@@ -115,12 +128,13 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
         try:
             stat = path.stat()
         except OSError as error:
-            unreadable(key, f"cannot be read ({error.strerror or error})")
+            unreadable(key, read_error(error))
             continue
         row = known.get(key)
         failure = known_failures.get(key)
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime) \
-                and options_of_run.get(failure["run_id"]) == options_now:
+                and options_of_run.get(failure["run_id"]) == options_now \
+                and not retry_failed and not failure["reason"].startswith(READ_ERROR):
             plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
@@ -153,6 +167,19 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     return plan
 
 
+def options_key(options, *, scene: bool = False) -> str:
+    """Chip options (a dict, or JSON as recorded) as text to compare: numbers as the CLI gives them (2.0, not 2);
+    for a scene without chip_plain, which concerns plain images only."""
+    options = json.loads(options) if isinstance(options, str) else options
+    if options is None:
+        return "null"
+    known = {option.name for option in dataclasses.fields(ChipOptions)}
+    normal = dataclasses.asdict(ChipOptions(**{name: value for name, value in options.items() if name in known}))
+    if scene:
+        del normal["chip_plain"]
+    return json.dumps(normal, sort_keys=True)
+
+
 def is_scene(path: Path) -> bool:
     """A TIFF with a coordinate reference system: read by windows and cut into chips."""
     return path.suffix.lower() in SCENE_SUFFIXES and scenes.is_georeferenced(path)
@@ -167,7 +194,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     its chips.
     """
     key, options = str(path), dataclasses.asdict(chips)
-    options_text = json.dumps(options, sort_keys=True)
+    options_text = options_key(options, scene=True)
     try:
         scene, windows, plain_source = _cut(path, chips, georeferenced=georeferenced)
     except IndexerError as error:

@@ -13,18 +13,20 @@ from .plan import ChipOptions, plan_run
 SHOWN_FAILURES = 20
 
 
-def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebuild: bool = False) -> dict:
+def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebuild: bool = False,
+                retry_failed: bool = False) -> dict:
     """The plan of `index SOURCES --store STORE_DIR` now: counts of images to embed (files whole, chips of how
     many scenes), skipped, removed, and the files refused unread (links out of the sources, names SQLite cannot
-    hold, scenes that do not open...). Pictures that do not decode and chips too empty under --min-valid are
-    only known when read, so they count as to embed here. "moved": images found under a new path with the
-    same bytes, which keep their ids and vectors (a new path is read to hash it when a gone file has its size)."""
+    hold, scenes that do not open...). Pictures that do not decode, chips too empty under --min-valid and
+    copies of embedded files are only known when read, so they count as to embed here. "moved": images found
+    under a new path with the same bytes, which keep their ids and vectors (a new path is read to hash it when
+    a gone file has its size)."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
     exists = (store_dir / CATALOGUE_NAME).is_file()
     indexed = _count_images(store_dir) if exists else 0
     with _planning_store(store_dir if exists and not rebuild else None) as store:
-        plan = plan_run(paths, store, chips=chips, write=False)
+        plan = plan_run(paths, store, chips=chips, write=False, retry_failed=retry_failed)
     chips_to_embed = sum(1 for job in plan.jobs if job.window is not None)
     removed = len(set(plan.removed_ids))
     kept = 0 if rebuild else indexed - removed

@@ -1,6 +1,8 @@
-"""Unreadable files are recorded with a reason, the run goes on, and an unchanged failure is not retried."""
+"""Unreadable files: recorded with a reason, the run goes on, unchanged ones retried if the read was refused."""
+import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +126,65 @@ def test_restored_file_leaves_no_stale_failure(index, indexed, chip_paths, chips
     store = open_store(store_dir)
     assert str(chip_paths[4]) in ids_by_path(store)
     assert store.count_failures() == 0
+
+
+def test_a_file_the_system_would_not_read_is_tried_again_next_run(index, chips_dir, chip_paths, store_dir,
+                                                                   open_store, monkeypatch):
+    """Permissions fixed, a share back: the file has not changed, but its failure was not the file's."""
+    real_read = Path.read_bytes
+
+    def refused(path):
+        if path.name == chip_paths[3].name:
+            raise PermissionError(13, "Permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    first = index([chips_dir], store_dir)
+    assert first["failed"] == 1
+    assert open_store(store_dir).failures_by_path()[str(chip_paths[3])]["reason"] == "cannot be read (Permission denied)"
+    monkeypatch.setattr(Path, "read_bytes", real_read)
+
+    second = index([chips_dir], store_dir)
+
+    assert (second["indexed"], second["failed"], second["skipped"]) == (1, 0, 11)
+    assert str(chip_paths[3]) in ids_by_path(open_store(store_dir))
+    assert open_store(store_dir).count_failures() == 0
+
+
+def test_retry_failed_tries_unchanged_failures_again(index, chips_dir, chip_paths, store_dir, open_store,
+                                                    monkeypatch):
+    """A reader missing in one run (here: the decoder refuses one chip) and installed before the next."""
+    from indexer import pipeline
+    from indexer.errors import UnreadableImage
+
+    real_decode = pipeline.decode_bytes
+
+    def no_reader(data, *, name):
+        if name == str(chip_paths[5]):
+            raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)")
+        return real_decode(data, name=name)
+
+    monkeypatch.setattr(pipeline, "decode_bytes", no_reader)
+    assert index([chips_dir], store_dir)["failed"] == 1
+    monkeypatch.setattr(pipeline, "decode_bytes", real_decode)
+    unchanged = index([chips_dir], store_dir)
+    assert (unchanged["indexed"], unchanged["skipped"]) == (0, 12)  # the failure is the file's, it has not changed
+
+    again = index([chips_dir], store_dir, retry_failed=True)
+
+    assert (again["indexed"], again["failed"]) == (1, 0)
+    assert str(chip_paths[5]) in ids_by_path(open_store(store_dir))
+    assert open_store(store_dir).count_failures() == 0
+
+
+def test_retry_failed_in_a_dry_run(index, chips_dir, broken_files, store_dir):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    index([chips_dir], store_dir)
+    args = ["index", str(chips_dir), "--store", str(store_dir), "--dry-run", "--json"]
+    plain = json.loads(CliRunner().invoke(cli, args).output)
+    retried = json.loads(CliRunner().invoke(cli, args + ["--retry-failed"]).output)
+    assert (plain["embed"], plain["skipped"]) == (0, 15)
+    assert (retried["embed"], retried["skipped"]) == (3, 12)

@@ -420,3 +420,14 @@ def test_a_crop_of_a_scene_query_finds_the_chip_at_that_window(index, naip_dir, 
     assert whole["results"][0]["score"] < 0.9999
     (outside,) = api.search_each(store, [chip["scene"]], k=1, embedder=embedder, crop=(900, 0, 256, 256))
     assert "does not fit in" in outside["error"]
+
+
+def test_options_given_in_python_read_as_the_same_options_from_the_cli(index, naip_dir, store_dir):
+    """stretch=(2, 98) from Python and the CLI's --stretch 2,98 (floats) are one setting: nothing is cut again."""
+    index([naip_dir], store_dir, chips=ChipOptions(chip_size=256, stretch=(2, 98), min_valid=1))
+
+    args = ["index", str(naip_dir), "--store", str(store_dir), "--chip-size", "256", "--min-valid", "1",
+            "--dry-run", "--json"]
+    plan = json.loads(CliRunner().invoke(cli, args).output)
+
+    assert (plan["embed"], plan["skipped"], plan["removed"]) == (0, 36, 0)
