@@ -16,8 +16,8 @@ PROVENANCE_NAME = "provenance.json"
 
 
 def export_store(store, out_dir: Path) -> dict:
-    """Writes OUT_DIR/vectors.npy, images.jsonl (id, path, size, and for a chip its scene, window, date, centroid
-    and WGS84 bounds; one line per vector row, by id) and provenance.json, from one consistent read of the store
+    """Writes OUT_DIR/vectors.npy, images.jsonl (id, path, size, for a whole file its SHA-256, for a chip its
+    scene, window, date, centroid and WGS84 bounds; one line per vector row, by id) and provenance.json, from one consistent read of the store
     (an index run may go on meanwhile). The folder appears whole or not at all. Returns a summary."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -51,13 +51,12 @@ def _write(store, folder: Path) -> int:
         vectors = np.lib.format.open_memmap(folder / VECTORS_NAME, mode="w+", dtype=np.float32,
                                             shape=(count, store.dim or 0))  # (N, D)
         rows = db.execute(
-            "SELECT images.id, path, size, mtime, width, height, scene, window, geo, vector FROM vectors "
+            "SELECT images.id, path, size, mtime, sha256, width, height, scene, window, geo, vector FROM vectors "
             "JOIN images ON images.id = vectors.image_id ORDER BY images.id")
         with open(folder / IMAGES_NAME, "w", encoding="utf-8") as lines:
-            for row, (image_id, path, size, mtime, width, height, scene, window, geo, blob) in enumerate(rows):
+            for row, (*fields, blob) in enumerate(rows):
                 vectors[row] = blob_to_vector(blob)
-                lines.write(json.dumps(_described(image_id, path, size, mtime, width, height, scene, window, geo))
-                            + "\n")
+                lines.write(json.dumps(_described(*fields)) + "\n")
         vectors.flush()
         del vectors
     finally:
@@ -69,8 +68,10 @@ def _write(store, folder: Path) -> int:
     return count
 
 
-def _described(image_id, path, size, mtime, width, height, scene, window, geo) -> dict:
+def _described(image_id, path, size, mtime, sha256, width, height, scene, window, geo) -> dict:
     described = {"id": image_id, "path": path, "size": size, "mtime": mtime, "width": width, "height": height}
+    if sha256:  # a whole file's bytes (copies share it); a chip's row has none
+        described["sha256"] = sha256
     if scene:
         geo = json.loads(geo) if geo else {}
         described.update(scene=scene, window=json.loads(window) if window else None, date=geo.get("date"),

@@ -30,10 +30,24 @@ def test_export_writes_every_vector_with_its_row(index, shared_data_dir, store_d
         np.testing.assert_array_equal(vector, store.vector(row["id"]))
         catalogued = store.image(row["id"])
         assert row["path"] == catalogued["path"] and row["window"] == json.loads(catalogued["window"])
-        assert row["date"] and len(row["wgs84_bounds"]) == 4
+        assert row["date"] and len(row["wgs84_bounds"]) == 4 and "sha256" not in row
     provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert provenance["images"] == 8 and provenance["model"] == store.provenance["model"]
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_export_gives_a_whole_files_sha256_and_copies_share_it(index, chips_dir, chip_paths, store_dir, tmp_path):
+    import hashlib
+    import shutil
+
+    shutil.copy2(chip_paths[0], chips_dir / "again.jpg")
+    index([chips_dir], store_dir)
+    assert CliRunner().invoke(cli, ["export", str(tmp_path / "out"), "--store", str(store_dir)]).exit_code == 0
+    rows = {row["path"]: row for row in map(json.loads, (tmp_path / "out" / "images.jsonl").read_text().splitlines())}
+    assert len(rows) == len(chip_paths) + 1
+    for path in chip_paths:
+        assert rows[str(path)]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert rows[str(chips_dir / "again.jpg")]["sha256"] == rows[str(chip_paths[0])]["sha256"]
 
 
 def test_export_refuses_a_folder_with_something_in_it_and_leaves_it_alone(indexed, store_dir, tmp_path):
