@@ -64,7 +64,8 @@ class Plan:
     scene_moves: list = field(default_factory=list)  # (old path, new path, size, mtime, date, georeferenced)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
-    scene_records: list = field(default_factory=list)  # (path, size, mtime, options, sha256) of the scenes seen
+    # (path, size, mtime, options, sha256, windows, georeferenced) of the scenes planned in full
+    scene_records: list = field(default_factory=list)
     to_hash: list = field(default_factory=list)  # (path, size, mtime) of the scenes cut now (hashing_scenes)
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
 
@@ -95,6 +96,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
     options_now = options_key(dataclasses.asdict(chips))
     options_of_run = {run["run_id"]: options_key(run.get("chips")) for run in recorded_runs(store)}
+    scene_options = options_key(dataclasses.asdict(chips), scene=True)
     scene_records = {path: dict(record, options=options_key(record["options"], scene=True))
                      for path, record in store.scenes_by_path().items()}
     chips_of = {}
@@ -136,6 +138,9 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
                 and options_of_run.get(failure["run_id"]) == options_now \
                 and not retry_failed and not failure["reason"].startswith(READ_ERROR):
             plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
+        elif (done := _scene_done(scene_records.get(key), chips_of.get(key, []), stat, store,
+                                  options_text=scene_options, chip_plain=chips.chip_plain)) is not None:
+            plan.skipped += done  # nothing to open: an unchanged scene with every window embedded or found empty
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
@@ -178,6 +183,21 @@ def options_key(options, *, scene: bool = False) -> str:
     if scene:
         del normal["chip_plain"]
     return json.dumps(normal, sort_keys=True)
+
+
+def _scene_done(record: dict | None, known_chips: list, stat, store: Store, *, options_text: str,
+                chip_plain: bool) -> int | None:
+    """The number of windows of a scene recorded with this size, time and these options, when every one is
+    done; else None, and the scene is opened and planned in full (as it is when an older lookalike recorded
+    it, without its window count)."""
+    if record is None or record["windows"] is None or record["georeferenced"] is None:
+        return None
+    if (record["size"], record["mtime"], record["options"]) != (stat.st_size, stat.st_mtime, options_text):
+        return None
+    if not (record["georeferenced"] or chip_plain):
+        return None  # a large plain image cut into chips before, embedded whole now
+    done = {chip["path"] for chip in known_chips} | store.skipped_chip_keys(record["path"])
+    return record["windows"] if len(done) == record["windows"] else None
 
 
 def is_scene(path: Path) -> bool:
@@ -231,7 +251,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     plan.skipped += len(windows) - len(missing) - (len(known_chips) if moved_from else 0)
     if missing:
         plan.scenes += 1
-    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None))
+    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None,
+                               len(windows), georeferenced))
     if not unchanged:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
@@ -331,7 +352,8 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
         store.forget_failure(path)
     for path in plan.forget_scenes:
         store.forget_scene(path)
-    for path, size, mtime, options, sha256 in plan.scene_records:
-        store.record_scene(path, size=size, mtime=mtime, options=options, sha256=sha256)
+    for path, size, mtime, options, sha256, windows, georeferenced in plan.scene_records:
+        store.record_scene(path, size=size, mtime=mtime, options=options, sha256=sha256, windows=windows,
+                           georeferenced=georeferenced)
     for failure in plan.failures:
         record_failure(store, failure, run_id, counts)

@@ -271,12 +271,17 @@ class Store(IndexedStore):
 
     # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
     def scenes_by_path(self) -> dict[str, dict]:
-        """path → {path, size, mtime, options, sha256 (None where an older lookalike recorded the scene)}."""
-        return {row["path"]: {"sha256": None, **row} for row in self.db.query("SELECT * FROM scenes")}
+        """path → {path, size, mtime, options, sha256, windows, georeferenced}; the last three None where an
+        older lookalike recorded the scene."""
+        return {row["path"]: {"sha256": None, "windows": None, "georeferenced": None, **row}
+                for row in self.db.query("SELECT * FROM scenes")}
 
-    def record_scene(self, path: str, *, size: int, mtime: float, options: dict, sha256: str | None = None) -> None:
+    def record_scene(self, path: str, *, size: int, mtime: float, options: dict, sha256: str | None = None,
+                     windows: int | None = None, georeferenced: bool | None = None) -> None:
+        """`windows`: how many the scene was cut into; `georeferenced`: a scene, not a large plain image."""
         self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime, "sha256": sha256,
-                                  "options": json.dumps(options, sort_keys=True)}, pk="path", alter=True)
+                                  "options": json.dumps(options, sort_keys=True), "windows": windows,
+                                  "georeferenced": georeferenced}, pk="path", alter=True)
 
     def set_scene_sha256(self, path: str, sha256: str) -> None:
         self.db["scenes"].update(path, {"sha256": sha256}, alter=True)

@@ -431,3 +431,29 @@ def test_options_given_in_python_read_as_the_same_options_from_the_cli(index, na
     plan = json.loads(CliRunner().invoke(cli, args).output)
 
     assert (plan["embed"], plan["skipped"], plan["removed"]) == (0, 36, 0)
+
+
+def test_an_unchanged_finished_scene_is_not_opened_again(index, naip_dir, store_dir, open_store, monkeypatch):
+    """A rerun over a large archive must not open every scene to find it has nothing to do."""
+    from indexer import scenes
+
+    index([naip_dir], store_dir, chips=_chips(256))
+    opened = []
+    real_open, real_is_georeferenced = scenes.open_scene, scenes.is_georeferenced
+    monkeypatch.setattr(scenes, "open_scene", lambda path, **kw: opened.append(path) or real_open(path, **kw))
+    monkeypatch.setattr(scenes, "is_georeferenced", lambda path: opened.append(path) or real_is_georeferenced(path))
+
+    again = index([naip_dir], store_dir, chips=_chips(256))
+    assert (again["indexed"], again["skipped"], again["removed"], opened) == (0, 36, 0, [])
+
+    store = open_store(store_dir)
+    first = sorted(naip_dir.glob("*.tif"))[0]
+    store.remove_images([row["id"] for row in chip_rows(store).values() if row["scene"] == str(first)][:1])
+    with store.db.conn:
+        store.db.execute("UPDATE scenes SET windows = NULL WHERE path != ?", [str(first)])  # as an older lookalike
+    resumed = index([naip_dir], store_dir, chips=_chips(256))
+    assert (resumed["indexed"], resumed["skipped"]) == (1, 35)  # the window missing from the first scene
+    assert len(set(opened)) == 3  # the unfinished one, and the two recorded without their window count
+
+    opened.clear()
+    assert index([naip_dir], store_dir, chips=_chips(256))["skipped"] == 36 and opened == []
