@@ -146,8 +146,7 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
           rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, retry_failed, dry_run,
-          progress,
-          index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors, as_json):
+          progress, index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.

@@ -22,8 +22,8 @@ class Copies:
         """(records to embed, their pixels, copies of records embedded before or earlier in this batch)."""
         keep, copies, batch = [], [], set()
         for position, record in enumerate(records):
-            sha256 = record.get("sha256")
-            if sha256 and record.get("scene") is None and (sha256 in batch or self._has(sha256)):
+            sha256 = _whole_file_bytes(record)
+            if sha256 and (sha256 in batch or self._has(sha256)):
                 copies.append(record)
             else:
                 keep.append(position)
@@ -36,7 +36,7 @@ class Copies:
 
     def sent(self, records: list[dict], *, written_after: int) -> None:
         """`records` went to the writer: their bytes are embedded once it has done `written_after` items."""
-        digests = {record["sha256"] for record in records if record.get("sha256") and record.get("scene") is None}
+        digests = {_whole_file_bytes(record) for record in records} - {None}
         if digests:
             self._unwritten.append((written_after, digests))
             for sha256 in digests:
@@ -57,3 +57,8 @@ class Copies:
         # In flight first: once dropped from there its write is committed, so the store's answer covers it.
         return sha256 in self._unwritten_bytes or any(
             image_id not in self._excluded for image_id in self._lookup.image_ids(sha256))
+
+
+def _whole_file_bytes(record: dict) -> str | None:
+    """The SHA-256 of a whole file's record; None for a chip (its vector is of one window of its scene)."""
+    return record.get("sha256") if record.get("scene") is None else None

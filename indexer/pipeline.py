@@ -24,7 +24,8 @@ from .images import Preprocess, decode_bytes, load_image, read_error, scan_sourc
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
-RUN_COLUMNS = ("indexed", "copied", "skipped", "moved", "removed", "failed", "skipped_chips", "seconds", "images_per_second")
+RUN_COLUMNS = ("indexed", "copied", "skipped", "moved", "removed", "failed", "skipped_chips", "seconds",
+               "images_per_second")
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 
 
 def new_counts() -> dict:
-    return {"indexed": 0, "copied": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0, "skipped_chips": 0,
-            "failure_reasons": {}, "failure_examples": {}}
+    return {"indexed": 0, "copied": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0,
+            "skipped_chips": 0, "failure_reasons": {}, "failure_examples": {}}
 
 
 def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, status: str) -> dict:

@@ -95,7 +95,6 @@ class StoreWriter:
         if self.batches_written % SAVE_EVERY_BATCHES == 0:
             self.store.save_index()
 
-
     def _copy(self, records: list[dict]) -> None:
         vectors, grids = [], []
         for record in records:

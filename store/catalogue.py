@@ -120,6 +120,11 @@ def set_meta(db: sqlite_utils.Database, key: str, value) -> None:
     db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")
 
 
+# Whole files only: a chip's bytes are its scene's, and its vector is of one window.
+SAME_BYTES_SQL = ("SELECT images.id FROM images JOIN vectors ON vectors.image_id = images.id "
+                  "WHERE images.sha256 = ? AND images.scene IS NULL ORDER BY images.id")
+
+
 class BytesLookup:
     """Which indexed whole files hold given bytes (by SHA-256), on a read-only connection of its own: the
     embedding loop asks it while the writer thread writes through the store's connection."""
@@ -134,9 +139,3 @@ class BytesLookup:
 
     def close(self) -> None:
         self._conn.close()
-
-
-# Whole files only: a chip's bytes are its scene's, and its vector is of one window.
-SAME_BYTES_SQL = ("SELECT images.id FROM images JOIN vectors ON vectors.image_id = images.id "
-                  "WHERE images.sha256 = ? AND images.scene IS NULL ORDER BY images.id")
-

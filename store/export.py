@@ -17,8 +17,9 @@ PROVENANCE_NAME = "provenance.json"
 
 def export_store(store, out_dir: Path) -> dict:
     """Writes OUT_DIR/vectors.npy, images.jsonl (id, path, size, for a whole file its SHA-256, for a chip its
-    scene, window, date, centroid and WGS84 bounds; one line per vector row, by id) and provenance.json, from one consistent read of the store
-    (an index run may go on meanwhile). The folder appears whole or not at all. Returns a summary."""
+    scene, window, date, centroid and WGS84 bounds; one line per vector row, by id) and provenance.json, from
+    one consistent read of the store (an index run may go on meanwhile). The folder appears whole or not at
+    all. Returns a summary."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StoreError(f"{out_dir} already exists and is not an empty folder: export into a new one")
