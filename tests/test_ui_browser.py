@@ -153,6 +153,11 @@ def open_page(page, address: str) -> None:
     page.get_by_role("heading", name="lookalike").wait_for()
 
 
+def wait_idle(page) -> None:
+    """Until the page's script has finished its run: a click while it still redraws the page can be lost."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=WAIT_MS)
+
+
 def card(page, rank: int):
     return page.get_by_text(f"#{rank} · score", exact=False).first
 
@@ -218,6 +223,7 @@ def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
     assert PATCH_CAPTION.search(page.get_by_text("Patch row").inner_text()).groups() == ("10", "12", "14", "14")
     page.screenshot(path=artifacts_dir / "patch-10-12.png")
 
+    wait_idle(page)
     page.get_by_role("button", name="Clear the selected patch").click()
     page.get_by_text("Click the image to compare one 16×16 patch with every result.").wait_for()
     page.wait_for_function(  # back to each patch's best match to any query patch: the first pictures again
@@ -246,23 +252,18 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
     page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
     assert page.get_by_role("tab", selected=True).inner_text() == "Pick an indexed image"  # a bookmark's way in
     second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
-    switched = page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True)
-    for attempt in range(2):  # a click that lands while the page is still redrawing can be dropped: retry once
-        page.get_by_role("button", name="Search with this", exact=True).nth(1).click()
-        try:
-            switched.wait_for(timeout=WAIT_MS // 4 if attempt == 0 else WAIT_MS)
-            break
-        except PlaywrightTimeout:
-            if attempt == 1:
-                raise
+    click_until(page, page.get_by_role("button", name="Search with this", exact=True).nth(1),
+                page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True))
     page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=second_id)
     assert "k=8" in page.url
     assert page.get_by_text("#8 · score").count() == 1 and page.get_by_text("#9 · score").count() == 0
 
 
 def click_until(page, button, shown) -> None:
-    """Click, and wait for `shown`; a click that lands while the page is still redrawing can be dropped: retry once."""
+    """Click once the page is idle, and wait for `shown`; a click that still lands while the page redraws (a late
+    rerun) can be dropped: retry once."""
     for attempt in range(2):
+        wait_idle(page)
         button.click()
         try:
             shown.wait_for(timeout=WAIT_MS // 4 if attempt == 0 else WAIT_MS)
@@ -298,6 +299,7 @@ def test_compare_opens_side_by_side_and_closes(page, ui_ids, artifacts_dir):
                 page.get_by_text("Side by side: the query and #2", exact=False))
     page.wait_for_function("id => new URLSearchParams(location.search).get('compare') === String(id)", arg=second_id)
     page.screenshot(path=str(artifacts_dir / "compare.png"), full_page=True)
+    wait_idle(page)
     page.get_by_role("button", name="Close the comparison", exact=True).click()
     page.get_by_text("Side by side", exact=False).wait_for(state="detached", timeout=WAIT_MS)
     page.wait_for_function("() => !new URLSearchParams(location.search).has('compare')")
@@ -344,6 +346,7 @@ def test_drag_a_part_and_search_by_it(page, ui_ids, artifacts_dir):
     image_id = ui_ids[sorted(ui_ids)[11]]
     open_page(page, f"/?id={image_id}&k=8")
     page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
+    wait_idle(page)
     page.get_by_text("Select a part to search by", exact=True).click()
     page.get_by_text("Drag a box over the part to search by (128×128 px picture).", exact=True).wait_for()
     col, row, width, height = drag_box(page, (0.25, 0.25), (0.75, 0.75), image_size=(128, 128))
