@@ -367,6 +367,9 @@ def failures(store_dir, limit, as_json):
         click.echo(f"{row['path']}: {row['reason']}")
     if total > len(rows):
         click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
+    if total:  # on stderr: stdout stays one "path: reason" line per failure
+        click.echo(f"files the system refused to read are tried again by the next index run; to try every one: "
+                   f"lookalike index SOURCE... --store {store_dir} --retry-failed", err=True)
 
 
 @cli.command()
