@@ -207,12 +207,13 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        scenes = (f" ({_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
-                  "under --min-valid skipped)") if summary["scenes"] else ""
-        copied = (f" ({summary['copied']} of them copies of files already embedded: no model pass)"
-                  if summary.get("copied") else "")
+        notes = [f"{_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
+                 "under --min-valid skipped"] if summary["scenes"] else []
+        if summary.get("copied"):
+            notes.append(f"{summary['copied']} of them copies of files already embedded: no model pass")
         click.echo(
-            f"indexed {summary['indexed']}{copied}{scenes}, skipped {summary['skipped']}, "
+            f"indexed {summary['indexed']}" + (f" ({'; '.join(notes)})" if notes else "")
+            + f", skipped {summary['skipped']}, "
             + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
             + f"removed {summary['removed']}, "
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "
