@@ -52,6 +52,13 @@ class ChipOptions:
         for name, value in numbers.items():
             object.__setattr__(self, name, value)
 
+    @classmethod
+    def from_record(cls, options: dict) -> "ChipOptions":
+        """The options as a run or a scene recorded them (JSON lists for tuples; an option an older lookalike
+        did not record takes its default)."""
+        known = {option.name for option in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in options.items() if name in known})
+
 
 @dataclass
 class Plan:
@@ -178,8 +185,7 @@ def options_key(options, *, scene: bool = False) -> str:
     options = json.loads(options) if isinstance(options, str) else options
     if options is None:
         return "null"
-    known = {option.name for option in dataclasses.fields(ChipOptions)}
-    normal = dataclasses.asdict(ChipOptions(**{name: value for name, value in options.items() if name in known}))
+    normal = dataclasses.asdict(ChipOptions.from_record(options))
     if scene:
         del normal["chip_plain"]
     return json.dumps(normal, sort_keys=True)

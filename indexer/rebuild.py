@@ -38,11 +38,7 @@ def recorded_collection(store_dir) -> tuple[dict, list[str], ChipOptions]:
         log.warning("source %s of an earlier run no longer exists: its images are left out", source)
     if not present:
         raise IndexerError(f"none of the sources recorded in {store_dir} exists any more: {', '.join(sources)}")
-    chips = last_chip_options(runs)
-    for name in ("bands", "stretch"):
-        if chips.get(name) is not None:
-            chips[name] = tuple(chips[name])
-    return provenance, present, ChipOptions(**chips)
+    return provenance, present, ChipOptions.from_record(last_chip_options(runs))
 
 
 def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, index=None, **index_options) -> dict:
