@@ -16,6 +16,7 @@ from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_
                      read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
+from .sidecars import Sidecars, reading_digest
 from .writer import record_failure
 
 SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
@@ -71,7 +72,7 @@ class Plan:
     scene_moves: list = field(default_factory=list)  # (old path, new path, size, mtime, date, georeferenced)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
-    # (path, size, mtime, options, sha256, windows, georeferenced) of the scenes planned in full
+    # Store.record_scene keywords of the scenes planned in full
     scene_records: list = field(default_factory=list)
     to_hash: list = field(default_factory=list)  # (path, size, mtime) of the scenes cut now (hashing_scenes)
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
@@ -114,6 +115,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     gone_rows = [row for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
     gone_scenes = [record for key, record in scene_records.items() if not os.path.lexists(key)]
     moves = Moves(store, gone_rows=gone_rows, gone_scenes=gone_scenes, chips_of=chips_of)
+    sidecars = Sidecars()
 
     def unreadable(key: str, reason: str) -> None:
         failing_now.add(key)
@@ -145,14 +147,14 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
                 and options_of_run.get(failure["run_id"]) == options_now \
                 and not retry_failed and not failure["reason"].startswith(READ_ERROR):
             plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
-        elif (done := _scene_done(scene_records.get(key), chips_of.get(key, []), stat, store,
+        elif (done := _scene_done(scene_records.get(key), chips_of.get(key, []), stat, store, sidecars=sidecars,
                                   options_text=scene_options, chip_plain=chips.chip_plain)) is not None:
             plan.skipped += done  # nothing to open: an unchanged scene with every window embedded or found empty
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
             _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced, write=write, moves=moves)
+                        georeferenced=georeferenced, write=write, moves=moves, sidecars=sidecars)
         elif key in chips_of:  # cut into chips before, embedded whole now
             plan.removed_ids += [c["id"] for c in chips_of[key]]
             plan.forget_scenes.append(key)
@@ -174,7 +176,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     moved_scenes = {move[0] for move in plan.scene_moves}
     plan.removed_ids += [row["id"] for row in gone_rows if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
     plan.forget_failures += [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
-    plan.forget_failures += [record[0] for record in plan.scene_records if record[0] in known_failures]
+    plan.forget_failures += [record["path"] for record in plan.scene_records if record["path"] in known_failures]
     plan.forget_scenes += [record["path"] for record in gone_scenes if record["path"] not in moved_scenes]
     return plan
 
@@ -191,15 +193,17 @@ def options_key(options, *, scene: bool = False) -> str:
     return json.dumps(normal, sort_keys=True)
 
 
-def _scene_done(record: dict | None, known_chips: list, stat, store: Store, *, options_text: str,
-                chip_plain: bool) -> int | None:
-    """The number of windows of a scene recorded with this size, time and these options, when every one is
-    done; else None, and the scene is opened and planned in full (as it is when an older lookalike recorded
-    it, without its window count)."""
+def _scene_done(record: dict | None, known_chips: list, stat, store: Store, *, sidecars: Sidecars,
+                options_text: str, chip_plain: bool) -> int | None:
+    """The number of windows of a scene recorded with this size, time, these options and these sidecars, when
+    every one is done; else None, and the scene is opened and planned in full (as it is when an older lookalike
+    recorded it, without its window count or sidecars)."""
     if record is None or record["windows"] is None or record["georeferenced"] is None:
         return None
     if (record["size"], record["mtime"], record["options"]) != (stat.st_size, stat.st_mtime, options_text):
         return None
+    if record["georeferenced"] and record["sidecars"] != _signature_text(sidecars, record["path"]):
+        return None  # a sidecar came, went or changed: opened to see whether the scene reads differently
     if not (record["georeferenced"] or chip_plain):
         return None  # a large plain image cut into chips before, embedded whole now
     done = {chip["path"] for chip in known_chips} | store.skipped_chip_keys(record["path"])
@@ -212,8 +216,10 @@ def is_scene(path: Path) -> bool:
 
 
 def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
-                chips: ChipOptions, *, georeferenced: bool, write: bool = True, moves: Moves | None = None) -> None:
-    """Embed the windows of a scene not yet done: all of them when the scene or the chip options changed.
+                chips: ChipOptions, *, georeferenced: bool, write: bool = True, moves: Moves | None = None,
+                sidecars: Sidecars | None = None) -> None:
+    """Embed the windows of a scene not yet done: all of them when the scene, the chip options or the way it
+    reads with its sidecars changed (a new .msk, a nodata value in .aux.xml; not statistics written there).
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
     run cut short goes on where it stopped. A new scene with the bytes of a gone one (`moves`) takes over
@@ -243,8 +249,10 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         if write:
             store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
         record = dict(record, mtime=stat.st_mtime)
+    signature = _signature_text(sidecars or Sidecars(), key) if georeferenced else None
+    reading = reading_digest(scene) if georeferenced and failure is None else None
     unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
-        stat.st_size, stat.st_mtime, options_text)
+        stat.st_size, stat.st_mtime, options_text) and not _reads_differently(record, signature, reading)
     if not unchanged:
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
@@ -257,12 +265,26 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     plan.skipped += len(windows) - len(missing) - (len(known_chips) if moved_from else 0)
     if missing:
         plan.scenes += 1
-    plan.scene_records.append((key, stat.st_size, stat.st_mtime, options, record.get("sha256") if unchanged else None,
-                               len(windows), georeferenced))
+    plan.scene_records.append({"path": key, "size": stat.st_size, "mtime": stat.st_mtime, "options": options,
+                               "sha256": record.get("sha256") if unchanged else None, "windows": len(windows),
+                               "georeferenced": georeferenced, "sidecars": signature, "reading": reading})
     if not unchanged:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
                   for w in missing]
+
+
+def _signature_text(sidecars: Sidecars, path) -> str:
+    return json.dumps(sidecars.signature(path), sort_keys=True)
+
+
+def _reads_differently(record: dict, signature: str | None, reading: str | None) -> bool:
+    """Whether a sidecar changed how the scene reads since it was recorded. Asked only when the sidecars changed,
+    so that a newer GDAL spelling the same CRS another way does not cut every scene again; a scene recorded
+    without its sidecars (an older lookalike) is taken as read the same."""
+    if signature is None or record.get("sidecars") in (None, signature) or record.get("reading") is None:
+        return False
+    return record["reading"] != reading
 
 
 def _cut(path: Path, chips: ChipOptions, *, georeferenced: bool) -> tuple:
@@ -358,8 +380,7 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
         store.forget_failure(path)
     for path in plan.forget_scenes:
         store.forget_scene(path)
-    for path, size, mtime, options, sha256, windows, georeferenced in plan.scene_records:
-        store.record_scene(path, size=size, mtime=mtime, options=options, sha256=sha256, windows=windows,
-                           georeferenced=georeferenced)
+    for record in plan.scene_records:
+        store.record_scene(**record)
     for failure in plan.failures:
         record_failure(store, failure, run_id, counts)

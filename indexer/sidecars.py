@@ -1,0 +1,58 @@
+"""Files beside a scene that change how GDAL reads it (.aux.xml, .msk, world files), and what they changed."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .scenes import Scene
+
+# Names GDAL looks for beside a raster: "{name}" is the scene's file name, "{stem}" the name without its suffix.
+# .aux.xml can set the nodata value, the CRS and band roles; .msk is a mask; .ovr serves the stretch's decimated
+# read; .aux (Erdas) and world files can georeference a TIFF that is not.
+CANDIDATES = ("{name}.aux.xml", "{name}.msk", "{name}.ovr", "{stem}.aux", "{stem}.tfw", "{stem}.tifw",
+              "{stem}.tiffw", "{stem}.wld")
+# The fields of a Scene its chips' pixels and places depend on, besides its bytes and the chip options.
+READING = ("width", "height", "crs", "transform", "bands", "band_source", "mask_source", "nodata", "stretch", "date")
+
+
+class Sidecars:
+    """Sizes and times of the sidecars of scenes, from one listing of each folder (names matched in any case)."""
+
+    def __init__(self):
+        self._listings: dict[Path, dict[str, str]] = {}
+
+    def signature(self, path) -> dict:
+        """{candidate pattern: [size, mtime]} for the sidecars present; {} when there are none."""
+        path = Path(path)
+        names = self._listing(path.parent)
+        found = {}
+        for pattern in CANDIDATES:
+            real = names.get(pattern.format(name=path.name, stem=path.stem).lower())
+            if real is None:
+                continue
+            try:
+                stat = os.stat(path.parent / real)
+            except OSError:
+                continue
+            found[pattern] = [stat.st_size, stat.st_mtime]
+        return found
+
+    def _listing(self, folder: Path) -> dict[str, str]:
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = {name.lower(): name for name in os.listdir(folder)}
+            except OSError:
+                self._listings[folder] = {}
+        return self._listings[folder]
+
+
+def reading_digest(scene: Scene) -> str:
+    """sha256 of how the scene reads (READING fields) and of the bytes of its .msk mask, when it has one."""
+    record = scene.as_record()
+    digest = hashlib.sha256(json.dumps({name: record[name] for name in READING}, sort_keys=True).encode())
+    mask = Path(f"{scene.path}.msk")
+    if mask.is_file():
+        with open(mask, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
