@@ -86,6 +86,11 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
         return
     parts = [f"{_count(plan['files'], 'file')} whole"] if plan["files"] else []
     parts += [f"{_count(plan['chips'], 'chip')} of {_count(plan['scenes'], 'scene')}"] if plan["chips"] else []
+    parts += [f"{plan['copies']:,} of them " + ("a copy of a file embedded before it" if plan["copies"] == 1 else
+                                                "copies of files embedded before them") + ": no model pass"] \
+        if plan["copies"] else []
+    parts += [f"{_count(plan['copies_unchecked'], 'file')} not read to look for copies"] \
+        if plan["copies_unchecked"] else []
     click.echo(f"dry run: would embed {_count(plan['embed'], 'image')}" + (f" ({', '.join(parts)})" if parts else "")
                + f", skip {plan['skipped']:,}" + (f", keep {plan['moved']:,} moved under new paths" if plan["moved"] else "")
                + f", remove {plan['removed']:,}, and refuse "
@@ -95,8 +100,7 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
     if plan["failing"] > len(plan["failures"]):
         click.echo(f"  ... and {plan['failing'] - len(plan['failures']):,} more")
     click.echo(f"{store_dir} holds {plan['indexed_now']:,} images now, about {plan['after']:,} after (pictures that "
-               "do not decode, chips under --min-valid and copies of embedded files are found only when read); "
-               "nothing was loaded or written")
+               "do not decode and chips under --min-valid are found only when read); nothing was loaded or written")
 
 
 @cli.command()

@@ -7,6 +7,7 @@ from store import Store
 from store import catalogue
 from store.catalogue import CATALOGUE_NAME
 
+from .copy_estimate import estimate_copies
 from .images import scan_sources
 from .plan import ChipOptions, plan_run
 
@@ -17,22 +18,26 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
                 retry_failed: bool = False) -> dict:
     """The plan of `index SOURCES --store STORE_DIR` now: counts of images to embed (files whole, chips of how
     many scenes), skipped, removed, and the files refused unread (links out of the sources, names SQLite cannot
-    hold, scenes that do not open...). Pictures that do not decode, chips too empty under --min-valid and
-    copies of embedded files are only known when read, so they count as to embed here. "moved": images found
-    under a new path with the same bytes, which keep their ids and vectors (a new path is read to hash it when
-    a gone file has its size)."""
+    hold, scenes that do not open...). "copies": of the files to embed, those with the bytes of an embedded file
+    or of one planned before them, which take its vector without a model pass (files sharing a size are read to
+    tell, at most READ_BUDGET bytes; "copies_unchecked": those left past it). Pictures that do not decode and
+    chips too empty under --min-valid are only known when read, so they count as to embed here. "moved": images
+    found under a new path with the same bytes, which keep their ids and vectors (a new path is read to hash it
+    when a gone file has its size)."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
     exists = (store_dir / CATALOGUE_NAME).is_file()
     indexed = _count_images(store_dir) if exists else 0
     with _planning_store(store_dir if exists and not rebuild else None) as store:
         plan = plan_run(paths, store, chips=chips, write=False, retry_failed=retry_failed)
+        copies = estimate_copies(plan.jobs, store)
     chips_to_embed = sum(1 for job in plan.jobs if job.window is not None)
     removed = len(set(plan.removed_ids))
     kept = 0 if rebuild else indexed - removed
     return {"store": str(store_dir), "store_exists": exists, "rebuild": rebuild, "indexed_now": indexed,
             "embed": len(plan.jobs), "files": len(plan.jobs) - chips_to_embed, "chips": chips_to_embed,
-            "scenes": plan.scenes, "skipped": plan.skipped, "moved": plan.moved,
+            "scenes": plan.scenes, "copies": copies.copies, "copies_unchecked": copies.unchecked,
+            "skipped": plan.skipped, "moved": plan.moved,
             "removed": indexed if rebuild else removed,
             "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
             "failing": len(plan.failures),

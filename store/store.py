@@ -346,6 +346,12 @@ class Store(IndexedStore):
         """The indexed whole files (not chips) with these bytes, and a vector: the oldest first."""
         return [row[0] for row in self.db.execute(catalogue.SAME_BYTES_SQL, [sha256])]
 
+    def whole_file_sizes(self) -> set[int]:
+        """The sizes of the indexed whole files with a vector (a dry run reads only files of these sizes)."""
+        return {row[0] for row in self.db.execute(
+            "SELECT DISTINCT images.size FROM images JOIN vectors ON vectors.image_id = images.id "
+            "WHERE images.scene IS NULL AND images.sha256 IS NOT NULL")}
+
     def bytes_lookup(self) -> catalogue.BytesLookup:
         """image_ids_with_bytes on a connection of its own, for another thread than the one writing."""
         return catalogue.BytesLookup(self.store_dir / CATALOGUE_NAME)
