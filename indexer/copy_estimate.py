@@ -15,7 +15,7 @@ READ_BUDGET = 1 << 30  # bytes a dry run reads at most to find copies; the files
 
 @dataclass
 class CopyEstimate:
-    copies: int = 0  # planned files whose bytes an indexed file or an earlier planned file has
+    copies: int = 0  # planned files whose bytes an indexed file or an earlier planned file has; chips of scene copies
     unchecked: int = 0  # files that might be copies but were past the read budget
     bytes_read: int = 0
 
@@ -28,7 +28,7 @@ def estimate_copies(jobs: list[Job], store: Store, *, budget: int = READ_BUDGET)
     reembedded = {job.image_id for job in whole if job.image_id is not None}
     indexed_sizes = store.whole_file_sizes()
     sizes = Counter(job.size for job in whole)
-    estimate = CopyEstimate()
+    estimate = CopyEstimate(copies=sum(1 for job in jobs if job.copy_of is not None))  # chips of scene copies
     candidates = [job for job in whole if job.size in indexed_sizes or sizes[job.size] > 1]
     heads = {}
     for job in candidates:

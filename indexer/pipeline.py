@@ -75,17 +75,8 @@ class DecodeDataset(torch.utils.data.Dataset):
         rgb, valid = scenes.read_chip(job.scene.path, job.scene, job.window)  # (h, w, 3) uint8
         if valid < self.min_valid:
             return {"skipped_chip": (job.path, job.scene.path)}
-        image = Image.fromarray(rgb)
-        geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
-                   **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
-        geo["wgs84_bounds"] = scenes.ring_bounds(geo["footprint"])
-        geo["stretch_percentiles"] = list(self.stretch)
-        geo["native_gsd"] = scenes.native_gsd(job.scene)
-        geo["gsd"] = self.gsd or geo["native_gsd"]
-        record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
-                  "width": image.width, "height": image.height, "scene": job.scene.path,
-                  "window": list(job.window), "geo": geo}
-        return {"record": record, "pixels": self._pixels(image)}
+        record = chip_record(job, valid=valid, stretch=self.stretch, gsd=self.gsd)
+        return {"record": record, "pixels": self._pixels(Image.fromarray(rgb))}
 
 
     def _plain_chip(self, job: Job) -> dict:
@@ -97,6 +88,20 @@ class DecodeDataset(torch.utils.data.Dataset):
                   "width": width, "height": height, "scene": job.plain_source, "window": list(job.window),
                   "geo": {"plain": True}}
         return {"record": record, "pixels": self._pixels(image)}
+
+
+def chip_record(job: Job, *, valid: float, stretch, gsd: float | None) -> dict:
+    """A scene chip's catalogue record: its window's place on the ground and how its pixels were read."""
+    geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
+               **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
+    geo["wgs84_bounds"] = scenes.ring_bounds(geo["footprint"])
+    geo["stretch_percentiles"] = list(stretch)
+    geo["native_gsd"] = scenes.native_gsd(job.scene)
+    geo["gsd"] = gsd or geo["native_gsd"]
+    _, _, width, height = job.window  # read_chip gives the whole window, never padded or cut
+    return {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
+            "width": int(width), "height": int(height), "scene": job.scene.path, "window": list(job.window),
+            "geo": geo}
 
 
 SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
@@ -186,7 +191,11 @@ def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, s
 
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):
     pca = store.pca()
+    chip_copies = _chip_copies([job for job in jobs if job.copy_of is not None], store, chips=chips)
+    jobs = [job for job in jobs if job.copy_of is None]
     writer = StoreWriter(store, run_id=run_id, counts=counts)
+    if chip_copies:
+        writer.copied(chip_copies)
     copies = Copies(store, reembedded_ids=[job.image_id for job in jobs])
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
     chunk = batch_size  # shrinks for good after an out-of-memory error
@@ -211,6 +220,14 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
         bar.close()
         copies.close()
         writer.close()
+
+
+def _chip_copies(jobs: list[Job], store: Store, *, chips: ChipOptions) -> list[dict]:
+    """Records of the chips of a scene copy (plan.SceneTwins), each to take its twin chip's vector and patch
+    features: its own place and date, its twin's share of valid pixels, and no window read."""
+    twins = store.images([job.copy_of for job in jobs])
+    return [dict(chip_record(job, valid=twins[job.copy_of]["geo"]["valid_fraction"], stretch=chips.stretch,
+                             gsd=chips.gsd), copy_of=job.copy_of) for job in jobs]
 
 
 def embed_in_chunks(embedder, pixels: torch.Tensor, size: int):

@@ -16,6 +16,7 @@ from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_
                      read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
+from .scene_copies import SceneTwins
 from .sidecars import Sidecars, reading_digest
 from .writer import record_failure
 
@@ -31,6 +32,7 @@ class Job:
     scene: Scene | None = None  # set for a chip of a georeferenced scene
     window: tuple | None = None
     plain_source: str | None = None  # set for a chip of a large plain image
+    copy_of: int | None = None  # the chip of another scene with the same bytes whose vector this chip takes
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     gone_scenes = [record for key, record in scene_records.items() if not os.path.lexists(key)]
     moves = Moves(store, gone_rows=gone_rows, gone_scenes=gone_scenes, chips_of=chips_of)
     sidecars = Sidecars()
+    twins = SceneTwins(store, scene_records=scene_records, chips_of=chips_of, sidecars=sidecars)
 
     def unreadable(key: str, reason: str) -> None:
         failing_now.add(key)
@@ -154,7 +157,7 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
             _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced, write=write, moves=moves, sidecars=sidecars)
+                        georeferenced=georeferenced, write=write, moves=moves, sidecars=sidecars, twins=twins)
         elif key in chips_of:  # cut into chips before, embedded whole now
             plan.removed_ids += [c["id"] for c in chips_of[key]]
             plan.forget_scenes.append(key)
@@ -217,13 +220,13 @@ def is_scene(path: Path) -> bool:
 
 def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, record: dict | None,
                 chips: ChipOptions, *, georeferenced: bool, write: bool = True, moves: Moves | None = None,
-                sidecars: Sidecars | None = None) -> None:
+                sidecars: Sidecars | None = None, twins: SceneTwins | None = None) -> None:
     """Embed the windows of a scene not yet done: all of them when the scene, the chip options or the way it
     reads with its sidecars changed (a new .msk, a nodata value in .aux.xml; not statistics written there).
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
     run cut short goes on where it stopped. A new scene with the bytes of a gone one (`moves`) takes over
-    its chips.
+    its chips; one with the bytes of a scene still there (`twins`) has its chips copied from that scene's.
     """
     key, options = str(path), dataclasses.asdict(chips)
     options_text = options_key(options, scene=True)
@@ -234,16 +237,21 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     else:
         failure = None
     moved_from = None
+    fields = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
+        if georeferenced and failure is None else None
     if record is None and not known_chips and moves is not None and failure is None:
-        reading = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
-            if georeferenced else None
-        gone = moves.scene(path, stat.st_size, options_text, reading=reading)
+        gone = moves.scene(path, stat.st_size, options_text, reading=fields)
         if gone is not None:  # the same bytes under a new path: its chips follow it
             moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
             known_chips = moves.chips(moved_from, key)
             plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
                                      georeferenced))
             plan.moved += len(known_chips)
+    copy_of, digest = {}, None
+    if record is None and not known_chips and twins is not None and fields is not None:
+        found = twins.find(scene, stat.st_size, options_text)
+        if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
+            copy_of, digest = twins.chip_ids(found[0]["path"], key), found[1]
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
         if write:
@@ -266,12 +274,12 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if missing:
         plan.scenes += 1
     plan.scene_records.append({"path": key, "size": stat.st_size, "mtime": stat.st_mtime, "options": options,
-                               "sha256": record.get("sha256") if unchanged else None, "windows": len(windows),
+                               "sha256": record.get("sha256") if unchanged else digest, "windows": len(windows),
                                "georeferenced": georeferenced, "sidecars": signature, "reading": reading})
-    if not unchanged:
+    if not unchanged and digest is None:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
-    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source)
-                  for w in missing]
+    plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
+                      copy_of=copy_of.get(chip_key(path, w))) for w in missing]
 
 
 def _signature_text(sidecars: Sidecars, path) -> str:

@@ -46,10 +46,12 @@ class Sidecars:
         return self._listings[folder]
 
 
-def reading_digest(scene: Scene) -> str:
-    """sha256 of how the scene reads (READING fields) and of the bytes of its .msk mask, when it has one."""
+def reading_digest(scene: Scene, *, with_date: bool = True) -> str:
+    """sha256 of how the scene reads (READING fields; the date, which may come from the file's name, only
+    `with_date`) and of the bytes of its .msk mask, when it has one."""
     record = scene.as_record()
-    digest = hashlib.sha256(json.dumps({name: record[name] for name in READING}, sort_keys=True).encode())
+    fields = {name: record[name] for name in READING if with_date or name != "date"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     mask = Path(f"{scene.path}.msk")
     if mask.is_file():
         with open(mask, "rb") as handle:

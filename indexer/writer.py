@@ -36,7 +36,8 @@ class StoreWriter:
         self._put(("embedded", records, vectors, grids))
 
     def copied(self, records: list[dict]) -> None:
-        """Whole files whose bytes an image written before holds: they take its vector and patch features."""
+        """Whole files whose bytes an image written before holds, and chips of a scene copy (`copy_of`: their
+        twin chip's id): they take its vector and patch features."""
         self._put(("copied", records))
 
     def failed(self, failure: tuple) -> None:
@@ -98,7 +99,8 @@ class StoreWriter:
     def _copy(self, records: list[dict]) -> None:
         vectors, grids = [], []
         for record in records:
-            twins = self.store.image_ids_with_bytes(record["sha256"])
+            twins = [record["copy_of"]] if record.get("copy_of") is not None else \
+                self.store.image_ids_with_bytes(record["sha256"])
             if not twins:  # the loop only sends a copy after its twin, or one the store keeps all run
                 raise RuntimeError(f"no indexed image holds the bytes of {record['path']} any more")
             vectors.append(self.store.vector(twins[0]))

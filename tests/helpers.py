@@ -32,3 +32,15 @@ def ids_by_path(store) -> dict[str, int]:
 
 def all_vectors(store) -> dict[int, np.ndarray]:
     return {image_id: store.vector(image_id) for image_id in ids_by_path(store).values()}
+
+
+class CountingEmbedder:
+    """Wraps an embedder and counts the images it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.images = inner, 0
+        self.preprocess, self.provenance = inner.preprocess, inner.provenance
+
+    def embed(self, pixels, **kwargs):
+        self.images += len(pixels)
+        return self.inner.embed(pixels, **kwargs)

@@ -6,21 +6,9 @@ import time
 import numpy as np
 from click.testing import CliRunner
 
-from helpers import ids_by_path
+from helpers import CountingEmbedder, ids_by_path
 from indexer import writer as writer_module
 from indexer.cli import cli
-
-
-class CountingEmbedder:
-    """Wraps an embedder and counts the images it is asked to embed."""
-
-    def __init__(self, inner):
-        self.inner, self.images = inner, 0
-        self.preprocess, self.provenance = inner.preprocess, inner.provenance
-
-    def embed(self, pixels, **kwargs):
-        self.images += len(pixels)
-        return self.inner.embed(pixels, **kwargs)
 
 
 def _copies_of(paths, folder):

@@ -1,0 +1,67 @@
+"""Scenes with the bytes of another scene already cut and embedded: their chips take its chips' vectors."""
+import json
+import os
+
+from store import Store
+
+from . import scenes
+from .errors import IndexerError
+from .images import file_sha256
+from .scenes import Scene
+from .sidecars import Sidecars, reading_digest
+
+
+class SceneTwins:
+    """The georeferenced scenes recorded with a hash, every window done, to be found again by a new scene path
+    with the same bytes, cut with the same options and read the same way (a scene copied into a second folder).
+    A twin serves only while it is unchanged on disk, sidecars included, so that this run keeps its chips.
+
+    A new path is hashed only when a twin candidate has its size and options; scenes cut in this run have no
+    hash yet (it is taken while they are embedded), so a copy is found from the next run on."""
+
+    def __init__(self, store: Store, *, scene_records: dict, chips_of: dict, sidecars: Sidecars):
+        self.store, self.chips_of, self.sidecars = store, chips_of, sidecars
+        self.candidates = {}
+        for record in scene_records.values():
+            if record.get("sha256") and record.get("windows") and record.get("georeferenced"):
+                self.candidates.setdefault((record["size"], record["options"]), []).append(record)
+
+    def find(self, scene: Scene, size: int, options_text: str) -> tuple[dict, str] | None:
+        """(the twin's record, the new scene's SHA-256) for `scene` as opened with this run's options, or None."""
+        path = scene.path
+        candidates = self.candidates.get((size, options_text))
+        if not candidates:
+            return None
+        try:
+            digest = file_sha256(path)
+        except OSError:
+            return None
+        for record in candidates:
+            if record["sha256"] == digest and record["path"] != str(path) and self._serves(record, scene):
+                return record, digest
+        return None
+
+    def chip_ids(self, twin_path: str, new_path: str) -> dict[str, int]:
+        """The twin's chip ids, keyed as the new scene's chips will be ("<scene path>#<window>")."""
+        start = len(twin_path)
+        return {new_path + chip["path"][start:]: chip["id"] for chip in self.chips_of.get(twin_path, [])}
+
+    def _serves(self, record: dict, scene: Scene) -> bool:
+        try:
+            stat = os.stat(record["path"])
+        except OSError:
+            return False
+        if (stat.st_size, stat.st_mtime) != (record["size"], record["mtime"]):
+            return False  # changed since: it is cut again in this run
+        if record["sidecars"] != json.dumps(self.sidecars.signature(record["path"]), sort_keys=True):
+            return False  # it may be cut again in this run
+        chips = self.chips_of.get(record["path"], [])
+        if len(chips) + len(self.store.skipped_chip_keys(record["path"])) != record["windows"] or not chips:
+            return False  # unfinished: a run cut short
+        options = json.loads(record["options"])  # the same as this run's: they are part of the candidates' key
+        try:  # read through its own sidecars: the same nodata, mask, CRS, bands and stretch as the copy?
+            twin = scenes.open_scene(record["path"], bands=tuple(options["bands"]) if options["bands"] else None,
+                                     stretch=tuple(options["stretch"]))
+        except (OSError, IndexerError):
+            return False
+        return reading_digest(twin, with_date=False) == reading_digest(scene, with_date=False)
