@@ -1,15 +1,13 @@
 """The dry run's count of planned files that are copies (same bytes) of embedded or other planned files."""
-import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from store import Store
 
-from .images import file_sha256
+from .images import HEAD_BYTES, file_sha256, head_sha256
 from .plan import Job
 
-HEAD_BYTES = 64 * 1024  # files that share a size are told apart by their first bytes before any is read whole
 READ_BUDGET = 1 << 30  # bytes a dry run reads at most to find copies; the files past it are left unchecked
 
 
@@ -58,9 +56,8 @@ def _head(job: Job, estimate: CopyEstimate, budget: int) -> str | None:
     if estimate.bytes_read + HEAD_BYTES > budget:
         return None
     try:
-        with open(job.path, "rb") as handle:
-            head = handle.read(HEAD_BYTES)
+        head = head_sha256(Path(job.path))
     except OSError:
         return f"unreadable {job.path}"  # a head of its own: the run reports the file
-    estimate.bytes_read += len(head)
-    return hashlib.sha256(head).hexdigest()
+    estimate.bytes_read += min(job.size, HEAD_BYTES)
+    return head

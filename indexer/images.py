@@ -60,11 +60,25 @@ def scan_sources(sources) -> list[Path]:
 
 
 def file_sha256(path: Path) -> str:
+    return file_digests(path)[0]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """SHA-256 of the whole file and of its first HEAD_BYTES, from one read."""
     digest = hashlib.sha256()
+    head = None
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        for chunk in iter(lambda: handle.read(HEAD_BYTES), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+            if head is None:
+                head = hashlib.sha256(chunk).hexdigest()
+    return digest.hexdigest(), head or hashlib.sha256(b"").hexdigest()
+
+
+def head_sha256(path: Path) -> str:
+    """SHA-256 of the first HEAD_BYTES: files of one size are told apart by it before any is read whole."""
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(HEAD_BYTES)).hexdigest()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -114,6 +128,7 @@ def upright_size(path: Path) -> tuple[int, int]:
 # The reason of a failure the operating system gave (permissions, a drive or share away): not the file's
 # fault, so an index run tries such files again even when they have not changed.
 READ_ERROR = "cannot be read"
+HEAD_BYTES = 64 * 1024  # the first bytes of a file, hashed to tell files of one size apart cheaply
 
 
 def read_error(error: OSError) -> str:

@@ -12,8 +12,8 @@ from store.swap import recorded_runs
 
 from . import scenes
 from .errors import IndexerError
-from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR, OutsideLink, file_sha256,
-                     read_error, upright_size)
+from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR, OutsideLink, file_digests,
+                     file_sha256, read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .scene_copies import SceneTwins
@@ -247,11 +247,11 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
             plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
                                      georeferenced))
             plan.moved += len(known_chips)
-    copy_of, digest = {}, None
+    copy_of, digests = {}, None
     if record is None and not known_chips and twins is not None and fields is not None:
         found = twins.find(scene, stat.st_size, options_text)
         if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
-            copy_of, digest = twins.chip_ids(found[0]["path"], key), found[1]
+            copy_of, digests = twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"])
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
         if write:
@@ -274,9 +274,11 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if missing:
         plan.scenes += 1
     plan.scene_records.append({"path": key, "size": stat.st_size, "mtime": stat.st_mtime, "options": options,
-                               "sha256": record.get("sha256") if unchanged else digest, "windows": len(windows),
+                               "sha256": record.get("sha256") if unchanged else (digests and digests[0]),
+                               "head_sha256": record.get("head_sha256") if unchanged else (digests and digests[1]),
+                               "windows": len(windows),
                                "georeferenced": georeferenced, "sidecars": signature, "reading": reading})
-    if not unchanged and digest is None:
+    if not unchanged and digests is None:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
                       copy_of=copy_of.get(chip_key(path, w))) for w in missing]
@@ -327,9 +329,9 @@ def chip_key(scene_path, window) -> str:
     return f"{scene_path}#{','.join(str(int(v)) for v in window)}"
 
 
-def _sha256_or_none(path: Path) -> str | None:
+def _digests_or_none(path: Path) -> tuple[str, str] | None:
     try:
-        return file_sha256(path)
+        return file_digests(path)
     except OSError:
         return None
 
@@ -352,7 +354,7 @@ def hashing_scenes(store: Store, to_hash: list):
         for path, size, mtime in to_hash:
             if stop.is_set():
                 return
-            hashed.append((path, _sha256_or_none(Path(path)), size, mtime))  # one append: safe across threads
+            hashed.append((path, _digests_or_none(Path(path)), size, mtime))  # one append: safe across threads
 
     thread = threading.Thread(target=work, name="scene-hashes", daemon=True)
     thread.start()
@@ -361,9 +363,9 @@ def hashing_scenes(store: Store, to_hash: list):
         thread.join()  # done embedding: what is left to hash is all there is to do
     finally:
         stop.set()  # after an error or Ctrl-C: keep what is hashed, do not wait for the rest
-        for path, sha256, size, mtime in hashed[:]:
-            if sha256 and _stat_of(path) == (size, mtime):
-                store.set_scene_sha256(path, sha256)
+        for path, digests, size, mtime in hashed[:]:
+            if digests and _stat_of(path) == (size, mtime):
+                store.set_scene_sha256(path, digests[0], head_sha256=digests[1])
 
 
 def _stat_of(path: str):

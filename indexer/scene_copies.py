@@ -1,12 +1,13 @@
 """Scenes with the bytes of another scene already cut and embedded: their chips take its chips' vectors."""
 import json
 import os
+from pathlib import Path
 
 from store import Store
 
 from . import scenes
 from .errors import IndexerError
-from .images import file_sha256
+from .images import file_sha256, head_sha256
 from .scenes import Scene
 from .sidecars import Sidecars, reading_digest
 
@@ -16,29 +17,31 @@ class SceneTwins:
     with the same bytes, cut with the same options and read the same way (a scene copied into a second folder).
     A twin serves only while it is unchanged on disk, sidecars included, so that this run keeps its chips.
 
-    A new path is hashed only when a twin candidate has its size and options; scenes cut in this run have no
-    hash yet (it is taken while they are embedded), so a copy is found from the next run on."""
+    A new scene's first bytes are hashed only when a candidate has its size and options, and the whole scene
+    only when a candidate starts with the same bytes too: a collection of same-sized tiles is not read whole
+    before the model starts. Scenes cut in this run have no hash yet (it is taken while they are embedded), and
+    scenes hashed by a lookalike older than the head hashes serve from their next re-cut on."""
 
     def __init__(self, store: Store, *, scene_records: dict, chips_of: dict, sidecars: Sidecars):
         self.store, self.chips_of, self.sidecars = store, chips_of, sidecars
         self.candidates = {}
         for record in scene_records.values():
-            if record.get("sha256") and record.get("windows") and record.get("georeferenced"):
+            if all(record.get(name) for name in ("sha256", "head_sha256", "windows", "georeferenced")):
                 self.candidates.setdefault((record["size"], record["options"]), []).append(record)
 
-    def find(self, scene: Scene, size: int, options_text: str) -> tuple[dict, str] | None:
-        """(the twin's record, the new scene's SHA-256) for `scene` as opened with this run's options, or None."""
-        path = scene.path
+    def find(self, scene: Scene, size: int, options_text: str) -> dict | None:
+        """The twin's record (its hashes are the new scene's) for `scene` as opened with this run's options."""
+        path = Path(scene.path)
         candidates = self.candidates.get((size, options_text))
-        if not candidates:
-            return None
         try:
+            if not candidates or not (same_head := [r for r in candidates if r["head_sha256"] == head_sha256(path)]):
+                return None
             digest = file_sha256(path)
         except OSError:
             return None
-        for record in candidates:
+        for record in same_head:
             if record["sha256"] == digest and record["path"] != str(path) and self._serves(record, scene):
-                return record, digest
+                return record
         return None
 
     def chip_ids(self, twin_path: str, new_path: str) -> dict[str, int]:

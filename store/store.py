@@ -271,24 +271,26 @@ class Store(IndexedStore):
 
     # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
     def scenes_by_path(self) -> dict[str, dict]:
-        """path → {path, size, mtime, options, sha256, windows, georeferenced, sidecars, reading}; those after
-        options None where an older lookalike recorded the scene."""
-        return {row["path"]: {"sha256": None, "windows": None, "georeferenced": None, "sidecars": None,
-                              "reading": None, **row}
+        """path → {path, size, mtime, options, sha256, head_sha256, windows, georeferenced, sidecars, reading};
+        those after options None where an older lookalike recorded the scene."""
+        return {row["path"]: {"sha256": None, "head_sha256": None, "windows": None, "georeferenced": None,
+                              "sidecars": None, "reading": None, **row}
                 for row in self.db.query("SELECT * FROM scenes")}
 
     def record_scene(self, path: str, *, size: int, mtime: float, options: dict, sha256: str | None = None,
-                     windows: int | None = None, georeferenced: bool | None = None, sidecars: str | None = None,
-                     reading: str | None = None) -> None:
+                     head_sha256: str | None = None, windows: int | None = None, georeferenced: bool | None = None,
+                     sidecars: str | None = None, reading: str | None = None) -> None:
         """`windows`: how many the scene was cut into; `georeferenced`: a scene, not a large plain image;
         `sidecars`: its sidecar files' sizes and times (JSON); `reading`: a digest of how it read with them."""
         self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime, "sha256": sha256,
+                                  "head_sha256": head_sha256,
                                   "options": json.dumps(options, sort_keys=True), "windows": windows,
                                   "georeferenced": georeferenced, "sidecars": sidecars, "reading": reading},
                                  pk="path", alter=True)
 
-    def set_scene_sha256(self, path: str, sha256: str) -> None:
-        self.db["scenes"].update(path, {"sha256": sha256}, alter=True)
+    def set_scene_sha256(self, path: str, sha256: str, *, head_sha256: str | None = None) -> None:
+        """The scene's SHA-256, and that of its first bytes (images.HEAD_BYTES)."""
+        self.db["scenes"].update(path, {"sha256": sha256, "head_sha256": head_sha256}, alter=True)
 
     def touch_scene(self, path: str, *, size: int, mtime: float) -> None:
         """Same content under a new mtime: the scene and its chips remember it (so the page shows them again)."""

@@ -101,3 +101,25 @@ def test_a_copy_that_reads_differently_is_embedded(index, embedder, naip_dir, st
     summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
 
     assert (counting.images, summary["copied"], summary["indexed"]) == (12, 0, 12)
+
+
+def test_a_scene_is_read_whole_only_when_a_recorded_scene_starts_with_its_bytes(index, embedder, naip_dir,
+                                                                                 store_dir, open_store, monkeypatch):
+    """Same-sized tiles are common: a new scene of a recorded scene's size is told apart by its first 64 KiB."""
+    from indexer import scene_copies
+
+    index([naip_dir], store_dir, chips=CHIPS)
+    original = sorted(naip_dir.glob("*.tif"))[0]
+    store = open_store(store_dir)
+    assert store.scenes_by_path()[str(original)]["head_sha256"]  # recorded while its chips were embedded
+    with store.db.conn:
+        store.db.execute("UPDATE scenes SET head_sha256 = 'another start'")
+    shutil.copy(original, naip_dir / "copy.tif")
+    hashed = []
+    real_sha256 = scene_copies.file_sha256
+    monkeypatch.setattr(scene_copies, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+
+    counting = CountingEmbedder(embedder)
+    summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
+
+    assert (hashed, counting.images, summary["copied"]) == ([], 12, 0)

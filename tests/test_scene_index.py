@@ -94,7 +94,7 @@ def test_a_scene_changed_while_it_was_hashed_keeps_no_hash(index, naip_dir, stor
     from indexer import plan
 
     scene = sorted(naip_dir.glob("*.tif"))[0]
-    real = plan._sha256_or_none
+    real = plan._digests_or_none
 
     def hash_then_touch(path):
         digest = real(path)
@@ -102,7 +102,7 @@ def test_a_scene_changed_while_it_was_hashed_keeps_no_hash(index, naip_dir, stor
             os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
         return digest
 
-    monkeypatch.setattr(plan, "_sha256_or_none", hash_then_touch)
+    monkeypatch.setattr(plan, "_digests_or_none", hash_then_touch)
     index([naip_dir], store_dir, chips=_chips(256))
     recorded = open_store(store_dir).scenes_by_path()
     assert recorded[str(scene)]["sha256"] is None
