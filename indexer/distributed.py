@@ -27,7 +27,7 @@ from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
 from .pipeline import (DecodeDataset, _embed, _fit_store_pca, _project, batches, embed_in_chunks, new_counts,
-                       takes_uint8, tracked_run)
+                       takes_uint8, tracked_run, write_chip_copies)
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
@@ -100,9 +100,10 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
     with tracked_run(store, run_id, counts, started=started) as outcome:
         plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
         apply_plan(store, plan, run_id=run_id, counts=counts)
-        if plan.jobs:
+        jobs = write_chip_copies(plan.jobs, store, run_id=run_id, counts=counts, chips=chips)  # on the driver
+        if jobs:
             with hashing_scenes(store, plan.to_hash):
-                run_dir = _embed_on_ray(plan.jobs, store, embedder, spec, shard_root=shard_root, address=address,
+                run_dir = _embed_on_ray(jobs, store, embedder, spec, shard_root=shard_root, address=address,
                                         batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
                                         counts=counts, progress=progress, chips=chips, run_id=run_id)
     if run_dir is not None:

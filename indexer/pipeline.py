@@ -190,12 +190,9 @@ def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, s
 
 
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):
+    jobs = write_chip_copies(jobs, store, run_id=run_id, counts=counts, chips=chips)
     pca = store.pca()
-    chip_copies = _chip_copies([job for job in jobs if job.copy_of is not None], store, chips=chips)
-    jobs = [job for job in jobs if job.copy_of is None]
     writer = StoreWriter(store, run_id=run_id, counts=counts)
-    if chip_copies:
-        writer.copied(chip_copies)
     copies = Copies(store, reembedded_ids=[job.image_id for job in jobs])
     bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs, desc="embedding")
     chunk = batch_size  # shrinks for good after an out-of-memory error
@@ -222,12 +219,21 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
         writer.close()
 
 
-def _chip_copies(jobs: list[Job], store: Store, *, chips: ChipOptions) -> list[dict]:
-    """Records of the chips of a scene copy (plan.SceneTwins), each to take its twin chip's vector and patch
-    features: its own place and date, its twin's share of valid pixels, and no window read."""
-    twins = store.images([job.copy_of for job in jobs])
-    return [dict(chip_record(job, valid=twins[job.copy_of]["geo"]["valid_fraction"], stretch=chips.stretch,
-                             gsd=chips.gsd), copy_of=job.copy_of) for job in jobs]
+def write_chip_copies(jobs: list[Job], store: Store, *, run_id, counts: dict, chips: ChipOptions) -> list[Job]:
+    """Write the chips of scene copies (plan.SceneTwins: jobs with `copy_of`), each with its twin chip's vector
+    and patch features, its own place and date, its twin's share of valid pixels, and no window read; returns
+    the other jobs, to embed."""
+    copies = [job for job in jobs if job.copy_of is not None]
+    if copies:
+        twins = store.images([job.copy_of for job in copies])
+        writer = StoreWriter(store, run_id=run_id, counts=counts)
+        try:
+            writer.copied([dict(chip_record(job, valid=twins[job.copy_of]["geo"]["valid_fraction"],
+                                            stretch=chips.stretch, gsd=chips.gsd), copy_of=job.copy_of)
+                           for job in copies])
+        finally:
+            writer.close()
+    return [job for job in jobs if job.copy_of is None]
 
 
 def embed_in_chunks(embedder, pixels: torch.Tensor, size: int):

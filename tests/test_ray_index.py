@@ -251,3 +251,24 @@ def test_an_embedding_actor_halves_its_batch_on_out_of_memory(embedder, chips_di
     for tight, roomy in zip(shards["tight"], shards["roomy"]):
         np.testing.assert_allclose(np.frombuffer(tight["vector"], "<f4"), np.frombuffer(roomy["vector"], "<f4"),
                                    atol=1e-5)
+
+
+def test_a_ray_run_writes_a_scene_copys_chips_from_its_twin(index, shared_data_dir, model_dir, tmp_path):
+    """The driver writes the chips of a scene copy itself, as a single-process run does: nothing to embed."""
+    import shutil
+
+    from indexer.pipeline import ChipOptions
+
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    (tmp_path / "naip" / "copy").mkdir(parents=True)
+    shutil.copy2(scene, tmp_path / "naip" / scene.name)
+    store_dir = tmp_path / "store"
+    index([tmp_path / "naip"], store_dir, chips=ChipOptions(chip_size=256))
+    shutil.copy(scene, tmp_path / "naip" / "copy" / scene.name)
+
+    done = subprocess.run(ray_command(tmp_path / "naip", store_dir, model_dir, "--chip-size", "256"),
+                          cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["indexed"], summary["copied"], summary["skipped"]) == (12, 12, 12)
