@@ -27,6 +27,7 @@ CHROMIUM_PATH = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 WAIT_MS = 60_000  # a slow two-core machine embeds, reruns and redraws well within this
+SETTLED_S = 1.5  # a page whose buttons stay the same this long is taken as drawn
 SERVER_START_S = 60
 # The result pictures: st.image elements of the grid, not the colour scale (its caption says "similarity").
 RESULT_IMAGES = "[data-testid=stImage]:not(:has([data-testid=stImageCaption])) img"
@@ -154,8 +155,19 @@ def open_page(page, address: str) -> None:
 
 
 def wait_idle(page) -> None:
-    """Until the page's script has finished its run: a click while it still redraws the page can be lost."""
+    """Until the page's script has finished its run and the browser has drawn all of it: a click while the page
+    still redraws can be lost, and the script ends before the browser has drawn everything it sent (the result
+    cards' buttons appear over a second or more after it, not in card order), so a `.first` button taken then
+    may be another card's. Drawn means: the number of buttons has not changed for SETTLED_S."""
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=WAIT_MS)
+    buttons = page.get_by_role("button")
+    deadline, count, since = time.monotonic() + WAIT_MS / 1000, buttons.count(), time.monotonic()
+    while time.monotonic() - since < SETTLED_S:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page kept redrawing for {WAIT_MS / 1000:.0f} s")
+        time.sleep(0.1)
+        if (now := buttons.count()) != count:
+            count, since = now, time.monotonic()
 
 
 def card(page, rank: int):
@@ -260,17 +272,22 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
 
 
 def click_until(page, button, shown) -> None:
-    """Click once the page is idle, and wait for `shown`; a click that still lands while the page redraws (a late
-    rerun) can be dropped: retry once."""
-    for attempt in range(2):
-        wait_idle(page)
+    """Click once the page is idle, and wait for `shown`. A click that still lands while the page redraws (a late
+    rerun) can be dropped: then click once more, but only if the address has not changed (every button clicked
+    this way changes it), so that a click that registered but redraws slowly is not made twice (a second "Add"
+    adds another result)."""
+    wait_idle(page)
+    before = page.url
+    button.click()
+    try:
+        shown.wait_for(timeout=WAIT_MS // 4)
+        return
+    except PlaywrightTimeout:
+        pass
+    wait_idle(page)
+    if page.url == before and not shown.is_visible():
         button.click()
-        try:
-            shown.wait_for(timeout=WAIT_MS // 4 if attempt == 0 else WAIT_MS)
-            return
-        except PlaywrightTimeout:
-            if attempt == 1:
-                raise
+    shown.wait_for(timeout=WAIT_MS)
 
 
 def test_add_a_result_to_the_query_and_take_it_out(page, ui_ids, artifacts_dir):
