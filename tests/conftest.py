@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -100,6 +101,16 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"the shared test data is not at {SHARED_DATA_DIR}")
     return SHARED_DATA_DIR
+
+
+@pytest.fixture
+def naip_dir(shared_data_dir, tmp_path) -> Path:
+    """Three NAIP years of the same place, copied so that tests may change them or put sidecars beside them."""
+    target = tmp_path / "naip"
+    target.mkdir()
+    for path in sorted((shared_data_dir / "naip").glob("*.tif"))[:3]:
+        shutil.copy2(path, target / path.name)
+    return target
 
 
 # -- indexing ----------------------------------------------------------------------------------

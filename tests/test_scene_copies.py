@@ -2,7 +2,6 @@
 import shutil
 
 import numpy as np
-import pytest
 
 from helpers import CountingEmbedder
 from indexer.pipeline import ChipOptions
@@ -10,16 +9,6 @@ from indexer.preview import preview_run
 from indexer.scenes import open_scene
 
 CHIPS = ChipOptions(chip_size=256)
-
-
-@pytest.fixture
-def naip_dir(shared_data_dir, tmp_path):
-    """Three NAIP years of the same place, copied so that tests may change them."""
-    target = tmp_path / "naip"
-    target.mkdir()
-    for path in sorted((shared_data_dir / "naip").glob("*.tif"))[:3]:
-        shutil.copy2(path, target / path.name)
-    return target
 
 
 def chips_by_key(store, scene):
@@ -123,3 +112,4 @@ def test_a_scene_is_read_whole_only_when_a_recorded_scene_starts_with_its_bytes(
     summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
 
     assert (hashed, counting.images, summary["copied"]) == ([], 12, 0)
+

@@ -1,7 +1,6 @@
 """Scenes through the whole product: chips in the catalogue, incremental runs, search, the CLI and the page."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -13,16 +12,6 @@ from indexer import api
 from indexer.cli import cli
 from indexer.images import file_sha256
 from indexer.pipeline import ChipOptions
-
-
-@pytest.fixture
-def naip_dir(shared_data_dir, tmp_path):
-    """Three NAIP years of the same place, copied so tests may change them."""
-    target = tmp_path / "naip"
-    target.mkdir()
-    for path in sorted((shared_data_dir / "naip").glob("*.tif"))[:3]:
-        shutil.copy2(path, target / path.name)
-    return target
 
 
 def chip_rows(store):

@@ -18,16 +18,6 @@ STATISTICS_AUX = """<PAMDataset><PAMRasterBand band="1"><Metadata>
 
 
 @pytest.fixture
-def naip_dir(shared_data_dir, tmp_path):
-    """Three NAIP years of the same place, copied so that sidecars may be put beside them."""
-    target = tmp_path / "naip"
-    target.mkdir()
-    for path in sorted((shared_data_dir / "naip").glob("*.tif"))[:3]:
-        shutil.copy2(path, target / path.name)
-    return target
-
-
-@pytest.fixture
 def opened(monkeypatch):
     """The scenes the planner opens (header reads), in order."""
     paths = []
