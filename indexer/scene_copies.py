@@ -33,10 +33,12 @@ class SceneTwins:
         """The twin's record (its hashes are the new scene's) for `scene` as opened with this run's options."""
         path = Path(scene.path)
         candidates = self.candidates.get((size, options_text))
+        if not candidates:
+            return None
         try:
-            if not candidates or not (same_head := [r for r in candidates if r["head_sha256"] == head_sha256(path)]):
-                return None
-            digest = file_sha256(path)
+            head = head_sha256(path)  # once: a folder of same-sized tiles has many candidates
+            same_head = [record for record in candidates if record["head_sha256"] == head]
+            digest = file_sha256(path) if same_head else None
         except OSError:
             return None
         for record in same_head:

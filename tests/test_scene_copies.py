@@ -113,3 +113,21 @@ def test_a_scene_is_read_whole_only_when_a_recorded_scene_starts_with_its_bytes(
 
     assert (hashed, counting.images, summary["copied"]) == ([], 12, 0)
 
+
+def test_a_new_scene_is_read_once_for_many_candidates(index, naip_dir, store_dir, open_store, monkeypatch):
+    """A folder of same-sized tiles gives a new scene many candidates: its first bytes are read once."""
+    from indexer import scene_copies
+
+    index([naip_dir], store_dir, chips=CHIPS)
+    original = sorted(naip_dir.glob("*.tif"))[0]
+    store = open_store(store_dir)
+    with store.db.conn:  # every recorded scene now has the original's size: three candidates
+        store.db.execute("UPDATE scenes SET size = ?", [original.stat().st_size])
+    copy = shutil.copy(original, naip_dir / "copy.tif")
+    heads = []
+    real_head = scene_copies.head_sha256
+    monkeypatch.setattr(scene_copies, "head_sha256", lambda path: heads.append(str(path)) or real_head(path))
+
+    index([naip_dir], store_dir, chips=CHIPS)
+
+    assert heads == [str(copy)]
