@@ -65,14 +65,12 @@ def file_sha256(path: Path) -> str:
 
 def file_digests(path: Path) -> tuple[str, str]:
     """SHA-256 of the whole file and of its first HEAD_BYTES, from one read."""
-    digest = hashlib.sha256()
-    head = None
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HEAD_BYTES), b""):
+        first = handle.read(HEAD_BYTES)
+        digest = hashlib.sha256(first)
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-            if head is None:
-                head = hashlib.sha256(chunk).hexdigest()
-    return digest.hexdigest(), head or hashlib.sha256(b"").hexdigest()
+    return digest.hexdigest(), hashlib.sha256(first).hexdigest()
 
 
 def head_sha256(path: Path) -> str:

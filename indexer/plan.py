@@ -248,7 +248,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                                      georeferenced))
             plan.moved += len(known_chips)
     copy_of, digests = {}, None
-    if record is None and not known_chips and twins is not None and fields is not None:
+    if record is None and not known_chips and twins is not None and georeferenced and failure is None:
         found = twins.find(scene, stat.st_size, options_text)
         if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
             copy_of, digests = twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"])
