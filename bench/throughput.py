@@ -19,7 +19,8 @@ Two reference points put the ratios in context:
 
 --variants adds, at each resolution, forward-only and the one-image forward with SDPA held to each attention
 backend in turn, the indexer with uint8 against float32 pixel hand-over, and on CUDA the one-image forward
-replayed from a CUDA graph against eager (what the search page waits for). --compile adds `lookalike index --compile`.
+replayed from a CUDA graph against eager (what the search page waits for). --compile adds `lookalike index
+--compile`, its forward-only timed in turn with the eager one (--repeat rounds).
 
     python bench/throughput.py --device cpu --shape vits16 --resolutions 224 --out bench/results/cpu
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
@@ -191,6 +192,21 @@ def transport_ab(model, pool, resolution: int, *, batch_size: int, workers: int,
 
 
 def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
+    """One `index_collection` into a fresh store. On a CPU, where the forward returns only when it is done, also
+    the wall time spent in the backbone's forward: the rest is the indexer's own work on the model's thread
+    (start, hand-over, normalisation, writes, finish); a forward slower than forward-only alone is contention."""
+    in_forward = [0.0]
+    if DEVICE == "cpu":
+        run = embedder._run
+
+        def timed_run(pixels):
+            started = time.perf_counter()
+            try:
+                return run(pixels)
+            finally:
+                in_forward[0] += time.perf_counter() - started
+
+        embedder._run = timed_run
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "files.txt"
         listing.write_text("\n".join(str(f) for f in files))
@@ -199,8 +215,11 @@ def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
                                    workers=workers, progress=False)
         seconds = time.perf_counter() - start
     embedded = summary["indexed"] - summary.get("copied", 0)  # every file has bytes of its own: copied is 0
-    return {"images": embedded, "copied": summary.get("copied", 0), "failed": summary["failed"], "seconds": seconds,
-            "images_per_second": embedded / seconds, "batch_size": batch_size, "workers": workers}
+    result = {"images": embedded, "copied": summary.get("copied", 0), "failed": summary["failed"], "seconds": seconds,
+              "images_per_second": embedded / seconds, "batch_size": batch_size, "workers": workers}
+    if DEVICE == "cpu":
+        result.update(forward_seconds=in_forward[0], forward_images_per_second=embedded / in_forward[0])
+    return result
 
 
 def query_latency(model, path, resolution: int, *, runs: int) -> dict:
@@ -256,6 +275,9 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
             torch.cuda.empty_cache()
         rounds.append({"forward_only": forward_rate, "naive": naive_rate, "indexer": indexer["images_per_second"],
                        "matmul_ceiling": ceiling})
+        if "forward_seconds" in indexer:
+            rounds[-1].update(indexer_forward=indexer["forward_images_per_second"],
+                              indexer_forward_share=indexer["forward_seconds"] / indexer["seconds"])
         if naive_fp16 is not None:  # few images: float16 on a CPU is slow
             rounds[-1]["naive_float16"] = naive(naive_fp16, pool[:max(4, naive_count // 4)],
                                                 resolution)["images_per_second"]
@@ -274,6 +296,11 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
             "images_per_second": statistics.median(r["matmul_ceiling"] for r in measured), "batch_size": batch,
             "over_naive": statistics.median(r["matmul_ceiling"] / r["naive"] for r in measured),
             "forward_share": statistics.median(r["forward_only"] / r["matmul_ceiling"] for r in measured)}
+    if all("indexer_forward" in r for r in rounds):
+        row["indexer"]["time_split"] = {
+            "forward_share": median("indexer_forward_share"),  # of the indexer's wall time, in the forward
+            "forward_images_per_second": median("indexer_forward"),
+            "forward_over_forward_only": statistics.median(r["indexer_forward"] / r["forward_only"] for r in rounds)}
     if naive_fp16 is not None:
         row["naive_float16"] = {"images_per_second": median("naive_float16"),
                                 "indexer_over": statistics.median(r["indexer"] / r["naive_float16"] for r in rounds)}
@@ -285,8 +312,9 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
     return row
 
 
-def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers, runs, peak) -> dict:
-    """`lookalike index --compile`: the embedder's compiled forward; compile time, forward-only, indexer."""
+def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers, runs, peak, rounds: int = 1) -> dict:
+    """`lookalike index --compile`: the embedder's compiled forward; compile time, then forward-only compiled
+    and eager in turn for `rounds` rounds (the ratio is the median of each round's), and the indexer once."""
     embedder = bench_embedder(model, resolution, compile=True)
     started = time.perf_counter()
     pixels = torch.randn(batch_size, 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
@@ -294,7 +322,17 @@ def compiled_variant(model, pool, resolution, *, batch_size, file_count, workers
         embedder._forward(pixel_values=pixels)
     sync()
     row = {"compile_seconds": time.perf_counter() - started, "batch_size": batch_size}
-    row["forward_only"] = forward_only(embedder._forward, resolution, [batch_size], runs=runs)
+    side_by_side = []
+    for number in range(rounds):
+        pair = {}
+        for name in ("compiled", "eager") if number % 2 == 0 else ("eager", "compiled"):
+            forward = embedder._forward if name == "compiled" else model
+            pair[name] = forward_only(forward, resolution, [batch_size], runs=runs)["images_per_second"]
+        side_by_side.append(pair)
+    row["forward_only"] = {"images_per_second": statistics.median(p["compiled"] for p in side_by_side),
+                           "batch_size": batch_size, "rounds": side_by_side,
+                           "eager_images_per_second": statistics.median(p["eager"] for p in side_by_side),
+                           "over_eager": statistics.median(p["compiled"] / p["eager"] for p in side_by_side)}
     row["indexer"] = indexer_run(embedder, pool[:file_count], batch_size=batch_size, workers=workers)
     if peak:
         flops = flops_per_image(model, resolution)
@@ -451,7 +489,7 @@ def main() -> None:
             best = report["results"][resolution]["forward_only"]["batch_size"]
             report.setdefault("compiled", {})[resolution] = compiled_variant(
                 model, pool, resolution, batch_size=best, file_count=settings[resolution][1], workers=workers,
-                runs=runs, peak=peak)
+                runs=runs, peak=peak, rounds=args.repeat)
             write_report(report, args.out, stem, started)
         # last: a CUDA-graph capture that fails must not cost the figures above
         for resolution in settings if args.variants else ():
@@ -516,6 +554,16 @@ def table(report: dict) -> str:
             lines.append(f"- {resolution} px, the naive loop in float16 (the FP16 checkpoint as transformers loads "
                          f"it by default): {row['naive_float16']['images_per_second']:.1f} img/s; indexer "
                          f"{row['naive_float16']['indexer_over']:.1f} × that")
+    splits = {resolution: row["indexer"]["time_split"] for resolution, row in report["results"].items()
+              if "time_split" in row["indexer"]}
+    if splits:
+        lines += ["", "Where the indexer's time goes (medians of the rounds): the share of its wall time spent in the "
+                      "backbone's forward, the rest being its own work on the model's thread; and that forward's speed "
+                      "against forward-only alone (below 1: decode workers and the writer compete for the cores):", ""]
+    for resolution, split in splits.items():
+        lines.append(f"- {resolution} px: {split['forward_share']:.0%} in the forward, which ran at "
+                     f"{split['forward_images_per_second']:.1f} img/s = {split['forward_over_forward_only']:.2f} × "
+                     "forward-only")
     for resolution, row in report.get("variants", {}).items():
         lines += ["", f"Attention backends at {resolution} px (SDPA held to one; forward-only at the chosen batch, and "
                       "the one-image forward):", "", "| backend | forward-only img/s | one image p50 / p99 ms |",
@@ -543,8 +591,10 @@ def table(report: dict) -> str:
         fwd, idx = row["forward_only"], row["indexer"]
         mfu = "" if fwd.get("mfu") is None else f" ({fwd['mfu']:.0%} MFU)"
         lines += ["", f"torch.compile at {resolution} (batch {row['batch_size']}): compiled in "
-                      f"{row['compile_seconds']:.0f} s; forward-only {fwd['images_per_second']:.1f} img/s{mfu}; "
-                      f"indexer {idx['images_per_second']:.1f} img/s"]
+                      f"{row['compile_seconds']:.0f} s; forward-only {fwd['images_per_second']:.1f} img/s{mfu}"
+                      + (f" against eager {fwd['eager_images_per_second']:.1f} in turn ({fwd['over_eager']:.2f} ×, "
+                         f"median of {len(fwd['rounds'])} round(s))" if "over_eager" in fwd else "")
+                      + f"; indexer {idx['images_per_second']:.1f} img/s"]
     return "\n".join(lines) + "\n"
 
 
