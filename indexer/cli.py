@@ -93,6 +93,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
         if plan["copies_unchecked"] else []
     click.echo(f"dry run: would embed {_count(plan['embed'], 'image')}" + (f" ({', '.join(parts)})" if parts else "")
                + f", skip {plan['skipped']:,}" + (f", keep {plan['moved']:,} moved under new paths" if plan["moved"] else "")
+               + (f", give {plan['relocated']:,} chips of scenes moved on the ground their new places"
+                  if plan.get("relocated") else "")
                + f", remove {plan['removed']:,}, and refuse "
                f"{_count(plan['failing'], 'file')} before reading")
     for failure in plan["failures"]:
@@ -219,6 +221,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
             f"indexed {summary['indexed']}" + (f" ({'; '.join(notes)})" if notes else "")
             + f", skipped {summary['skipped']}, "
             + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
+            + (f"gave {summary['relocated']} chips of scenes moved on the ground their new places, "
+               if summary.get("relocated") else "")
             + f"removed {summary['removed']}, "
             f"failed {summary['failed']} in {summary['seconds']:.1f} s "
             f"({summary['images_per_second']:.2f} images/s) into {store_dir}"

@@ -17,6 +17,7 @@ from store import PCA, Store
 from PIL import Image
 
 from . import scenes
+from .chip_records import chip_record
 from .copies import Copies
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
@@ -90,23 +91,6 @@ class DecodeDataset(torch.utils.data.Dataset):
         return {"record": record, "pixels": self._pixels(image)}
 
 
-def chip_record(job: Job, *, valid: float, stretch, gsd: float | None) -> dict:
-    """A scene chip's catalogue record: its window's place on the ground and how its pixels were read."""
-    geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
-               **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
-    geo["wgs84_bounds"] = scenes.ring_bounds(geo["footprint"])
-    geo["stretch_percentiles"] = list(stretch)
-    geo["native_gsd"] = scenes.native_gsd(job.scene)
-    geo["gsd"] = gsd or geo["native_gsd"]
-    _, _, width, height = job.window  # read_chip gives the whole window, never padded or cut
-    return {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
-            "width": int(width), "height": int(height), "scene": job.scene.path, "window": list(job.window),
-            "geo": geo}
-
-
-SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
-
-
 def collate(items):
     ok = [item for item in items if "record" in item]
     pixels = torch.stack([item["pixels"] for item in ok]) if ok else None  # (B, 3, H, W)
@@ -171,7 +155,7 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
 
 
 def new_counts() -> dict:
-    return {"indexed": 0, "copied": 0, "skipped": 0, "moved": 0, "removed": 0, "failed": 0, "scenes": 0,
+    return {"indexed": 0, "copied": 0, "skipped": 0, "moved": 0, "relocated": 0, "removed": 0, "failed": 0, "scenes": 0,
             "skipped_chips": 0, "failure_reasons": {}, "failure_examples": {}}
 
 

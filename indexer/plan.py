@@ -17,7 +17,8 @@ from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .scene_copies import SceneTwins
-from .sidecars import Sidecars, reading_digest
+from .chip_records import chip_record
+from .sidecars import Sidecars, pixels_digest, reading_digest
 from .writer import record_failure
 
 SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
@@ -71,6 +72,7 @@ class Plan:
     removed_ids: list = field(default_factory=list)
     moved: int = 0  # images found under a new path with the same bytes: they keep their ids and vectors
     moves: list = field(default_factory=list)  # (image_id, new path, size, mtime) of moved files
+    relocated: dict = field(default_factory=dict)  # chip id -> its new geo: the scene moved on the ground, not its pixels
     scene_moves: list = field(default_factory=list)  # (old path, new path, size, mtime, date, georeferenced)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over
@@ -259,8 +261,13 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         record = dict(record, mtime=stat.st_mtime)
     signature = _signature_text(sidecars or Sidecars(), key) if georeferenced else None
     reading = reading_digest(scene) if georeferenced and failure is None else None
-    unchanged = record is not None and (record["size"], record["mtime"], record["options"]) == (
-        stat.st_size, stat.st_mtime, options_text) and not _reads_differently(record, signature, reading)
+    pixels = pixels_digest(scene) if georeferenced and failure is None else None
+    same_file = record is not None and (record["size"], record["mtime"], record["options"]) == (
+        stat.st_size, stat.st_mtime, options_text)
+    reads_differently = same_file and _reads_differently(record, signature, reading)
+    # a sidecar moved it on the ground (a world file, a GeoTransform in .aux.xml): its windows read as before
+    relocated = reads_differently and pixels is not None and record.get("pixels") == pixels
+    unchanged = same_file and (relocated or not reads_differently)
     if not unchanged:
         plan.removed_ids += [c["id"] for c in known_chips]
         plan.forget_scenes.append(key)
@@ -268,20 +275,37 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         plan.failures.append((key, str(failure).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
     skipped_keys = moves.skipped_chip_keys(moved_from, key) if moved_from else store.skipped_chip_keys(key)
-    done = ({c["path"] for c in known_chips} | skipped_keys) if unchanged else set()
+    kept = _relocate(plan, store, path, stat, scene, windows, known_chips, chips) if relocated else known_chips
+    done = ({c["path"] for c in kept} | skipped_keys) if unchanged else set()
     missing = [window for window in windows if chip_key(path, window) not in done]
-    plan.skipped += len(windows) - len(missing) - (len(known_chips) if moved_from else 0)
+    plan.skipped += len(windows) - len(missing) - (len(kept) if moved_from or relocated else 0)
     if missing:
         plan.scenes += 1
     plan.scene_records.append({"path": key, "size": stat.st_size, "mtime": stat.st_mtime, "options": options,
                                "sha256": record.get("sha256") if unchanged else (digests and digests[0]),
                                "head_sha256": record.get("head_sha256") if unchanged else (digests and digests[1]),
                                "windows": len(windows),
-                               "georeferenced": georeferenced, "sidecars": signature, "reading": reading})
+                               "georeferenced": georeferenced, "sidecars": signature, "reading": reading,
+                               "pixels": pixels})
     if not unchanged and digests is None:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
                       copy_of=copy_of.get(chip_key(path, w))) for w in missing]
+
+
+def _relocate(plan: Plan, store: Store, path: Path, stat, scene: Scene, windows, known_chips, chips: ChipOptions):
+    """The chips of a scene that now lies elsewhere on the ground, its pixels the same: those whose window is still
+    cut keep their ids and vectors and take new places (plan.relocated); the others go (a --gsd window may change
+    with the pixel size). Returns the kept ones."""
+    current = {chip_key(path, window): window for window in windows}
+    kept = [chip for chip in known_chips if chip["path"] in current]
+    plan.removed_ids += [chip["id"] for chip in known_chips if chip["path"] not in current]
+    recorded = store.images([chip["id"] for chip in kept])
+    for chip in kept:
+        job = Job(chip["path"], stat.st_size, stat.st_mtime, scene=scene, window=current[chip["path"]])
+        valid = recorded[chip["id"]]["geo"]["valid_fraction"]
+        plan.relocated[chip["id"]] = chip_record(job, valid=valid, stretch=chips.stretch, gsd=chips.gsd)["geo"]
+    return kept
 
 
 def _signature_text(sidecars: Sidecars, path) -> str:
@@ -383,6 +407,9 @@ def apply_plan(store: Store, plan: Plan, *, run_id: int, counts: dict) -> None:
         store.move_image(image_id, path=path, size=size, mtime=mtime)
     for old, new, size, mtime, date, georeferenced in plan.scene_moves:
         store.move_scene(old, new, size=size, mtime=mtime, date=date, dated=georeferenced)
+    if plan.relocated:
+        store.relocate_chips(plan.relocated)
+        counts["relocated"] = len(plan.relocated)
     if plan.removed_ids:
         store.remove_images(plan.removed_ids)
         counts["removed"] = len(plan.removed_ids)

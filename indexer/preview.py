@@ -23,7 +23,8 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     tell, at most READ_BUDGET bytes; "copies_unchecked": those left past it), and the chips of scene copies. Pictures that do not decode and
     chips too empty under --min-valid are only known when read, so they count as to embed here. "moved": images
     found under a new path with the same bytes, which keep their ids and vectors (a new path is read to hash it
-    when a gone file has its size)."""
+    when a gone file has its size). "relocated": chips whose scene a sidecar moved on the ground, its pixels the
+    same: they keep their ids and vectors and take their new footprints."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
     exists = (store_dir / CATALOGUE_NAME).is_file()
@@ -37,7 +38,7 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     return {"store": str(store_dir), "store_exists": exists, "rebuild": rebuild, "indexed_now": indexed,
             "embed": len(plan.jobs), "files": len(plan.jobs) - chips_to_embed, "chips": chips_to_embed,
             "scenes": plan.scenes, "copies": copies.copies, "copies_unchecked": copies.unchecked,
-            "skipped": plan.skipped, "moved": plan.moved,
+            "skipped": plan.skipped, "moved": plan.moved, "relocated": len(plan.relocated),
             "removed": indexed if rebuild else removed,
             "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
             "failing": len(plan.failures),

@@ -13,6 +13,7 @@ CANDIDATES = ("{name}.aux.xml", "{name}.msk", "{name}.ovr", "{stem}.aux", "{stem
               "{stem}.tiffw", "{stem}.wld")
 # The fields of a Scene its chips' pixels and places depend on, besides its bytes and the chip options.
 READING = ("width", "height", "crs", "transform", "bands", "band_source", "mask_source", "nodata", "stretch", "date")
+PLACE = ("crs", "transform", "date")  # where and when on the ground; a window's pixels do not depend on them
 
 
 class Sidecars:
@@ -49,9 +50,18 @@ class Sidecars:
 def reading_digest(scene: Scene, *, with_date: bool = True) -> str:
     """sha256 of how the scene reads (READING fields; the date, which may come from the file's name, only
     `with_date`) and of the bytes of its .msk mask, when it has one."""
+    return _digest(scene, [name for name in READING if with_date or name != "date"])
+
+
+def pixels_digest(scene: Scene) -> str:
+    """sha256 of what the pixels of a window depend on (READING less the CRS, transform and date) and of the
+    .msk bytes: a scene whose reading changed but not this digest only lies elsewhere on the ground."""
+    return _digest(scene, [name for name in READING if name not in PLACE])
+
+
+def _digest(scene: Scene, names) -> str:
     record = scene.as_record()
-    fields = {name: record[name] for name in READING if with_date or name != "date"}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({name: record[name] for name in names}, sort_keys=True).encode())
     mask = Path(f"{scene.path}.msk")
     if mask.is_file():
         with open(mask, "rb") as handle:

@@ -271,21 +271,23 @@ class Store(IndexedStore):
 
     # -- scenes: how each was cut, and its chips too empty to embed ----------------------------
     def scenes_by_path(self) -> dict[str, dict]:
-        """path → {path, size, mtime, options, sha256, head_sha256, windows, georeferenced, sidecars, reading};
-        those after options None where an older lookalike recorded the scene."""
+        """path → {path, size, mtime, options, sha256, head_sha256, windows, georeferenced, sidecars, reading,
+        pixels}; those after options None where an older lookalike recorded the scene."""
         return {row["path"]: {"sha256": None, "head_sha256": None, "windows": None, "georeferenced": None,
-                              "sidecars": None, "reading": None, **row}
+                              "sidecars": None, "reading": None, "pixels": None, **row}
                 for row in self.db.query("SELECT * FROM scenes")}
 
     def record_scene(self, path: str, *, size: int, mtime: float, options: dict, sha256: str | None = None,
                      head_sha256: str | None = None, windows: int | None = None, georeferenced: bool | None = None,
-                     sidecars: str | None = None, reading: str | None = None) -> None:
+                     sidecars: str | None = None, reading: str | None = None, pixels: str | None = None) -> None:
         """`windows`: how many the scene was cut into; `georeferenced`: a scene, not a large plain image;
-        `sidecars`: its sidecar files' sizes and times (JSON); `reading`: a digest of how it read with them."""
+        `sidecars`: its sidecar files' sizes and times (JSON); `reading`: a digest of how it read with them;
+        `pixels`: a digest of what its windows' pixels depend on (the reading less its place on the ground)."""
         self.db["scenes"].upsert({"path": path, "size": size, "mtime": mtime, "sha256": sha256,
                                   "head_sha256": head_sha256,
                                   "options": json.dumps(options, sort_keys=True), "windows": windows,
-                                  "georeferenced": georeferenced, "sidecars": sidecars, "reading": reading},
+                                  "georeferenced": georeferenced, "sidecars": sidecars, "reading": reading,
+                                  "pixels": pixels},
                                  pk="path", alter=True)
 
     def set_scene_sha256(self, path: str, sha256: str, *, head_sha256: str | None = None) -> None:
@@ -311,6 +313,13 @@ class Store(IndexedStore):
                             [new, start, new, old])
             if dated:
                 self.db.execute("UPDATE images SET geo = json_set(geo, '$.date', ?) WHERE scene = ?", [date, new])
+
+    def relocate_chips(self, geos: dict) -> None:
+        """Chips whose scene now lies elsewhere on the ground, same pixels: id → their new geo (the place index
+        follows, by trigger); their vectors and patch features stay."""
+        with self.db.atomic():  # one transaction: readers and crashes see all of it or none
+            self.db.conn.executemany("UPDATE images SET geo = ? WHERE id = ?",
+                                     [(json.dumps(geo), int(image_id)) for image_id, geo in geos.items()])
 
     def forget_scene(self, path: str) -> None:
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none

@@ -1,0 +1,20 @@
+"""A scene chip's catalogue record: where its window lies on the ground and how its pixels were read."""
+from . import scenes
+
+# The scene's fields each chip's record repeats (besides its footprint, valid share and ground sampling).
+SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
+
+
+def chip_record(job, *, valid: float, stretch, gsd: float | None) -> dict:
+    """A scene chip's catalogue record (`job`: a plan.Job with its scene and window): its window's place on the
+    ground and how its pixels were read."""
+    geo = dict(scenes.chip_geometry(job.scene, job.window), valid_fraction=round(valid, 4),
+               **{key: job.scene.as_record()[key] for key in SCENE_FIELDS})
+    geo["wgs84_bounds"] = scenes.ring_bounds(geo["footprint"])
+    geo["stretch_percentiles"] = list(stretch)
+    geo["native_gsd"] = scenes.native_gsd(job.scene)
+    geo["gsd"] = gsd or geo["native_gsd"]
+    _, _, width, height = job.window  # read_chip gives the whole window, never padded or cut
+    return {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,
+            "width": int(width), "height": int(height), "scene": job.scene.path, "window": list(job.window),
+            "geo": geo}
