@@ -26,7 +26,7 @@ def estimate_copies(jobs: list[Job], store: Store, *, budget: int = READ_BUDGET)
     reembedded = {job.image_id for job in whole if job.image_id is not None}
     indexed_sizes = store.whole_file_sizes()
     sizes = Counter(job.size for job in whole)
-    estimate = CopyEstimate(copies=sum(1 for job in jobs if job.copy_of is not None))  # chips of scene copies
+    estimate = CopyEstimate(copies=sum(1 for job in jobs if job.copy_of is not None or job.copy_key))  # scene copies
     candidates = [job for job in whole if job.size in indexed_sizes or sizes[job.size] > 1]
     heads = {}
     for job in candidates:

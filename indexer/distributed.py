@@ -27,7 +27,7 @@ from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
 from .pipeline import (DecodeDataset, _embed, _fit_store_pca, _project, batches, embed_in_chunks, new_counts,
-                       takes_uint8, tracked_run, write_chip_copies)
+                       takes_uint8, tracked_run, write_chip_copies, write_run_copies)
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 
@@ -101,11 +101,22 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         jobs = write_chip_copies(plan.jobs, store, run_id=run_id, counts=counts, chips=chips)  # on the driver
-        if jobs:
-            with hashing_scenes(store, plan.to_hash):
-                run_dir = _embed_on_ray(jobs, store, embedder, spec, shard_root=shard_root, address=address,
-                                        batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
-                                        counts=counts, progress=progress, chips=chips, run_id=run_id)
+        later = [job for job in jobs if job.copy_key]  # copies of scenes this run embeds: after them, here too
+        jobs = [job for job in jobs if not job.copy_key]
+
+        def embed(some):
+            reused = counts["reused"]
+            done = _embed_on_ray(some, store, embedder, spec, shard_root=shard_root, address=address,
+                                 batch_size=batch_size, rows_per_shard=rows_per_shard, actors=actors,
+                                 counts=counts, progress=progress, chips=chips, run_id=run_id)
+            counts["reused"] += reused
+            return done
+
+        with hashing_scenes(store, plan.to_hash):
+            run_dir = embed(jobs) if jobs else None
+            left = write_run_copies(later, store, run_id=run_id, counts=counts, chips=chips) if later else []
+            if left:  # copies whose twin chip could not be read: embedded themselves
+                run_dir = embed(left)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
         try:

@@ -175,6 +175,8 @@ def finish_summary(store: Store, run_id: int, counts: dict, *, started: float, s
 
 def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, progress, chips=ChipOptions()):
     jobs = write_chip_copies(jobs, store, run_id=run_id, counts=counts, chips=chips)
+    later = [job for job in jobs if job.copy_key]  # copies of scenes embedded in this loop: after it
+    jobs = [job for job in jobs if not job.copy_key]
     pca = store.pca()
     writer = StoreWriter(store, run_id=run_id, counts=counts)
     copies = Copies(store, reembedded_ids=[job.image_id for job in jobs])
@@ -201,6 +203,29 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
         bar.close()
         copies.close()
         writer.close()
+    if later and (left := write_run_copies(later, store, run_id=run_id, counts=counts, chips=chips)):
+        _embed_jobs(left, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size, workers=workers,
+                    progress=progress, chips=chips)
+
+
+def write_run_copies(jobs: list[Job], store: Store, *, run_id, counts: dict, chips: ChipOptions) -> list[Job]:
+    """The chips of scenes whose bytes a scene embedded earlier in this run has (plan.SceneTwins.find_planned),
+    once that scene's chips are written: each takes its twin chip's vector, or is recorded too empty as its twin
+    was. Returns, to embed, those whose twin chip is in neither place (its window could not be read)."""
+    twin_ids = {job.copy_key: store.image_id_for_path(job.copy_key) for job in jobs}
+    twin_scenes = {job.copy_key.rpartition("#")[0] for job in jobs}  # chip keys are "<scene path>#<window>"
+    empty = set().union(*(store.skipped_chip_keys(scene) for scene in twin_scenes))
+    skipped = [(job.path, job.scene.path) for job in jobs if twin_ids[job.copy_key] is None and job.copy_key in empty]
+    if skipped:
+        writer = StoreWriter(store, run_id=run_id, counts=counts)
+        try:
+            writer.skipped_chips(skipped)
+        finally:
+            writer.close()
+    write_chip_copies([dataclasses.replace(job, copy_of=twin_ids[job.copy_key], copy_key=None) for job in jobs
+                       if twin_ids[job.copy_key] is not None], store, run_id=run_id, counts=counts, chips=chips)
+    return [dataclasses.replace(job, copy_key=None) for job in jobs
+            if twin_ids[job.copy_key] is None and job.copy_key not in empty]
 
 
 def write_chip_copies(jobs: list[Job], store: Store, *, run_id, counts: dict, chips: ChipOptions) -> list[Job]:

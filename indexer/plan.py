@@ -34,6 +34,7 @@ class Job:
     window: tuple | None = None
     plain_source: str | None = None  # set for a chip of a large plain image
     copy_of: int | None = None  # the chip of another scene with the same bytes whose vector this chip takes
+    copy_key: str | None = None  # the same, of a scene embedded earlier in this run: that chip's key, once written
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
 
     A window is done when its chip is in the catalogue or was found too empty (under --min-valid), so a
     run cut short goes on where it stopped. A new scene with the bytes of a gone one (`moves`) takes over
-    its chips; one with the bytes of a scene still there (`twins`) has its chips copied from that scene's.
+    its chips; one with the bytes of a scene still there, or of one this run embeds before it (`twins`), has its
+    chips copied from that scene's.
     """
     key, options = str(path), dataclasses.asdict(chips)
     options_text = options_key(options, scene=True)
@@ -249,11 +251,13 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
             plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
                                      georeferenced))
             plan.moved += len(known_chips)
-    copy_of, digests = {}, None
+    copy_of, digests, copy_from = {}, None, None
     if record is None and not known_chips and twins is not None and georeferenced and failure is None:
         found = twins.find(scene, stat.st_size, options_text)
         if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
             copy_of, digests = twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"])
+        elif (earlier := twins.find_planned(scene, stat.st_size, options_text)) is not None:
+            copy_from, digests = earlier  # the bytes of a scene this run embeds: its chips serve once written
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
         if write:
@@ -290,7 +294,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     if not unchanged and digests is None:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
-                      copy_of=copy_of.get(chip_key(path, w))) for w in missing]
+                      copy_of=copy_of.get(chip_key(path, w)), copy_key=copy_from and chip_key(copy_from, w))
+                  for w in missing]
 
 
 def _relocate(plan: Plan, store: Store, path: Path, stat, scene: Scene, windows, known_chips, chips: ChipOptions):

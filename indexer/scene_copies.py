@@ -1,4 +1,4 @@
-"""Scenes with the bytes of another scene already cut and embedded: their chips take its chips' vectors."""
+"""Scenes with the bytes of another scene, embedded before or earlier in the run: their chips take its vectors."""
 import json
 import os
 from pathlib import Path
@@ -25,6 +25,7 @@ class SceneTwins:
     def __init__(self, store: Store, *, scene_records: dict, chips_of: dict, sidecars: Sidecars):
         self.store, self.chips_of, self.sidecars = store, chips_of, sidecars
         self.candidates = {}
+        self.planned = {}  # (size, options) -> the new scenes this run embeds: [{path, reading, head, sha256}]
         for record in scene_records.values():
             if all(record.get(name) for name in ("sha256", "head_sha256", "windows", "georeferenced")):
                 self.candidates.setdefault((record["size"], record["options"]), []).append(record)
@@ -70,3 +71,35 @@ class SceneTwins:
         except (OSError, IndexerError):
             return False
         return reading_digest(twin, with_date=False) == reading_digest(scene, with_date=False)
+
+    def find_planned(self, scene: Scene, size: int, options_text: str) -> tuple[str, tuple] | None:
+        """A new scene (no twin in the store) against the new scenes planned before it in this run: (the path of
+        the one with its bytes, cut with the same options and read the same way, date aside; (sha256, head
+        sha256) of those bytes), or None, and then it is planned to be embedded itself.
+
+        Only scenes that read the same way are compared, and a scene's reading includes its geotransform, so
+        the tiles of a mosaic, however alike in size, are never read for this; copies are read at most twice
+        (first bytes, then whole) at planning."""
+        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False), "head": None,
+                 "sha256": None}
+        alike = [other for other in self.planned.get((size, options_text), []) if other["reading"] == entry["reading"]]
+        for other in alike:  # first bytes, then whole: each file read at most once for each
+            if _same(entry, other, "head", head_sha256) and _same(entry, other, "sha256", file_sha256):
+                return other["path"], (entry["sha256"], entry["head"])
+        self.planned.setdefault((size, options_text), []).append(entry)
+        return None
+
+
+def _same(one: dict, other: dict, name: str, digest) -> bool:
+    mine = _digest(one, name, digest)
+    return mine is not None and mine == _digest(other, name, digest)
+
+
+def _digest(entry: dict, name: str, digest) -> str | None:
+    """entry[name], computed once by digest(path); None for a file that cannot be read now (the run says why)."""
+    if entry[name] is None:
+        try:
+            entry[name] = digest(Path(entry["path"]))
+        except OSError:
+            entry[name] = ""
+    return entry[name] or None

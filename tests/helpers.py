@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples" / "naip"
@@ -44,3 +45,16 @@ class CountingEmbedder:
     def embed(self, pixels, **kwargs):
         self.images += len(pixels)
         return self.inner.embed(pixels, **kwargs)
+
+
+def mask_sidecar(scene_path, tmp_path):
+    """Write a GDAL .msk beside `scene_path` that masks its left half, without touching the scene's own bytes."""
+    work = tmp_path / "mask-work"
+    work.mkdir()
+    copy = shutil.copy2(scene_path, work / "scene.tif")
+    with rasterio.open(copy) as source:
+        mask = np.full((source.height, source.width), 255, np.uint8)
+    mask[:, : mask.shape[1] // 2] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(copy, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as target:
+        target.write_mask(mask)
+    shutil.copy2(work / "scene.tif.msk", f"{scene_path}.msk")

@@ -272,3 +272,21 @@ def test_a_ray_run_writes_a_scene_copys_chips_from_its_twin(index, shared_data_d
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["indexed"], summary["copied"], summary["skipped"]) == (12, 12, 12)
+
+
+def test_a_ray_run_writes_the_second_copy_of_a_new_scene_from_the_first(shared_data_dir, model_dir, tmp_path):
+    """Two copies of a scene new in the run: the cluster embeds one, the driver writes the other from it."""
+    import shutil
+
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    (tmp_path / "naip" / "copy").mkdir(parents=True)
+    shutil.copy2(scene, tmp_path / "naip" / scene.name)
+    shutil.copy(scene, tmp_path / "naip" / "copy" / scene.name)
+    store_dir = tmp_path / "store"
+
+    done = subprocess.run(ray_command(tmp_path / "naip", store_dir, model_dir, "--chip-size", "256"),
+                          cwd=REPO_ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["indexed"], summary["copied"], summary["failed"]) == (24, 12, 0)

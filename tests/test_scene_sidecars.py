@@ -1,10 +1,7 @@
 """Sidecars beside a scene (.msk, .aux.xml): a change in how the scene reads cuts it again; statistics do not."""
-import shutil
-
-import numpy as np
 import pytest
-import rasterio
 
+from helpers import mask_sidecar
 from indexer import scenes
 from indexer.pipeline import ChipOptions
 from indexer.scenes import open_scene
@@ -24,19 +21,6 @@ def opened(monkeypatch):
     real_open = scenes.open_scene
     monkeypatch.setattr(scenes, "open_scene", lambda path, **kw: paths.append(str(path)) or real_open(path, **kw))
     return paths
-
-
-def mask_sidecar(scene_path, tmp_path):
-    """Write a GDAL .msk beside `scene_path` that masks its left half, without touching the scene's own bytes."""
-    work = tmp_path / "mask-work"
-    work.mkdir()
-    copy = shutil.copy2(scene_path, work / "scene.tif")
-    with rasterio.open(copy) as source:
-        mask = np.full((source.height, source.width), 255, np.uint8)
-    mask[:, : mask.shape[1] // 2] = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(copy, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as target:
-        target.write_mask(mask)
-    shutil.copy2(work / "scene.tif.msk", f"{scene_path}.msk")
 
 
 def chips_of(store, scene):
