@@ -252,7 +252,9 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                                      georeferenced))
             plan.moved += len(known_chips)
     copy_of, digests, copy_from = {}, None, None
-    if record is None and not known_chips and twins is not None and georeferenced and failure is None:
+    # nothing of it done yet (new, or its chips still to be copied when a run was cut short): a copy of a twin?
+    fresh = not known_chips and (record is None or not store.skipped_chip_keys(key))
+    if fresh and twins is not None and georeferenced and failure is None:
         found = twins.find(scene, stat.st_size, options_text)
         if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
             copy_of, digests = twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"])

@@ -122,3 +122,18 @@ def test_a_copy_whose_twin_chip_could_not_be_read_embeds_that_chip(index, embedd
     store = open_store(store_dir)
     other = copy if failed == [str(original)] else original
     assert len(chips_by_window(store, failed[0])) == 11 and len(chips_by_window(store, other)) == 12
+
+
+def test_a_copy_left_unwritten_by_a_run_cut_short_is_copied_by_the_next(index, embedder, naip_dir, store_dir,
+                                                                         open_store):
+    """A run stopped before its copies were written: the copy is recorded, its chips are not; the next run
+    finds its twin done and copies them."""
+    original, copy = second_copy(naip_dir)
+    index([naip_dir], store_dir, chips=CHIPS)
+    store = open_store(store_dir)
+    store.remove_images([chip["id"] for chip in chips_by_window(store, copy).values()])
+    counting = CountingEmbedder(embedder)
+
+    summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
+
+    assert (counting.images, summary["copied"], summary["indexed"]) == (0, 12, 12)
