@@ -23,6 +23,7 @@ from tqdm import tqdm
 from store import PCA, Store
 
 from . import scenes
+from .copy_estimate import find_copies
 from .embedder import DinoV3Embedder, Embedder
 from .errors import IndexerError
 from .images import Preprocess, scan_sources
@@ -30,6 +31,7 @@ from .pipeline import (DecodeDataset, _embed, _fit_store_pca, _project, batches,
                        takes_uint8, tracked_run, write_chip_copies, write_run_copies)
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,11 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         jobs = write_chip_copies(plan.jobs, store, run_id=run_id, counts=counts, chips=chips)  # on the driver
-        later = [job for job in jobs if job.copy_key]  # copies of scenes this run embeds: after them, here too
-        jobs = [job for job in jobs if not job.copy_key]
+        files = find_copies(jobs, store)  # whole files with the bytes of an indexed image or an earlier file
+        _write_file_copies([job for job in jobs if job.path in files.of_indexed], files.of_indexed, files.sha256,
+                           store, run_id=run_id, counts=counts)
+        later = [job for job in jobs if job.copy_key or job.path in files.of_planned]  # after their twins
+        jobs = [job for job in jobs if not (job.copy_key or job.path in files.of_indexed or job.path in files.of_planned)]
 
         def embed(some):
             reused = counts["reused"]
@@ -114,8 +119,12 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
 
         with hashing_scenes(store, plan.to_hash):
             run_dir = embed(jobs) if jobs else None
-            left = write_run_copies(later, store, run_id=run_id, counts=counts, chips=chips) if later else []
-            if left:  # copies whose twin chip could not be read: embedded themselves
+            left = write_run_copies([job for job in later if job.copy_key], store, run_id=run_id, counts=counts,
+                                    chips=chips) if later else []
+            waiting = [job for job in later if not job.copy_key]
+            left += _write_file_copies(waiting, {job.path: store.image_id_for_path(files.of_planned[job.path])
+                                                 for job in waiting}, files.sha256, store, run_id=run_id, counts=counts)
+            if left:  # copies whose twin could not be read: embedded themselves
                 run_dir = embed(left)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
@@ -124,6 +133,23 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         except OSError:
             pass  # shards of other runs are still there
     return dict(outcome["summary"], run_id=run_id, store=str(store_dir))
+
+
+def _write_file_copies(jobs, twin_ids: dict, sha256: dict, store: Store, *, run_id, counts) -> list[Job]:
+    """Write the whole files of `jobs` from their twins (path -> id), vector and patch features, as the
+    single-process loop does (indexer/copies.py); returns those whose twin is not in the store (it failed)."""
+    twins = store.images({i for i in twin_ids.values() if i is not None})
+    records = [{"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": job.image_id,
+                "sha256": sha256[job.path], "width": twins[twin_ids[job.path]]["width"],
+                "height": twins[twin_ids[job.path]]["height"], "copy_of": twin_ids[job.path]}
+               for job in jobs if twin_ids[job.path] in twins]
+    if records:
+        writer = StoreWriter(store, run_id=run_id, counts=counts)
+        try:
+            writer.copied(records)
+        finally:
+            writer.close()
+    return [job for job in jobs if twin_ids[job.path] not in twins]
 
 
 def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_size, rows_per_shard, actors,

@@ -290,3 +290,36 @@ def test_a_ray_run_writes_the_second_copy_of_a_new_scene_from_the_first(shared_d
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["indexed"], summary["copied"], summary["failed"]) == (24, 12, 0)
+
+
+def test_a_ray_run_writes_copies_of_whole_files_on_the_driver(index, model_dir, tmp_path):
+    """A file with the bytes of an indexed one, and the second of two new files with the same bytes, take their
+    twin's vector without a forward pass, as in a single-process run."""
+    import shutil
+
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips" / "first", 6)
+    store_dir = tmp_path / "store"
+    index([tmp_path / "chips"], store_dir)
+    indexed = sorted(chips.glob("*.jpg"))[0]
+    (tmp_path / "chips" / "again").mkdir()
+    shutil.copy(indexed, tmp_path / "chips" / "again" / indexed.name)
+    new = copy_chips(tmp_path / "chips" / "new", 2, offset=3)
+    (tmp_path / "chips" / "new twice").mkdir()
+    twice = shutil.copy(sorted(new.glob("*.jpg"))[0], tmp_path / "chips" / "new twice" / "same.jpg")
+
+    done = subprocess.run(ray_command(tmp_path / "chips", store_dir, model_dir), cwd=REPO_ROOT, env=run_env(),
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["indexed"], summary["copied"], summary["failed"]) == (4, 2, 0)
+    store = Store.open(store_dir)
+    try:
+        ids = {path: row["id"] for path, row in store.images_by_path().items()}
+        for copy, twin in ((tmp_path / "chips" / "again" / indexed.name, indexed),
+                           (twice, sorted(new.glob("*.jpg"))[0])):
+            assert np.array_equal(store.vector(ids[str(copy)]), store.vector(ids[str(twin)]))
+    finally:
+        store.close()
