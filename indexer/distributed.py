@@ -104,8 +104,8 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         apply_plan(store, plan, run_id=run_id, counts=counts)
         jobs = write_chip_copies(plan.jobs, store, run_id=run_id, counts=counts, chips=chips)  # on the driver
         files = find_copies(jobs, store)  # whole files with the bytes of an indexed image or an earlier file
-        _write_file_copies([job for job in jobs if job.path in files.of_indexed], files.of_indexed, files.sha256,
-                           store, run_id=run_id, counts=counts)
+        _write_file_copies([job for job in jobs if job.path in files.of_indexed], store, twin_ids=files.of_indexed,
+                           sha256=files.sha256, run_id=run_id, counts=counts)
         later = [job for job in jobs if job.copy_key or job.path in files.of_planned]  # after their twins
         jobs = [job for job in jobs if not (job.copy_key or job.path in files.of_indexed or job.path in files.of_planned)]
 
@@ -122,8 +122,8 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
             left = write_run_copies([job for job in later if job.copy_key], store, run_id=run_id, counts=counts,
                                     chips=chips) if later else []
             waiting = [job for job in later if not job.copy_key]
-            left += _write_file_copies(waiting, {job.path: store.image_id_for_path(files.of_planned[job.path])
-                                                 for job in waiting}, files.sha256, store, run_id=run_id, counts=counts)
+            left += _write_file_copies(waiting, store, twin_ids={job.path: store.image_id_for_path(
+                files.of_planned[job.path]) for job in waiting}, sha256=files.sha256, run_id=run_id, counts=counts)
             if left:  # copies whose twin could not be read: embedded themselves
                 run_dir = embed(left)
     if run_dir is not None:
@@ -135,7 +135,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
     return dict(outcome["summary"], run_id=run_id, store=str(store_dir))
 
 
-def _write_file_copies(jobs, twin_ids: dict, sha256: dict, store: Store, *, run_id, counts) -> list[Job]:
+def _write_file_copies(jobs, store: Store, *, twin_ids: dict, sha256: dict, run_id, counts) -> list[Job]:
     """Write the whole files of `jobs` from their twins (path -> id), vector and patch features, as the
     single-process loop does (indexer/copies.py); returns those whose twin is not in the store (it failed)."""
     twins = store.images({i for i in twin_ids.values() if i is not None})

@@ -11,13 +11,13 @@ from store import Store
 from store.swap import recorded_runs
 
 from . import scenes
+from .chip_records import chip_record
 from .errors import IndexerError
 from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR, OutsideLink, file_digests,
                      file_sha256, read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .scene_copies import SceneTwins
-from .chip_records import chip_record
 from .sidecars import Sidecars, pixels_digest, reading_digest
 from .writer import record_failure
 
@@ -281,7 +281,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
         plan.failures.append((key, str(failure).removeprefix(key + ": "), stat.st_size, stat.st_mtime))
         return
     skipped_keys = moves.skipped_chip_keys(moved_from, key) if moved_from else store.skipped_chip_keys(key)
-    kept = _relocate(plan, store, path, stat, scene, windows, known_chips, chips) if relocated else known_chips
+    kept = _relocate(plan, store, path=path, stat=stat, scene=scene, windows=windows, known_chips=known_chips,
+                     chips=chips) if relocated else known_chips
     done = ({c["path"] for c in kept} | skipped_keys) if unchanged else set()
     missing = [window for window in windows if chip_key(path, window) not in done]
     plan.skipped += len(windows) - len(missing) - (len(kept) if moved_from or relocated else 0)
@@ -300,7 +301,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                   for w in missing]
 
 
-def _relocate(plan: Plan, store: Store, path: Path, stat, scene: Scene, windows, known_chips, chips: ChipOptions):
+def _relocate(plan: Plan, store: Store, *, path: Path, stat, scene: Scene, windows, known_chips, chips: ChipOptions):
     """The chips of a scene that now lies elsewhere on the ground, its pixels the same: those whose window is still
     cut keep their ids and vectors and take new places (plan.relocated); the others go (a --gsd window may change
     with the pixel size). Returns the kept ones."""
