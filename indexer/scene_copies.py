@@ -19,15 +19,16 @@ class SceneTwins:
 
     A new scene's first bytes are hashed only when a candidate has its size and options, and the whole scene
     only when a candidate starts with the same bytes too: a collection of same-sized tiles is not read whole
-    before the model starts. Scenes cut in this run have no hash yet (it is taken while they are embedded), and
-    scenes hashed by a lookalike older than the head hashes serve from their next re-cut on."""
+    before the model starts. A candidate hashed by a lookalike older than the head hashes has its first bytes
+    read when a new scene of its size comes. Scenes cut in this run have no hash yet (it is taken while they
+    are embedded): find_planned compares them."""
 
     def __init__(self, store: Store, *, scene_records: dict, chips_of: dict, sidecars: Sidecars):
         self.store, self.chips_of, self.sidecars = store, chips_of, sidecars
         self.candidates = {}
         self.planned = {}  # (size, options) -> the new scenes this run embeds: [{path, reading, head, sha256}]
         for record in scene_records.values():
-            if all(record.get(name) for name in ("sha256", "head_sha256", "windows", "georeferenced")):
+            if all(record.get(name) for name in ("sha256", "windows", "georeferenced")):
                 self.candidates.setdefault((record["size"], record["options"]), []).append(record)
 
     def find(self, scene: Scene, size: int, options_text: str) -> dict | None:
@@ -38,7 +39,7 @@ class SceneTwins:
             return None
         try:
             head = head_sha256(path)  # once: a folder of same-sized tiles has many candidates
-            same_head = [record for record in candidates if record["head_sha256"] == head]
+            same_head = [record for record in candidates if self._head(record) == head]
             digest = file_sha256(path) if same_head else None
         except OSError:
             return None
@@ -46,6 +47,18 @@ class SceneTwins:
             if record["sha256"] == digest and record["path"] != str(path) and self._serves(record, scene):
                 return record
         return None
+
+    def _head(self, record: dict) -> str | None:
+        """The twin's first-bytes hash; for a twin hashed by a lookalike older than those, read now (once, and
+        only while the file is the one its whole hash was taken of)."""
+        if record.get("head_sha256") is None:
+            try:
+                stat = os.stat(record["path"])
+                unchanged = (stat.st_size, stat.st_mtime) == (record["size"], record["mtime"])
+                record["head_sha256"] = head_sha256(Path(record["path"])) if unchanged else ""
+            except OSError:
+                record["head_sha256"] = ""
+        return record["head_sha256"] or None
 
     def chip_ids(self, twin_path: str, new_path: str) -> dict[str, int]:
         """The twin's chip ids, keyed as the new scene's chips will be ("<scene path>#<window>")."""

@@ -131,3 +131,18 @@ def test_a_new_scene_is_read_once_for_many_candidates(index, naip_dir, store_dir
     index([naip_dir], store_dir, chips=CHIPS)
 
     assert heads == [str(copy)]
+
+
+def test_a_twin_hashed_before_head_hashes_serves_at_once(index, embedder, naip_dir, store_dir, open_store):
+    """A store from before the first-bytes hash: the twin's first bytes are read when a copy of its size comes."""
+    index([naip_dir], store_dir, chips=CHIPS)
+    original = sorted(naip_dir.glob("*.tif"))[0]
+    store = open_store(store_dir)
+    with store.db.conn:
+        store.db.execute("UPDATE scenes SET head_sha256 = NULL")
+    shutil.copy(original, naip_dir / "copy.tif")
+    counting = CountingEmbedder(embedder)
+
+    summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
+
+    assert (counting.images, summary["copied"]) == (0, 12)
