@@ -27,6 +27,7 @@ class SceneTwins:
         self.store, self.chips_of, self.sidecars = store, chips_of, sidecars
         self.candidates = {}
         self.planned = {}  # (size, options) -> the new scenes this run embeds: [{path, reading, head, sha256}]
+        self._heads = {}  # path -> first-bytes hash read now, of candidates recorded without one
         for record in scene_records.values():
             if all(record.get(name) for name in ("sha256", "windows", "georeferenced")):
                 self.candidates.setdefault((record["size"], record["options"]), []).append(record)
@@ -51,14 +52,16 @@ class SceneTwins:
     def _head(self, record: dict) -> str | None:
         """The twin's first-bytes hash; for a twin hashed by a lookalike older than those, read now (once, and
         only while the file is the one its whole hash was taken of)."""
-        if record.get("head_sha256") is None:
+        if record.get("head_sha256"):
+            return record["head_sha256"]
+        if record["path"] not in self._heads:  # kept apart: the records are the planner's, not to be changed
             try:
                 stat = os.stat(record["path"])
                 unchanged = (stat.st_size, stat.st_mtime) == (record["size"], record["mtime"])
-                record["head_sha256"] = head_sha256(Path(record["path"])) if unchanged else ""
+                self._heads[record["path"]] = head_sha256(Path(record["path"])) if unchanged else None
             except OSError:
-                record["head_sha256"] = ""
-        return record["head_sha256"] or None
+                self._heads[record["path"]] = None
+        return self._heads[record["path"]]
 
     def chip_ids(self, twin_path: str, new_path: str) -> dict[str, int]:
         """The twin's chip ids, keyed as the new scene's chips will be ("<scene path>#<window>")."""
