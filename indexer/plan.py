@@ -18,7 +18,7 @@ from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .scene_copies import SceneTwins
-from .sidecars import Sidecars, pixels_digest, reading_digest
+from .sidecars import Sidecars, reading_and_pixels_digests
 from .writer import record_failure
 
 SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
@@ -266,8 +266,7 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
             store.touch_scene(key, size=stat.st_size, mtime=stat.st_mtime)  # the same bytes under a new time (a copy)
         record = dict(record, mtime=stat.st_mtime)
     signature = _signature_text(sidecars or Sidecars(), key) if georeferenced else None
-    reading = reading_digest(scene) if georeferenced and failure is None else None
-    pixels = pixels_digest(scene) if georeferenced and failure is None else None
+    reading, pixels = reading_and_pixels_digests(scene) if georeferenced and failure is None else (None, None)
     same_file = record is not None and (record["size"], record["mtime"], record["options"]) == (
         stat.st_size, stat.st_mtime, options_text)
     reads_differently = same_file and _reads_differently(record, signature, reading)

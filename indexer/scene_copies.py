@@ -28,6 +28,7 @@ class SceneTwins:
         self.candidates = {}
         self.planned = {}  # (size, options) -> the new scenes this run embeds: [{path, reading, head, sha256}]
         self._heads = {}  # path -> first-bytes hash read now, of candidates recorded without one
+        self._new_heads = {}  # path -> first-bytes hash of a new scene, read by find
         for record in scene_records.values():
             if all(record.get(name) for name in ("sha256", "windows", "georeferenced")):
                 self.candidates.setdefault((record["size"], record["options"]), []).append(record)
@@ -40,6 +41,7 @@ class SceneTwins:
             return None
         try:
             head = head_sha256(path)  # once: a folder of same-sized tiles has many candidates
+            self._new_heads[str(path)] = head  # and find_planned need not read it again
             same_head = [record for record in candidates if self._head(record) == head]
             digest = file_sha256(path) if same_head else None
         except OSError:
@@ -96,8 +98,8 @@ class SceneTwins:
         Only scenes that read the same way are compared, and a scene's reading includes its geotransform, so
         the tiles of a mosaic, however alike in size, are never read for this; copies are read at most twice
         (first bytes, then whole) at planning."""
-        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False), "head": None,
-                 "sha256": None}
+        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False),
+                 "head": self._new_heads.get(str(scene.path)), "sha256": None}
         alike = [other for other in self.planned.get((size, options_text), []) if other["reading"] == entry["reading"]]
         for other in alike:  # first bytes, then whole: each file read at most once for each
             if _same(entry, other, "head", head_sha256) and _same(entry, other, "sha256", file_sha256):

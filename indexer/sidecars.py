@@ -50,21 +50,24 @@ class Sidecars:
 def reading_digest(scene: Scene, *, with_date: bool = True) -> str:
     """sha256 of how the scene reads (READING fields; the date, which may come from the file's name, only
     `with_date`) and of the bytes of its .msk mask, when it has one."""
-    return _digest(scene, [name for name in READING if with_date or name != "date"])
+    return _digests(scene, [name for name in READING if with_date or name != "date"])[0]
 
 
-def pixels_digest(scene: Scene) -> str:
-    """sha256 of what the pixels of a window depend on (READING less the CRS, transform and date) and of the
-    .msk bytes: a scene whose reading changed but not this digest only lies elsewhere on the ground."""
-    return _digest(scene, [name for name in READING if name not in PLACE])
+def reading_and_pixels_digests(scene: Scene) -> tuple[str, str]:
+    """reading_digest(scene), and a sha256 of what the pixels of a window depend on (READING less the CRS,
+    transform and date) and of the .msk bytes: a scene whose reading changed but not this second digest only
+    lies elsewhere on the ground. The mask is read once for both."""
+    return _digests(scene, READING, [name for name in READING if name not in PLACE])
 
 
-def _digest(scene: Scene, names) -> str:
+def _digests(scene: Scene, *field_lists) -> tuple:
     record = scene.as_record()
-    digest = hashlib.sha256(json.dumps({name: record[name] for name in names}, sort_keys=True).encode())
+    digests = [hashlib.sha256(json.dumps({name: record[name] for name in names}, sort_keys=True).encode())
+               for names in field_lists]
     mask = Path(f"{scene.path}.msk")
     if mask.is_file():
         with open(mask, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
+                for digest in digests:
+                    digest.update(block)
+    return tuple("sha256:" + digest.hexdigest() for digest in digests)
