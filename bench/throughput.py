@@ -7,8 +7,9 @@ is the real model's) built directly on the device, over copies of real JPEG chip
 3. indexer: `index_collection` into a fresh store, what `lookalike index` runs once the model is loaded
    (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
 plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. Forward-only and
-the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32);
-the naive loop runs in the checkpoint's dtype, as from_pretrained loads it (see main()).
+the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32) and
+attention (on a CPU, keys padded to a multiple of 16: indexer/attention.py); the naive loop runs in the
+checkpoint's dtype with transformers' own attention, as from_pretrained loads it (see main()).
 
 Two reference points put the ratios in context:
 - the matrix-product ceiling: every linear layer (and the patch embedding) of the model run alone, back to
@@ -41,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from indexer.attention import use_padded_keys  # noqa: E402
 from indexer.embedder import DinoV3Embedder  # noqa: E402
 from indexer.images import load_image  # noqa: E402
 from indexer.normalization import SAT493M  # noqa: E402
@@ -453,7 +455,7 @@ def main() -> None:
     peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
     started = time.perf_counter()
-    model = build_backbone(args.shape, DTYPE)
+    model = use_padded_keys(build_backbone(args.shape, DTYPE))  # the indexer's attention; the card's loop keeps sdpa
     sync()
     import transformers
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from .attention import use_padded_keys
 from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
 from .images import Preprocess
 from .normalization import normalization_for
@@ -94,7 +95,7 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
         ) from error
     if getattr(backbone.config, "model_type", None) != "dinov3_vit":
         raise ModelUnavailable(f"model {model!r} is a {backbone.config.model_type}, not a DINOv3 ViT")
-    return backbone.to(device).eval()
+    return use_padded_keys(backbone.to(device).eval())
 
 
 class DinoV3Embedder:

@@ -1,0 +1,163 @@
+"""Padded keys on a CPU (indexer/attention.py): PyTorch's flash-attention kernel alone, then the whole backbone.
+
+Side by side, in turn within each round, medians of per-round ratios:
+1. the attention kernel alone, at the model shape's heads and head width, for the token counts of several
+   resolutions: plain SDPA on N keys against keys padded to a multiple of 16 with a -inf mask (padding forced at
+   every length, to show where lookalike's limit of 512 keys comes from);
+2. the whole random DINOv3 forward-only on a batch of real chips at each --forward resolution, with transformers'
+   "sdpa" against lookalike's padded keys (what load_backbone picks on a CPU), plus how far the CLS vectors move.
+
+    python bench/cpu_attention.py --out bench/results/cpu/attention
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import throughput  # noqa: E402
+from bench.cpu_quantized import chips  # noqa: E402
+from bench.throughput import build_backbone, cpu_name  # noqa: E402
+from indexer import attention  # noqa: E402
+from indexer.embedder import resolve_dtype  # noqa: E402
+from indexer.random_model import SHAPES  # noqa: E402
+
+
+def seconds(fn, runs: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - start) / runs
+
+
+@torch.inference_mode()
+def kernel_rows(shape: str, resolutions, *, batch: int, rounds: int, dtype) -> list[dict]:
+    hidden, _, heads, *_ = SHAPES[shape]
+    rows = []
+    limit, attention.LONGEST_PADDED = attention.LONGEST_PADDED, 1 << 30  # padded at every length, to compare
+    for side in resolutions:
+        keys = 1 + 4 + (side // 16) ** 2
+        query, key, value = (torch.randn(batch, keys, heads, hidden // heads, dtype=dtype).transpose(1, 2)
+                             for _ in range(3))  # (B, H, N, d), strided as transformers hands them over
+        runs = max(2, round(20 * (201 / keys) ** 2))
+        ratios, plain_ms = [], []
+        for number in range(rounds):
+            timed = {}
+            for name in ("plain", "padded") if number % 2 == 0 else ("padded", "plain"):
+                call = (lambda: F.scaled_dot_product_attention(query, key, value)) if name == "plain" else \
+                    (lambda: attention.padded_key_attention(None, query, key, value, None))
+                timed[name] = seconds(call, runs)
+            ratios.append(timed["plain"] / timed["padded"])
+            plain_ms.append(1000 * timed["plain"])
+        rows.append({"resolution": side, "keys": keys, "padded_to": keys + (-keys % attention.KEY_MULTIPLE),
+                     "plain_ms": statistics.median(plain_ms), "padded_speed_up": statistics.median(ratios),
+                     "per_round": [round(r, 2) for r in ratios]})
+        print(rows[-1], flush=True)
+    attention.LONGEST_PADDED = limit
+    return rows
+
+
+def cosines(vectors: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(vectors.float(), reference.float(), dim=1)
+
+
+@torch.inference_mode()
+def forward_rows(shape: str, resolutions, *, images: Path, batch: int, rounds: int, dtype) -> list[dict]:
+    model = build_backbone(shape, dtype)
+    picks = attention.use_padded_keys(model).config._attn_implementation  # what load_backbone picks here
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(attention.NAME, attention.padded_key_attention)
+    chosen = attention.NAME  # compared whatever lookalike picks on this machine
+    rows = []
+    for side in resolutions:
+        pixels = chips(images, batch, side).to(dtype)
+        rates, ratios, outputs = {"sdpa": [], chosen: []}, [], {}
+        for number in range(rounds):
+            timed = {}
+            for name in ("sdpa", chosen) if number % 2 == 0 else (chosen, "sdpa"):
+                model.set_attn_implementation(name)
+                timed[name] = seconds(lambda: model(pixel_values=pixels), 2)
+                rates[name].append(batch / timed[name])
+                outputs[name] = model(pixel_values=pixels).pooler_output
+            ratios.append(timed["sdpa"] / timed[chosen])
+        model.set_attn_implementation(chosen)
+        moved = cosines(outputs[chosen], outputs["sdpa"])
+        rows.append({"resolution": side, "keys": 1 + model.config.num_register_tokens + (side // 16) ** 2,
+                     "lookalike_picks": picks, "batch": batch,
+                     "sdpa_images_per_second": statistics.median(rates["sdpa"]),
+                     "padded_images_per_second": statistics.median(rates[chosen]),
+                     "speed_up": statistics.median(ratios), "per_round": [round(r, 2) for r in ratios],
+                     "cls_cosine_min": float(moved.min())})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="vits16", choices=sorted(SHAPES))
+    parser.add_argument("--kernel-resolutions", default="224,256,320,384,448,512")
+    parser.add_argument("--forward", default="224", help="resolutions for the whole-backbone comparison")
+    parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
+    parser.add_argument("--batch", type=int, default=16, help="kernel batch; the forward uses 32 (CPU_BATCH)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/attention"))
+    args = parser.parse_args()
+    throughput.DEVICE = "cpu"
+    dtype = resolve_dtype("auto", torch.device("cpu"))
+    started = time.perf_counter()
+    import transformers
+
+    report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
+              "model": f"random DINOv3 {args.shape}", "rounds": args.rounds,
+              "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "amx": attention.amx_available(),
+              "kernel": kernel_rows(args.shape, map(int, args.kernel_resolutions.split(",")), batch=args.batch,
+                                    rounds=args.rounds, dtype=dtype),
+              "forward": forward_rows(args.shape, map(int, args.forward.split(",")), images=args.images, batch=32,
+                                      rounds=args.rounds, dtype=dtype)}
+    report["total_seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"attention-{args.shape}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.md").write_text(table(report))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    lines = [f"# Padded keys in CPU attention: {report['model']} in {report['dtype']} on {report['device']}", "",
+             f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
+             f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
+             f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; "
+             f"medians over {report['rounds']} rounds, the two taken in turn", "",
+             "## The attention kernel alone (padding forced at every length)", "",
+             "| px | keys | padded to | plain ms | padded speed-up | per round |", "|---:|---:|---:|---:|---:|---|"]
+    for row in report["kernel"]:
+        lines.append(f"| {row['resolution']} | {row['keys']} | {row['padded_to']} | {row['plain_ms']:.1f} | "
+                     f"{row['padded_speed_up']:.2f} | {', '.join(map(str, row['per_round']))} |")
+    lines += ["", "## The whole backbone, forward-only on real chips", "",
+              "| px | keys | batch | sdpa img/s | padded img/s | speed-up | per round | CLS cosine min "
+              "| lookalike uses |",
+              "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for row in report["forward"]:
+        lines.append(f"| {row['resolution']} | {row['keys']} | {row['batch']} | {row['sdpa_images_per_second']:.1f} | "
+                     f"{row['padded_images_per_second']:.1f} | {row['speed_up']:.2f} | "
+                     f"{', '.join(map(str, row['per_round']))} | {row['cls_cosine_min']:.5f} | "
+                     f"{'padded' if row['lookalike_picks'] == attention.NAME else row['lookalike_picks']} |")
+    lines += ["", f"lookalike pads keys only in bfloat16/float16 on a CPU with AMX, up to {attention.LONGEST_PADDED} "
+              "keys; elsewhere it keeps transformers' sdpa. ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 holds oneDNN "
+              "(and so the attention kernel) below AMX, like a CPU without it."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The backbone's attention on an AMX CPU: keys padded to a multiple of 16, where PyTorch's flash kernel is faster so.
+
+At 224 px a DINOv3 sequence is 201 tokens (CLS, 4 registers, 196 patches). In bfloat16 on a CPU with AMX, PyTorch's
+flash-attention kernel runs that key length far slower than a multiple of 16: appending zero keys and values,
+masked to -inf so that no query attends to them, gives the same output (to bfloat16 rounding) 1.4-2.9x faster
+and the whole ViT-S/16 forward 1.16-1.28x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
+with oneDNN held below AMX, padding measured 0.77x; at 405, 581 and 1029 keys (320, 384, 512 px) 0.78-0.96x.
+So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and other CPUs keep transformers' "sdpa".
+"""
+import torch
+import torch.nn.functional as F
+
+NAME = "lookalike_cpu_sdpa"
+KEY_MULTIPLE = 16
+LONGEST_PADDED = 300  # keys: measured faster at 201 and 261 (224, 256 px), slower or even at 405, 581 and 1029
+
+
+def padded_key_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0,
+                         **kwargs):
+    """transformers' attention-function signature: (B, H, N, d) query, key, value → ((B, N, H, d), None)."""
+    keys = key.shape[2]
+    pad = -keys % KEY_MULTIPLE
+    if pad and attention_mask is None and keys <= LONGEST_PADDED:
+        key = F.pad(key, (0, 0, 0, pad))  # (B, H, N + pad, d)
+        value = F.pad(value, (0, 0, 0, pad))
+        attention_mask = torch.zeros(1, keys + pad, dtype=query.dtype, device=query.device)  # (1, N + pad)
+        attention_mask[:, keys:] = float("-inf")
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                            scale=scaling)  # (B, H, N, d)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def amx_available() -> bool:
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def use_padded_keys(backbone):
+    """Switch a 16-bit backbone on an AMX CPU from transformers' SDPA to padded keys; others stay as they are."""
+    from transformers import AttentionInterface
+
+    weights = next(backbone.parameters())
+    on_amx = weights.device.type == "cpu" and weights.dtype in (torch.bfloat16, torch.float16) and amx_available()
+    if on_amx and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
+        AttentionInterface.register(NAME, padded_key_attention)
+        backbone.set_attn_implementation(NAME)
+    return backbone
