@@ -86,8 +86,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
         return
     parts = [f"{_count(plan['files'], 'file')} whole"] if plan["files"] else []
     parts += [f"{_count(plan['chips'], 'chip')} of {_count(plan['scenes'], 'scene')}"] if plan["chips"] else []
-    parts += [f"{plan['copies']:,} of them " + ("a copy of a file embedded before it" if plan["copies"] == 1 else
-                                                "copies of files embedded before them") + ": no model pass"] \
+    parts += [f"{plan['copies']:,} of them " + ("a copy of an image embedded before it" if plan["copies"] == 1 else
+                                                "copies of images embedded before them") + ": no model pass"] \
         if plan["copies"] else []
     parts += [f"{_count(plan['copies_unchecked'], 'file')} not read to look for copies"] \
         if plan["copies_unchecked"] else []
@@ -216,7 +216,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         notes = [f"{_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
                  "under --min-valid skipped"] if summary["scenes"] else []
         if summary.get("copied"):
-            notes.append(f"{summary['copied']} of them copies of files already embedded: no model pass")
+            notes.append(f"{summary['copied']} of them copies of images already embedded: no model pass")
         click.echo(
             f"indexed {summary['indexed']}" + (f" ({'; '.join(notes)})" if notes else "")
             + f", skipped {summary['skipped']}, "

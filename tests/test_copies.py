@@ -122,7 +122,7 @@ def test_the_cli_says_how_many_were_copies(chips_dir, chip_paths, model_dir, tmp
             "--dtype", "float32", "--device", "cpu", "--workers", "0"]
     text = CliRunner().invoke(cli, args + ["--rebuild"])
     assert text.exit_code == 0, text.output
-    assert f"indexed {len(chip_paths) + 2} (2 of them copies of files already embedded: no model pass)" in text.output
+    assert f"indexed {len(chip_paths) + 2} (2 of them copies of images already embedded: no model pass)" in text.output
     answer = CliRunner().invoke(cli, args + ["--rebuild", "--json"])
     summary = json.loads(answer.output)
     assert (summary["indexed"], summary["copied"]) == (len(chip_paths) + 2, 2)

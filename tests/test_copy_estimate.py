@@ -24,7 +24,7 @@ def test_a_dry_run_counts_the_copies_the_run_makes(index, indexed, chips_dir, ch
     plan = preview_run([chips_dir], store_dir)
     assert (plan["embed"], plan["copies"], plan["copies_unchecked"]) == (6, 4, 0)
     text = CliRunner().invoke(cli, ["index", str(chips_dir), "--store", str(store_dir), "--dry-run"]).output
-    assert "would embed 6 images (6 files whole, 4 of them copies of files embedded before them: no model pass)" \
+    assert "would embed 6 images (6 files whole, 4 of them copies of images embedded before them: no model pass)" \
         in text
 
     summary = index([chips_dir], store_dir)
