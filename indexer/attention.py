@@ -3,16 +3,17 @@
 At 224 px a DINOv3 sequence is 201 tokens (CLS, 4 registers, 196 patches). In bfloat16 on a CPU with AMX, PyTorch's
 flash-attention kernel runs that key length far slower than a multiple of 16: appending zero keys and values,
 masked to -inf so that no query attends to them, gives the same output (to bfloat16 rounding) 1.4-2.9x faster
-and the whole ViT-S/16 forward 1.16-1.28x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
-with oneDNN held below AMX, padding measured 0.77x; at 405, 581 and 1029 keys (320, 384, 512 px) 0.78-0.96x.
-So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and other CPUs keep transformers' "sdpa".
+and the whole ViT-S/16 forward 1.16-1.36x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
+with oneDNN held below AMX, attention alone measured 0.77-1.09x and the forward 0.99x; at 405, 581 and 1029 keys
+(320, 384, 512 px) 0.78-1.08x. So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and
+other CPUs keep transformers' "sdpa".
 """
 import torch
 import torch.nn.functional as F
 
 NAME = "lookalike_cpu_sdpa"
 KEY_MULTIPLE = 16
-LONGEST_PADDED = 300  # keys: measured faster at 201 and 261 (224, 256 px), slower or even at 405, 581 and 1029
+LONGEST_PADDED = 300  # keys: faster at 201 and 261 (224, 256 px); mixed or slower at 405, 581, 1029 (789: faster)
 
 
 def padded_key_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0,
