@@ -1,11 +1,11 @@
 """The backbone's attention on an AMX CPU: keys padded to a multiple of 16, where PyTorch's flash kernel is faster so.
 
 At 224 px a DINOv3 sequence is 201 tokens (CLS, 4 registers, 196 patches). In bfloat16 on a CPU with AMX, PyTorch's
-flash-attention kernel runs that key length far slower than a multiple of 16: appending zero keys and values,
-masked to -inf so that no query attends to them, gives the same output (to bfloat16 rounding) 1.4-2.9x faster
-and the whole ViT-S/16 forward 1.16-1.36x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
+flash-attention kernel runs that key length slower than a multiple of 16: appending zero keys and values,
+masked to -inf so that no query attends to them, gives the same output (to bfloat16 rounding) 1.3-2.8x faster
+and the whole ViT-S/16 forward 1.10-1.36x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
 with oneDNN held below AMX, attention alone measured 0.77-1.09x and the forward 0.99x; at 405, 581 and 1029 keys
-(320, 384, 512 px) 0.78-1.08x. So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and
+(320, 384, 512 px) 0.78-1.20x. So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and
 other CPUs keep transformers' "sdpa".
 """
 import torch
