@@ -8,6 +8,8 @@ with oneDNN held below AMX, attention alone measured 0.77-1.09x and the forward 
 (320, 384, 512 px) 0.78-1.20x. So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and
 other CPUs keep transformers' "sdpa".
 """
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -24,11 +26,20 @@ def padded_key_attention(module, query, key, value, attention_mask, *, scaling=N
     if pad and attention_mask is None and keys <= LONGEST_PADDED:
         key = F.pad(key, (0, 0, 0, pad))  # (B, H, N + pad, d)
         value = F.pad(value, (0, 0, 0, pad))
-        attention_mask = torch.zeros(1, keys + pad, dtype=query.dtype, device=query.device)  # (1, N + pad)
-        attention_mask[:, keys:] = float("-inf")
+        attention_mask = _key_mask(keys, pad, query.dtype, query.device)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling)  # (B, H, N, d)
     return output.transpose(1, 2).contiguous(), None
+
+
+@lru_cache(maxsize=8)
+def _key_mask(keys: int, pad: int, dtype, device) -> torch.Tensor:
+    """0 over the real keys, -inf over the padding; made once per shape, not in every layer (only read; made
+    outside inference mode so that a later forward with autograd may use it too)."""
+    with torch.inference_mode(False):
+        mask = torch.zeros(1, keys + pad, dtype=dtype, device=device)  # (1, N + pad)
+        mask[:, keys:] = float("-inf")
+    return mask
 
 
 def amx_available() -> bool:
