@@ -206,7 +206,7 @@ class DinoV3Embedder:
         """
         batch, _, height, width = pixels.shape
         if pixels.dtype == torch.uint8:  # Preprocess.resized: normalised here, on the device
-            pixels = self.preprocess.normalize(pixels.to(self.device, non_blocking=True))
+            pixels = self.preprocess.normalize(pixels.to(self.device, non_blocking=True), dtype=self.dtype)
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         hidden = self._run(pixels)  # (B, 1 + R + h*w, D), after the final norm
         cls_token = hidden[:, 0].float()  # == pooler_output

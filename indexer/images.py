@@ -168,26 +168,30 @@ class Preprocess:
         resized = image.resize(size, Image.Resampling.BICUBIC) if image.size != size else image
         return np.stack([np.asarray(plane) for plane in resized.split()])
 
-    def normalize(self, pixels):
-        """uint8 (B, 3, H, W) torch tensor, on any device → float32 there, equal to __call__'s values."""
+    def normalize(self, pixels, dtype=None):
+        """uint8 (B, 3, H, W) torch tensor, on any device → `dtype` (float32 by default) there, equal to
+        __call__'s values cast to it: the table is cast once, so a bfloat16 model's pixels come out of the look-up
+        in bfloat16, with no float32 copy to write and convert."""
         import torch
 
-        if pixels.device.type == "cpu":  # numpy's take, plane by contiguous plane: well under half the gather's
-            planes = pixels.numpy()        # time on a CPU (bench/results/preprocess_speed.md)
-            out = np.empty(planes.shape, np.float32)
-            for image, image_out in zip(planes, out):
-                self._look_up(image, image_out)
-            return torch.from_numpy(out)
-        return self.gather(pixels)
+        dtype = dtype or torch.float32
+        if pixels.device.type != "cpu":
+            return self.gather(pixels, dtype=dtype)
+        planes = pixels.numpy()  # numpy's take, plane by contiguous plane: well under half the gather's time on a
+        tables = _host_table(self, dtype)  # CPU (bench/results/preprocess_speed.md)
+        out = np.empty(planes.shape, tables.dtype)
+        for image, image_out in zip(planes, out):
+            self._look_up(image, image_out, tables)
+        return torch.from_numpy(out).view(dtype)  # 16-bit tables travel as int16 bit patterns
 
-    def _look_up(self, planes: np.ndarray, out: np.ndarray) -> None:
-        """One image's uint8 (3, H, W) → its normalised float32 values in `out`, plane by plane."""
-        for channel, table in enumerate(self.table):
+    def _look_up(self, planes: np.ndarray, out: np.ndarray, tables: np.ndarray | None = None) -> None:
+        """One image's uint8 (3, H, W) → its normalised values in `out`, plane by plane."""
+        for channel, table in enumerate(self.table if tables is None else tables):
             np.take(table, planes[channel], out=out[channel])
 
-    def gather(self, pixels):
+    def gather(self, pixels, dtype=None):
         """normalize's device path: one gather from the (3 × 256) table (tests run it on the CPU too)."""
-        table, offsets = _device_table(self, pixels.device)
+        table, offsets = _device_table(self, pixels.device, dtype)
         return table[pixels.long() + offsets]
 
     @cached_property
@@ -198,10 +202,21 @@ class Preprocess:
 
 
 @lru_cache(maxsize=8)
-def _device_table(preprocess: Preprocess, device):
-    """The table and channel offsets, copied to `device` once: a copy per batch from pageable host memory
-    would make the host wait for the device's queue before it could launch the next batch."""
+def _host_table(preprocess: Preprocess, dtype) -> np.ndarray:
+    """The (3, 256) table in `dtype`, as numpy holds it: float32 as is, a 16-bit float as its int16 bit patterns
+    (numpy has no bfloat16)."""
     import torch
 
-    table = torch.as_tensor(preprocess.table, device=device).reshape(-1)  # (3 * 256,)
+    if dtype == torch.float32:
+        return preprocess.table
+    return torch.from_numpy(preprocess.table).to(dtype).view(torch.int16).numpy()
+
+
+@lru_cache(maxsize=8)
+def _device_table(preprocess: Preprocess, device, dtype=None):
+    """The table (cast to `dtype`) and channel offsets, copied to `device` once: a copy per batch from pageable
+    host memory would make the host wait for the device's queue before it could launch the next batch."""
+    import torch
+
+    table = torch.as_tensor(preprocess.table, device=device).to(dtype or torch.float32).reshape(-1)  # (3 * 256,)
     return table, torch.arange(3, device=device).reshape(1, 3, 1, 1) * 256

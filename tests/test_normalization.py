@@ -112,3 +112,20 @@ def test_device_normalisation_equals_the_host_one():
     assert raw.dtype == torch.uint8 and raw.shape == (3, 3, 64, 64)
     assert torch.equal(preprocess.normalize(raw), expected)
     assert torch.equal(preprocess.gather(raw), expected)
+
+
+def test_sixteen_bit_normalisation_equals_the_float32_one_cast():
+    """A bfloat16 or float16 model gets its pixels straight from the look-up, with the very values (bit for bit)
+    that normalising in float32 and casting would give, on the CPU path and the device gather alike."""
+    import torch
+
+    from indexer.images import Preprocess
+
+    preprocess = Preprocess(32, tuple(SAT_MEAN), tuple(SAT_STD))
+    raw = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
+    raw[1, :, :8, :] = torch.arange(256, dtype=torch.uint8).reshape(8, 32)  # all 256 bytes in every channel
+    reference = preprocess.normalize(raw)
+    for dtype in (torch.bfloat16, torch.float16):
+        for pixels in (preprocess.normalize(raw, dtype=dtype), preprocess.gather(raw, dtype=dtype)):
+            assert pixels.dtype == dtype and pixels.shape == raw.shape
+            assert torch.equal(pixels.view(torch.int16), reference.to(dtype).view(torch.int16))
