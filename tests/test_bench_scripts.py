@@ -1,0 +1,59 @@
+"""The benchmark scripts run end to end on a tiny random DINOv3 (the figures are theirs to measure, not this test's):
+the GPU check runs bench/throughput.py once, on a machine lent for minutes, so it must not be the first to find it
+broken."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    result = subprocess.run([sys.executable, f"bench/{script}", *args, "--out", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report,) = out.glob("*.json")
+    return json.loads(report.read_text())
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("extra", [(), ("--variants",)])
+def test_throughput_script(tmp_path, extra):
+    report = run_bench("throughput.py", tmp_path, "--device", "cpu", "--shape", "tiny", "--resolutions", "224",
+                       "--quick", *extra)
+    row = report["results"]["224"]
+    for figure in (row["forward_only"]["images_per_second"], row["naive"]["images_per_second"],
+                   row["indexer"]["images_per_second"], row["indexer_over_forward"], row["indexer_over_naive"],
+                   row["query_latency"]["p50_ms"]):
+        assert positive(figure)
+    assert row["forward_only"]["finite"]
+    assert (tmp_path / "throughput-cpu-tiny.md").read_text().startswith("# Throughput")
+    if extra:
+        transport = report["variants"]["224"]["transport"]
+        assert positive(transport["uint8"]["images_per_second"]) and positive(transport["float32"]["images_per_second"])
+
+
+def test_cpu_workers_script(tmp_path):
+    report = run_bench("cpu_workers.py", tmp_path, "--shape", "tiny", "--rounds", "1", "--files", "16")
+    result = report["result"]
+    assert result["images"] == 16 and set(result["images_per_second"]) == {"forward_only", "workers_0", "workers_1"}
+    assert all(positive(rate) for rate in result["images_per_second"].values())
+    assert positive(result["decode_ms_per_image"]) and 0 < result["bound_if_decode_cannot_overlap"] < 1
+    assert positive(result["first_over_second"]["median"])
+
+
+def test_cpu_attention_script(tmp_path):
+    report = run_bench("cpu_attention.py", tmp_path, "--shape", "tiny", "--kernel-resolutions", "224",
+                       "--forward", "224", "--rounds", "1")
+    (kernel,) = report["kernel"]
+    (forward,) = report["forward"]
+    assert (kernel["keys"], kernel["padded_to"]) == (201, 208)
+    assert positive(kernel["padded_speed_up"]) and positive(forward["speed_up"])
+    assert forward["cls_cosine_min"] > 0.99
