@@ -203,13 +203,14 @@ class Preprocess:
 
 @lru_cache(maxsize=8)
 def _host_table(preprocess: Preprocess, dtype) -> np.ndarray:
-    """The (3, 256) table in `dtype`, as numpy holds it: float32 as is, a 16-bit float as its int16 bit patterns
-    (numpy has no bfloat16)."""
+    """The (3, 256) table in `dtype`, as numpy holds it: a 16-bit float as its int16 bit patterns (numpy has no
+    bfloat16), other floats as they are."""
     import torch
 
     if dtype == torch.float32:
         return preprocess.table
-    return torch.from_numpy(preprocess.table).to(dtype).view(torch.int16).numpy()
+    cast = torch.from_numpy(preprocess.table).to(dtype)
+    return cast.view(torch.int16).numpy() if cast.element_size() == 2 else cast.numpy()
 
 
 @lru_cache(maxsize=8)

@@ -129,3 +129,5 @@ def test_sixteen_bit_normalisation_equals_the_float32_one_cast():
         for pixels in (preprocess.normalize(raw, dtype=dtype), preprocess.gather(raw, dtype=dtype)):
             assert pixels.dtype == dtype and pixels.shape == raw.shape
             assert torch.equal(pixels.view(torch.int16), reference.to(dtype).view(torch.int16))
+    wide = preprocess.normalize(raw, dtype=torch.float64)  # any other float: its own itemsize, no bit patterns
+    assert wide.dtype == torch.float64 and torch.equal(wide, reference.double())
