@@ -303,12 +303,15 @@ def decode_rows(table: pa.Table, *, preprocess: Preprocess, chips: str) -> pa.Ta
     dataset = DecodeDataset(jobs, preprocess, min_valid=options["min_valid"], stretch=stretch, gsd=options["gsd"],
                             raw=True)
     outcomes, pixels, shapes = [], [], []
-    for position in range(len(jobs)):
-        item = dataset[position]
-        array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) uint8
-        outcomes.append(json.dumps(item))
-        pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-        shapes.append(None if array is None else list(array.shape))
+    try:
+        for position in range(len(jobs)):
+            item = dataset[position]
+            array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) uint8
+            outcomes.append(json.dumps(item))
+            pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+            shapes.append(None if array is None else list(array.shape))
+    finally:
+        dataset.close()
     return (table.append_column("outcome", pa.array(outcomes))
             .append_column("pixels", pa.array(pixels, type=pa.binary()))
             .append_column("shape", pa.array(shapes, type=pa.list_(pa.int64()))))

@@ -116,6 +116,11 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
     return scene
 
 
+def open_dataset(path):
+    """The raster at `path`, open for reading (close it, or use it in a `with`), or UnreadableImage."""
+    return _open(str(path))
+
+
 def _open(path_or_dataset):
     try:
         with warnings.catch_warnings():

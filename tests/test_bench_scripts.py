@@ -57,3 +57,11 @@ def test_cpu_attention_script(tmp_path):
     assert (kernel["keys"], kernel["padded_to"]) == (201, 208)
     assert positive(kernel["padded_speed_up"]) and positive(forward["speed_up"])
     assert forward["cls_cosine_min"] > 0.99
+
+
+def test_scene_chips_script(tmp_path, shared_data_dir):
+    report = run_bench("scene_chips.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--chip-sizes", "512",
+                       "--rounds", "1")
+    (row,) = report["rows"]
+    assert row["chips"] > row["scenes"] == 10
+    assert positive(row["per_scene_ms"]) and positive(row["per_chip_ms"]) and positive(row["speed_up"])

@@ -107,11 +107,11 @@ def test_a_copy_whose_twin_chip_could_not_be_read_embeds_that_chip(index, embedd
     real_read = scenes.read_chip
     failed = []
 
-    def flaky(path, scene, window):  # the first window read of the two: that of the copy embedded
-        if str(path) in (str(original), str(copy)) and not failed:
-            failed.append(str(path))
+    def flaky(raster, scene, window):  # the first window read of the two: that of the copy embedded
+        if str(scene.path) in (str(original), str(copy)) and not failed:
+            failed.append(str(scene.path))
             raise OSError(5, "Input/output error")
-        return real_read(path, scene, window)
+        return real_read(raster, scene, window)
 
     monkeypatch.setattr(pipeline.scenes, "read_chip", flaky)
     counting = CountingEmbedder(embedder)
