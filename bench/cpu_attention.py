@@ -11,7 +11,6 @@ Side by side, in turn within each round, medians of per-round ratios:
     python bench/cpu_attention.py --out bench/results/cpu/attention
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import build_backbone, cpu_name  # noqa: E402
@@ -133,11 +133,7 @@ def main():
               "forward": forward_rows(args.shape, map(int, args.forward.split(",")), images=args.images, batch=32,
                                       rounds=args.rounds, dtype=dtype)}
     report["total_seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"attention-{args.shape}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stem}.md").write_text(table(report))
-    print(table(report))
+    save(report, args.out, f"attention-{args.shape}", table)
 
 
 def table(report: dict) -> str:

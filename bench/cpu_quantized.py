@@ -14,7 +14,6 @@ Random weights: the agreement figures say how much the arithmetic moves the vect
 """
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
 from bench.throughput import build_backbone, cpu_name  # noqa: E402
 from indexer.images import load_image  # noqa: E402
@@ -108,11 +108,7 @@ def main() -> None:
               "torch": torch.__version__, "transformers": transformers.__version__,
               "model": f"random DINOv3 {args.shape}", "resolution": args.resolution, "batch": args.batch,
               "rounds": rounds, "results": results, "total_seconds": time.perf_counter() - started}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"quantized-{args.shape}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stem}.md").write_text(table(report))
-    print(table(report))
+    save(report, args.out, f"quantized-{args.shape}", table)
 
 
 def table(report: dict) -> str:

@@ -14,7 +14,6 @@ decode), per image, is then the most indexer / forward-only can be; the table re
     python bench/cpu_workers.py --rounds 12 --out bench/results/cpu/workers
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
 from bench.throughput import bench_embedder, build_backbone, copies, cpu_name, forward_only, indexer_run  # noqa: E402
 from indexer.attention import use_padded_keys  # noqa: E402
@@ -99,11 +99,7 @@ def main():
         report["result"] = rounds_of(model, pool, resolution=args.resolution, batch=args.batch,
                                      worker_counts=[int(n) for n in args.workers.split(",")], rounds=args.rounds)
     report["total_seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"workers-{args.shape}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stem}.md").write_text(table(report))
-    print(table(report))
+    save(report, args.out, f"workers-{args.shape}", table)
 
 
 def table(report: dict) -> str:

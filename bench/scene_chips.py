@@ -8,7 +8,6 @@ scenes in --scenes (read, mask, stretch, resize to 224 px) in turn, order altern
     python bench/scene_chips.py --rounds 8 --out bench/results/cpu/scene_chips
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -19,6 +18,7 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import save  # noqa: E402
 from bench.throughput import cpu_name  # noqa: E402
 from indexer import scenes  # noqa: E402
 from indexer.images import Preprocess  # noqa: E402
@@ -92,10 +92,7 @@ def main():
               "device": cpu_name(), "cores": os.cpu_count(), "gdal": rasterio.__gdal_version__,
               "rasterio": rasterio.__version__, "scenes": str(args.scenes), "first_scene": layout,
               "rounds": args.rounds, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scene_chips.json").write_text(json.dumps(report, indent=2))
-    (args.out / "scene_chips.md").write_text(table(report))
-    print(table(report))
+    save(report, args.out, "scene_chips", table)
 
 
 def table(report: dict) -> str:
