@@ -156,7 +156,7 @@ class Preprocess:
         # float32 values as normalising every pixel, faster (bench/results/preprocess_speed.md, resize included).
         planes = self.resized(image)
         pixels = np.empty(planes.shape, np.float32)
-        self._look_up(planes, pixels)
+        self._look_up(planes, pixels, self.table)
         return pixels
 
     def resized(self, image: Image.Image) -> np.ndarray:
@@ -184,9 +184,10 @@ class Preprocess:
             self._look_up(image, image_out, tables)
         return torch.from_numpy(out).view(dtype)  # 16-bit tables travel as int16 bit patterns
 
-    def _look_up(self, planes: np.ndarray, out: np.ndarray, tables: np.ndarray | None = None) -> None:
-        """One image's uint8 (3, H, W) → its normalised values in `out`, plane by plane."""
-        for channel, table in enumerate(self.table if tables is None else tables):
+    @staticmethod
+    def _look_up(planes: np.ndarray, out: np.ndarray, tables: np.ndarray) -> None:
+        """One image's uint8 (3, H, W) → its values in the (3, 256) `tables` into `out`, plane by plane."""
+        for channel, table in enumerate(tables):
             np.take(table, planes[channel], out=out[channel])
 
     def gather(self, pixels, dtype=None):
@@ -207,9 +208,7 @@ def _host_table(preprocess: Preprocess, dtype) -> np.ndarray:
     bfloat16), other floats as they are."""
     import torch
 
-    if dtype == torch.float32:
-        return preprocess.table
-    cast = torch.from_numpy(preprocess.table).to(dtype)
+    cast = torch.from_numpy(preprocess.table).to(dtype)  # float32: the table itself, no copy
     return cast.view(torch.int16).numpy() if cast.element_size() == 2 else cast.numpy()
 
 

@@ -77,7 +77,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         return dict(self.__dict__, _scene=(None, None))
 
     def close(self) -> None:
-        path, dataset = self._scene
+        _, dataset = self._scene
         self._scene = (None, None)
         if dataset is not None:
             dataset.close()
