@@ -65,3 +65,13 @@ def test_scene_chips_script(tmp_path, shared_data_dir):
     (row,) = report["rows"]
     assert row["chips"] > row["scenes"] == 10
     assert positive(row["per_scene_ms"]) and positive(row["per_chip_ms"]) and positive(row["speed_up"])
+
+
+def test_resize_speed_script(tmp_path, shared_data_dir):
+    report = run_bench("resize_speed.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--count", "5",
+                       "--rounds", "1")
+    rows = report["rows"]
+    assert len(rows) == 6 and rows[-1]["images"] == "128 px JPEG chips, whole decode"
+    for row in rows:
+        assert positive(row["torch_ms"]) and positive(row["pillow_ms"]) and positive(row["speed_up"])
+    assert all(row["max_difference"] <= 2 for row in rows[:-1])

@@ -82,9 +82,28 @@ def test_preprocess_table_equals_the_per_pixel_formula():
     rng = np.random.default_rng(0)
     for height, width in ((224, 224), (300, 500), (97, 61)):
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        resized = image.resize((224, 224), Image.Resampling.BICUBIC) if image.size != (224, 224) else image
-        expected = (np.asarray(resized, dtype=np.float32) / 255.0 - np.float32(SAT_MEAN)) / np.float32(SAT_STD)
+        resized = preprocess.resized(image).transpose(1, 2, 0)
+        expected = (resized.astype(np.float32) / 255.0 - np.float32(SAT_MEAN)) / np.float32(SAT_STD)
         np.testing.assert_array_equal(preprocess(image), expected.transpose(2, 0, 1))
+
+
+def test_resize_matches_pillows_bicubic(chip_paths):
+    """The resize (PyTorch's uint8 bicubic) stays within 2 levels of Pillow's antialiased BICUBIC, on real chips
+    made larger (128 → 224) and smaller (enlarged to 1000 × 700, then to 224), and on odd sizes and a 1 px image."""
+    from indexer.images import Preprocess
+
+    preprocess = Preprocess(224, tuple(SAT_MEAN), tuple(SAT_STD))
+    chip = Image.open(chip_paths[0]).convert("RGB")
+    images = [chip, chip.resize((1000, 700), Image.Resampling.LANCZOS), chip.crop((5, 9, 102, 70)),
+              Image.new("RGB", (1, 1), (200, 30, 90))]
+    for image in images:
+        ours = preprocess.resized(image).astype(int)
+        pillow = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC)).transpose(2, 0, 1).astype(int)
+        assert ours.shape == (3, 224, 224)
+        assert np.abs(ours - pillow).max() <= 2
+        assert np.mean(ours != pillow) < 0.02, image.size
+    unchanged = Image.fromarray(np.random.default_rng(2).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(preprocess.resized(unchanged), np.asarray(unchanged).transpose(2, 0, 1))
 
 
 def test_preprocess_takes_grey_and_alpha_images():
