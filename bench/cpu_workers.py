@@ -37,9 +37,14 @@ from indexer.plan import Job  # noqa: E402
 def decode_seconds(preprocess, pool, *, batch: int) -> float:
     """Seconds per image for decoding `pool` in this process, as --workers 0 does, with no forward."""
     jobs = [Job(path=str(path), size=path.stat().st_size, mtime=path.stat().st_mtime) for path in pool]
-    start = time.perf_counter()
-    decoded = sum(len(b["records"]) for b in batches(jobs, preprocess, batch_size=batch, workers=0, raw=True))
-    return (time.perf_counter() - start) / decoded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as in a decode worker: the resize is a PyTorch kernel
+    try:
+        start = time.perf_counter()
+        decoded = sum(len(b["records"]) for b in batches(jobs, preprocess, batch_size=batch, workers=0, raw=True))
+        return (time.perf_counter() - start) / decoded
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rounds_of(model, pool, *, resolution: int, batch: int, worker_counts: list[int], rounds: int) -> dict:
