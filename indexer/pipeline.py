@@ -84,7 +84,7 @@ class DecodeDataset(torch.utils.data.Dataset):
 
     def _scene_dataset(self, path: str):
         """The scene open: consecutive chips of one scene share one open, and GDAL's cache of the blocks they read
-        (decoding a NAIP scene's chips, reopened for each, took 1.5x as long at 512 px and 3.2x at 128 px;
+        (decoding a NAIP scene's chips, reopened for each, took 1.6x as long at 512 px and 3.8x at 128 px;
         bench/scene_chips.py, bench/results/cpu/scene_chips/)."""
         if self._scene[0] != path:
             self.close()

@@ -24,7 +24,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.parametrize("extra", [(), ("--variants",)])
+@pytest.mark.parametrize("extra", [(), ("--variants", "--files", "24")])
 def test_throughput_script(tmp_path, extra):
     report = run_bench("throughput.py", tmp_path, "--device", "cpu", "--shape", "tiny", "--resolutions", "224",
                        "--quick", *extra)
@@ -36,6 +36,7 @@ def test_throughput_script(tmp_path, extra):
     assert row["forward_only"]["finite"]
     assert (tmp_path / "throughput-cpu-tiny.md").read_text().startswith("# Throughput")
     if extra:
+        assert row["indexer"]["images"] == 24  # --quick alone indexes 32
         transport = report["variants"]["224"]["transport"]
         assert positive(transport["uint8"]["images_per_second"]) and positive(transport["float32"]["images_per_second"])
 
