@@ -21,7 +21,7 @@ from .chip_records import chip_record
 from .copies import Copies
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
-from .images import Preprocess, decode_bytes, load_image, read_error, scan_sources
+from .images import Preprocess, decode_for_model, load_image, read_error, scan_sources
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
@@ -42,6 +42,7 @@ class DecodeDataset(torch.utils.data.Dataset):
                  gsd: float | None = None, raw: bool = False):
         self.gsd = gsd
         self.raw = raw  # uint8 pixels, normalised later on the model's device (Preprocess.resized)
+        self.draft = True  # large JPEGs decoded at a reduced scale (images.decode_for_model); benchmarks turn it off
         self._decoded = (None, None)  # (path, upright RGB image) of the last plain image cut
         self._scene = (None, None)  # (path, open raster) of the last scene cut: its chips share one open
         self.jobs = jobs
@@ -61,9 +62,10 @@ class DecodeDataset(torch.utils.data.Dataset):
             if job.plain_source:
                 return self._plain_chip(job)
             data = Path(job.path).read_bytes()
-            image = decode_bytes(data, name=job.path)
+            at_least = 2 * self.preprocess.resolution if self.draft else None
+            image, (width, height) = decode_for_model(data, name=job.path, at_least=at_least)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
-                      "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
+                      "sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height}
             return {"record": record, "pixels": self._pixels(image)}
         except UnreadableImage as error:
             return {"failure": (name, str(error).removeprefix(name + ": "), job.size, job.mtime)}

@@ -76,3 +76,12 @@ def test_resize_speed_script(tmp_path, shared_data_dir):
     for row in rows:
         assert positive(row["torch_ms"]) and positive(row["pillow_ms"]) and positive(row["speed_up"])
     assert all(row["max_difference"] <= 2 for row in rows[:-1])
+
+
+def test_jpeg_draft_script(tmp_path, shared_data_dir):
+    report = run_bench("jpeg_draft.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--repeats", "1",
+                       "--rounds", "1")
+    large, _, chip = report["rows"]
+    assert large["size"] == [3720, 2160] and large["max_difference"] <= 8
+    assert chip["max_difference"] == 0
+    assert all(positive(row["draft_ms"]) and positive(row["whole_ms"]) for row in report["rows"])
