@@ -71,3 +71,21 @@ def test_small_jpegs_and_other_formats_decode_whole(tmp_path, chip_paths):
         _, pixels = decoded(path, preprocess)
         _, full = decoded(path, preprocess, draft=False)
         np.testing.assert_array_equal(pixels, full)
+
+
+def test_search_by_the_large_file_finds_it_first(tmp_path, chip_paths, index, embedder):
+    """The store holds the reduced-scale decode's vector, a search by the file embeds its whole decode: close."""
+    from indexer import api
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in chip_paths:
+        (folder / path.name).write_bytes(path.read_bytes())
+    photo = write_jpeg(folder / "photo.jpg", mosaic(chip_paths, 16, 12))
+    index([folder], tmp_path / "store")
+    store = api.open_store(tmp_path / "store")
+    try:
+        first = api.search(store, photo, k=3, embedder=embedder)["results"][0]
+    finally:
+        store.close()
+    assert first["path"] == str(photo.absolute()) and first["score"] > 0.999, first
