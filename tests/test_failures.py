@@ -157,16 +157,16 @@ def test_retry_failed_tries_unchanged_failures_again(index, chips_dir, chip_path
     from indexer import pipeline
     from indexer.errors import UnreadableImage
 
-    real_decode = pipeline.decode_bytes
+    real_decode = pipeline.decode_for_model
 
-    def no_reader(data, *, name):
+    def no_reader(data, *, name, at_least=None):
         if name == str(chip_paths[5]):
             raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)")
-        return real_decode(data, name=name)
+        return real_decode(data, name=name, at_least=at_least)
 
-    monkeypatch.setattr(pipeline, "decode_bytes", no_reader)
+    monkeypatch.setattr(pipeline, "decode_for_model", no_reader)
     assert index([chips_dir], store_dir)["failed"] == 1
-    monkeypatch.setattr(pipeline, "decode_bytes", real_decode)
+    monkeypatch.setattr(pipeline, "decode_for_model", real_decode)
     unchanged = index([chips_dir], store_dir)
     assert (unchanged["indexed"], unchanged["skipped"]) == (0, 12)  # the failure is the file's, it has not changed
 
