@@ -105,7 +105,7 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
                 width, height = opened.size
-                turned = opened.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn, as in upright_size
+                turned = _quarter_turned(opened)
                 if at_least:
                     opened.draft(opened.mode, (at_least, at_least))  # no-op for other formats and small JPEGs
                 upright = ImageOps.exif_transpose(opened)
@@ -130,10 +130,15 @@ def upright_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
+            turned = _quarter_turned(image)
     except Exception as error:  # Pillow raises many types for broken files
         raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)") from error
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # rotated a quarter turn
+    return (height, width) if turned else (width, height)
+
+
+def _quarter_turned(image: Image.Image) -> bool:
+    """Whether the EXIF orientation turns the stored pixels a quarter turn to view them (width and height swap)."""
+    return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
 
 
 # The reason of a failure the operating system gave (permissions, a drive or share away): not the file's
@@ -176,7 +181,7 @@ class Preprocess:
         """(3, H, W) uint8, resized but not normalised: a quarter of the bytes to carry to the device,
         where `normalize` finishes the job."""
         image = image if image.mode == "RGB" else image.convert("RGB")
-        planes = _planes(image)
+        planes = np.asarray(image).transpose(2, 0, 1)  # (3, H, W) view of Pillow's (H, W, 3) pixels: no copy
         if image.size == (self.resolution, self.resolution):
             return np.ascontiguousarray(planes)
         return _resize(planes, self.resolution)
@@ -213,11 +218,6 @@ class Preprocess:
         """(3, 256) float32: (byte / 255 - mean) / std, computed as the per-pixel formula would."""
         levels = np.arange(256, dtype=np.float32)[None, :] / 255.0
         return (levels - np.asarray(self.mean, np.float32)[:, None]) / np.asarray(self.std, np.float32)[:, None]
-
-
-def _planes(image: Image.Image) -> np.ndarray:
-    """An RGB image's (3, H, W) uint8 view of its (H, W, 3) pixels: no copy."""
-    return np.asarray(image).transpose(2, 0, 1)
 
 
 def _resize(planes: np.ndarray, resolution: int) -> np.ndarray:
