@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
 from bench.throughput import bench_embedder, build_backbone, copies, cpu_name, forward_only, indexer_run  # noqa: E402
-from indexer.attention import use_padded_keys  # noqa: E402
-from indexer.embedder import resolve_dtype  # noqa: E402
+from indexer.embedder import resolve_dtype, tune_for_device  # noqa: E402
 from indexer.pipeline import batches, default_workers  # noqa: E402
 from indexer.plan import Job  # noqa: E402
 
@@ -93,7 +92,7 @@ def main():
     import transformers
 
     started = time.perf_counter()
-    model = use_padded_keys(build_backbone(args.shape, dtype))
+    model = tune_for_device(build_backbone(args.shape, dtype))
     report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
               "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],

@@ -8,7 +8,8 @@ is the real model's) built directly on the device, over copies of real JPEG chip
    (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
 plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. Forward-only and
 the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32) and
-attention (on a CPU, keys padded to a multiple of 16: indexer/attention.py); the naive loop runs in the
+backbone as load_backbone leaves it (on an AMX CPU, keys padded to a multiple of 16 and rewritten layers:
+indexer/attention.py, indexer/cpu_fusion.py); the naive loop runs in the
 checkpoint's dtype with transformers' own attention, as from_pretrained loads it (see main()).
 
 Two reference points put the ratios in context:
@@ -27,6 +28,7 @@ replayed from a CUDA graph against eager (what the search page waits for). --com
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -39,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.attention import use_padded_keys  # noqa: E402
-from indexer.embedder import DinoV3Embedder  # noqa: E402
+from indexer.cpu_fusion import FusedLinear  # noqa: E402
+from indexer.embedder import DinoV3Embedder, tune_for_device  # noqa: E402
 from indexer.images import load_image  # noqa: E402
 from indexer.normalization import SAT493M  # noqa: E402
 from indexer.pipeline import index_collection  # noqa: E402
@@ -147,7 +150,7 @@ def naive(model, files, resolution: int) -> dict:
 
 @torch.inference_mode()
 def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
-    """The model's matrix products alone: each nn.Linear on a (batch × tokens, in) input, plus the patch
+    """The model's matrix products alone: each linear layer on a (batch × tokens, in) input, plus the patch
     convolution, timed back to back. A bound on any forward pass that computes them, not a forward pass."""
     config = model.config
     tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
@@ -155,10 +158,10 @@ def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
     inputs = {}
     calls = []
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            shape = (batch * tokens, module.in_features)
+        if isinstance(module, (torch.nn.Linear, FusedLinear)):  # a fused one's product alone, no activation
+            shape = (batch * tokens, module.weight.shape[1])
             inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
-            calls.append((module, shape))
+            calls.append((functools.partial(F.linear, weight=module.weight, bias=module.bias), shape))
         elif isinstance(module, torch.nn.Conv2d):
             shape = (batch, module.in_channels, resolution, resolution)
             inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
@@ -458,7 +461,8 @@ def main() -> None:
     peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
     started = time.perf_counter()
-    model = use_padded_keys(build_backbone(args.shape, DTYPE))  # the indexer's attention; the card's loop keeps sdpa
+    # as load_backbone leaves it (padded keys, rewritten layers on an AMX CPU); the card's loop keeps transformers'
+    model = tune_for_device(build_backbone(args.shape, DTYPE))
     sync()
     import transformers
 
@@ -468,6 +472,7 @@ def main() -> None:
         "transformers": transformers.__version__, "python": platform.python_version(),
         "model": f"random DINOv3 {args.shape}", "dtype": str(DTYPE).removeprefix("torch."),
         "attention": getattr(model.config, "_attn_implementation", None), "workers": workers,
+        "rewritten_layers": list(getattr(model, "lookalike_fused", ())),
         "build_seconds": time.perf_counter() - started,
         "parameters": sum(p.numel() for p in model.parameters()), "peak_flops": peak, "results": {},
     }
@@ -536,7 +541,8 @@ def table(report: dict) -> str:
              f"Medians over {rounds} round(s) of forward-only, naive and indexer in turn; ratios are the medians "
              "of each round's ratio.", "",
              f"`{report['command']}` — {report['date']}, {report['cores']} cores, torch {report['torch']}, "
-             f"transformers {report['transformers']}, attention {report['attention']}, {report['workers']} decode "
+             f"transformers {report['transformers']}, attention {report['attention']}, rewritten layers "
+             f"{', '.join(report.get('rewritten_layers', [])) or 'none'}, {report['workers']} decode "
              f"workers, naive loop in {report['naive_dtype']}; model built in {report['build_seconds']:.1f} s; peak host RSS "
              f"{report['peak_host_rss_gib']:.1f} GiB", "",
              "| res | forward-only img/s (batch) | MFU | naive img/s | indexer img/s | indexer/forward | indexer/naive "

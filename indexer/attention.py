@@ -46,13 +46,16 @@ def amx_available() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def on_amx_16bit(backbone) -> bool:
+    weights = next(backbone.parameters())
+    return weights.device.type == "cpu" and weights.dtype in (torch.bfloat16, torch.float16) and amx_available()
+
+
 def use_padded_keys(backbone):
     """Switch a 16-bit backbone on an AMX CPU from transformers' SDPA to padded keys; others stay as they are."""
     from transformers import AttentionInterface
 
-    weights = next(backbone.parameters())
-    on_amx = weights.device.type == "cpu" and weights.dtype in (torch.bfloat16, torch.float16) and amx_available()
-    if on_amx and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
+    if on_amx_16bit(backbone) and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
         AttentionInterface.register(NAME, padded_key_attention)
         backbone.set_attn_implementation(NAME)
     return backbone

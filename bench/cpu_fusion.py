@@ -1,0 +1,169 @@
+"""The backbone's layers rewritten for an AMX CPU (indexer/cpu_fusion.py), one rewrite at a time, against as before.
+
+Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
+lookalike ran it before the rewrites (transformers' layers, padded attention keys):
+1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection;
+3. + RoPE in place (all three: what load_backbone now gives on an AMX CPU in 16-bit floats).
+Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
+how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
+goes (torch.profiler, by operator) before and after.
+
+    python bench/cpu_fusion.py --rounds 12 --out bench/results/cpu/fusion
+"""
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import save  # noqa: E402
+from bench import throughput  # noqa: E402
+from bench.cpu_quantized import chips  # noqa: E402
+from bench.throughput import build_backbone, cpu_name  # noqa: E402
+from indexer import attention  # noqa: E402
+from indexer.cpu_fusion import PARTS, fuse_for_cpu  # noqa: E402
+from indexer.embedder import resolve_dtype  # noqa: E402
+from indexer.random_model import SHAPES  # noqa: E402
+
+MATRIX_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::mkldnn_convolution"}
+ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def seconds(fn, runs: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - start) / runs
+
+
+def variants(shape: str, dtype) -> dict:
+    base = attention.use_padded_keys(build_backbone(shape, dtype))
+    models = {"before": base}
+    for count in range(1, len(PARTS) + 1):
+        name = "+ " + " + ".join(PARTS[:count])
+        models[name] = fuse_for_cpu(copy.deepcopy(base), parts=PARTS[:count])
+    return models
+
+
+@torch.inference_mode()
+def speed(models: dict, pixels: torch.Tensor, *, rounds: int) -> dict:
+    one = pixels[:1].clone()
+    names = list(models)
+    rates, ratios = {n: [] for n in names}, {n: [] for n in names}
+    single, single_ratios = {n: [] for n in names}, {n: [] for n in names}
+    for number in range(rounds):
+        order = names[number % len(names):] + names[:number % len(names)]
+        timed, query = {}, {}
+        for name in order:
+            timed[name] = seconds(lambda: models[name](pixel_values=pixels), 2)
+            query[name] = seconds(lambda: models[name](pixel_values=one), 10)
+        for name in names:
+            rates[name].append(len(pixels) / timed[name])
+            ratios[name].append(timed["before"] / timed[name])
+            single[name].append(1000 * query[name])
+            single_ratios[name].append(query["before"] / query[name])
+        print(number, {n: round(ratios[n][-1], 2) for n in names}, flush=True)
+    return {name: {"images_per_second": statistics.median(rates[name]), "speed_up": statistics.median(ratios[name]),
+                   "per_round": [round(r, 2) for r in ratios[name]], "one_image_ms": statistics.median(single[name]),
+                   "one_image_speed_up": statistics.median(single_ratios[name])} for name in names}
+
+
+@torch.inference_mode()
+def closeness(models: dict, pixels: torch.Tensor, float32_model) -> dict:
+    reference = float32_model(pixel_values=pixels.float()).pooler_output
+    before = models["before"](pixel_values=pixels).pooler_output.float()
+    rows = {}
+    for name, model in models.items():
+        cls = model(pixel_values=pixels).pooler_output.float()
+        rows[name] = {"cls_cosine_min_to_before": float(F.cosine_similarity(cls, before).min()),
+                      "cls_cosine_min_to_float32": float(F.cosine_similarity(cls, reference).min())}
+    return rows
+
+
+@torch.inference_mode()
+def where_time_goes(model, pixels: torch.Tensor, *, runs: int = 3) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    model(pixel_values=pixels)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(runs):
+            model(pixel_values=pixels)
+    events = [(e.key, e.self_cpu_time_total) for e in profiler.key_averages()]
+    total = sum(t for _, t in events)
+    share = {"matrix products": 0.0, "attention": 0.0, "everything else": 0.0}
+    for key, time_us in events:
+        group = "matrix products" if key in MATRIX_PRODUCTS else "attention" if key in ATTENTION else "everything else"
+        share[group] += time_us / total
+    others = sorted(((k, t) for k, t in events if k not in MATRIX_PRODUCTS | ATTENTION), key=lambda e: -e[1])[:6]
+    return {"share": share, "largest_other_ops": {k: t / total for k, t in others},
+            "ms_per_forward": total / runs / 1000}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="vits16", choices=sorted(SHAPES))
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/fusion"))
+    args = parser.parse_args()
+    throughput.DEVICE = "cpu"
+    dtype = resolve_dtype("auto", torch.device("cpu"))
+    started = time.perf_counter()
+    import transformers
+
+    models = variants(args.shape, dtype)
+    pixels = chips(args.images, args.batch, args.resolution).to(dtype)
+    report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
+              "model": f"random DINOv3 {args.shape}", "resolution": args.resolution, "batch": args.batch,
+              "rounds": args.rounds, "amx": attention.amx_available(),
+              "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+              "rewritten": {name: list(getattr(m, "lookalike_fused", ())) for name, m in models.items()},
+              "speed": speed(models, pixels, rounds=args.rounds),
+              "closeness": closeness(models, pixels, build_backbone(args.shape, torch.float32)),
+              "profile": {name: where_time_goes(models[name], pixels) for name in ("before", list(models)[-1])}}
+    report["total_seconds"] = time.perf_counter() - started
+    save(report, args.out, f"fusion-{args.shape}", table)
+
+
+def table(report: dict) -> str:
+    lines = [f"# Rewritten layers on a CPU: {report['model']} in {report['dtype']} on {report['device']}", "",
+             f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
+             f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
+             f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; "
+             f"{report['resolution']} px, batch {report['batch']} of real chips; medians over {report['rounds']} "
+             "rounds, the variants taken in turn (order rotating), speed-ups the medians of per-round ratios", "",
+             "| backbone | rewrites applied | img/s | speed-up | per round | one image ms (speed-up) "
+             "| CLS cosine min to before / to float32 |", "|---|---|---:|---:|---|---|---|"]
+    for name, row in report["speed"].items():
+        near = report["closeness"][name]
+        lines.append(f"| {name} | {', '.join(report['rewritten'][name]) or 'none'} | {row['images_per_second']:.1f} | "
+                     f"{row['speed_up']:.2f} | {', '.join(map(str, row['per_round']))} | {row['one_image_ms']:.1f} "
+                     f"({row['one_image_speed_up']:.2f}) | {near['cls_cosine_min_to_before']:.5f} / "
+                     f"{near['cls_cosine_min_to_float32']:.5f} |")
+    lines += ["", "Where one forward's time goes (torch.profiler, self time by operator, batch "
+              f"{report['batch']}):", ""]
+    for name, profile in report["profile"].items():
+        share = ", ".join(f"{group} {value:.0%}" for group, value in profile["share"].items())
+        largest = ", ".join(f"{op.removeprefix('aten::')} {value:.1%}" for op, value in
+                            profile["largest_other_ops"].items())
+        lines.append(f"- {name}: {profile['ms_per_forward']:.0f} ms per forward; {share}; largest others: {largest}")
+    lines += ["", "\"before\" is the backbone as lookalike loaded it until this change (transformers' layers, padded "
+              "attention keys). The rewrites apply only in bfloat16/float16 on a CPU with AMX; elsewhere "
+              "load_backbone keeps transformers' layers."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The backbone's layers rewritten for an AMX CPU: when they are, and that they compute what transformers does."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+from indexer import attention, cpu_fusion
+from indexer.cpu_fusion import FusedLinear, fuse_for_cpu, rotate_patches_
+
+
+def test_rope_in_place_is_transformers_rope():
+    generator = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(2, 3, 5 + 196, 16, generator=generator) for _ in range(2))  # (B, H, N, d)
+    angles = torch.rand(196, 16, generator=generator) * 6.3  # (P, d)
+    cos, sin = angles.cos(), angles.sin()
+    expected_query, expected_key = apply_rotary_pos_emb(query, key, cos, sin)
+
+    for x, expected in ((query, expected_query), (key, expected_key)):
+        prefix = x[:, :, :5].clone()
+        rotate_patches_(x, cos, sin)
+        torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-6)
+        assert torch.equal(x[:, :, :5], prefix)  # CLS and registers are not rotated
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_fused_linear_is_the_linear_then_the_exact_activation(activation):
+    generator = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(24, 40)
+    x = torch.randn(3, 7, 24, generator=generator) * 3  # (B, N, D): wide enough to tell GELU from its tanh form
+    fused = FusedLinear(linear, activation)
+
+    with torch.inference_mode():
+        output = fused(x)
+        expected = {"gelu": F.gelu, "silu": F.silu}[activation](linear(x))
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+        if activation == "gelu":  # transformers' "gelu" is the exact (erf) one
+            assert (output - F.gelu(linear(x), approximate="tanh")).abs().max() > 1e-4
+
+    x.requires_grad_(True)  # oneDNN's fused op has no backward: with autograd on, the eager pair runs
+    fused(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.fixture
+def backbone(model_dir, load_embedder):
+    """The tiny float32 backbone as loaded, with layer scales that are not all 1 (the 7B's are learnt)."""
+    backbone = load_embedder(model_dir).backbone
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for layer in backbone.model.layer:
+            for scale in (layer.layer_scale1, layer.layer_scale2):
+                scale.lambda1.copy_(torch.rand(scale.lambda1.shape, generator=generator) + 0.5)
+    return backbone
+
+
+def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypatch):
+    monkeypatch.setattr(cpu_fusion, "on_amx_16bit", lambda model: True)  # in float32, to compare to its rounding
+    fused = fuse_for_cpu(copy.deepcopy(backbone))
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+
+    assert fused.lookalike_fused == ("layer_scale", "activation", "rope")
+    layer = fused.model.layer[0]
+    assert isinstance(layer.layer_scale1, torch.nn.Identity) and isinstance(layer.mlp.up_proj, FusedLinear)
+    with torch.inference_mode():
+        output = fused(pixel_values=pixels).last_hidden_state
+        expected = backbone(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone, monkeypatch):
+    monkeypatch.setattr(cpu_fusion, "on_amx_16bit", lambda model: True)
+
+    fused = fuse_for_cpu(copy.deepcopy(backbone), parts=("rope",))
+
+    assert fused.lookalike_fused == ("rope",)
+    assert isinstance(fused.model.layer[0].mlp.up_proj, torch.nn.Linear)
+    with pytest.raises(ValueError, match="unknown fusion parts"):
+        fuse_for_cpu(copy.deepcopy(backbone), parts=("qkv",))
+
+
+def test_a_bfloat16_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model_dir, load_embedder, monkeypatch):
+    monkeypatch.setattr(attention, "amx_available", lambda: True)
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+
+    embedder = load_embedder(model_dir, dtype="bfloat16")  # transformers' from_pretrained, then the rewrite
+    monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
+    plain = load_embedder(model_dir, dtype="bfloat16")
+
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", "rope")
+    assert not hasattr(plain.backbone, "lookalike_fused")
+    fused_vectors, plain_vectors = embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors
+    assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # bfloat16 rounding, not a change
+
+
+@pytest.mark.parametrize("dtype, amx", [("float32", True), ("bfloat16", False)], ids=["float32", "no-amx"])
+def test_float32_and_cpus_without_amx_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype, amx):
+    monkeypatch.setattr(attention, "amx_available", lambda: amx)
+
+    backbone = load_embedder(model_dir, dtype=dtype).backbone
+
+    assert not hasattr(backbone, "lookalike_fused")
+    assert not isinstance(backbone.model.layer[0].layer_scale1, torch.nn.Identity)
+
+
+def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypatch):
+    monkeypatch.setattr(attention, "amx_available", lambda: True)
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    eager = load_embedder(model_dir, dtype="bfloat16")
+
+    compiled = load_embedder(model_dir, dtype="bfloat16", compile=True)  # inductor fuses the eager pair itself
+
+    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation", "rope")
+    vectors = compiled.embed(pixels).global_vectors
+    assert F.cosine_similarity(vectors, eager.embed(pixels).global_vectors).min() > 0.999
