@@ -2,8 +2,8 @@
 
 Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
 lookalike ran it before the rewrites (transformers' layers, padded attention keys):
-1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection;
-3. + RoPE in place (all three: what load_backbone now gives on an AMX CPU in 16-bit floats).
+1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection (both: what
+load_backbone now gives on an AMX CPU in 16-bit floats).
 Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
 how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
 goes (torch.profiler, by operator) before and after.

@@ -1,6 +1,4 @@
-"""The backbone's layers rewritten for a 16-bit forward on an AMX CPU: same arithmetic, fewer passes over memory."""
-import types
-
+"""The backbone's layers rewritten for a 16-bit forward on an AMX CPU: the same arithmetic, fewer passes over memory."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,14 +7,14 @@ from .attention import on_amx_16bit
 
 # transformers' activation name → (oneDNN post-op, its algorithm, the same in eager PyTorch)
 ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
-PARTS = ("layer_scale", "activation", "rope")
+PARTS = ("layer_scale", "activation")
 
-# On a CPU the ViT-S/16 forward spends about a third of its time outside the matrix products (bf16, 2-core
-# Xeon): the exact GELU alone a tenth, the layer scales and RoPE's split / negate / concatenate most of the rest,
-# each a full pass over memory. Three rewrites remove those passes without changing what is computed:
+# In bfloat16 on a CPU the ViT-S/16 forward spends about a third of its time outside the matrix products and the
+# attention kernel, each operator a full pass over memory; the exact GELU and the layer scales' multiplies are among
+# the largest (profile in bench/results/cpu/fusion/). Two rewrites remove those passes, computing the same thing:
 # - layer scales are folded into the weights of the projection before them (W' = diag(γ)·W, b' = γ·b);
-# - the MLP's activation runs as a post-op of its first projection, on oneDNN's float32 accumulator;
-# - RoPE rotates q and k in place, two passes instead of six and no copy of the prefix tokens.
+# - the MLP's activation runs as a post-op of its first projection, on oneDNN's float32 accumulator.
+# RoPE rotated in place was tried too and gave nothing measurable on the whole forward, so it is not here.
 # Measured in bench/cpu_fusion.py (bench/results/cpu/fusion/).
 
 
@@ -55,8 +53,6 @@ def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS):
                 done.add("layer_scale")
             if "activation" in parts and _fuse_activation(layer.mlp, backbone.config.hidden_act):
                 done.add("activation")
-            if "rope" in parts and _rope_in_place(layer.attention):
-                done.add("rope")
     backbone.lookalike_fused = tuple(part for part in PARTS if part in done)
     return backbone
 
@@ -83,40 +79,3 @@ def _fuse_activation(mlp, activation: str) -> bool:
     setattr(mlp, first, FusedLinear(getattr(mlp, first), activation))
     mlp.act_fn = nn.Identity()
     return True
-
-
-def _rope_in_place(attention_module) -> bool:
-    if not all(hasattr(attention_module, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "num_heads")):
-        return False
-    attention_module.forward = types.MethodType(_attention_forward, attention_module)
-    return True
-
-
-def _attention_forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
-    """DINOv3ViTAttention.forward, with RoPE applied to q and k in place."""
-    from transformers.models.dinov3_vit.modeling_dinov3_vit import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
-
-    batch, tokens, _ = hidden_states.shape
-
-    def heads(x):  # (B, N, D) → (B, H, N, d), a view
-        return x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-
-    query, key, value = (heads(project(hidden_states)) for project in (self.q_proj, self.k_proj, self.v_proj))
-    cos, sin = position_embeddings  # (P, d): one row per patch; CLS and registers are not rotated
-    rotate_patches_(query, cos, sin)
-    rotate_patches_(key, cos, sin)
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-    output, weights = attend(self, query, key, value, attention_mask, scaling=self.scaling,
-                             dropout=self.dropout if self.training else 0.0, **kwargs)  # (B, N, H, d)
-    return self.o_proj(output.reshape(batch, tokens, -1).contiguous()), weights
-
-
-def rotate_patches_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """x (B, H, N, d): its last P tokens become x·cos + rotate_half(x)·sin, in place, as transformers' RoPE.
-
-    rotate_half(x)·sin = [-x₂, x₁]·[s₁, s₂] = [x₂, x₁]·[-s₁, s₂]: one swapped copy and one multiply-add."""
-    patches = x[:, :, x.shape[2] - cos.shape[-2]:]  # (B, H, P, d), a view
-    half = x.shape[-1] // 2
-    swapped = torch.cat((patches[..., half:], patches[..., :half]), dim=-1)
-    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    patches.mul_(cos).addcmul_(swapped, signed_sin)

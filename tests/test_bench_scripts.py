@@ -85,3 +85,15 @@ def test_jpeg_draft_script(tmp_path, shared_data_dir):
     assert large["size"] == [3720, 2160] and large["max_difference"] <= 8
     assert chip["max_difference"] == 0
     assert all(positive(row["draft_ms"]) and positive(row["whole_ms"]) for row in report["rows"])
+
+
+def test_cpu_fusion_script(tmp_path):
+    report = run_bench("cpu_fusion.py", tmp_path, "--shape", "tiny", "--batch", "2", "--rounds", "1")
+    speed = report["speed"]
+    assert list(speed) == ["before", "+ layer_scale", "+ layer_scale + activation"]
+    assert all(positive(row["images_per_second"]) and positive(row["speed_up"]) for row in speed.values())
+    assert all(row["cls_cosine_min_to_before"] > 0.99 for row in report["closeness"].values())
+    rewritten = report["rewritten"]["+ layer_scale + activation"]
+    assert rewritten == (["layer_scale", "activation"] if report["amx"] and report["dtype"] != "float32"
+                         else [])  # only on AMX in 16-bit floats
+    assert set(report["profile"]["before"]["share"]) == {"matrix products", "attention", "everything else"}

@@ -4,24 +4,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
 from indexer import attention, cpu_fusion
-from indexer.cpu_fusion import FusedLinear, fuse_for_cpu, rotate_patches_
-
-
-def test_rope_in_place_is_transformers_rope():
-    generator = torch.Generator().manual_seed(0)
-    query, key = (torch.randn(2, 3, 5 + 196, 16, generator=generator) for _ in range(2))  # (B, H, N, d)
-    angles = torch.rand(196, 16, generator=generator) * 6.3  # (P, d)
-    cos, sin = angles.cos(), angles.sin()
-    expected_query, expected_key = apply_rotary_pos_emb(query, key, cos, sin)
-
-    for x, expected in ((query, expected_query), (key, expected_key)):
-        prefix = x[:, :, :5].clone()
-        rotate_patches_(x, cos, sin)
-        torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-6)
-        assert torch.equal(x[:, :, :5], prefix)  # CLS and registers are not rotated
+from indexer.cpu_fusion import FusedLinear, fuse_for_cpu
 
 
 @pytest.mark.parametrize("activation", ["gelu", "silu"])
@@ -60,7 +45,7 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypat
     fused = fuse_for_cpu(copy.deepcopy(backbone))
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
-    assert fused.lookalike_fused == ("layer_scale", "activation", "rope")
+    assert fused.lookalike_fused == ("layer_scale", "activation")
     layer = fused.model.layer[0]
     assert isinstance(layer.layer_scale1, torch.nn.Identity) and isinstance(layer.mlp.up_proj, FusedLinear)
     with torch.inference_mode():
@@ -72,12 +57,13 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypat
 def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone, monkeypatch):
     monkeypatch.setattr(cpu_fusion, "on_amx_16bit", lambda model: True)
 
-    fused = fuse_for_cpu(copy.deepcopy(backbone), parts=("rope",))
+    fused = fuse_for_cpu(copy.deepcopy(backbone), parts=("layer_scale",))
 
-    assert fused.lookalike_fused == ("rope",)
+    assert fused.lookalike_fused == ("layer_scale",)
     assert isinstance(fused.model.layer[0].mlp.up_proj, torch.nn.Linear)
+    assert isinstance(fused.model.layer[0].layer_scale2, torch.nn.Identity)
     with pytest.raises(ValueError, match="unknown fusion parts"):
-        fuse_for_cpu(copy.deepcopy(backbone), parts=("qkv",))
+        fuse_for_cpu(copy.deepcopy(backbone), parts=("rope",))
 
 
 def test_a_bfloat16_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model_dir, load_embedder, monkeypatch):
@@ -88,7 +74,7 @@ def test_a_bfloat16_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(mod
     monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
     plain = load_embedder(model_dir, dtype="bfloat16")
 
-    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", "rope")
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation")
     assert not hasattr(plain.backbone, "lookalike_fused")
     fused_vectors, plain_vectors = embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors
     assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # bfloat16 rounding, not a change
@@ -111,6 +97,6 @@ def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypat
 
     compiled = load_embedder(model_dir, dtype="bfloat16", compile=True)  # inductor fuses the eager pair itself
 
-    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation", "rope")
+    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation")
     vectors = compiled.embed(pixels).global_vectors
     assert F.cosine_similarity(vectors, eager.embed(pixels).global_vectors).min() > 0.999
