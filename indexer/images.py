@@ -171,7 +171,8 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """(3, H, W) float32, normalised."""
         # Each channel's 256 possible bytes are normalised once (table) and looked up plane by plane: the same
-        # float32 values as normalising every pixel, faster (bench/results/preprocess_speed.md, resize included).
+        # float32 values as normalising every pixel. Which of the two is faster depends on the CPU
+        # (bench/results/preprocess_speed.md: the look-up on the EPYC VM, in git history; the formula on the Xeon).
         planes = self.resized(image)
         pixels = np.empty(planes.shape, np.float32)
         self._look_up(planes, pixels, self.table)
@@ -188,19 +189,17 @@ class Preprocess:
 
     def normalize(self, pixels, dtype=None):
         """uint8 (B, 3, H, W) torch tensor, on any device → `dtype` (float32 by default) there, equal to
-        __call__'s values cast to it: the table is cast once, so a bfloat16 model's pixels come out of the look-up
-        in bfloat16, with no float32 copy to write and convert."""
+        __call__'s values cast to it."""
         import torch
 
         dtype = dtype or torch.float32
         if pixels.device.type != "cpu":
             return self.gather(pixels, dtype=dtype)
-        planes = pixels.numpy()  # numpy's take, plane by contiguous plane: well under half the gather's time on a
-        tables = _host_table(self, dtype)  # CPU (bench/results/preprocess_speed.md)
-        out = np.empty(planes.shape, tables.dtype)
-        for image, image_out in zip(planes, out):
-            self._look_up(image, image_out, tables)
-        return torch.from_numpy(out).view(dtype)  # 16-bit tables travel as int16 bit patterns
+        # The table's own formula, in the same float32 operations (so the same values), over the whole batch on
+        # PyTorch's threads: faster on the model's host than looking the table up plane by plane in numpy
+        # (bench/preprocess_speed.py: the batch part)
+        mean, std = (torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) for values in (self.mean, self.std))
+        return pixels.to(torch.float32).div_(255.0).sub_(mean).div_(std).to(dtype)
 
     @staticmethod
     def _look_up(planes: np.ndarray, out: np.ndarray, tables: np.ndarray) -> None:
@@ -236,15 +235,6 @@ def _resize(planes: np.ndarray, resolution: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _host_table(preprocess: Preprocess, dtype) -> np.ndarray:
-    """The (3, 256) table in `dtype`, as numpy holds it: a 16-bit float as its int16 bit patterns (numpy has no
-    bfloat16), other floats as they are."""
-    import torch
-
-    cast = torch.from_numpy(preprocess.table).to(dtype)  # float32: the table itself, no copy
-    return cast.view(torch.int16).numpy() if cast.element_size() == 2 else cast.numpy()
-
-
 @lru_cache(maxsize=8)
 def _device_table(preprocess: Preprocess, device, dtype=None):
     """The table (cast to `dtype`) and channel offsets, copied to `device` once: a copy per batch from pageable

@@ -97,3 +97,13 @@ def test_cpu_fusion_script(tmp_path):
     assert rewritten == (["layer_scale", "activation"] if report["amx"] and report["dtype"] != "float32"
                          else [])  # only on AMX in 16-bit floats
     assert set(report["profile"]["before"]["share"]) == {"matrix products", "attention", "everything else"}
+
+
+def test_preprocess_speed_script(tmp_path):
+    out = tmp_path / "preprocess_speed.json"
+    result = subprocess.run([sys.executable, "bench/preprocess_speed.py", "--count", "4", "--batch", "4", "--rounds",
+                             "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]  # it checks that every way gives the same values
+    report = json.loads(out.read_text())
+    assert len(report["ms_per_image"]) == 4 and all(positive(ms) for ms in report["ms_per_image"].values())
+    assert positive(report["batch"]["speed_up"]) and len(report["batch"]["ms_per_batch"]) == 2

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import IndexerError
-from indexer.normalization import normalization_for
+from indexer.normalization import PRESETS, normalization_for
 
 SAT_MEAN, SAT_STD = [0.430, 0.411, 0.296], [0.213, 0.156, 0.143]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -133,9 +133,26 @@ def test_device_normalisation_equals_the_host_one():
     assert torch.equal(preprocess.gather(raw), expected)
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_batch_normalisation_on_the_cpu_is_the_table_for_every_byte(preset):
+    """The CPU path computes the table's formula over the batch: every byte of every channel must give the
+    table's float32 value exactly (a reciprocal multiply or another order of operations would not)."""
+    import torch
+
+    from indexer.images import Preprocess
+
+    stats = PRESETS[preset]
+    preprocess = Preprocess(16, tuple(stats["mean"]), tuple(stats["std"]))
+    every_byte = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).repeat(1, 3, 1, 1)  # (1, 3, 16, 16)
+
+    pixels = preprocess.normalize(every_byte)
+
+    assert torch.equal(pixels.reshape(3, 256), torch.from_numpy(preprocess.table))
+
+
 def test_sixteen_bit_normalisation_equals_the_float32_one_cast():
-    """A bfloat16 or float16 model gets its pixels straight from the look-up, with the very values (bit for bit)
-    that normalising in float32 and casting would give, on the CPU path and the device gather alike."""
+    """A bfloat16 or float16 model gets the very values (bit for bit) that normalising in float32 and casting
+    would give, on the CPU path and the device gather alike."""
     import torch
 
     from indexer.images import Preprocess
