@@ -121,13 +121,7 @@ def main():
     throughput.DEVICE = "cpu"
     dtype = resolve_dtype("auto", torch.device("cpu"))
     started = time.perf_counter()
-    import transformers
-
-    report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
-              "model": f"random DINOv3 {args.shape}", "rounds": args.rounds,
-              "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "amx": attention.amx_available(),
+    report = {**run_fields(args.shape, dtype, rounds=args.rounds),
               "kernel": kernel_rows(args.shape, map(int, args.kernel_resolutions.split(",")), batch=args.batch,
                                     rounds=args.rounds, dtype=dtype),
               "forward": forward_rows(args.shape, map(int, args.forward.split(",")), images=args.images, batch=32,
@@ -136,12 +130,27 @@ def main():
     save(report, args.out, f"attention-{args.shape}", table)
 
 
+def run_fields(shape: str, dtype, *, rounds: int) -> dict:
+    """What a CPU benchmark's report says about its run: command, date, machine, threads, versions, model, ISA."""
+    import transformers
+
+    return {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
+            "model": f"random DINOv3 {shape}", "rounds": rounds,
+            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "amx": attention.amx_available()}
+
+
+def run_line(report: dict) -> str:
+    """run_fields as the table's line under its title (ends with '; ')."""
+    return (f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
+            f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
+            f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; ")
+
+
 def table(report: dict) -> str:
     lines = [f"# Padded keys in CPU attention: {report['model']} in {report['dtype']} on {report['device']}", "",
-             f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
-             f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
-             f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; "
-             f"medians over {report['rounds']} rounds, the two taken in turn", "",
+             run_line(report) + f"medians over {report['rounds']} rounds, the two taken in turn", "",
              "## The attention kernel alone (padding forced at every length)", "",
              "| px | keys | padded to | plain ms | padded speed-up | per round |", "|---:|---:|---:|---:|---:|---|"]
     for row in report["kernel"]:

@@ -12,7 +12,6 @@ goes (torch.profiler, by operator) before and after.
 """
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -25,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
+from bench.cpu_attention import run_fields, run_line, seconds  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
-from bench.throughput import build_backbone, cpu_name  # noqa: E402
+from bench.throughput import build_backbone  # noqa: E402
 from indexer import attention  # noqa: E402
 from indexer.cpu_fusion import PARTS, fuse_for_cpu  # noqa: E402
 from indexer.embedder import resolve_dtype  # noqa: E402
@@ -34,14 +34,6 @@ from indexer.random_model import SHAPES  # noqa: E402
 
 MATRIX_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::mkldnn_convolution"}
 ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu"}
-
-
-def seconds(fn, runs: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(runs):
-        fn()
-    return (time.perf_counter() - start) / runs
 
 
 def variants(shape: str, dtype) -> dict:
@@ -119,16 +111,9 @@ def main():
     throughput.DEVICE = "cpu"
     dtype = resolve_dtype("auto", torch.device("cpu"))
     started = time.perf_counter()
-    import transformers
-
     models = variants(args.shape, dtype)
     pixels = chips(args.images, args.batch, args.resolution).to(dtype)
-    report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
-              "model": f"random DINOv3 {args.shape}", "resolution": args.resolution, "batch": args.batch,
-              "rounds": args.rounds, "amx": attention.amx_available(),
-              "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    report = {**run_fields(args.shape, dtype, rounds=args.rounds), "resolution": args.resolution, "batch": args.batch,
               "rewritten": {name: list(getattr(m, "lookalike_fused", ())) for name, m in models.items()},
               "speed": speed(models, pixels, rounds=args.rounds),
               "closeness": closeness(models, pixels, build_backbone(args.shape, torch.float32)),
@@ -139,11 +124,9 @@ def main():
 
 def table(report: dict) -> str:
     lines = [f"# Rewritten layers on a CPU: {report['model']} in {report['dtype']} on {report['device']}", "",
-             f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
-             f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
-             f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; "
-             f"{report['resolution']} px, batch {report['batch']} of real chips; medians over {report['rounds']} "
-             "rounds, the variants taken in turn (order rotating), speed-ups the medians of per-round ratios", "",
+             run_line(report) + f"{report['resolution']} px, batch {report['batch']} of real chips; medians over "
+             f"{report['rounds']} rounds, the variants taken in turn (order rotating), speed-ups the medians of "
+             "per-round ratios", "",
              "| backbone | rewrites applied | img/s | speed-up | per round | one image ms (speed-up) "
              "| CLS cosine min to before / to float32 |", "|---|---|---:|---:|---|---|---|"]
     for name, row in report["speed"].items():

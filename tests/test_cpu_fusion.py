@@ -66,18 +66,20 @@ def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone, monkeypat
         fuse_for_cpu(copy.deepcopy(backbone), parts=("rope",))
 
 
-def test_a_bfloat16_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model_dir, load_embedder, monkeypatch):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model_dir, load_embedder, monkeypatch,
+                                                                         dtype):
     monkeypatch.setattr(attention, "amx_available", lambda: True)
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
 
-    embedder = load_embedder(model_dir, dtype="bfloat16")  # transformers' from_pretrained, then the rewrite
+    embedder = load_embedder(model_dir, dtype=dtype)  # transformers' from_pretrained, then the rewrite
     monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
-    plain = load_embedder(model_dir, dtype="bfloat16")
+    plain = load_embedder(model_dir, dtype=dtype)
 
     assert embedder.backbone.lookalike_fused == ("layer_scale", "activation")
     assert not hasattr(plain.backbone, "lookalike_fused")
     fused_vectors, plain_vectors = embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors
-    assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # bfloat16 rounding, not a change
+    assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # 16-bit rounding, not a change
 
 
 @pytest.mark.parametrize("dtype, amx", [("float32", True), ("bfloat16", False)], ids=["float32", "no-amx"])
