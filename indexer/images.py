@@ -235,7 +235,6 @@ def _resize(planes: np.ndarray, resolution: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-@lru_cache(maxsize=8)
 def _device_table(preprocess: Preprocess, device, dtype=None):
     """The table (cast to `dtype`) and channel offsets, copied to `device` once: a copy per batch from pageable
     host memory would make the host wait for the device's queue before it could launch the next batch."""
