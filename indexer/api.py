@@ -14,16 +14,16 @@ from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
-from .images import decode_bytes, load_image, upright_size
+from .images import decode_for_model, draft_side, load_image, upright_size
 from .neardup import near_duplicates
 from .pipeline import index_collection
 from .plan import SCENE_SUFFIXES
 from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
-__all__ = ["DEFAULT_MODEL", "Part", "embed_image", "index_collection", "load_embedder", "load_indexed_image",
-           "load_query_image", "near_duplicates", "open_store", "query_file_size", "read_part", "scene_read_options",
-           "search", "search_each"]
+__all__ = ["DEFAULT_MODEL", "Part", "draft_side", "embed_image", "index_collection", "load_embedder",
+           "load_indexed_image", "load_query_image", "near_duplicates", "open_store", "query_file_size", "read_part",
+           "scene_read_options", "search", "search_each", "store_draft_side"]
 
 
 def open_store(store_dir) -> Store:
@@ -68,9 +68,10 @@ def _check_unchanged(item: dict) -> None:
                               "runs again")
 
 
-def load_indexed_image(item: dict, *, crop: tuple | None = None) -> Image.Image:
+def load_indexed_image(item: dict, *, crop: tuple | None = None, at_least: int | None = None) -> Image.Image:
     """The pixels behind a catalogue row or search hit: the file, or a chip read again from its scene. `crop`
-    (col, row, width, height) takes a part of that picture, in its own pixels (a chip's as it was indexed)."""
+    (col, row, width, height) takes a part of that picture, in its own pixels (a chip's as it was indexed).
+    `at_least` (images.draft_side of the store's resolution) decodes a whole large JPEG as `index` did: smaller."""
     from .scenes import load_chip_image
 
     _check_unchanged(item)
@@ -80,7 +81,7 @@ def load_indexed_image(item: dict, *, crop: tuple | None = None) -> Image.Image:
     elif item.get("scene"):
         image = load_chip_image(item["scene"], item["window"], item.get("geo") or {})
     else:
-        image = load_image(Path(item["path"]))
+        image = load_image(Path(item["path"]), at_least=None if crop else at_least)
     return _cropped(image, crop, item["path"])
 
 
@@ -90,17 +91,30 @@ def source_file(item: dict) -> Path:
 
 
 def load_query_image(source, *, name: str | None = None, read_options: dict | None = None,
-                     crop: tuple | None = None) -> Image.Image:
+                     crop: tuple | None = None, at_least: int | None = None) -> Image.Image:
     """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is
     read whole as a scene, with its mask and `read_options` (a store's `scene_read_options`: the bands and
     stretch its chips were read with); anything else is decoded by Pillow. `source`: a path, or an upload's
     bytes and `name`. `crop` (col, row, width, height) in the file's pixels (a plain image's upright after
-    EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long side)."""
+    EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long side). Without
+    a crop, `at_least` (store_draft_side's) decodes a large JPEG at the reduced scale `index` decodes it to:
+    a search by an indexed file then embeds the very pixels its stored vector came from, and decodes faster."""
     scene, name = _as_scene(source, name)
     if scene is not None:
         return scene_image(scene, **dict(read_options or {}, **({"window": tuple(crop)} if crop else {})))
-    image = decode_bytes(bytes(source), name=name) if isinstance(source, (bytes, bytearray)) else load_image(source)
+    at_least = None if crop else at_least  # a crop counts the file's own pixels
+    if isinstance(source, (bytes, bytearray)):
+        image = decode_for_model(bytes(source), name=name, at_least=at_least)[0]
+    else:
+        image = load_image(source, at_least=at_least)
     return _cropped(image, crop, name)
+
+
+def store_draft_side(store: Store) -> int | None:
+    """load_query_image's `at_least` for queries of this store: images.draft_side of its resolution (None before
+    the store has vectors)."""
+    recorded = store.provenance
+    return draft_side(recorded["resolution"]) if recorded and recorded.get("resolution") else None
 
 
 def query_file_size(source, *, name: str | None = None) -> tuple[int, int]:
@@ -143,7 +157,10 @@ def embed_image(image, embedder) -> Embedding:
     """One image (a path or a PIL image) → its Embedding (a batch of one)."""
     import torch
 
-    picture = image.convert("RGB") if isinstance(image, Image.Image) else load_query_image(image)
+    if isinstance(image, Image.Image):
+        picture = image.convert("RGB")
+    else:  # a file: decoded as `index` decodes it for this model
+        picture = load_query_image(image, at_least=draft_side(embedder.preprocess.resolution))
     pixels = torch.from_numpy(embedder.preprocess(picture))[None]  # (1, 3, H, W)
     return embedder.embed(pixels)
 
@@ -184,7 +201,8 @@ def _described_picture(query, crop: tuple | None = None) -> dict:
 
 
 class _QueryReader:
-    """Reads query images as a store's chips were read: the store's bands and stretch, looked up once."""
+    """Reads query images as `index` read the store's: a scene with its bands and stretch, a whole large JPEG
+    at the scale its files were decoded to; looked up once."""
 
     def __init__(self, store: Store, crop: tuple | None = None):
         self.store, self.crop, self._options = store, crop, None
@@ -192,8 +210,9 @@ class _QueryReader:
     def __call__(self, query) -> Image.Image:
         if isinstance(query, Image.Image):
             return query
-        self._options = self._options or scene_read_options(self.store)
-        return load_query_image(query, read_options=self._options, crop=self.crop)
+        self._options = self._options or (scene_read_options(self.store), store_draft_side(self.store))
+        read_options, at_least = self._options
+        return load_query_image(query, read_options=read_options, crop=self.crop, at_least=at_least)
 
 
 def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: bool = False,

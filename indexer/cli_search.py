@@ -140,8 +140,11 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     if crop and not images:  # a part of the first indexed example's picture (read, and its crop checked, by
         indexed[0] = api.Part(image_ids[0], crop)  # api.search before it makes the model)
     read_options = api.scene_read_options(store) if images or unlike_images else None
-    examples = [_query_picture(image, read_options, crop) for image in images]  # unreadable: fails here
-    avoided = [_query_picture(image, read_options, None, role="--unlike image") for image in unlike_images]
+    at_least = api.store_draft_side(store)  # a whole large JPEG decoded as `index` decoded the store's
+    examples = [_query_picture(image, read_options, crop, at_least=at_least)  # unreadable: fails here
+                for image in images]
+    avoided = [_query_picture(image, read_options, None, at_least=at_least, role="--unlike image")
+               for image in unlike_images]
     answer = api.search(store, examples + indexed, k=k, refinement=refinement, exclude_self=exclude_query,
                         combine=combine, unlike=avoided + list(unlike_ids), unlike_weight=unlike_weight,
                         make_embedder=lambda: api.load_embedder(store, model=model, device=device, dtype=dtype))
@@ -154,13 +157,13 @@ def _search_examples(store, images, image_ids, *, k, combine, model, device, dty
     return answer
 
 
-def _query_picture(image: Path, read_options, crop, *, role: str = "query image"):
+def _query_picture(image: Path, read_options, crop, *, at_least: int | None, role: str = "query image"):
     from indexer import api
     from indexer.errors import IndexerError
 
     if not image.is_file():
         raise IndexerError(f"{role} {image} does not exist or is not a file")
-    return api.load_query_image(image, read_options=read_options, crop=crop)
+    return api.load_query_image(image, read_options=read_options, crop=crop, at_least=at_least)
 
 
 def _print_answer(store, answer: dict, *, geojson_path, as_json: bool, filtered: bool) -> None:

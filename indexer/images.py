@@ -151,12 +151,19 @@ def read_error(error: OSError) -> str:
     return f"{READ_ERROR} ({error.strerror or error})"
 
 
-def load_image(path: Path) -> Image.Image:
+def load_image(path: Path, *, at_least: int | None = None) -> Image.Image:
+    """The file decoded upright in RGB; `at_least` as decode_for_model's (a large JPEG at a reduced scale)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise UnreadableImage(f"{path}: {read_error(error)}") from error
-    return decode_bytes(data, name=str(path))
+    return decode_for_model(data, name=str(path), at_least=at_least)[0]
+
+
+def draft_side(resolution: int) -> int:
+    """decode_for_model's `at_least` for a model at `resolution`: what `index` decodes a whole file to, and a query
+    of a whole file too, so that a search by an indexed file embeds the pixels its stored vector came from."""
+    return 2 * resolution
 
 
 @dataclass(frozen=True)

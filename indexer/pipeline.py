@@ -21,7 +21,7 @@ from .chip_records import chip_record
 from .copies import Copies
 from .embedder import Embedder, fit_pca
 from .errors import UnreadableImage
-from .images import Preprocess, decode_for_model, load_image, read_error, scan_sources
+from .images import Preprocess, decode_for_model, draft_side, load_image, read_error, scan_sources
 from .writer import StoreWriter, non_finite_error
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
 
@@ -62,7 +62,7 @@ class DecodeDataset(torch.utils.data.Dataset):
             if job.plain_source:
                 return self._plain_chip(job)
             data = Path(job.path).read_bytes()
-            at_least = 2 * self.preprocess.resolution if self.draft else None
+            at_least = draft_side(self.preprocess.resolution) if self.draft else None
             image, (width, height) = decode_for_model(data, name=job.path, at_least=at_least)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
                       "sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height}

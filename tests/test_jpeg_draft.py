@@ -1,7 +1,9 @@
 """Large JPEGs are decoded at a reduced scale (the decoder's DCT scaling) when only the model's input needs them."""
 import io
+import json
 
 import numpy as np
+from click.testing import CliRunner
 from PIL import Image
 
 from indexer.images import Preprocess, decode_bytes, decode_for_model
@@ -73,19 +75,82 @@ def test_small_jpegs_and_other_formats_decode_whole(tmp_path, chip_paths):
         np.testing.assert_array_equal(pixels, full)
 
 
-def test_search_by_the_large_file_finds_it_first(tmp_path, chip_paths, index, embedder):
-    """The store holds the reduced-scale decode's vector, a search by the file embeds its whole decode: close."""
-    from indexer import api
-
+def _indexed_photo(tmp_path, chip_paths, index):
+    """A folder of chips and one large JPEG (2048 x 1536), indexed; returns (the photo, the store's folder)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for path in chip_paths:
         (folder / path.name).write_bytes(path.read_bytes())
     photo = write_jpeg(folder / "photo.jpg", mosaic(chip_paths, 16, 12))
     index([folder], tmp_path / "store")
-    store = api.open_store(tmp_path / "store")
+    return photo.absolute(), tmp_path / "store"
+
+
+def test_a_query_by_a_large_jpeg_is_decoded_as_index_decoded_it(tmp_path, chip_paths, embedder):
+    """embed_image and load_query_image (search, the page's uploads) read a whole large JPEG at the reduced scale
+    `index` read it at: the model sees the very pixels the stored vector came from. A crop reads the whole decode."""
+    from indexer import api
+
+    photo = write_jpeg(tmp_path / "photo.jpg", mosaic(chip_paths, 16, 12))
+    item = DecodeDataset([Job(path=str(photo), size=photo.stat().st_size, mtime=0.0)], embedder.preprocess)[0]
+    indexed = embedder.embed(item["pixels"][None]).global_vectors
+    np.testing.assert_array_equal(api.embed_image(photo, embedder).global_vectors, indexed)
+    at_least = api.draft_side(embedder.preprocess.resolution)
+    drafted = decode_for_model(photo.read_bytes(), at_least=at_least)[0]
+    assert drafted.size != (2048, 1536)
+    for source, name in ((photo, None), (photo.read_bytes(), "photo.jpg")):
+        picture = api.load_query_image(source, name=name, at_least=at_least)
+        np.testing.assert_array_equal(np.asarray(picture), np.asarray(drafted))
+        part = api.load_query_image(source, name=name, crop=(1000, 500, 300, 200), at_least=at_least)
+        whole = decode_bytes(photo.read_bytes())
+        np.testing.assert_array_equal(np.asarray(part), np.asarray(whole.crop((1000, 500, 1300, 700))))
+
+
+def test_search_by_the_large_file_finds_its_own_vector(tmp_path, chip_paths, index, embedder):
+    """Searched by its file (api.search, search_each, the CLI), an indexed large JPEG scores as its reduced-scale
+    decode does, not as its whole decode."""
+    from indexer import api
+    from indexer.cli import cli
+
+    photo, store_dir = _indexed_photo(tmp_path, chip_paths, index)
+    store = api.open_store(store_dir)
     try:
+        assert api.store_draft_side(store) == api.draft_side(embedder.preprocess.resolution)
+        drafted = decode_for_model(photo.read_bytes(), at_least=api.store_draft_side(store))[0]
+        expected = api.search(store, drafted, k=1, embedder=embedder)["results"][0]
+        whole = api.search(store, decode_bytes(photo.read_bytes()), k=1, embedder=embedder)["results"][0]
         first = api.search(store, photo, k=3, embedder=embedder)["results"][0]
+        each = next(iter(api.search_each(store, [photo], k=1, embedder=embedder)))["results"][0]
     finally:
         store.close()
-    assert first["path"] == str(photo.absolute()) and first["score"] > 0.999, first
+    assert expected["path"] == str(photo) and expected["score"] != whole["score"]
+    assert first == expected and each == expected
+    result = CliRunner().invoke(cli, ["search", str(photo), "--store", str(store_dir), "-k", "1", "--json",
+                                      "--dtype", "float32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["score"] == expected["score"]
+
+
+def test_the_page_reads_a_large_jpeg_as_index_read_it(tmp_path, chip_paths, index):
+    """The page's upload of a large JPEG and its exact heatmaps of an indexed one embed the reduced-scale decode."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from indexer import api
+    from ui.query import load_upload
+    from ui.resources import embedder_for, full_tokens
+
+    photo, store_dir = _indexed_photo(tmp_path, chip_paths, index)
+    store = api.open_store(store_dir)
+    try:
+        model = embedder_for(store)
+        drafted = decode_for_model(photo.read_bytes(), at_least=api.store_draft_side(store))[0]
+        expected = model.embed(torch.from_numpy(model.preprocess(drafted))[None])
+        upload = load_upload(store, SimpleNamespace(name=photo.name, getvalue=photo.read_bytes), model=None)
+        item = next(hit for hit in api.search(store, photo, k=3, embedder=model)["results"] if hit["path"] == str(photo))
+        tokens = full_tokens(item, model)
+    finally:
+        store.close()
+    np.testing.assert_array_equal(upload.vectors[0], expected.global_vectors[0].numpy())
+    np.testing.assert_array_equal(tokens, expected.patch_tokens[0].numpy())

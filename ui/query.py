@@ -261,8 +261,9 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
 
     def read(crop=None):
         with STORE_LOCK:  # the store's connection is shared by every session's thread
-            read_options = api.scene_read_options(store)
-        return api.load_query_image(data, name=uploaded.name, read_options=read_options, crop=crop)  # a GeoTIFF: as chips
+            read_options, at_least = api.scene_read_options(store), api.store_draft_side(store)
+        return api.load_query_image(data, name=uploaded.name, read_options=read_options, crop=crop,  # a GeoTIFF: as
+                                    at_least=at_least)  # chips; a large JPEG at the scale `index` decodes it to
 
     image, vector, grid, tokens = _embedded(store, digest, read, model=model)
     shown = image.copy()

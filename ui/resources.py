@@ -70,8 +70,9 @@ def thumbnail(item: dict, *, size: int = THUMBNAIL_SIZE) -> Image.Image:
 
 @st.cache_resource(max_entries=256, show_spinner=False)
 def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _embedder):
-    """Exact mode: the image's full patch tokens (h, w, D), recomputed with the model."""
-    embedding = api.embed_image(api.load_indexed_image(_item), _embedder)
+    """Exact mode: the image's full patch tokens (h, w, D), recomputed with the model from the pixels `index` fed it."""
+    picture = api.load_indexed_image(_item, at_least=api.draft_side(_embedder.preprocess.resolution))
+    embedding = api.embed_image(picture, _embedder)
     return embedding.patch_tokens[0].cpu().numpy()
 
 
