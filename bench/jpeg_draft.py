@@ -7,6 +7,10 @@ is timed both ways on one thread, as in a decode worker, over JPEGs (quality 90)
 (3720 x 2160: the 10 scenes and 2 again) and 2 x 2 (1860 x 1440), and a bundled 128 px chip, where nothing
 changes. Medians of per-round ratios (order alternated), and how far apart the resized pixels are.
 
+The page's pictures of indexed files (ui.resources.shrunk: 320 px thumbnails, the 640 px comparison) decode such
+a JPEG at a reduced scale too, no smaller than twice the picture on a side; the second table times them against
+the whole decode with the same LANCZOS shrink, in turn, on the same files.
+
     python bench/jpeg_draft.py --rounds 9 --out bench/results/cpu/jpeg_draft
 """
 import argparse
@@ -27,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import save  # noqa: E402
 from bench.throughput import cpu_name  # noqa: E402
+from indexer import api  # noqa: E402
 from indexer.images import Preprocess  # noqa: E402
 from indexer.normalization import SAT493M  # noqa: E402
 from indexer.pipeline import DecodeDataset  # noqa: E402
 from indexer.plan import Job  # noqa: E402
+from ui.resources import LARGE_SIZE, THUMBNAIL_SIZE, shrunk  # noqa: E402
 
 
 def tiled(scenes: list[Path], columns: int, rows: int) -> Image.Image:
@@ -60,6 +66,34 @@ def seconds(decode: DecodeDataset, repeats: int) -> float:
     for _ in range(repeats):
         decode[0]
     return (time.perf_counter() - start) / repeats
+
+
+def whole_then_shrunk(item: dict, size: int) -> Image.Image:
+    """The page's pictures before: the whole decode, then the same LANCZOS shrink."""
+    image = api.load_indexed_image(item)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return image
+
+
+def picture_row(name: str, path: Path, size: int, *, rounds: int, repeats: int) -> dict:
+    item = {"path": str(path), "size": path.stat().st_size, "mtime": path.stat().st_mtime}
+    ways = {"reduced": lambda: shrunk(item, size), "whole": lambda: whole_then_shrunk(item, size)}
+    ours, whole = (np.asarray(ways[way](), dtype=int) for way in ("reduced", "whole"))
+    times = {way: [] for way in ways}
+    for number in range(rounds):
+        for way in list(ways) if number % 2 == 0 else list(ways)[::-1]:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                ways[way]()
+            times[way].append((time.perf_counter() - start) / repeats)
+    per_round = [w / d for w, d in zip(times["whole"], times["reduced"])]
+    same_size = ours.shape == whole.shape
+    return {"image": name, "picture": size, "shape": list(ours.shape[:2][::-1]), "same_size": same_size,
+            "reduced_ms": 1000 * statistics.median(times["reduced"]),
+            "whole_ms": 1000 * statistics.median(times["whole"]), "speed_up": statistics.median(per_round),
+            "per_round": [round(r, 2) for r in per_round],
+            "max_difference": int(np.abs(ours - whole).max()) if same_size else None,
+            "mean_difference": float(np.abs(ours - whole).mean()) if same_size else None}
 
 
 def main():
@@ -95,9 +129,13 @@ def main():
                          "per_round": [round(r, 2) for r in per_round], "max_difference": int(difference.max()),
                          "mean_difference": float(difference.mean())})
             print(rows[-1], flush=True)
+        pictures = [picture_row(name, path, size, rounds=args.rounds, repeats=args.repeats)
+                    for name, path in list(files.items())[:2] for size in (THUMBNAIL_SIZE, LARGE_SIZE)]
+        for row in pictures:
+            print(row, flush=True)
     report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
               "device": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "pillow": Image.__version__,
-              "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
+              "rounds": args.rounds, "repeats": args.repeats, "rows": rows, "pictures": pictures}
     save(report, args.out, "jpeg_draft", table)
 
 
@@ -113,6 +151,15 @@ def table(report: dict) -> str:
         lines.append(f"| {row['image']} | {row['size'][0]} x {row['size'][1]} | {row['draft_ms']:.1f} | "
                      f"{row['whole_ms']:.1f} | {row['speed_up']:.2f} | {row['max_difference']} / "
                      f"{row['mean_difference']:.2f} | {', '.join(map(str, row['per_round']))} |")
+    lines += ["", "The page's pictures of the same files (ui.resources.shrunk: read, decode at a reduced scale no "
+              "smaller than twice the picture, LANCZOS shrink) against the whole decode and the same shrink:", "",
+              "| image | picture | shape | reduced scale, ms | whole, ms | speed-up | max / mean difference | per round |",
+              "|---|---|---|---:|---:|---:|---|---|"]
+    for row in report.get("pictures", []):
+        difference = f"{row['max_difference']} / {row['mean_difference']:.2f}" if row["same_size"] else "sizes differ"
+        lines.append(f"| {row['image']} | {row['picture']} px | {row['shape'][0]} x {row['shape'][1]} | "
+                     f"{row['reduced_ms']:.1f} | {row['whole_ms']:.1f} | {row['speed_up']:.2f} | {difference} | "
+                     f"{', '.join(map(str, row['per_round']))} |")
     return "\n".join(lines) + "\n"
 
 

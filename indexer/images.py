@@ -98,7 +98,7 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
     """decode_bytes, and the upright (width, height) of the full image. With `at_least`, a JPEG may be decoded
     at 1/2, 1/4 or 1/8 scale (its decoder's DCT scaling, Pillow's draft) while both sides stay at least
     `at_least` px: the model's resize then still shrinks it at least 2x when given twice its resolution.
-    A 3720 x 2160 JPEG of NAIP scenes is read, decoded and resized to 224 px 3.3x as fast (1860 x 1440: 1.6x),
+    A 3720 x 2160 JPEG of NAIP scenes is read, decoded and resized to 224 px 3.8x as fast (1860 x 1440: 1.8x),
     within 4 levels of the full decode, 0.3 on average (bench/jpeg_draft.py, bench/results/cpu/jpeg_draft/)."""
     try:
         with warnings.catch_warnings():  # past MAX_IMAGE_PIXELS but under twice it: large, valid, decoded

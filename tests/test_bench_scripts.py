@@ -85,6 +85,10 @@ def test_jpeg_draft_script(tmp_path, shared_data_dir):
     assert large["size"] == [3720, 2160] and large["max_difference"] <= 8
     assert chip["max_difference"] == 0
     assert all(positive(row["draft_ms"]) and positive(row["whole_ms"]) for row in report["rows"])
+    assert [(row["image"], row["picture"]) for row in report["pictures"]] == [
+        (name, size) for name in ("NAIP scenes tiled 4 x 3", "NAIP scenes tiled 2 x 2") for size in (320, 640)]
+    assert all(row["same_size"] and row["max_difference"] <= 16 and positive(row["reduced_ms"])
+               for row in report["pictures"])
 
 
 def test_cpu_fusion_script(tmp_path):

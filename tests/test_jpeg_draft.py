@@ -154,3 +154,23 @@ def test_the_page_reads_a_large_jpeg_as_index_read_it(tmp_path, chip_paths, inde
         store.close()
     np.testing.assert_array_equal(upload.vectors[0], expected.global_vectors[0].numpy())
     np.testing.assert_array_equal(tokens, expected.patch_tokens[0].numpy())
+
+
+def test_the_page_shrinks_a_large_jpeg_from_a_reduced_decode(tmp_path, chip_paths):
+    """Thumbnails and the comparison picture of an indexed large JPEG: decoded no smaller than twice the picture,
+    then shrunk; the same size as from the whole decode and close to it."""
+    from ui.resources import shrunk
+
+    photo = write_jpeg(tmp_path / "photo.jpg", mosaic(chip_paths, 16, 12))  # 2048 x 1536
+    item = {"path": str(photo), "size": photo.stat().st_size, "mtime": photo.stat().st_mtime}
+    for size in (160, 320):
+        picture = shrunk(item, size)
+        reduced = decode_for_model(photo.read_bytes(), at_least=2 * size)[0]
+        assert reduced.size == (2048 // (2 if size == 320 else 4), 1536 // (2 if size == 320 else 4))
+        reduced.thumbnail((size, size), Image.Resampling.LANCZOS)
+        whole = decode_bytes(photo.read_bytes())
+        whole.thumbnail((size, size), Image.Resampling.LANCZOS)
+        assert picture.size == whole.size == (size, size * 3 // 4)
+        np.testing.assert_array_equal(np.asarray(picture), np.asarray(reduced))
+        difference = np.abs(np.asarray(picture, dtype=int) - np.asarray(whole, dtype=int))
+        assert 0 < difference.mean() < 1.5, difference.mean()

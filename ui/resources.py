@@ -51,7 +51,14 @@ def embedder_for(store: Store, model: str | None = None):
 
 @st.cache_resource(max_entries=4000, show_spinner=False)
 def _thumbnail(path: str, mtime_ns: int, size: int, _item: dict) -> Image.Image:
-    image = api.load_indexed_image(_item)
+    return shrunk(_item, size)
+
+
+def shrunk(item: dict, size: int) -> Image.Image:
+    """An indexed image or chip fitted into `size` x `size` (LANCZOS). A large JPEG is first decoded at a reduced
+    scale (the decoder's 1/2, 1/4 or 1/8) that leaves both sides at least twice `size`, as Pillow's own
+    thumbnail() does to a JPEG not yet decoded (bench/jpeg_draft.py times it against the whole decode)."""
+    image = api.load_indexed_image(item, at_least=2 * size)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     return image
 
