@@ -159,8 +159,9 @@ def embed_image(image, embedder) -> Embedding:
 
     if isinstance(image, Image.Image):
         picture = image.convert("RGB")
-    else:  # a file: decoded as `index` decodes it for this model
-        picture = load_query_image(image, at_least=draft_side(embedder.preprocess.resolution))
+    else:  # a file: decoded as `index` decodes it for this model (a plugged-in preprocess may not say its size)
+        resolution = getattr(embedder.preprocess, "resolution", None)
+        picture = load_query_image(image, at_least=draft_side(resolution) if resolution else None)
     pixels = torch.from_numpy(embedder.preprocess(picture))[None]  # (1, 3, H, W)
     return embedder.embed(pixels)
 

@@ -174,3 +174,14 @@ def test_the_page_shrinks_a_large_jpeg_from_a_reduced_decode(tmp_path, chip_path
         np.testing.assert_array_equal(np.asarray(picture), np.asarray(reduced))
         difference = np.abs(np.asarray(picture, dtype=int) - np.asarray(whole, dtype=int))
         assert 0 < difference.mean() < 1.5, difference.mean()
+
+
+def test_embed_image_takes_a_preprocess_that_does_not_say_its_resolution(chip_paths, embedder):
+    """A plugged-in embedder whose preprocess is a plain function: its files are decoded whole."""
+    from types import SimpleNamespace
+
+    from indexer import api
+
+    plugged = SimpleNamespace(preprocess=lambda picture: embedder.preprocess(picture), embed=embedder.embed)
+    np.testing.assert_array_equal(api.embed_image(chip_paths[0], plugged).global_vectors,
+                                  api.embed_image(chip_paths[0], embedder).global_vectors)
