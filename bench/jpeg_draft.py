@@ -153,7 +153,8 @@ def table(report: dict) -> str:
                      f"{row['mean_difference']:.2f} | {', '.join(map(str, row['per_round']))} |")
     lines += ["", "The page's pictures of the same files (ui.resources.shrunk: read, decode at a reduced scale no "
               "smaller than twice the picture, LANCZOS shrink) against the whole decode and the same shrink:", "",
-              "| image | picture | shape | reduced scale, ms | whole, ms | speed-up | max / mean difference | per round |",
+              "| image | picture | shape | reduced scale, ms | whole, ms | speed-up | max / mean difference "
+              "| per round |",
               "|---|---|---|---:|---:|---:|---|---|"]
     for row in report.get("pictures", []):
         difference = f"{row['max_difference']} / {row['mean_difference']:.2f}" if row["same_size"] else "sizes differ"

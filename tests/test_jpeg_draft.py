@@ -148,7 +148,8 @@ def test_the_page_reads_a_large_jpeg_as_index_read_it(tmp_path, chip_paths, inde
         drafted = decode_for_model(photo.read_bytes(), at_least=api.store_draft_side(store))[0]
         expected = model.embed(torch.from_numpy(model.preprocess(drafted))[None])
         upload = load_upload(store, SimpleNamespace(name=photo.name, getvalue=photo.read_bytes), model=None)
-        item = next(hit for hit in api.search(store, photo, k=3, embedder=model)["results"] if hit["path"] == str(photo))
+        hits = api.search(store, photo, k=3, embedder=model)["results"]
+        item = next(hit for hit in hits if hit["path"] == str(photo))
         tokens = full_tokens(item, model)
     finally:
         store.close()
