@@ -21,9 +21,9 @@ from .plan import SCENE_SUFFIXES
 from .refine import COMBINES, UNLIKE_WEIGHT, Refinement, combined_search
 from .scenes import check_crop, is_georeferenced, scene_image, scene_size
 
-__all__ = ["DEFAULT_MODEL", "Part", "draft_side", "embed_image", "index_collection", "load_embedder",
-           "load_indexed_image", "load_query_image", "near_duplicates", "open_store", "query_file_size", "read_part",
-           "scene_read_options", "search", "search_each", "store_draft_side"]
+__all__ = ["DEFAULT_MODEL", "Part", "draft_side", "embed_image", "index_collection", "indexed_size",
+           "load_embedder", "load_indexed_image", "load_query_image", "near_duplicates", "open_store",
+           "query_file_size", "read_part", "scene_read_options", "search", "search_each", "store_draft_side"]
 
 
 def open_store(store_dir) -> Store:
@@ -83,6 +83,16 @@ def load_indexed_image(item: dict, *, crop: tuple | None = None, at_least: int |
     else:
         image = load_image(Path(item["path"]), at_least=None if crop else at_least)
     return _cropped(image, crop, item["path"])
+
+
+def indexed_size(item: dict) -> tuple[int, int]:
+    """(width, height) of load_indexed_image(item) uncropped: the pixels a part of it counts. A whole file's from
+    its header, turned upright as its EXIF says, without decoding it (a 3720 x 2160 JPEG's whole decode takes
+    0.14 s: bench/results/cpu/jpeg_draft/)."""
+    if item.get("scene"):
+        return load_indexed_image(item).size
+    _check_unchanged(item)
+    return upright_size(Path(item["path"]))
 
 
 def source_file(item: dict) -> Path:

@@ -186,3 +186,23 @@ def test_embed_image_takes_a_preprocess_that_does_not_say_its_resolution(chip_pa
     plugged = SimpleNamespace(preprocess=lambda picture: embedder.preprocess(picture), embed=embedder.embed)
     np.testing.assert_array_equal(api.embed_image(chip_paths[0], plugged).global_vectors,
                                   api.embed_image(chip_paths[0], embedder).global_vectors)
+
+
+def test_an_indexed_files_size_comes_from_its_header(tmp_path, chip_paths, monkeypatch):
+    """The pixels a part of an indexed file counts (the page's part picker): its upright size, read without
+    decoding it; a file changed since it was indexed is refused as before."""
+    import pytest
+
+    from indexer import api, images
+    from indexer.errors import UnreadableImage
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side
+    photo = write_jpeg(tmp_path / "turned.jpg", mosaic(chip_paths, 16, 12), exif=exif)
+    item = {"path": str(photo), "size": photo.stat().st_size, "mtime": photo.stat().st_mtime}
+    assert api.indexed_size(item) == api.load_indexed_image(item).size == (1536, 2048)
+    with monkeypatch.context() as patched:
+        patched.setattr(images, "decode_for_model", lambda *a, **k: pytest.fail("decoded"))
+        assert api.indexed_size(item) == (1536, 2048)
+    with pytest.raises(UnreadableImage, match="changed on disk"):
+        api.indexed_size(dict(item, size=item["size"] + 1))

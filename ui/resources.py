@@ -90,7 +90,7 @@ def full_tokens(item: dict, embedder) -> np.ndarray:
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _picture_size(path: str, mtime_ns: int, _item: dict) -> tuple[int, int]:
-    return api.load_indexed_image(_item).size
+    return api.indexed_size(_item)
 
 
 def picture_size(item: dict) -> tuple[int, int]:
