@@ -61,11 +61,17 @@ def dataset(path: Path, preprocess, *, draft: bool) -> DecodeDataset:
     return decode
 
 
-def seconds(decode: DecodeDataset, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        decode[0]
-    return (time.perf_counter() - start) / repeats
+def in_turn(ways: dict, *, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each of `ways` (name → function), `repeats` calls per timing, the ways taken in turn
+    (order alternated) for `rounds` rounds."""
+    times = {way: [] for way in ways}
+    for number in range(rounds):
+        for way in list(ways) if number % 2 == 0 else list(ways)[::-1]:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                ways[way]()
+            times[way].append((time.perf_counter() - start) / repeats)
+    return times
 
 
 def whole_then_shrunk(item: dict, size: int) -> Image.Image:
@@ -79,13 +85,7 @@ def picture_row(name: str, path: Path, size: int, *, rounds: int, repeats: int) 
     item = {"path": str(path), "size": path.stat().st_size, "mtime": path.stat().st_mtime}
     ways = {"reduced": lambda: shrunk(item, size), "whole": lambda: whole_then_shrunk(item, size)}
     ours, whole = (np.asarray(ways[way](), dtype=int) for way in ("reduced", "whole"))
-    times = {way: [] for way in ways}
-    for number in range(rounds):
-        for way in list(ways) if number % 2 == 0 else list(ways)[::-1]:
-            start = time.perf_counter()
-            for _ in range(repeats):
-                ways[way]()
-            times[way].append((time.perf_counter() - start) / repeats)
+    times = in_turn(ways, rounds=rounds, repeats=repeats)
     per_round = [w / d for w, d in zip(times["whole"], times["reduced"])]
     same_size = ours.shape == whole.shape
     return {"image": name, "picture": size, "shape": list(ours.shape[:2][::-1]), "same_size": same_size,
@@ -113,13 +113,11 @@ def main():
                  "NAIP scenes tiled 2 x 2": jpeg(tiled(scenes, 2, 2), Path(tmp) / "2x2.jpg"),
                  "a bundled chip": sorted(args.chips.glob("*.jpg"))[0]}
         for name, path in files.items():
-            ways = {"draft": dataset(path, preprocess, draft=True), "whole": dataset(path, preprocess, draft=False)}
-            ours, whole = (ways[way][0]["pixels"].numpy().astype(int) for way in ("draft", "whole"))
+            decodes = {"draft": dataset(path, preprocess, draft=True), "whole": dataset(path, preprocess, draft=False)}
+            ours, whole = (decodes[way][0]["pixels"].numpy().astype(int) for way in ("draft", "whole"))
             difference = np.abs(ours - whole)
-            times = {way: [] for way in ways}
-            for number in range(args.rounds):
-                for way in list(ways) if number % 2 == 0 else list(ways)[::-1]:
-                    times[way].append(seconds(ways[way], args.repeats))
+            times = in_turn({way: (lambda decode=decode: decode[0]) for way, decode in decodes.items()},
+                            rounds=args.rounds, repeats=args.repeats)
             per_round = [w / d for w, d in zip(times["whole"], times["draft"])]
             with Image.open(path) as opened:
                 size = list(opened.size)

@@ -262,8 +262,8 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     def read(crop=None):
         with STORE_LOCK:  # the store's connection is shared by every session's thread
             read_options, at_least = api.scene_read_options(store), api.store_draft_side(store)
-        return api.load_query_image(data, name=uploaded.name, read_options=read_options, crop=crop,  # a GeoTIFF: as
-                                    at_least=at_least)  # chips; a large JPEG at the scale `index` decodes it to
+        # read as `index` read the store's files: a GeoTIFF as chips, a large JPEG at the scale it was decoded to
+        return api.load_query_image(data, name=uploaded.name, read_options=read_options, crop=crop, at_least=at_least)
 
     image, vector, grid, tokens = _embedded(store, digest, read, model=model)
     shown = image.copy()
