@@ -17,8 +17,9 @@ import pytest
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 except ImportError:  # the browser tests skip (or fail in CI) without playwright
-    PlaywrightTimeout = TimeoutError
+    PlaywrightTimeout, expect = TimeoutError, None
 
 from helpers import REPO_ROOT
 from ui import heatmaps
@@ -208,7 +209,8 @@ def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
 
     page.get_by_text("#20 · score").wait_for()
     assert card(page, 1).inner_text() == f"#1 · score 1.0000 · id {ui_ids[str(path)]}"
-    assert page.get_by_role("button", name="Search with this", exact=True).count() == 20
+    # a card's caption can be drawn before its buttons: wait (not just count) until all 20 are there
+    expect(page.get_by_role("button", name="Search with this", exact=True)).to_have_count(20, timeout=WAIT_MS)
     page.get_by_text("best cosine similarity of each result patch to any query patch").wait_for()
     before = result_sources(page)
     assert len(before) == 20
@@ -268,7 +270,8 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
                 page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True))
     page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=second_id)
     assert "k=8" in page.url
-    assert page.get_by_text("#8 · score").count() == 1 and page.get_by_text("#9 · score").count() == 0
+    expect(page.get_by_text("#8 · score")).to_have_count(1, timeout=WAIT_MS)
+    assert page.get_by_text("#9 · score").count() == 0
 
 
 def click_until(page, button, shown) -> None:
