@@ -16,11 +16,17 @@ from test_ray_index import _ray_processes, run_env, store_snapshot
 REBUILD_CHIPS = 96
 
 READER = textwrap.dedent("""
-    import json, random, sys, time
+    import json, os, random, sys, time
     from pathlib import Path
     from store import swap
 
-    store_dir, stop_path = Path(sys.argv[1]), Path(sys.argv[2])
+    store_dir, stop_path, progress_path = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+
+    def tell(seen, searches):  # what the test waits on, replaced whole so that it never reads half of it
+        partial = progress_path.with_suffix(".partial")
+        partial.write_text(json.dumps({"seen": seen, "searches": searches}))
+        os.replace(partial, progress_path)
+
     rng = random.Random(0)
     searches = errors = 0
     seen = []  # the fingerprints of the stores answered from, in order
@@ -34,9 +40,12 @@ READER = textwrap.dedent("""
             hits = store.search(store.vector(rng.choice(ids)), k=5)
             assert len(hits) == 5 and all(hit["path"] for hit in hits)
             fingerprint = store.provenance["fingerprint"]
-            if not seen or seen[-1] != fingerprint:
+            changed = not seen or seen[-1] != fingerprint
+            if changed:
                 seen.append(fingerprint)
             searches += 1
+            if changed or searches % 10 == 0:
+                tell(seen, searches)
         except Exception as error:  # every kind counts: the claim is "never an error"
             errors += 1
             print("reader error:", type(error).__name__, error, file=sys.stderr)
@@ -66,18 +75,33 @@ def file_digests(store_dir) -> dict:
             if p.is_file() and p.name != "write.lock"}
 
 
+def wait_for_reader(reader, progress_path, *, stores: int, searches: int) -> None:
+    """Until the reader has answered from `stores` stores and made `searches` searches since the last one came."""
+    deadline, first = time.monotonic() + 120, None
+    while time.monotonic() < deadline and reader.poll() is None:
+        if progress_path.exists():
+            progress = json.loads(progress_path.read_text())
+            if len(progress["seen"]) >= stores:
+                first = progress["searches"] if first is None else first
+                if progress["searches"] - first >= searches:
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"the reader did not reach {stores} store(s) and {searches} searches: "
+                         + (reader.stderr.read()[-2000:] if reader.poll() is not None else "still running"))
+
+
 def test_a_rebuild_swap_never_breaks_a_reader(live_store, other_model_dir, load_embedder, tmp_path):
     from indexer.rebuild import rebuild_store
 
     old = fingerprint_of(live_store)
-    stop_path = tmp_path / "stop"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(live_store), str(stop_path)], cwd=REPO_ROOT,
-                              env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2)  # the reader is searching the old store
+    stop_path, progress_path = tmp_path / "stop", tmp_path / "progress.json"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(live_store), str(stop_path), str(progress_path)],
+                              cwd=REPO_ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # waits on the reader's own word, not on a fixed sleep: a loaded machine can take seconds to start it
+        wait_for_reader(reader, progress_path, stores=1, searches=20)  # searching the old store
         summary = rebuild_store(live_store, embedder=load_embedder(other_model_dir), batch_size=16, workers=0,
                                 progress=False)
-        time.sleep(2)  # and then the new one
+        wait_for_reader(reader, progress_path, stores=2, searches=20)  # and then the new one
     finally:
         stop_path.touch()
         out, err = reader.communicate(timeout=60)

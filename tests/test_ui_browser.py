@@ -212,6 +212,7 @@ def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
     # a card's caption can be drawn before its buttons: wait (not just count) until all 20 are there
     expect(page.get_by_role("button", name="Search with this", exact=True)).to_have_count(20, timeout=WAIT_MS)
     page.get_by_text("best cosine similarity of each result patch to any query patch").wait_for()
+    expect(page.locator(RESULT_IMAGES)).to_have_count(20, timeout=WAIT_MS)  # the pictures too can come late
     before = result_sources(page)
     assert len(before) == 20
     first_bytes = page.request.get(before[0]).body()
