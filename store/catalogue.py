@@ -7,6 +7,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import StoreError
+
 SCHEMA_VERSION = 2  # 2: chips of scenes (images.scene, window, geo)
 CATALOGUE_NAME = "catalogue.db"
 log = logging.getLogger(__name__)
@@ -89,12 +91,62 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def connect(catalogue_path: Path) -> sqlite_utils.Database:
+_OURS = {"meta", "images", "vectors", "patches", "failures", "runs", "scenes", "skipped_chips", "id_hints", "pca",
+         "sqlite_sequence", "image_boxes", "image_boxes_node", "image_boxes_parent", "image_boxes_rowid"}
+
+
+def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Database:
+    """The catalogue, its schema made or brought up to date. Refuses a file that is not a lookalike catalogue
+    without changing it. With write=False (reading) a catalogue that cannot be written (a read-only mount, a
+    read-only file) is opened read-only and left as it is."""
     # One connection may serve several threads (the UI shares an open store across sessions);
     # callers that do serialise their use of it.
-    db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False))
-    db.execute("PRAGMA busy_timeout = 30000")
-    db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
+    db = None
+    try:
+        db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False))
+        db.execute("PRAGMA busy_timeout = 30000")
+        _check_is_catalogue(db, catalogue_path, reading=not write)
+        db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
+        _make_schema(db)
+    except sqlite3.OperationalError as error:
+        _close(db)
+        if write or not _unwritable(error):
+            raise StoreError(f"cannot {'write' if write else 'read'} the catalogue {catalogue_path} ({error})") \
+                from None
+        return _read_only(catalogue_path)
+    except sqlite3.DatabaseError as error:  # "file is not a database" and the like
+        _close(db)
+        raise StoreError(f"{catalogue_path} is not a lookalike catalogue ({error})") from None
+    except BaseException:
+        _close(db)
+        raise
+    return db
+
+
+def _close(db: sqlite_utils.Database | None) -> None:
+    if db is not None:
+        db.close()
+
+
+def _unwritable(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
+def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, reading: bool) -> None:
+    """Reading needs lookalike's schema version; writing also takes an empty database, but never another
+    program's (tables of its own and no schema version)."""
+    tables = set(db.table_names())
+    version = get_meta(db, "schema_version") if "meta" in tables else None
+    if version is not None or (not reading and tables <= _OURS):
+        return
+    what = "an empty database" if not tables else "another program's database"
+    raise StoreError(f"{catalogue_path} is {what}, not a lookalike catalogue; "
+                     + ("index into the folder to make a store" if reading and not tables
+                        else "use a folder of its own for --store"))
+
+
+def _make_schema(db: sqlite_utils.Database) -> None:
     db.executescript(_SCHEMA)
     version = get_meta(db, "schema_version")
     if version is None:
@@ -108,7 +160,28 @@ def connect(catalogue_path: Path) -> sqlite_utils.Database:
         set_meta(db, "schema_version", SCHEMA_VERSION)
     db.execute("CREATE INDEX IF NOT EXISTS images_scene ON images(scene)")
     _add_boxes(db)
-    return db
+
+
+def _read_only(catalogue_path: Path) -> sqlite_utils.Database:
+    """A catalogue this process cannot write, opened read-only: first sharing the locks of any writer; where even
+    that needs a write (a WAL catalogue in a read-only folder), as an unchanging file, which such a folder holds."""
+    uri = Path(catalogue_path).absolute().as_uri()
+    error = None
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        db = None
+        try:
+            db = sqlite_utils.Database(sqlite3.connect(uri + query, uri=True, check_same_thread=False))
+            db.execute("PRAGMA busy_timeout = 30000")
+            _check_is_catalogue(db, catalogue_path, reading=True)
+            log.info("%s is read-only here: opened for reading only", catalogue_path)
+            return db
+        except sqlite3.OperationalError as failed:
+            _close(db)
+            error = failed
+        except BaseException:
+            _close(db)
+            raise
+    raise StoreError(f"cannot read the catalogue {catalogue_path} ({error})")
 
 
 def get_meta(db: sqlite_utils.Database, key: str, default=None):

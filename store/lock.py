@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from .catalogue import now_iso
-from .errors import StoreBusy
+from .errors import StoreBusy, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,11 @@ def acquire_write_lock(store_dir) -> str:
     if key in _held:
         _held[key][1] += 1
         return key
-    fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:  # a read-only mount or folder: it can be searched, not written
+        raise StoreError(f"cannot write the store at {store_dir} ({error.strerror or error}); "
+                         "it can still be searched") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

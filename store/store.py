@@ -93,7 +93,7 @@ class Store(IndexedStore):
             raise StoreNotFound(
                 f"no lookalike store at {store_dir} (missing {CATALOGUE_NAME}); create one with `lookalike index`"
             )
-        store = cls(store_dir, catalogue.connect(catalogue_path))
+        store = cls(store_dir, catalogue.connect(catalogue_path, write=False))
         store._check_schema()
         return store
 
