@@ -75,9 +75,10 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     from indexer import api
     from indexer.refine import Refinement
 
-    at, date_range = _checked_options(images, image_ids, at_text=at_text, dates=dates, exclude_scene=exclude_scene,
-                                      exclude_query=exclude_query, each=each, geojson_path=geojson_path)
-    refinement = Refinement(dedupe=dedupe, bbox=parse_numbers(bbox, "--bbox", float, 4, 4), dates=date_range)
+    at, date_range, box = _checked_options(images, image_ids, at_text=at_text, dates=dates, bbox=bbox,
+                                           exclude_scene=exclude_scene, exclude_query=exclude_query, each=each,
+                                           geojson_path=geojson_path)
+    refinement = Refinement(dedupe=dedupe, bbox=box, dates=date_range)
     crop = parse_numbers(crop_text, "--crop", int, 4, 4)
     if crop and not images and (each or not (image_ids or at_text)):
         raise click.UsageError("--crop cuts the IMAGE files (or, without --each, the first --id's picture): give one")
@@ -97,10 +98,10 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
                   filtered=bool(bbox or date_range or exclude_scene))
 
 
-def _checked_options(images, image_ids, *, at_text, dates, exclude_scene, exclude_query, each, geojson_path):
-    """Usage errors, before anything opens: returns the place (lon, lat) or None, and the date range."""
+def _checked_options(images, image_ids, *, at_text, dates, bbox, exclude_scene, exclude_query, each, geojson_path):
+    """Usage errors, before anything opens: returns the place (lon, lat) or None, the date range and the box."""
     from indexer.errors import IndexerError
-    from indexer.refine import parse_dates, parse_lonlat
+    from indexer.refine import parse_bbox, parse_dates, parse_lonlat
 
     try:
         at = parse_lonlat(at_text) if at_text is not None else None
@@ -116,11 +117,15 @@ def _checked_options(images, image_ids, *, at_text, dates, exclude_scene, exclud
         date_range = parse_dates(dates)
     except IndexerError as error:
         raise click.BadParameter(str(error), param_hint="--dates") from error
+    try:
+        box = parse_bbox(bbox)
+    except IndexerError as error:
+        raise click.BadParameter(str(error), param_hint="--bbox") from error
     if each and geojson_path is not None:
         raise click.UsageError("--geojson writes one query's results: it does not go with --each")
     if geojson_path is not None and not os.access(geojson_path.parent, os.W_OK):  # before any model loads
         raise click.BadParameter(f"cannot write into {geojson_path.parent}", param_hint="--geojson")
-    return at, date_range
+    return at, date_range, box
 
 
 def _search_examples(store, images, image_ids, *, k, combine, model, device, dtype, exclude_query, exclude_scene,
@@ -210,7 +215,7 @@ def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, 
     from indexer.refine import empty_results_note
 
     unlike_images, unlike_ids, unlike_weight = unlike
-    paths = [Path(str(path)) for path in scan_sources(images)]  # a missing source fails here, before any model
+    paths = [Path(str(path)) for path in scan_sources(images, keep_missing=True)]  # a missing one: its error
     if not paths and not image_ids:
         raise click.ClickException(f"no image files to query with in {', '.join(map(str, images))}")
     for image_id in unlike_ids:  # an unknown id fails here

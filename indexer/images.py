@@ -33,8 +33,9 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(target.is_relative_to(root) for root in roots)
 
 
-def scan_sources(sources) -> list[Path]:
-    """Image files from folders (recursive), single files and text files listing paths, in order.
+def scan_sources(sources, *, keep_missing: bool = False) -> list[Path]:
+    """Image files from folders (recursive), single files and text files listing paths, in order. A source
+    that does not exist is refused, or with keep_missing kept in its place (for its reader to report).
 
     Folders are walked without entering linked folders; a linked file whose target is outside all the
     folder sources comes back as an OutsideLink, so that it is reported and not read. Files named
@@ -52,7 +53,7 @@ def scan_sources(sources) -> list[Path]:
                 if line.strip() and not line.lstrip().startswith("#"):
                     listed = Path(line.strip())
                     found[(listed if listed.is_absolute() else source.parent / listed).absolute()] = None
-        elif source.exists() or source.is_symlink():
+        elif source.exists() or source.is_symlink() or keep_missing:
             found[source.absolute()] = None
         else:
             raise IndexerError(f"source {source} does not exist")

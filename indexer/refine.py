@@ -156,6 +156,27 @@ def parse_lonlat(text: str) -> tuple[float, float]:
     return lon, lat
 
 
+def parse_bbox(text: str | None) -> tuple | None:
+    """'WEST,SOUTH,EAST,NORTH' in WGS84 degrees -> the four numbers; None for no text."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise IndexerError(f"the lon/lat box {text!r} is not four numbers west,south,east,north")
+    west, south, east, north = values
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise IndexerError(f"the lon/lat box {text!r} is not in degrees (longitudes -180..180, latitudes -90..90)")
+    if south > north:
+        raise IndexerError(f"the lon/lat box {text!r} runs backwards: its south is above its north")
+    if west > east:
+        raise IndexerError(f"the lon/lat box {text!r} has its west east of its east: a box across the antimeridian "
+                           "is not supported, search each side of it")
+    return values
+
+
 def parse_dates(text: str | None) -> tuple | None:
     """'FROM,TO' (either may be empty; YYYY, YYYY-MM or YYYY-MM-DD) -> full ISO dates, FROM at the start of its
     year or month and TO at the end of its, so that ',2015' keeps all of 2015; None for no text."""

@@ -244,6 +244,20 @@ def test_each_query_answered_on_its_own_with_one_model_load(built, tmp_path):
     assert answers[14] == {"query": {"id": 9999}, "error": f"no image with id 9999 in the store at {store_dir}"}
 
 
+def test_each_answers_a_missing_file_with_its_error_in_its_place(built, tmp_path):
+    chips_dir, _, store_dir, _ = built
+    files = sorted(chips_dir.glob("*.jpg"))[:2]
+    missing = tmp_path / "gone.jpg"
+    result = invoke("search", "--each", files[0], missing, files[1], "--store", store_dir, "-k", 1, "--json", *RUN)
+    assert result.exit_code == 1
+    assert "1 of 3 queries could not be answered" in result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["query"]["path"] for a in answers] == [str(files[0].absolute()), str(missing), str(files[1].absolute())]
+    assert answers[1]["error"] == f"{missing}: cannot be read (No such file or directory)"
+    assert answers[0]["results"][0]["path"] == str(files[0].absolute())
+    assert answers[2]["results"][0]["path"] == str(files[1].absolute())
+
+
 def test_each_batches_images_as_one_at_a_time_would(built):
     from indexer import api
 

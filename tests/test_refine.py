@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from indexer.cli import cli
 from indexer.errors import IndexerError
-from indexer.refine import Refinement, away_from, combined_search, parse_dates, refine, to_geojson
+from indexer.refine import Refinement, away_from, combined_search, parse_bbox, parse_dates, refine, to_geojson
 
 
 def hit(rank, *, scene="a.tif", window=(0, 0, 256, 256), date="2015-06-01", bounds=(10.0, 50.0, 10.1, 50.1)):
@@ -114,6 +114,26 @@ def test_dates_parse_to_whole_periods(text, expected):
 def test_bad_dates_are_refused(text, fragment):
     with pytest.raises(IndexerError, match=fragment):
         parse_dates(text)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("0,10,5,5", "runs backwards: its south is above its north"), ("10,0,5,5", "across the antimeridian"),
+    ("0,0,200,5", "not in degrees"), ("0,-95,5,5", "not in degrees"), ("0,0,5", "not four numbers"),
+    ("a,b,c,d", "not four numbers")])
+def test_bad_boxes_are_refused(text, fragment):
+    with pytest.raises(IndexerError, match=fragment):
+        parse_bbox(text)
+
+
+def test_a_box_parses_to_its_four_numbers():
+    assert parse_bbox(" -99.2, 47, -99.1,47.1 ") == (-99.2, 47.0, -99.1, 47.1)
+    assert parse_bbox("") is None and parse_bbox(None) is None
+
+
+def test_cli_refuses_a_backwards_box_before_opening_anything(tmp_path):
+    backwards = CliRunner().invoke(cli, ["search", "--id", "1", "--store", str(tmp_path / "none"),
+                                         "--bbox", "0,10,5,5"])
+    assert backwards.exit_code == 2 and "south is above its north" in backwards.stderr
 
 
 def test_a_bare_year_as_the_end_keeps_all_of_that_year():

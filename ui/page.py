@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from indexer.errors import IndexerError, UnreadableImage
-from indexer.refine import Refinement, combined_search, empty_results_note, parse_dates
+from indexer.refine import Refinement, combined_search, empty_results_note, parse_bbox, parse_dates
 from store import StoreError
 
 from . import heatmaps
@@ -49,20 +49,8 @@ def settings_sidebar(info: dict) -> dict:
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
     return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "combine": combine, "opacity": opacity,
-            "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": _bbox(bbox_text),
+            "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": parse_bbox(bbox_text),
             "dates": parse_dates(dates_text)}
-
-
-def _bbox(text: str):
-    if not text.strip():
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise IndexerError(f"the lon/lat box {text!r} is not four numbers west,south,east,north")
-    return values
 
 
 def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None,
