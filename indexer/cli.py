@@ -361,6 +361,7 @@ def failures(store_dir, limit, as_json):
 
     Example: lookalike failures --store demo-store --limit 10
     """
+    from indexer.images import READ_ERROR
     from store import Store
 
     store = Store.open(store_dir)
@@ -377,8 +378,10 @@ def failures(store_dir, limit, as_json):
     if total > len(rows):
         click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
     if total:  # on stderr: stdout stays one "path: reason" line per failure
-        click.echo(f"files the system refused to read are tried again by the next index run; to try every one: "
-                   f"lookalike index SOURCE... --store {store_dir} --retry-failed", err=True)
+        refused = sum(row["reason"].startswith(READ_ERROR) for row in store.failures())
+        again = (f"{refused} the system refused to read {'is' if refused == 1 else 'are'} tried again by the next "
+                 "index run; " if refused else "a file that failed is not tried again until it changes; ")
+        click.echo(f"{again}to try every one: lookalike index SOURCE... --store {store_dir} --retry-failed", err=True)
 
 
 @cli.command()

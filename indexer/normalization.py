@@ -13,6 +13,9 @@ IMAGENET = {"name": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.
 PRESETS = {"sat493m": SAT493M, "imagenet": IMAGENET, "lvd1689m": IMAGENET}
 
 
+_WARNED: set[str] = set()
+
+
 def normalization_for(model: str, override: str | dict | None = None) -> dict:
     """The constants for `model`, unless `override` names a preset, gives 'm,m,m/s,s,s' or is such a dict.
 
@@ -29,7 +32,8 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
     name = PurePath(model.rstrip("/\\")).name.lower()
     if "sat493m" in name:
         return dict(SAT493M)
-    if "lvd1689m" not in name:
+    if "lvd1689m" not in name and name not in _WARNED:
+        _WARNED.add(name)  # once per process: a run asks before its model loads and again when it does
         log.warning("cannot tell from the name %r which corpus the model was trained on: using the ImageNet "
                     "normalisation; pass --normalization sat493m for a satellite (SAT-493M) model", name)
     return dict(IMAGENET)

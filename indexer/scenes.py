@@ -244,7 +244,9 @@ def _read(dataset, bands, **read_args) -> np.ndarray:
     try:
         return dataset.read(list(bands), **read_args)
     except RasterioError as error:
-        raise UnreadableImage(f"{dataset.name}: damaged raster data ({error})") from error
+        cause = error.__cause__ or error.__context__  # GDAL's own words, where rasterio only points at them
+        detail = cause if cause is not None and "previous exception" in str(error) else error
+        raise UnreadableImage(f"{dataset.name}: damaged raster data ({detail})") from error
 
 
 # -- dates ---------------------------------------------------------------------------------------

@@ -393,6 +393,8 @@ def test_failures_are_summarised_with_an_example_and_listed(built, tmp_path):
     assert sorted(line.split(": ", 1)[0] for line in lines) == [str(sources / "broken.jpg"), str(sources / "empty.png")]
     assert all(len(line.split(": ", 1)[1]) > 5 for line in lines)  # a reason follows each path
     assert f"lookalike index SOURCE... --store {store_dir} --retry-failed" in listed.stderr
+    assert "a file that failed is not tried again until it changes" in listed.stderr  # neither was refused a read
+    assert "refused" not in listed.stderr
 
     info = invoke("info", "--store", store_dir)
     assert f"failed: 2 (lookalike failures --store {store_dir} says why)" in info.stdout

@@ -5,8 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from helpers import ids_by_path
+from indexer.cli import cli
 
 
 @pytest.fixture
@@ -142,6 +144,8 @@ def test_a_file_the_system_would_not_read_is_tried_again_next_run(index, chips_d
     first = index([chips_dir], store_dir)
     assert first["failed"] == 1
     assert open_store(store_dir).failures_by_path()[str(chip_paths[3])]["reason"] == "cannot be read (Permission denied)"
+    listed = CliRunner().invoke(cli, ["failures", "--store", str(store_dir)])
+    assert "1 the system refused to read is tried again by the next index run" in listed.stderr
     monkeypatch.setattr(Path, "read_bytes", real_read)
 
     second = index([chips_dir], store_dir)
@@ -178,13 +182,25 @@ def test_retry_failed_tries_unchanged_failures_again(index, chips_dir, chip_path
 
 
 def test_retry_failed_in_a_dry_run(index, chips_dir, broken_files, store_dir):
-    from click.testing import CliRunner
-
-    from indexer.cli import cli
-
     index([chips_dir], store_dir)
     args = ["index", str(chips_dir), "--store", str(store_dir), "--dry-run", "--json"]
     plain = json.loads(CliRunner().invoke(cli, args).output)
     retried = json.loads(CliRunner().invoke(cli, args + ["--retry-failed"]).output)
     assert (plain["embed"], plain["skipped"]) == (0, 15)
     assert (retried["embed"], retried["skipped"]) == (3, 12)
+
+
+def test_a_damaged_scene_says_what_gdal_found(index, shared_data_dir, tmp_path, open_store):
+    """rasterio's own message only says 'See previous exception for details.': the reason gives GDAL's."""
+    from indexer.pipeline import ChipOptions
+
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    damaged = tmp_path / "scenes" / scene.name
+    damaged.parent.mkdir()
+    damaged.write_bytes(scene.read_bytes()[:100_000])  # the header and the first tiles, the rest cut off
+    summary = index([damaged.parent], tmp_path / "store", chips=ChipOptions(chip_size=256))
+    assert summary["failed"] >= 1
+    reasons = [row["reason"] for row in open_store(tmp_path / "store").failures()]
+    assert reasons and all("damaged raster data" in reason for reason in reasons)
+    assert not any("previous exception" in reason for reason in reasons), reasons
+    assert any("IReadBlock failed" in reason or "TIFFRead" in reason for reason in reasons), reasons

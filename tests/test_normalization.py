@@ -1,4 +1,7 @@
 """Pixel normalisation: SAT-493M statistics for satellite models, ImageNet for the others, overrides."""
+import logging
+import uuid
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -167,3 +170,13 @@ def test_sixteen_bit_normalisation_equals_the_float32_one_cast():
             assert torch.equal(pixels.view(torch.int16), reference.to(dtype).view(torch.int16))
     wide = preprocess.normalize(raw, dtype=torch.float64)  # any other float: its own itemsize, no bit patterns
     assert wide.dtype == torch.float64 and torch.equal(wide, reference.double())
+
+
+def test_an_unknown_corpus_is_warned_about_once_per_model(caplog):
+    name = f"my-finetune-{uuid.uuid4().hex[:6]}"
+    with caplog.at_level(logging.WARNING, logger="indexer.normalization"):
+        for _ in range(3):  # what one index run asks: before its model loads, and again when it loads
+            assert normalization_for(f"/models/{name}")["name"] == "imagenet"
+        normalization_for("/models/another-one-" + name)
+    warned = [record.getMessage() for record in caplog.records if "cannot tell" in record.getMessage()]
+    assert len(warned) == 2 and name in warned[0] and "another-one" in warned[1]
