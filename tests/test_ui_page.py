@@ -99,6 +99,33 @@ def test_page_past_the_end_shows_the_last(page, ui_ids):
     assert [rank for rank, _, _ in cards(at)] == [21, 22, 23, 24]
 
 
+def test_the_page_size_is_in_the_address_so_a_reload_shows_the_same_page(page, ui_ids):
+    _, image_id = chip(ui_ids, 7)
+    at = page(id=image_id, k=30)
+    run(next(box for box in at.selectbox if box.label == "Per page").select(12))
+    run(at.button(key="next").click())
+    assert (at.query_params["per_page"], at.query_params["page"]) == ("12", "2")
+    shown = cards(at)
+    assert [rank for rank, _, _ in shown] == list(range(13, 25))
+
+    again = page(**{name: at.query_params[name] for name in ("id", "k", "per_page", "page")})  # the bookmark
+    assert pager_text(again) == "Page **2** of **2** · 24 results"
+    assert cards(again) == shown
+
+
+@pytest.mark.parametrize("per_page", ["7", "abc", "-12"])
+def test_a_page_size_the_page_does_not_offer_is_the_default(page, ui_ids, per_page):
+    at = page(id=chip(ui_ids, 7)[1], k=30, per_page=per_page)
+    assert len(cards(at)) == 20 and at.query_params["per_page"] == "20"
+
+
+def test_the_address_says_the_page_shown(page, ui_ids):
+    at = page(id=chip(ui_ids, 7)[1], k=30, page=9)
+    assert at.query_params["page"] == "2"
+    at = page(id=chip(ui_ids, 7)[1], k=30, page="x")
+    assert at.query_params["page"] == "1"
+
+
 def test_id_that_is_not_a_number(page):
     at = page(id="abc")
     assert [e.value for e in at.error] == ["The address asks for image id 'abc', which is not a number "

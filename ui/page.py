@@ -17,6 +17,7 @@ from .results import (clicked_patch, compare_panel, compared_hit, downloads, for
 from .unlike import unlike_panel, unlike_rows
 
 MAX_K = 1000
+PAGE_SIZES = [12, 20, 40, 100]
 
 
 def settings_sidebar(info: dict) -> dict:
@@ -33,7 +34,8 @@ def settings_sidebar(info: dict) -> dict:
             default_k = 20
         k = st.number_input("Neighbours (k)", min_value=1, max_value=MAX_K, value=default_k, step=10)
         st.query_params["k"] = str(k)
-        page_size = st.selectbox("Per page", [12, 20, 40, 100], index=1)
+        page_size = st.selectbox("Per page", PAGE_SIZES, index=PAGE_SIZES.index(_address_page_size()))
+        st.query_params["per_page"] = str(page_size)  # a bookmark or reload shows the same page
         hide_self = st.checkbox("Hide the query itself", value=False)
         combine = st.radio("A query of several examples finds images", ["mean", "any"], horizontal=True,
                            format_func={"mean": "like all of them", "any": "like any one"}.get,
@@ -51,6 +53,12 @@ def settings_sidebar(info: dict) -> dict:
     return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "combine": combine, "opacity": opacity,
             "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": parse_bbox(bbox_text),
             "dates": parse_dates(dates_text)}
+
+
+def _address_page_size() -> int:
+    """The address's per_page when it is one of PAGE_SIZES, else the default 20."""
+    text = st.query_params.get("per_page", "")
+    return int(text) if text.isdigit() and int(text) in PAGE_SIZES else 20
 
 
 def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None,

@@ -128,6 +128,7 @@ def page_of(results: list[dict], page_size: int) -> tuple[list[dict], int, int]:
         page = min(max(1, int(st.query_params.get("page", 1))), pages)
     except ValueError:
         page = 1
+    st.query_params["page"] = str(page)  # the address says the page shown, not one past the end or no number
     return results[(page - 1) * page_size: page * page_size], page, pages
 
 
