@@ -270,6 +270,15 @@ def test_heatmaps_of_several_examples_match_any_of_them(ui_ids, ui_store_dir):
     store.close()
 
 
+@pytest.mark.parametrize("wanted", ["999999", "abc"])
+def test_a_comparison_with_no_such_result_says_so_and_leaves_the_address(page, ui_ids, wanted):
+    at = page(id=chip(ui_ids, 9)[1], k=4, compare=wanted)
+    notes = [info.value for info in at.info if "compare" in info.value]
+    assert notes == [f"The address asks to compare image {wanted!r}, which is not among these results: nothing to "
+                     "show side by side."]
+    assert "compare" not in at.query_params and len(cards(at)) == 4
+
+
 def test_exact_heatmaps_of_several_examples(page, ui_ids):
     ids = [chip(ui_ids, i)[1] for i in (5, 17)]
     at = page(id=",".join(map(str, ids)), k=4)

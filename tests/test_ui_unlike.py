@@ -48,6 +48,16 @@ def test_the_address_keeps_them_for_a_bookmark(page, ui_ids, answer):
     assert cards(at) == answer(image_id, unlike=others, unlike_weight=0.4)
 
 
+@pytest.mark.parametrize("text, used", [("5", 1.0), ("-1", 0.0), ("nan", 0.25), ("inf", 0.25), ("abc", 0.25)])
+def test_a_weight_the_page_cannot_use_is_corrected_in_the_address(page, ui_ids, answer, text, used):
+    _, image_id = chip(ui_ids, 4)
+    avoided = chip(ui_ids, 7)[1]
+    at = page(id=image_id, unlike=avoided, unlike_weight=text)
+    assert at.query_params["unlike_weight"] == str(used)
+    assert at.slider(key="unlike-weight").value == used
+    assert cards(at) == answer(image_id, unlike=[avoided], unlike_weight=used)
+
+
 def test_adding_an_example_keeps_them_and_a_new_query_drops_them(page, ui_ids, answer):
     _, image_id = chip(ui_ids, 4)
     avoided = chip(ui_ids, 9)[1]

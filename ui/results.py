@@ -93,9 +93,17 @@ def stop_comparing() -> None:
 
 
 def compared_hit(results: list[dict]) -> dict | None:
-    """The result the address asks to compare, when it is among this query's results."""
+    """The result the address asks to compare, when it is among this query's results; one that is not is said
+    in one line and taken out of the address."""
     wanted = st.query_params.get("compare")
-    return next((hit for hit in results if str(hit["id"]) == wanted), None)
+    if wanted is None:
+        return None
+    hit = next((hit for hit in results if str(hit["id"]) == wanted), None)
+    if hit is None:
+        st.info(f"The address asks to compare image {wanted!r}, which is not among these results: nothing to "
+                "show side by side.")
+        stop_comparing()
+    return hit
 
 
 def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedder=None, opacity: float) -> None:

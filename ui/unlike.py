@@ -1,4 +1,6 @@
 """What the results should not look like: "Less like this" under a result, the list in the address (?unlike=)."""
+import math
+
 import numpy as np
 import streamlit as st
 
@@ -23,11 +25,16 @@ def address_unlike() -> list[int]:
 
 
 def unlike_weight() -> float:
-    """The weight in the address (?unlike_weight=), or the default; clamped to [0, 1]."""
+    """The weight in the address (?unlike_weight=), or the default for one that is no number; clamped to [0, 1].
+    The address is set to the weight used."""
     try:
-        return min(1.0, max(0.0, float(st.query_params.get("unlike_weight", UNLIKE_WEIGHT))))
+        weight = float(st.query_params.get("unlike_weight", UNLIKE_WEIGHT))
     except ValueError:
-        return UNLIKE_WEIGHT
+        weight = UNLIKE_WEIGHT
+    weight = min(1.0, max(0.0, weight)) if math.isfinite(weight) else UNLIKE_WEIGHT
+    if "unlike_weight" in st.query_params:
+        st.query_params["unlike_weight"] = str(weight)
+    return weight
 
 
 def add_unlike(image_id: int) -> None:
