@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -67,6 +68,8 @@ def cli(verbose):
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rasterio").setLevel(max(level, logging.ERROR))  # GDAL's notes on odd TIFF headers
+    if not verbose:  # Pillow's notes on odd files (a corrupt EXIF block): each is read, or its failure recorded
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 cli.add_command(search)

@@ -101,6 +101,8 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
     `at_least` px: the model's resize then still shrinks it at least 2x when given twice its resolution.
     A 3720 x 2160 JPEG of NAIP scenes is read, decoded and resized to 224 px 3.8x as fast (1860 x 1440: 1.8x),
     within 4 levels of the full decode, 0.3 on average (bench/jpeg_draft.py, bench/results/cpu/jpeg_draft/)."""
+    if not data:
+        raise UnreadableImage(f"{name}: an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():  # past MAX_IMAGE_PIXELS but under twice it: large, valid, decoded
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

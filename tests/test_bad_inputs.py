@@ -340,7 +340,7 @@ def make_newline(root):
 
 
 KINDS = [
-    Kind("zero-byte file", make_zero_byte, FAILED, "not an image format lookalike reads"),
+    Kind("zero-byte file", make_zero_byte, FAILED, "an empty file"),
     Kind("truncated JPEG", make_truncated_jpeg, FAILED, "damaged or unsupported image data"),
     Kind("truncated PNG", make_truncated_png, FAILED, "damaged or unsupported image data"),
     Kind("text file named .jpg", make_text_as_jpg, FAILED, "not an image format lookalike reads"),
@@ -579,7 +579,8 @@ def test_failures_are_summarised_by_reason(corpus_run):
     assert counted == expected
     assert corpus_run.summary["failure_reasons"] == dict(counted)
     assert counted["cannot be read"] >= 3  # symlink loop, dangling symlink, deleted after the scan
-    assert counted["not an image format lookalike reads"] == 3  # zero bytes, text, HTML
+    assert counted["not an image format lookalike reads"] == 2  # text, HTML
+    assert counted["an empty file"] == 1
 
 
 def test_cli_indexes_the_corpus_and_exits_0(tmp_path, model_dir, store_opener):

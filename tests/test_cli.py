@@ -587,3 +587,17 @@ def test_each_moves_every_query_away_from_the_same_unlike(built):
     missing = invoke("search", "--each", "--id", queries[0], "--unlike", chips_dir / "nothing.jpg", "--store",
                      store_dir, "--model", "nobody/no-such-model")
     assert_one_line_error(missing, "--unlike image", "nothing.jpg")
+
+
+def test_pillows_notes_on_an_odd_file_stay_out_of_the_run_unless_asked_for(model_dir, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "junk.tif").write_bytes(b"II*\x00garbage")  # Pillow warns of a corrupt EXIF block
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    command = [sys.executable, "-m", "indexer.cli", "index", str(tmp_path / "in"), "--store", str(tmp_path / "s"),
+               "--model", str(model_dir), *RUN, "--workers", "0", "--no-progress"]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "failed 1" in quiet.stdout and "Corrupt EXIF" not in quiet.stderr
+    again = [str(tmp_path / "s2") if part == str(tmp_path / "s") else part for part in command]  # a fresh store
+    verbose = subprocess.run(again[:3] + ["-v"] + again[3:], capture_output=True, text=True, env=env, timeout=120)
+    assert "Corrupt EXIF" in verbose.stderr  # the file does make Pillow warn: -v shows it
