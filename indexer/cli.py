@@ -320,7 +320,8 @@ def info(store_dir, as_json):
     scene_list = details.pop("scene_list")
     click.echo(f"{'index':>20}: {_describe_index(details.pop('index'))}")
     for key, value in details.items():
-        hint = f" (lookalike failures --store {store_dir} says why)" if key == "failed" and value else ""
+        hint = f" (lookalike failures --store {store_dir} says why)" if key == "failed" and value else \
+            " (every chip skipped: too little valid data)" if key == "scenes_without_chips" and value else ""
         click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}{hint}")
     for item in scene_list[:SCENES_SHOWN]:
         bands = ",".join(map(str, item["bands"])) if item["bands"] else "-"

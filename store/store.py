@@ -543,6 +543,9 @@ class Store(IndexedStore):
             "store": str(self.store_dir),
             "images": self.count_images(),
             "scenes": scenes[0],
+            "scenes_without_chips": self.db.execute(  # read and recorded, every chip skipped (under --min-valid)
+                "SELECT count(*) FROM scenes WHERE path NOT IN (SELECT scene FROM images WHERE scene IS NOT NULL)"
+            ).fetchone()[0],
             "chips": scenes[1],
             "skipped_chips": (last_run[0].get("skipped_chips") if last_run else None),
             "crs": [r[0] for r in self.db.execute(

@@ -223,6 +223,10 @@ def test_a_scene_whose_chips_are_all_empty_is_not_read_again(index, shared_data_
     assert (first["indexed"], first["skipped_chips"]) == (0, 4)
     again = index([shade], store_dir)
     assert (again["indexed"], again["skipped_chips"], again["skipped"], again["scenes"]) == (0, 0, 4, 0)
+    info = json.loads(CliRunner().invoke(cli, ["info", "--store", str(store_dir), "--json"]).output)
+    assert (info["scenes"], info["scenes_without_chips"]) == (0, 1)  # the run said 1 scene cut: info says where
+    human = CliRunner().invoke(cli, ["info", "--store", str(store_dir)]).output
+    assert "scenes_without_chips: 1 (every chip skipped: too little valid data)" in human
 
 
 def test_other_chip_options_cut_the_scene_again(index, naip_dir, store_dir, open_store):
