@@ -382,7 +382,7 @@ def failures(store_dir, limit, as_json):
     if total > len(rows):
         click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
     if total:  # on stderr: stdout stays one "path: reason" line per failure
-        refused = sum(row["reason"].startswith(READ_ERROR) for row in store.failures())
+        refused = store.count_failures(reason_starting=READ_ERROR)
         again = (f"{refused} the system refused to read {'is' if refused == 1 else 'are'} tried again by the next "
                  "index run; " if refused else "a file that failed is not tried again until it changes; ")
         click.echo(f"{again}to try every one: lookalike index SOURCE... --store {store_dir} --retry-failed", err=True)

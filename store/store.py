@@ -337,8 +337,10 @@ class Store(IndexedStore):
     def count_images(self) -> int:
         return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
 
-    def count_failures(self) -> int:
-        return self.db.execute("SELECT count(*) FROM failures").fetchone()[0]
+    def count_failures(self, *, reason_starting: str = "") -> int:
+        """Recorded failures; with `reason_starting`, those whose reason starts so."""
+        return self.db.execute("SELECT count(*) FROM failures WHERE substr(reason, 1, ?) = ?",
+                               [len(reason_starting), reason_starting]).fetchone()[0]
 
     def failures(self, *, limit: int | None = None) -> list[dict]:
         """Files that failed, newest first: path, reason, size, mtime, run_id, at."""
