@@ -339,6 +339,8 @@ class Store(IndexedStore):
 
     def count_failures(self, *, reason_starting: str = "") -> int:
         """Recorded failures; with `reason_starting`, those whose reason starts so."""
+        if not reason_starting:
+            return self.db.execute("SELECT count(*) FROM failures").fetchone()[0]
         return self.db.execute("SELECT count(*) FROM failures WHERE substr(reason, 1, ?) = ?",
                                [len(reason_starting), reason_starting]).fetchone()[0]
 
