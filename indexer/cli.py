@@ -188,9 +188,9 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         from indexer.distributed import require_ray
 
         require_ray()  # one clear line now, not after a minutes-long model load
+    normalization = normalization_for(model, normalization)  # once: the model, and any Ray actors, take it made
     if not rebuild:
-        precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling,
-                       normalization=normalization_for(model, normalization))
+        precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling, normalization=normalization)
     if dry_run:
         _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed, as_json=as_json)
         return
