@@ -27,8 +27,11 @@ from bench import throughput  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import build_backbone, cpu_name  # noqa: E402
 from indexer import attention  # noqa: E402
+from indexer.cpu_fusion import avx512_bf16_available  # noqa: E402
 from indexer.embedder import resolve_dtype  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
+
+HELD_BY = ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")  # besides ONEDNN_MAX_CPU_ISA: what holds kernels back
 
 
 def seconds(fn, runs: int) -> float:
@@ -138,14 +141,17 @@ def run_fields(shape: str, dtype, *, rounds: int) -> dict:
             "device": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype)[6:],
             "model": f"random DINOv3 {shape}", "rounds": rounds,
-            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "amx": attention.amx_available()}
+            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "amx": attention.amx_available(),
+            "avx512_bf16": avx512_bf16_available(), **{name: os.environ.get(name) for name in HELD_BY}}
 
 
 def run_line(report: dict) -> str:
     """run_fields as the table's line under its title (ends with '; ')."""
     return (f"`{report['command']}` — {report['date']}, {report['cores']} cores ({report['torch_threads']} torch "
             f"threads), torch {report['torch']}, transformers {report['transformers']}; AMX "
-            f"{'yes' if report['amx'] else 'no'}, ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}; ")
+            f"{'yes' if report['amx'] else 'no'}, AVX512-BF16 {'yes' if report.get('avx512_bf16') else 'no'}, "
+            f"ONEDNN_MAX_CPU_ISA {report['ONEDNN_MAX_CPU_ISA'] or 'unset'}"
+            + "".join(f", {name} {report[name]}" for name in HELD_BY if report.get(name)) + "; ")
 
 
 def table(report: dict) -> str:

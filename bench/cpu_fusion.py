@@ -1,14 +1,16 @@
-"""The backbone's layers rewritten for an AMX CPU (indexer/cpu_fusion.py), one rewrite at a time, against as before.
+"""The backbone's layers rewritten for a CPU (indexer/cpu_fusion.py), one rewrite at a time, against as before.
 
 Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
 lookalike ran it before the rewrites (transformers' layers, padded attention keys):
 1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection (both: what
-load_backbone now gives on an AMX CPU in 16-bit floats).
+load_backbone gives where cpu_fusion.rewrites_apply). The rewrites are applied whatever the CPU and --dtype
+(default: the indexer's), so that any machine can measure them; the table says whether loading applies them there.
 Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
 how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
 goes (torch.profiler, by operator) before and after.
 
     python bench/cpu_fusion.py --rounds 12 --out bench/results/cpu/fusion
+    python bench/cpu_fusion.py --rounds 10 --dtype float32 --out bench/results/cpu/fusion-epyc-float32
 """
 import argparse
 import copy
@@ -28,8 +30,8 @@ from bench.cpu_attention import run_fields, run_line, seconds  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import build_backbone  # noqa: E402
 from indexer import attention  # noqa: E402
-from indexer.cpu_fusion import PARTS, fuse_for_cpu  # noqa: E402
-from indexer.embedder import resolve_dtype  # noqa: E402
+from indexer.cpu_fusion import PARTS, fuse_for_cpu, rewrites_apply  # noqa: E402
+from indexer.embedder import DTYPES, resolve_dtype  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
 MATRIX_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::mkldnn_convolution"}
@@ -41,7 +43,7 @@ def variants(shape: str, dtype) -> dict:
     models = {"before": base}
     for count in range(1, len(PARTS) + 1):
         name = "+ " + " + ".join(PARTS[:count])
-        models[name] = fuse_for_cpu(copy.deepcopy(base), parts=PARTS[:count])
+        models[name] = fuse_for_cpu(copy.deepcopy(base), parts=PARTS[:count], anywhere=True)
     return models
 
 
@@ -106,15 +108,17 @@ def main():
     parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: the indexer's on this CPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/fusion"))
     args = parser.parse_args()
     throughput.DEVICE = "cpu"
-    dtype = resolve_dtype("auto", torch.device("cpu"))
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     started = time.perf_counter()
     models = variants(args.shape, dtype)
     pixels = chips(args.images, args.batch, args.resolution).to(dtype)
     report = {**run_fields(args.shape, dtype, rounds=args.rounds), "resolution": args.resolution, "batch": args.batch,
               "rewritten": {name: list(getattr(m, "lookalike_fused", ())) for name, m in models.items()},
+              "loading_rewrites_here": rewrites_apply(models["before"]),
               "speed": speed(models, pixels, rounds=args.rounds),
               "closeness": closeness(models, pixels, build_backbone(args.shape, torch.float32)),
               "profile": {name: where_time_goes(models[name], pixels) for name in ("before", list(models)[-1])}}
@@ -142,9 +146,10 @@ def table(report: dict) -> str:
         largest = ", ".join(f"{op.removeprefix('aten::')} {value:.1%}" for op, value in
                             profile["largest_other_ops"].items())
         lines.append(f"- {name}: {profile['ms_per_forward']:.0f} ms per forward; {share}; largest others: {largest}")
-    lines += ["", "\"before\" is the backbone as lookalike loaded it until this change (transformers' layers, padded "
-              "attention keys). The rewrites apply only in bfloat16/float16 on a CPU with AMX; elsewhere "
-              "load_backbone keeps transformers' layers."]
+    here = "applies them" if report.get("loading_rewrites_here") else "keeps transformers' layers"
+    lines += ["", "\"before\" is transformers' layers (with padded attention keys where lookalike pads them: AMX, "
+              f"16-bit). On this CPU in {report['dtype']}, load_backbone {here} (indexer/cpu_fusion.py: 16-bit "
+              "floats with AMX, bfloat16 with AVX512-BF16)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,9 +1,9 @@
-"""The backbone's layers rewritten for a 16-bit forward on an AMX CPU: the same arithmetic, fewer passes over memory."""
+"""The backbone's layers rewritten for a 16-bit forward on a CPU: the same arithmetic, fewer passes over memory."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import on_amx_16bit
+from . import attention
 
 # transformers' activation name → (oneDNN post-op, its algorithm, the same in eager PyTorch)
 ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
@@ -16,6 +16,10 @@ PARTS = ("layer_scale", "activation")
 # - the MLP's activation runs as a post-op of its first projection, on oneDNN's float32 accumulator.
 # The whole forward: 1.19x at batch 32 (python bench/cpu_fusion.py --rounds 12, bench/results/cpu/fusion/). RoPE
 # rotated in place was tried too and gave nothing measurable, so it is not here.
+# Where: 16-bit floats on a CPU with AMX (above), and bfloat16 on one with AVX512-BF16 but no AMX: 1.11x on a 2-core
+# AMD EPYC (bench/results/cpu/fusion-epyc/). Not float32, the dtype of CPUs without either: 1.08x on that EPYC and
+# 1.03x with oneDNN, MKL and PyTorch's kernels held to AVX2, rounds from 0.89 to 1.21 (fusion-epyc-float32/,
+# fusion-epyc-float32-avx2/): too small and uneven to change layers on CPUs that were not measured.
 
 
 class FusedLinear(nn.Module):
@@ -38,14 +42,34 @@ class FusedLinear(nn.Module):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, then {self.activation}"
 
 
-def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS):
-    """Rewrite a 16-bit DINOv3 backbone on an AMX CPU in place (others are returned untouched); `parts` picks the
-    rewrites, for benchmarks. What was done is kept in backbone.lookalike_fused."""
+def rewrites_apply(backbone) -> bool:
+    """Whether the rewrites were measured faster for this backbone's device and dtype (see above)."""
+    weights = next(backbone.parameters())
+    if weights.device.type != "cpu" or weights.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if weights.dtype == torch.float16:  # oneDNN refuses the fused op in float16 where the CPU lacks it
+        return attention.amx_available() and onednn_float16_available()
+    return attention.amx_available() or avx512_bf16_available()
+
+
+def avx512_bf16_available() -> bool:
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def onednn_float16_available() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS, anywhere: bool = False):
+    """Rewrite a DINOv3 backbone in place where rewrites_apply (others are returned untouched); `parts` picks the
+    rewrites and `anywhere` skips that check, for benchmarks. What was done is kept in backbone.lookalike_fused."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown fusion parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     layers = getattr(getattr(backbone, "model", None), "layer", None)  # DINOv3ViTModel's encoder layers
-    if layers is None or not on_amx_16bit(backbone) or getattr(backbone, "lookalike_fused", None) is not None:
+    if layers is None or getattr(backbone, "lookalike_fused", None) is not None:
+        return backbone
+    if not (anywhere or rewrites_apply(backbone)):
         return backbone
     done = set()
     with torch.no_grad():

@@ -100,8 +100,9 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
 
 
 def tune_for_device(backbone):
-    """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys and
-    rewritten layers (indexer/attention.py, indexer/cpu_fusion.py); elsewhere nothing. Benchmarks call it too."""
+    """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys
+    (indexer/attention.py); there and in bfloat16 on a CPU with AVX512-BF16, rewritten layers
+    (indexer/cpu_fusion.py); elsewhere nothing. Benchmarks call it too."""
     return fuse_for_cpu(use_padded_keys(backbone))
 
 

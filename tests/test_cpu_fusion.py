@@ -1,4 +1,4 @@
-"""The backbone's layers rewritten for an AMX CPU: when they are, and that they compute what transformers does."""
+"""The backbone's layers rewritten for a CPU: when they are, and that they compute what transformers does."""
 import copy
 
 import pytest
@@ -41,8 +41,7 @@ def backbone(model_dir, load_embedder):
 
 
 def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypatch):
-    monkeypatch.setattr(cpu_fusion, "on_amx_16bit", lambda model: True)  # in float32, to compare to its rounding
-    fused = fuse_for_cpu(copy.deepcopy(backbone))
+    fused = fuse_for_cpu(copy.deepcopy(backbone), anywhere=True)  # in float32, to compare to its rounding
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
     assert fused.lookalike_fused == ("layer_scale", "activation")
@@ -54,10 +53,8 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypat
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone, monkeypatch):
-    monkeypatch.setattr(cpu_fusion, "on_amx_16bit", lambda model: True)
-
-    fused = fuse_for_cpu(copy.deepcopy(backbone), parts=("layer_scale",))
+def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone):
+    fused = fuse_for_cpu(copy.deepcopy(backbone), parts=("layer_scale",), anywhere=True)
 
     assert fused.lookalike_fused == ("layer_scale",)
     assert isinstance(fused.model.layer[0].mlp.up_proj, torch.nn.Linear)
@@ -70,6 +67,8 @@ def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone, monkeypat
 def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model_dir, load_embedder, monkeypatch,
                                                                          dtype):
     monkeypatch.setattr(attention, "amx_available", lambda: True)
+    if dtype == "float16" and not cpu_fusion.onednn_float16_available():
+        pytest.skip("this CPU's oneDNN has no float16 inner product, so the fused op cannot run here")
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
 
     embedder = load_embedder(model_dir, dtype=dtype)  # transformers' from_pretrained, then the rewrite
@@ -82,9 +81,27 @@ def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model
     assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # 16-bit rounding, not a change
 
 
-@pytest.mark.parametrize("dtype, amx", [("float32", True), ("bfloat16", False)], ids=["float32", "no-amx"])
-def test_float32_and_cpus_without_amx_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype, amx):
+@pytest.mark.parametrize("dtype, amx, avx512_bf16", [("bfloat16", False, True), ("bfloat16", True, False)],
+                         ids=["avx512-bf16", "amx"])
+def test_a_bfloat16_backbone_on_a_cpu_with_native_bfloat16_is_rewritten(model_dir, load_embedder, monkeypatch, dtype,
+                                                                         amx, avx512_bf16):
     monkeypatch.setattr(attention, "amx_available", lambda: amx)
+    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: avx512_bf16)
+
+    backbone = load_embedder(model_dir, dtype=dtype).backbone
+
+    assert backbone.lookalike_fused == ("layer_scale", "activation")
+    assert backbone.config._attn_implementation == ("lookalike_cpu_sdpa" if amx else "sdpa")  # padded on AMX only
+
+
+@pytest.mark.parametrize("dtype, amx, avx512_bf16, float16", [
+    ("float32", True, True, True), ("bfloat16", False, False, True), ("float16", False, True, True),
+    ("float16", True, True, False)], ids=["float32", "no-native-bfloat16", "float16-without-amx", "no-onednn-float16"])
+def test_float32_and_cpus_without_native_16_bit_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype,
+                                                                         amx, avx512_bf16, float16):
+    monkeypatch.setattr(attention, "amx_available", lambda: amx)
+    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: avx512_bf16)
+    monkeypatch.setattr(cpu_fusion, "onednn_float16_available", lambda: float16)
 
     backbone = load_embedder(model_dir, dtype=dtype).backbone
 
