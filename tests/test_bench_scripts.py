@@ -111,3 +111,12 @@ def test_preprocess_speed_script(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["ms_per_image"]) == 4 and all(positive(ms) for ms in report["ms_per_image"].values())
     assert positive(report["batch"]["speed_up"]) and len(report["batch"]["ms_per_batch"]) == 2
+
+
+def test_cpu_batch_script(tmp_path):
+    report = run_bench("cpu_batch.py", tmp_path, "--shape", "tiny", "--sizes", "2,4", "--images", "8", "--rounds", "2")
+    sizes = report["sizes"]
+    assert list(sizes) == ["2", "4", str(report["cpu_batch"])]  # the default batch is always among those timed
+    assert all(positive(row["images_per_second"]) and len(row["per_round"]) == 2 for row in sizes.values())
+    assert sizes[str(report["cpu_batch"])]["to_reference"] == 1.0
+    assert (tmp_path / "batch-tiny.md").read_text().count("(fastest)") == 1
