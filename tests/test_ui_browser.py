@@ -266,10 +266,12 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
     open_page(page, f"/?id={image_id}&k=8")
     page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
     assert page.get_by_role("tab", selected=True).inner_text() == "Pick an indexed image"  # a bookmark's way in
+    expect(page.get_by_label("Image id")).to_have_value(str(image_id), timeout=WAIT_MS)  # the box says which
     second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
     click_until(page, page.get_by_role("button", name="Search with this", exact=True).nth(1),
                 page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True))
     page.wait_for_function("id => new URLSearchParams(location.search).get('id') === String(id)", arg=second_id)
+    expect(page.get_by_label("Image id")).to_have_value(str(second_id), timeout=WAIT_MS)
     assert "k=8" in page.url
     expect(page.get_by_text("#8 · score")).to_have_count(1, timeout=WAIT_MS)
     assert page.get_by_text("#9 · score").count() == 0

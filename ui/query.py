@@ -138,6 +138,20 @@ def _use_widget(key: str) -> None:
         use_indexed(value)
 
 
+def _show_address_id() -> None:
+    """Before the "Image id" box is drawn: when the address's examples have changed (a bookmark, "Search with
+    this"), the box shows the first of them (none with an upload); otherwise it keeps what was typed in it."""
+    text = st.query_params.get("id", "")
+    if st.session_state.get("wanted-id-address") == text:
+        return
+    st.session_state["wanted-id-address"] = text
+    try:
+        ids = address_ids()
+    except ValueError:  # the page says so below
+        ids = []
+    st.session_state["wanted-id"] = ids[0] if ids and not st.session_state.get("with_upload") else None
+
+
 def _use_random(store: Store) -> None:
     with STORE_LOCK:
         image_id = store.random_image_id()
@@ -183,6 +197,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
     with indexed_tab:
         by_id, by_path, by_place, at_random = st.columns([1, 2, 2, 1])
         with by_id:
+            _show_address_id()
             st.number_input("Image id", min_value=1, step=1, value=None, placeholder="id", key="wanted-id")
             st.button("Search by id", on_click=_use_widget, args=("wanted-id",))
         with by_path:
