@@ -40,7 +40,7 @@ def backbone(model_dir, load_embedder):
     return backbone
 
 
-def test_the_rewritten_layers_compute_what_transformers_does(backbone, monkeypatch):
+def test_the_rewritten_layers_compute_what_transformers_does(backbone):
     fused = fuse_for_cpu(copy.deepcopy(backbone), anywhere=True)  # in float32, to compare to its rounding
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
