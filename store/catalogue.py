@@ -1,6 +1,7 @@
 """The SQLite catalogue: schema, settings table and row helpers (sqlite-utils)."""
 import json
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Databas
     # callers that do serialise their use of it.
     db = None
     try:
+        if write and not catalogue_path.exists():
+            _create_whole(catalogue_path)
         db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False))
         db.execute("PRAGMA busy_timeout = 30000")
         _check_is_catalogue(db, catalogue_path, reading=not write)
@@ -121,6 +124,22 @@ def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Databas
         _close(db)
         raise
     return db
+
+
+def _create_whole(catalogue_path: Path) -> None:
+    """A new catalogue is made under a temporary name and renamed into place with its schema, so that a reader
+    polling the folder (the page, `search`) never opens it empty or half made. The caller holds the write lock."""
+    partial = catalogue_path.with_name(catalogue_path.name + ".new")
+    partial.unlink(missing_ok=True)  # left by a run that died making it
+    db = sqlite_utils.Database(sqlite3.connect(str(partial)))
+    try:
+        _make_schema(db)
+    except BaseException:
+        db.close()
+        partial.unlink(missing_ok=True)
+        raise
+    db.close()
+    os.replace(partial, catalogue_path)
 
 
 def _close(db: sqlite_utils.Database | None) -> None:

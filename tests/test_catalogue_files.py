@@ -138,3 +138,26 @@ def test_a_store_on_a_read_only_mount_answers(read_only_mount, index, chips_dir,
                                  "--workers", "0", "--no-progress"),
                           "cannot write the store", "it can still be searched")
     assert {path.name: digest(path) for path in (source / "store").iterdir()} == before
+
+
+def test_a_new_catalogue_appears_with_its_schema(tmp_path, monkeypatch):
+    """A reader polling the folder while the first run starts must never open the catalogue empty or half made:
+    it is made under another name and renamed into place."""
+    path = tmp_path / catalogue_module.CATALOGUE_NAME
+    made = catalogue_module._make_schema
+    seen = []
+
+    def watching(db):
+        seen.append(path.exists())  # what a reader looking at the folder would find meanwhile
+        made(db)
+
+    monkeypatch.setattr(catalogue_module, "_make_schema", watching)
+    catalogue_module.connect(path).close()
+
+    assert seen[0] is False  # the schema was made before the file was there to be read
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [path.name]
+    reader = catalogue_module.connect(path, write=False)
+    try:
+        assert catalogue_module.get_meta(reader, "schema_version") == catalogue_module.SCHEMA_VERSION
+    finally:
+        reader.close()
