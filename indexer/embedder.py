@@ -11,8 +11,8 @@ from typing import Protocol
 
 import torch
 
-from .attention import use_padded_keys
-from .cpu_fusion import fuse_for_cpu
+from .attention import amx_available, use_padded_keys
+from .cpu_fusion import avx512_bf16_available, fuse_for_cpu
 from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
 from .images import Preprocess
 from .normalization import normalization_for
@@ -49,11 +49,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Native bfloat16 arithmetic: AMX or AVX512-BF16, as torch detects them (the rewrites ask the same)."""
+    return amx_available() or avx512_bf16_available()
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
