@@ -2,8 +2,9 @@
 
 Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
 lookalike ran it before the rewrites (transformers' layers, padded attention keys):
-1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection (both: what
-load_backbone gives where cpu_fusion.rewrites_apply). The rewrites are applied whatever the CPU and --dtype
+1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection;  3. + every
+linear layer's weights packed once into oneDNN's layout (all three: what load_backbone gives where
+cpu_fusion.rewrites_apply; the packing in bfloat16). The rewrites are applied whatever the CPU and --dtype
 (default: the indexer's), so that any machine can measure them; the table says whether loading applies them there.
 Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
 how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
@@ -149,7 +150,7 @@ def table(report: dict) -> str:
     here = "applies them" if report.get("loading_rewrites_here") else "keeps transformers' layers"
     lines += ["", "\"before\" is transformers' layers (with padded attention keys where lookalike pads them: AMX, "
               f"16-bit). On this CPU in {report['dtype']}, load_backbone {here} (indexer/cpu_fusion.py: 16-bit "
-              "floats with AMX, bfloat16 with AVX512-BF16)."]
+              "floats with AMX, bfloat16 with AVX512-BF16, float32 with AVX2 or better)."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,9 @@ is the real model's) built directly on the device, over copies of real JPEG chip
    (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
 plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. Forward-only and
 the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32) and
-backbone as load_backbone leaves it (on an AMX CPU, keys padded to a multiple of 16 and rewritten layers:
-indexer/attention.py, indexer/cpu_fusion.py); the naive loop runs in the
-checkpoint's dtype with transformers' own attention, as from_pretrained loads it (see main()).
+backbone as load_backbone leaves it (on an AMX CPU, keys padded to a multiple of 16; on most CPUs rewritten
+layers: indexer/attention.py, indexer/cpu_fusion.py); the naive loop runs in the checkpoint's dtype with
+transformers' own layers and attention, as from_pretrained loads it (see main()).
 
 Two reference points put the ratios in context:
 - the matrix-product ceiling: every linear layer (and the patch embedding) of the model run alone, back to
@@ -28,7 +28,6 @@ replayed from a CUDA graph against eager (what the search page waits for). --com
     python bench/throughput.py --device cuda --shape vit7b16 --out bench/results/gpu   # via gpu_check.sh
 """
 import argparse
-import functools
 import json
 import os
 import platform
@@ -41,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -158,10 +156,12 @@ def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
     inputs = {}
     calls = []
     for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, FusedLinear)):  # a fused one's product alone, no activation
+        if isinstance(module, (torch.nn.Linear, FusedLinear)):
             shape = (batch * tokens, module.weight.shape[1])
             inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
-            calls.append((functools.partial(F.linear, weight=module.weight, bias=module.bias), shape))
+            # a rewritten one's product alone (no activation), on its weights as packed
+            product = module.product if isinstance(module, FusedLinear) else module
+            calls.append((product, shape))
         elif isinstance(module, torch.nn.Conv2d):
             shape = (batch, module.in_channels, resolution, resolution)
             inputs.setdefault(shape, torch.randn(shape, device=DEVICE, dtype=dtype))
@@ -461,7 +461,8 @@ def main() -> None:
     peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
     started = time.perf_counter()
-    # as load_backbone leaves it (padded keys, rewritten layers on an AMX CPU); the card's loop keeps transformers'
+    # as load_backbone leaves it (padded keys on AMX, rewritten layers on most CPUs); the card's loop keeps
+    # transformers'
     model = tune_for_device(build_backbone(args.shape, DTYPE))
     sync()
     import transformers

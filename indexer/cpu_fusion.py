@@ -7,7 +7,9 @@ from . import attention
 
 # transformers' activation name → (oneDNN post-op, its algorithm, the same in eager PyTorch)
 ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
-PARTS = ("layer_scale", "activation")
+PARTS = ("layer_scale", "activation", "packed_weights")
+PACKED_ROWS = 32 * 201  # the CPU batch (indexer.embedder.CPU_BATCH) of 224 px images: oneDNN's layout hint
+PACKABLE = (torch.bfloat16, torch.float32)
 
 # In bfloat16 on the 2-core Xeon the ViT-S/16 forward spent 40 % of its time outside the matrix products and the
 # attention kernel, each operator a full pass over memory; the exact GELU alone 7.8 %, the multiplies (the layer
@@ -17,39 +19,90 @@ PARTS = ("layer_scale", "activation")
 # The whole forward: 1.19x at batch 32 (python bench/cpu_fusion.py --rounds 12, bench/results/cpu/fusion/). RoPE
 # rotated in place was tried too and gave nothing measurable, so it is not here.
 # Where: 16-bit floats on a CPU with AMX (above), and bfloat16 on one with AVX512-BF16 but no AMX: 1.11x on a 2-core
-# AMD EPYC (bench/results/cpu/fusion-epyc/). Not float32, the dtype of CPUs without either: 1.08x on that EPYC and
-# 1.03x with oneDNN, MKL and PyTorch's kernels held to AVX2, rounds from 0.89 to 1.21 (fusion-epyc-float32/,
-# fusion-epyc-float32-avx2/): too small and uneven to change layers on CPUs that were not measured.
+# AMD EPYC (bench/results/cpu/fusion-epyc/). In float32, the dtype of CPUs without either, these two gave 1.08x on
+# that EPYC and 1.03x with oneDNN, MKL and PyTorch's kernels held to AVX2, rounds from 0.89 to 1.21
+# (fusion-epyc-float32/, fusion-epyc-float32-avx2/): too small and uneven on their own.
+# A third saves work inside the products: every linear layer's weights are reordered once, at load, into oneDNN's
+# blocked layout (as inductor's freezing does) instead of at every call. On the EPYC the three rewrites gave the
+# forward 1.18x at batch 32 and one image 1.14x, against 1.08x and 1.03x without the packing (10 rounds,
+# bench/results/cpu/fusion-epyc-packed/); not yet measured with AMX. In float32 the three gave 1.34x and one image
+# 1.23x on the EPYC (8 rounds, fusion-epyc-float32-packed/), 1.08x and 1.10x with the kernels held to AVX2, no
+# round slower (fusion-epyc-float32-avx2-packed/): so float32 is rewritten on x86-64 CPUs with AVX2 or better.
+# Not float16's weights: oneDNN packs those only on CPUs with float16 arithmetic.
+
+
+class PackedWeight(nn.Parameter):
+    """A weight in oneDNN's blocked layout; unlike a plain Parameter of one, it survives copy.deepcopy."""
+
+    def __deepcopy__(self, memo):
+        if id(self) not in memo:
+            memo[id(self)] = PackedWeight(self.data.clone(), requires_grad=False)
+        return memo[id(self)]
 
 
 class FusedLinear(nn.Module):
-    """A linear layer and the activation after it in one oneDNN call; the weights are the replaced layer's."""
+    """A linear layer in one oneDNN call: with the activation after it fused (if any), and its weights in oneDNN's
+    own layout once packed. The weights are the replaced layer's."""
 
-    def __init__(self, linear: nn.Linear, activation: str):
+    def __init__(self, linear: nn.Linear, activation: str | None = None):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
         self.activation = activation
-        self.post_op, self.algorithm, self.eager = ACTIVATIONS[activation]
+        self.post_op, self.algorithm, self.eager = ACTIVATIONS[activation] if activation else ("none", "", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's fused op has no backward, and torch.compile fuses the eager pair itself (it cannot lower the
-        # op on weights it did not freeze)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
-            return self.eager(F.linear(x, self.weight, self.bias))
+        # op on weights it did not freeze; the embedder unpacks weights before compiling)
+        if (torch.compiler.is_compiling() or x.device.type != "cpu"
+                or (torch.is_grad_enabled() and self.weight.requires_grad)):
+            product = F.linear(x, self.weight, self.bias)
+            return self.eager(product) if self.eager else product
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
 
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """The matrix product alone, on the weights as they are (benchmarks time it)."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def pack(self, rows: int) -> None:
+        """Reorder the weights into oneDNN's layout for inputs of about `rows` rows (any row count still works)."""
+        packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), rows)
+        self.weight = PackedWeight(packed, requires_grad=False)
+
+    def unpack(self) -> None:
+        if self.weight.is_mkldnn:
+            self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=False)
+
+    def _apply(self, fn, recurse=True):
+        """A cast or a move (.float(), .to(...)) works on PyTorch's layout: unpack, apply, and pack again where
+        packed weights can live (on the CPU, in bfloat16 or float32)."""
+        packed = self.weight.is_mkldnn
+        self.unpack()
+        super()._apply(fn, recurse)
+        if packed and self.weight.device.type == "cpu" and self.weight.dtype in PACKABLE:
+            self.pack(PACKED_ROWS)
+        return self
+
     def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, then {self.activation}"
+        then = f", then {self.activation}" if self.activation else ""
+        packed = ", packed" if self.weight.is_mkldnn else ""
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}{then}{packed}"
 
 
 def rewrites_apply(backbone) -> bool:
     """Whether the rewrites were measured faster for this backbone's device and dtype (see above)."""
     weights = next(backbone.parameters())
-    if weights.device.type != "cpu" or weights.dtype not in (torch.bfloat16, torch.float16):
+    if weights.device.type != "cpu":
         return False
+    if weights.dtype == torch.float32:
+        return avx2_or_better()
     if weights.dtype == torch.float16:  # oneDNN refuses the fused op in float16 where the CPU lacks it
         return attention.amx_available() and onednn_float16_available()
-    return attention.amx_available() or avx512_bf16_available()
+    return weights.dtype == torch.bfloat16 and (attention.amx_available() or avx512_bf16_available())
+
+
+def avx2_or_better() -> bool:
+    """An x86-64 CPU whose vector units PyTorch uses at AVX2 or AVX-512 width (ATEN_CPU_CAPABILITY can hold it)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 def avx512_bf16_available() -> bool:
@@ -78,6 +131,8 @@ def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS, anywhere: bool = F
                 done.add("layer_scale")
             if "activation" in parts and _fuse_activation(layer.mlp, backbone.config.hidden_act):
                 done.add("activation")
+            if "packed_weights" in parts and _pack_weights(layer):
+                done.add("packed_weights")
     backbone.lookalike_fused = tuple(part for part in PARTS if part in done)
     return backbone
 
@@ -106,3 +161,27 @@ def _fuse_activation(mlp, activation: str) -> bool:
     setattr(mlp, first, FusedLinear(getattr(mlp, first), activation))
     mlp.act_fn = nn.Identity()
     return True
+
+
+
+def _pack_weights(layer) -> bool:
+    """Every linear layer of the attention and the MLP as a FusedLinear with packed weights (bfloat16, float32)."""
+    linears = [(parent, name, child) for parent in (layer.attention, layer.mlp)
+               for name, child in parent.named_children() if isinstance(child, (nn.Linear, FusedLinear))]
+    if not linears or linears[0][2].weight.dtype not in PACKABLE:
+        return False
+    for parent, name, child in linears:
+        fused = child if isinstance(child, FusedLinear) else FusedLinear(child)
+        fused.pack(PACKED_ROWS)
+        setattr(parent, name, fused)
+    return True
+
+
+def unpack_weights(backbone):
+    """Packed weights back in PyTorch's layout (torch.compile cannot trace oneDNN's), and the record updated."""
+    modules = [module for module in backbone.modules() if isinstance(module, FusedLinear)]
+    for module in modules:
+        module.unpack()
+    if "packed_weights" in getattr(backbone, "lookalike_fused", ()):
+        backbone.lookalike_fused = tuple(part for part in backbone.lookalike_fused if part != "packed_weights")
+    return backbone

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from .attention import amx_available, use_padded_keys
-from .cpu_fusion import avx512_bf16_available, fuse_for_cpu
+from .cpu_fusion import avx512_bf16_available, fuse_for_cpu, unpack_weights
 from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
 from .images import Preprocess
 from .normalization import normalization_for
@@ -98,8 +98,8 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
 
 def tune_for_device(backbone):
     """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys
-    (indexer/attention.py); there and in bfloat16 on a CPU with AVX512-BF16, rewritten layers
-    (indexer/cpu_fusion.py); elsewhere nothing. Benchmarks call it too."""
+    (indexer/attention.py); there, in bfloat16 on a CPU with AVX512-BF16 and in float32 on an x86-64 CPU with
+    AVX2 or better, rewritten layers (indexer/cpu_fusion.py); elsewhere nothing. Benchmarks call it too."""
     return fuse_for_cpu(use_padded_keys(backbone))
 
 
@@ -118,6 +118,8 @@ class DinoV3Embedder:
         # for the 7B on an H100 (bench/results/gpu), after a ~50 s compile per input shape.
         # On a CPU, freezing also folds the weights into the graph (oneDNN prepacks them).
         options = {"freezing": True} if next(backbone.parameters()).device.type == "cpu" else None
+        if compile:  # inductor packs weights itself when it freezes them, and cannot trace oneDNN's packed ones
+            unpack_weights(backbone)
         self._forward = torch.compile(backbone, dynamic=False, options=options) if compile else backbone
         self._static_batch = None  # a compiled forward keeps one batch size: smaller batches are padded
         self.compiled = compile

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,12 +95,15 @@ def test_jpeg_draft_script(tmp_path, shared_data_dir):
 def test_cpu_fusion_script(tmp_path):
     report = run_bench("cpu_fusion.py", tmp_path, "--shape", "tiny", "--batch", "2", "--rounds", "1")
     speed = report["speed"]
-    assert list(speed) == ["before", "+ layer_scale", "+ layer_scale + activation"]
+    assert list(speed) == ["before", "+ layer_scale", "+ layer_scale + activation",
+                           "+ layer_scale + activation + packed_weights"]
     assert all(positive(row["images_per_second"]) and positive(row["speed_up"]) for row in speed.values())
     assert all(row["cls_cosine_min_to_before"] > 0.99 for row in report["closeness"].values())
     assert report["rewritten"]["+ layer_scale + activation"] == ["layer_scale", "activation"]  # whatever the CPU
+    assert report["rewritten"]["+ layer_scale + activation + packed_weights"][-1] == "packed_weights"
     native = report["amx"] or report["dtype"] == "bfloat16" and report["avx512_bf16"]
-    assert report["loading_rewrites_here"] == (report["dtype"] != "float32" and native)
+    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    assert report["loading_rewrites_here"] == (avx2 if report["dtype"] == "float32" else native)
     assert set(report["profile"]["before"]["share"]) == {"matrix products", "attention", "everything else"}
 
 
@@ -120,3 +124,17 @@ def test_cpu_batch_script(tmp_path):
     assert all(positive(row["images_per_second"]) and len(row["per_round"]) == 2 for row in sizes.values())
     assert sizes[str(report["cpu_batch"])]["to_reference"] == 1.0
     assert (tmp_path / "batch-tiny.md").read_text().count("(fastest)") == 1
+
+
+def test_cpu_peak_script(tmp_path):
+    report = run_bench("cpu_peak.py", tmp_path, "--shape", "tiny", "--rounds", "2", "--runs", "1",
+                       "--naive-files", "3")
+    gflops = report["gflops"]
+    assert set(gflops) == {"peak_float32", "peak_16bit", "products", "attention", "forward", "naive"}
+    assert all(positive(value) for value in gflops.values())
+    first, second = (list(r) for r in report["per_round_gflops"])
+    assert second == first[1:] + first[:1]  # the measurements taken in turn, the order rotating
+    assert report["bound_over_naive"] * report["target_needs_of_peak"] == pytest.approx(3.0)
+    naive_gflops = report["naive_images_per_second"] * report["flops_per_image"] / 1e9
+    assert naive_gflops == pytest.approx(gflops["naive"], abs=0.051)
+    assert "the most indexer / loop can be" in (tmp_path / "peak-tiny.md").read_text()

@@ -28,10 +28,47 @@ def test_fused_linear_is_the_linear_then_the_exact_activation(activation):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_weights_give_the_same_product_for_any_row_count(dtype, bias):
+    generator = torch.Generator().manual_seed(6)
+    linear = torch.nn.Linear(32, 48, bias=bias).to(dtype)
+    fused = FusedLinear(linear)
+    fused.pack(6432)  # packed for batches of 32 images; queries are one image, a run's last batch any size
+
+    assert fused.weight.is_mkldnn and not fused.weight.requires_grad
+    with torch.inference_mode():
+        for shape in [(1, 5, 32), (3, 201, 32), (7, 32), (0, 32)]:
+            x = torch.randn(shape, generator=generator).to(dtype)
+            torch.testing.assert_close(fused(x), linear(x), atol=1e-5, rtol=1e-5)
+    copied = copy.deepcopy(fused)
+    fused.unpack()
+    assert not fused.weight.is_mkldnn and torch.equal(fused.weight, linear.weight)
+    assert copied.weight.is_mkldnn and torch.equal(copied.weight.to_dense(), linear.weight)
+
+
+def test_packed_weights_survive_casts_and_moves():
+    linear = torch.nn.Linear(32, 48).to(torch.bfloat16)
+    fused = FusedLinear(linear)
+    fused.pack(64)
+    x = torch.randn(5, 32)
+
+    fused.float()  # unpacked, cast, packed again
+    assert fused.weight.is_mkldnn and fused.weight.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), linear.float()(x), atol=1e-5, rtol=1e-5)
+    fused.to("meta")  # off the CPU: PyTorch's layout, and the plain product
+    assert not fused.weight.is_mkldnn and fused.weight.device.type == "meta"
+    assert fused(x.to("meta")).shape == (5, 48)
+
+
 @pytest.fixture
-def backbone(model_dir, load_embedder):
-    """The tiny float32 backbone as loaded, with layer scales that are not all 1 (the 7B's are learnt)."""
-    backbone = load_embedder(model_dir).backbone
+def backbone(model_dir, load_embedder, monkeypatch):
+    """The tiny float32 backbone with transformers' layers, and layer scales that are not all 1 (the 7B's are
+    learnt)."""
+    with monkeypatch.context() as patch:
+        patch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
+        backbone = load_embedder(model_dir).backbone
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for layer in backbone.model.layer:
@@ -44,9 +81,11 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone):
     fused = fuse_for_cpu(copy.deepcopy(backbone), anywhere=True)  # in float32, to compare to its rounding
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
-    assert fused.lookalike_fused == ("layer_scale", "activation")
+    assert fused.lookalike_fused == ("layer_scale", "activation", "packed_weights")
     layer = fused.model.layer[0]
     assert isinstance(layer.layer_scale1, torch.nn.Identity) and isinstance(layer.mlp.up_proj, FusedLinear)
+    assert all(isinstance(linear, FusedLinear) and linear.weight.is_mkldnn
+               for linear in (layer.attention.q_proj, layer.attention.o_proj, layer.mlp.up_proj, layer.mlp.down_proj))
     with torch.inference_mode():
         output = fused(pixel_values=pixels).last_hidden_state
         expected = backbone(pixel_values=pixels).last_hidden_state
@@ -75,7 +114,9 @@ def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model
     monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
     plain = load_embedder(model_dir, dtype=dtype)
 
-    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation")
+    # oneDNN packs float16 weights only on CPUs with float16 arithmetic: the packing is bfloat16's
+    packed = ("packed_weights",) if dtype == "bfloat16" else ()
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", *packed)
     assert not hasattr(plain.backbone, "lookalike_fused")
     fused_vectors, plain_vectors = embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors
     assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # 16-bit rounding, not a change
@@ -90,23 +131,42 @@ def test_a_bfloat16_backbone_on_a_cpu_with_native_bfloat16_is_rewritten(model_di
 
     backbone = load_embedder(model_dir, dtype=dtype).backbone
 
-    assert backbone.lookalike_fused == ("layer_scale", "activation")
+    assert backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
     assert backbone.config._attn_implementation == ("lookalike_cpu_sdpa" if amx else "sdpa")  # padded on AMX only
 
 
-@pytest.mark.parametrize("dtype, amx, avx512_bf16, float16", [
-    ("float32", True, True, True), ("bfloat16", False, False, True), ("float16", False, True, True),
-    ("float16", True, True, False)], ids=["float32", "no-native-bfloat16", "float16-without-amx", "no-onednn-float16"])
-def test_float32_and_cpus_without_native_16_bit_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype,
-                                                                         amx, avx512_bf16, float16):
+@pytest.mark.parametrize("dtype, amx, avx512_bf16, float16, avx2", [
+    ("float32", True, True, True, False), ("bfloat16", False, False, True, True), ("float16", False, True, True, True),
+    ("float16", True, True, False, True)],
+    ids=["float32-without-avx2", "no-native-bfloat16", "float16-without-amx", "no-onednn-float16"])
+def test_cpus_without_measured_rewrites_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype, amx,
+                                                                 avx512_bf16, float16, avx2):
     monkeypatch.setattr(attention, "amx_available", lambda: amx)
     monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: avx512_bf16)
     monkeypatch.setattr(cpu_fusion, "onednn_float16_available", lambda: float16)
+    monkeypatch.setattr(cpu_fusion, "avx2_or_better", lambda: avx2)
 
     backbone = load_embedder(model_dir, dtype=dtype).backbone
 
     assert not hasattr(backbone, "lookalike_fused")
     assert not isinstance(backbone.model.layer[0].layer_scale1, torch.nn.Identity)
+
+
+def test_a_float32_backbone_on_an_avx2_cpu_is_rewritten_and_embeds_as_transformers_does(model_dir, load_embedder,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(attention, "amx_available", lambda: False)
+    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: False)
+    monkeypatch.setattr(cpu_fusion, "avx2_or_better", lambda: True)
+    pixels = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+
+    embedder = load_embedder(model_dir, dtype="float32")
+    monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
+    plain = load_embedder(model_dir, dtype="float32")
+
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
+    assert embedder.backbone.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors,
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypatch):
@@ -116,6 +176,8 @@ def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypat
 
     compiled = load_embedder(model_dir, dtype="bfloat16", compile=True)  # inductor fuses the eager pair itself
 
-    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation")
+    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation")  # weights unpacked for inductor
+    assert not any(parameter.is_mkldnn for parameter in compiled.backbone.parameters())
+    assert eager.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
     vectors = compiled.embed(pixels).global_vectors
     assert F.cosine_similarity(vectors, eager.embed(pixels).global_vectors).min() > 0.999
