@@ -462,7 +462,7 @@ def main() -> None:
 
     started = time.perf_counter()
     # as load_backbone leaves it (padded keys on AMX, rewritten layers on most CPUs); the card's loop keeps
-    # transformers'
+    # transformers' layers (naive_model below)
     model = tune_for_device(build_backbone(args.shape, DTYPE))
     sync()
     import transformers

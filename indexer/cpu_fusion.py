@@ -163,7 +163,6 @@ def _fuse_activation(mlp, activation: str) -> bool:
     return True
 
 
-
 def _pack_weights(layer) -> bool:
     """Every linear layer of the attention and the MLP as a FusedLinear with packed weights (bfloat16, float32)."""
     linears = [(parent, name, child) for parent in (layer.attention, layer.mlp)
