@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16"
 POOLINGS = ("cls", "mean", "cls+mean")
-CPU_BATCH = 32  # fastest of 4-64 for the ViT-S/16 on the 2-core EPYC, 64 at 0.82x (bench/results/cpu/batch-epyc)
+CPU_BATCH = 32  # fastest of 4-64 for the ViT-S/16 on the 2-core EPYC, before and since the packed weights
+# (bench/results/cpu/batch-epyc, batch-epyc-packed)
 PROBE_LARGEST = 128  # the H100 7B optimum at 224 (bench/results/gpu); larger batches add memory, not speed
 PROBE_MEMORY_SHARE = 0.8  # headroom for the decode pipeline's pinned buffers and fragmentation
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
