@@ -29,7 +29,8 @@ from bench._report import save  # noqa: E402
 from bench import throughput  # noqa: E402
 from bench.cpu_attention import run_fields, run_line  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
-from bench.throughput import build_backbone, flops_per_image, matmul_ceiling, naive  # noqa: E402
+from bench.throughput import (attention_flops, build_backbone, cuda_time, flops_per_image,  # noqa: E402
+                              matmul_ceiling, naive, tokens_per_image)
 from indexer.embedder import CPU_BATCH, DTYPES, resolve_dtype, tune_for_device  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
@@ -38,13 +39,7 @@ TARGET = 3.0  # indexer / naive, the issue's CPU target
 
 def best_seconds(fn, runs: int) -> float:
     """The fastest of `runs` calls after one untimed call: a rate the machine can reach, not a typical one."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(cuda_time(fn, warmup=1, runs=runs))  # on a CPU its sync is a no-op
 
 
 def square_rate(dtype, side: int, runs: int) -> float:
@@ -59,20 +54,17 @@ def square_rate(dtype, side: int, runs: int) -> float:
 def attention_rate(model, resolution: int, batch: int, runs: int) -> float:
     """FLOP/s of the attention kernel alone on one layer's query, key and value shapes (QKᵀ and AV)."""
     config = model.config
-    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
     heads = config.num_attention_heads
-    shape = (batch, heads, tokens, config.hidden_size // heads)
+    shape = (batch, heads, tokens_per_image(config, resolution), config.hidden_size // heads)
     dtype = next(model.parameters()).dtype
     q, k, v = (torch.randn(shape, dtype=dtype) for _ in range(3))
-    return 4 * batch * tokens**2 * config.hidden_size / best_seconds(
-        lambda: F.scaled_dot_product_attention(q, k, v), runs)
+    flops = batch * attention_flops(config, resolution) / config.num_hidden_layers
+    return flops / best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), runs)
 
 
 def product_flops(model, resolution: int) -> float:
     """FLOPs per image of the linear layers and the patch embedding (flops_per_image less attention)."""
-    config = model.config
-    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
-    return flops_per_image(model, resolution) - 4 * config.num_hidden_layers * tokens**2 * config.hidden_size
+    return flops_per_image(model, resolution) - attention_flops(model.config, resolution)
 
 
 @torch.inference_mode()

@@ -80,13 +80,20 @@ def build_backbone(shape: str, dtype: torch.dtype):
     return model.eval()
 
 
+def tokens_per_image(config, resolution: int) -> int:
+    """The sequence a DINOv3 ViT attends over: CLS, registers, patches."""
+    return 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
+
+
+def attention_flops(config, resolution: int) -> float:
+    """Attention's QKᵀ and AV over all layers, per image."""
+    return 4 * config.num_hidden_layers * tokens_per_image(config, resolution) ** 2 * config.hidden_size
+
+
 def flops_per_image(model, resolution: int) -> float:
     """2 × parameters × tokens for the matrix products, plus attention's QKᵀ and AV."""
-    config = model.config
-    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
     params = sum(p.numel() for p in model.parameters())
-    attention = 4 * config.num_hidden_layers * tokens**2 * config.hidden_size
-    return 2 * params * tokens + attention
+    return 2 * params * tokens_per_image(model.config, resolution) + attention_flops(model.config, resolution)
 
 
 def cuda_time(fn, *, warmup: int, runs: int) -> list[float]:
@@ -150,8 +157,7 @@ def naive(model, files, resolution: int) -> dict:
 def matmul_ceiling(model, resolution: int, batch: int, *, runs: int) -> dict:
     """The model's matrix products alone: each linear layer on a (batch × tokens, in) input, plus the patch
     convolution, timed back to back. A bound on any forward pass that computes them, not a forward pass."""
-    config = model.config
-    tokens = 1 + config.num_register_tokens + (resolution // config.patch_size) ** 2
+    tokens = tokens_per_image(model.config, resolution)
     dtype = next(model.parameters()).dtype
     inputs = {}
     calls = []

@@ -178,9 +178,9 @@ def _pack_weights(layer) -> bool:
 
 def unpack_weights(backbone):
     """Packed weights back in PyTorch's layout (torch.compile cannot trace oneDNN's), and the record updated."""
-    modules = [module for module in backbone.modules() if isinstance(module, FusedLinear)]
-    for module in modules:
-        module.unpack()
+    for module in backbone.modules():
+        if isinstance(module, FusedLinear):
+            module.unpack()
     if "packed_weights" in getattr(backbone, "lookalike_fused", ()):
         backbone.lookalike_fused = tuple(part for part in backbone.lookalike_fused if part != "packed_weights")
     return backbone
