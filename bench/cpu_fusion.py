@@ -40,7 +40,7 @@ ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu"}
 
 
 def variants(shape: str, dtype) -> dict:
-    base = attention.use_padded_keys(build_backbone(shape, dtype))
+    base = attention.use_cpu_attention(build_backbone(shape, dtype))
     models = {"before": base}
     for count in range(1, len(PARTS) + 1):
         name = "+ " + " + ".join(PARTS[:count])

@@ -6,7 +6,8 @@ both in FLOP/s. In each round, in turn (order rotating), on the same 2-thread CP
 - peak: a 2048² × 2048 matrix product in float32 and in the indexer's dtype (square and large: the best case),
   the faster of PyTorch's matmul and oneDNN's inner product on packed weights;
 - products: every linear layer of the backbone (as loaded) back to back at batch 32, nothing else of the forward;
-- attention: the attention kernel alone (scaled_dot_product_attention) on the forward's shapes;
+- attention: the attention the backbone runs as loaded (indexer/attention.py's pick, else
+  scaled_dot_product_attention) alone on the forward's shapes;
 - forward: forward-only at batch 32, the backbone as loaded;
 - naive: the model card's loop on real chips, float32 (decode, preprocess, forward, pooler_output); its
   FLOP/s count its decoding time as well, as indexer/naive does.
@@ -31,6 +32,7 @@ from bench.cpu_attention import run_fields, run_line  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import (attention_flops, build_backbone, cuda_time, flops_per_image,  # noqa: E402
                               matmul_ceiling, naive, tokens_per_image)
+from indexer import attention  # noqa: E402
 from indexer.embedder import CPU_BATCH, DTYPES, resolve_dtype, tune_for_device  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
@@ -51,6 +53,9 @@ def square_rate(dtype, side: int, runs: int) -> float:
         lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), runs))
 
 
+ATTENTION = {attention.NAME: attention.padded_key_attention, attention.SPLIT_NAME: attention.split_attention}
+
+
 def attention_rate(model, resolution: int, batch: int, runs: int) -> float:
     """FLOP/s of the attention kernel alone on one layer's query, key and value shapes (QKᵀ and AV)."""
     config = model.config
@@ -59,7 +64,9 @@ def attention_rate(model, resolution: int, batch: int, runs: int) -> float:
     dtype = next(model.parameters()).dtype
     q, k, v = (torch.randn(shape, dtype=dtype) for _ in range(3))
     flops = batch * attention_flops(config, resolution) / config.num_hidden_layers
-    return flops / best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), runs)
+    chosen = ATTENTION.get(config._attn_implementation)
+    call = (lambda: chosen(None, q, k, v, None)) if chosen else (lambda: F.scaled_dot_product_attention(q, k, v))
+    return flops / best_seconds(call, runs)
 
 
 def product_flops(model, resolution: int) -> float:
@@ -125,7 +132,8 @@ def main():
     flops = flops_per_image(models["indexer"], args.resolution)
     report = {**run_fields(args.shape, dtype, rounds=args.rounds), "resolution": args.resolution,
               "batch": CPU_BATCH, "runs": args.runs, "naive_files": len(files), "flops_per_image": flops,
-              "tuned": list(getattr(models["indexer"], "lookalike_fused", ())), **summary(rounds, flops),
+              "tuned": list(getattr(models["indexer"], "lookalike_fused", ())),
+              "attention": models["indexer"].config._attn_implementation, **summary(rounds, flops),
               "per_round_gflops": [{k: round(v / 1e9, 1) for k, v in r.items()} for r in rounds],
               "total_seconds": time.perf_counter() - started}
     save(report, args.out, f"peak-{args.shape}", table)
@@ -136,7 +144,7 @@ def table(report: dict) -> str:
     rows = [("2048² matrix product, float32 (peak)", g["peak_float32"], "1.00 of float32 peak"),
             (f"2048² matrix product, {report['dtype']} (peak)", g["peak_16bit"], "1.00"),
             ("the backbone's linear layers alone, batch 32", g["products"], f"{report['products_of_peak']:.2f}"),
-            ("attention kernel alone, batch 32", g["attention"], f"{report['attention_of_peak']:.2f}"),
+            (f"attention alone ({report.get('attention', 'sdpa')}), batch 32", g["attention"], f"{report['attention_of_peak']:.2f}"),
             ("forward-only, batch 32, as loaded", g["forward"], f"{report['forward_of_peak']:.2f}"),
             ("model card's loop, float32, one image", g["naive"],
              f"{report['naive_of_float32_peak']:.2f} of float32 peak")]

@@ -1,12 +1,15 @@
-"""The backbone's attention on an AMX CPU: keys padded to a multiple of 16, where PyTorch's flash kernel is faster so.
+"""The backbone's attention on a CPU: padded keys where AMX runs PyTorch's flash kernel, split products elsewhere.
 
 At 224 px a DINOv3 sequence is 201 tokens (CLS, 4 registers, 196 patches). In bfloat16 on a CPU with AMX, PyTorch's
 flash-attention kernel runs that key length slower than a multiple of 16: appending zero keys and values,
 masked to -inf so that no query attends to them, gives the same output (to bfloat16 rounding) 1.3-2.8x faster
 and the whole ViT-S/16 forward 1.10-1.36x (bench/cpu_attention.py, bench/results/cpu/attention/). Not everywhere:
 with oneDNN held below AMX, attention alone measured 0.77-1.09x and the forward 0.99x; at 405, 581 and 1029 keys
-(320, 384, 512 px) 0.78-1.20x. So only short sequences in 16-bit floats on AMX are padded; CUDA kernels and
-other CPUs keep transformers' "sdpa".
+(320, 384, 512 px) 0.78-1.20x. So only short sequences in 16-bit floats on AMX are padded.
+In bfloat16 on a CPU with AVX512-BF16 but no AMX (an AMD EPYC), the flash kernel itself is the slow part: there the
+attention runs as its three steps, QKᵀ, softmax and the product with V, each one oneDNN or ATen call, over slices
+of the batch whose scores stay in cache (split_attention; figures in bench/results/cpu/attention-epyc-split/).
+CUDA kernels, float32 and other CPUs keep transformers' "sdpa".
 """
 from functools import lru_cache
 
@@ -14,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lookalike_cpu_sdpa"
+SPLIT_NAME = "lookalike_cpu_split"
 KEY_MULTIPLE = 16
 LONGEST_PADDED = 300  # keys: faster at 201 and 261 (224, 256 px); mixed or slower at 405, 581, 1029 (789: faster)
+SCORE_BYTES = 4 << 20  # one slice's scores: 8 images of 6 heads × 201² keys in bfloat16 (all at once: slower)
 
 
 def padded_key_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0,
@@ -32,6 +37,22 @@ def padded_key_attention(module, query, key, value, attention_mask, *, scaling=N
     return output.transpose(1, 2).contiguous(), None
 
 
+def split_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0, **kwargs):
+    """The same signature and result as padded_key_attention, computed as softmax(q·kᵀ·scale)·v a slice of the batch
+    at a time; a mask or dropout (neither of which DINOv3 uses at inference) takes PyTorch's kernel instead."""
+    if attention_mask is not None or dropout:
+        return padded_key_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    batch, heads, queries, width = query.shape
+    scale = width ** -0.5 if scaling is None else scaling
+    step = max(1, SCORE_BYTES // (heads * queries * key.shape[2] * query.element_size()))
+    output = query.new_empty(batch, queries, heads, width)  # (B, N, H, d)
+    for start in range(0, batch, step):
+        part = slice(start, start + step)
+        scores = torch.matmul(query[part], key[part].transpose(-1, -2)).mul_(scale)  # (b, H, N, N)
+        output[part] = torch.matmul(torch.softmax(scores, dim=-1), value[part]).transpose(1, 2)
+    return output, None
+
+
 @lru_cache(maxsize=8)
 def _key_mask(keys: int, pad: int, dtype, device) -> torch.Tensor:
     """0 over the real keys, -inf over the padding; made once per shape, not in every layer (only read; made
@@ -46,16 +67,32 @@ def amx_available() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def avx512_bf16_available() -> bool:
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def on_amx_16bit(backbone) -> bool:
     weights = next(backbone.parameters())
     return weights.device.type == "cpu" and weights.dtype in (torch.bfloat16, torch.float16) and amx_available()
 
 
-def use_padded_keys(backbone):
-    """Switch a 16-bit backbone on an AMX CPU from transformers' SDPA to padded keys; others stay as they are."""
+def cpu_attention_for(backbone) -> str | None:
+    """The attention measured fastest for this backbone's device, dtype and CPU, or None for transformers' own."""
+    weights = next(backbone.parameters())
+    if weights.device.type != "cpu":
+        return None
+    if on_amx_16bit(backbone):
+        return NAME
+    return SPLIT_NAME if weights.dtype == torch.bfloat16 and avx512_bf16_available() else None
+
+
+def use_cpu_attention(backbone):
+    """Switch a backbone loaded with transformers' SDPA to cpu_attention_for's pick, if any; others stay as they are."""
     from transformers import AttentionInterface
 
-    if on_amx_16bit(backbone) and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
+    chosen = cpu_attention_for(backbone)
+    if chosen and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
         AttentionInterface.register(NAME, padded_key_attention)
-        backbone.set_attn_implementation(NAME)
+        AttentionInterface.register(SPLIT_NAME, split_attention)
+        backbone.set_attn_implementation(chosen)
     return backbone

@@ -97,16 +97,12 @@ def rewrites_apply(backbone) -> bool:
         return avx2_or_better()
     if weights.dtype == torch.float16:  # oneDNN refuses the fused op in float16 where the CPU lacks it
         return attention.amx_available() and onednn_float16_available()
-    return weights.dtype == torch.bfloat16 and (attention.amx_available() or avx512_bf16_available())
+    return weights.dtype == torch.bfloat16 and (attention.amx_available() or attention.avx512_bf16_available())
 
 
 def avx2_or_better() -> bool:
     """An x86-64 CPU whose vector units PyTorch uses at AVX2 or AVX-512 width (ATEN_CPU_CAPABILITY can hold it)."""
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-
-
-def avx512_bf16_available() -> bool:
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def onednn_float16_available() -> bool:

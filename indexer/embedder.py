@@ -11,8 +11,8 @@ from typing import Protocol
 
 import torch
 
-from .attention import amx_available, use_padded_keys
-from .cpu_fusion import avx512_bf16_available, fuse_for_cpu, unpack_weights
+from .attention import amx_available, avx512_bf16_available, use_cpu_attention
+from .cpu_fusion import fuse_for_cpu, unpack_weights
 from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
 from .images import Preprocess
 from .normalization import normalization_for
@@ -98,10 +98,11 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
 
 
 def tune_for_device(backbone):
-    """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys
-    (indexer/attention.py); there, in bfloat16 on a CPU with AVX512-BF16 and in float32 on an x86-64 CPU with
-    AVX2 or better, rewritten layers (indexer/cpu_fusion.py); elsewhere nothing. Benchmarks call it too."""
-    return fuse_for_cpu(use_padded_keys(backbone))
+    """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys, and in
+    bfloat16 on one with AVX512-BF16 but no AMX, attention as split products (indexer/attention.py); on both in
+    bfloat16 and in float32 on an x86-64 CPU with AVX2 or better, rewritten layers (indexer/cpu_fusion.py);
+    elsewhere nothing. Benchmarks call it too."""
+    return fuse_for_cpu(use_cpu_attention(backbone))
 
 
 class DinoV3Embedder:

@@ -1,10 +1,11 @@
-"""Padded-key attention on a CPU: what the loaded backbone runs, and that it changes nothing but speed."""
+"""lookalike's CPU attention (padded keys, split products): what the loaded backbone runs, and that it changes
+nothing but speed."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from indexer import attention
-from indexer.attention import padded_key_attention
+from indexer.attention import padded_key_attention, split_attention
 
 
 def plain(query, key, value):
@@ -70,9 +71,67 @@ def test_long_sequences_are_not_padded(model_dir, load_embedder, on_amx, monkeyp
     assert set(seen) == {1 + 4 + 32 * 32}  # measured slower padded: left as it is
 
 
-@pytest.mark.parametrize("dtype, amx", [("float32", True), ("bfloat16", False)], ids=["float32", "no-amx"])
-def test_float32_and_cpus_without_amx_keep_transformers_sdpa(model_dir, load_embedder, monkeypatch, dtype, amx):
+@pytest.mark.parametrize("batch, score_bytes", [(1, 4 << 20), (5, 4 << 20), (5, 2 * 3 * 201 * 201 * 4)],
+                         ids=["one-image", "one-slice", "slices-of-2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_attention_gives_plain_attention(batch, score_bytes, dtype, monkeypatch):
+    monkeypatch.setattr(attention, "SCORE_BYTES", score_bytes)  # slices of 2 images and a last one of 1
+    generator = torch.Generator().manual_seed(batch)
+    query, key, value = (torch.randn(batch, 201, 3, 16, generator=generator).to(dtype).transpose(1, 2)
+                         for _ in range(3))  # (B, H, N, d), strided as transformers hands them over
+
+    output, weights = split_attention(None, query, key, value, None, scaling=0.3)
+
+    assert weights is None
+    assert output.shape == (batch, 201, 3, 16) and output.is_contiguous()
+    expected = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), scale=0.3).transpose(1, 2)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_split_attention_hands_a_mask_to_pytorchs_kernel():
+    generator = torch.Generator().manual_seed(1)
+    query, key, value = (torch.randn(2, 3, 201, 16, generator=generator) for _ in range(3))
+    mask = torch.zeros(1, 201)
+    mask[:, 100:] = float("-inf")  # only the first 100 keys count
+
+    output, _ = split_attention(None, query, key, value, mask)
+
+    expected = plain(query, key[:, :, :100], value[:, :, :100])
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def on_avx512_bf16(monkeypatch):
+    """A CPU with AVX512-BF16 and no AMX (an AMD EPYC), whatever this one is."""
+    monkeypatch.setattr(attention, "amx_available", lambda: False)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: True)
+
+
+def test_a_bfloat16_backbone_without_amx_runs_split_attention(model_dir, load_embedder, on_avx512_bf16, monkeypatch):
+    embedder = load_embedder(model_dir, dtype="bfloat16")
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    seen = spy_on_keys(monkeypatch)
+
+    embedder.embed(pixels)
+
+    backbone = embedder.backbone
+    assert backbone.config._attn_implementation == attention.SPLIT_NAME
+    assert seen == []  # PyTorch's SDPA kernel never called
+    backbone.float()  # the same attention in float32: split must equal sdpa to float32 rounding
+    with torch.inference_mode():
+        split = backbone(pixel_values=pixels).last_hidden_state
+        backbone.set_attn_implementation("sdpa")
+        reference = backbone(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, amx, avx512_bf16", [("float32", True, True), ("bfloat16", False, False)],
+                         ids=["float32", "neither"])
+def test_float32_and_cpus_without_bfloat16_keep_transformers_sdpa(model_dir, load_embedder, monkeypatch, dtype, amx,
+                                                                  avx512_bf16):
     monkeypatch.setattr(attention, "amx_available", lambda: amx)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: avx512_bf16)
 
     embedder = load_embedder(model_dir, dtype=dtype)
 

@@ -127,12 +127,12 @@ def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model
 def test_a_bfloat16_backbone_on_a_cpu_with_native_bfloat16_is_rewritten(model_dir, load_embedder, monkeypatch, dtype,
                                                                          amx, avx512_bf16):
     monkeypatch.setattr(attention, "amx_available", lambda: amx)
-    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: avx512_bf16)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: avx512_bf16)
 
     backbone = load_embedder(model_dir, dtype=dtype).backbone
 
     assert backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
-    assert backbone.config._attn_implementation == ("lookalike_cpu_sdpa" if amx else "sdpa")  # padded on AMX only
+    assert backbone.config._attn_implementation == (attention.NAME if amx else attention.SPLIT_NAME)
 
 
 @pytest.mark.parametrize("dtype, amx, avx512_bf16, float16, avx2", [
@@ -142,7 +142,7 @@ def test_a_bfloat16_backbone_on_a_cpu_with_native_bfloat16_is_rewritten(model_di
 def test_cpus_without_measured_rewrites_keep_transformers_layers(model_dir, load_embedder, monkeypatch, dtype, amx,
                                                                  avx512_bf16, float16, avx2):
     monkeypatch.setattr(attention, "amx_available", lambda: amx)
-    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: avx512_bf16)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: avx512_bf16)
     monkeypatch.setattr(cpu_fusion, "onednn_float16_available", lambda: float16)
     monkeypatch.setattr(cpu_fusion, "avx2_or_better", lambda: avx2)
 
@@ -155,7 +155,7 @@ def test_cpus_without_measured_rewrites_keep_transformers_layers(model_dir, load
 def test_a_float32_backbone_on_an_avx2_cpu_is_rewritten_and_embeds_as_transformers_does(model_dir, load_embedder,
                                                                                         monkeypatch):
     monkeypatch.setattr(attention, "amx_available", lambda: False)
-    monkeypatch.setattr(cpu_fusion, "avx512_bf16_available", lambda: False)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: False)
     monkeypatch.setattr(cpu_fusion, "avx2_or_better", lambda: True)
     pixels = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(7))
 
