@@ -8,7 +8,8 @@ with oneDNN held below AMX, attention alone measured 0.77-1.09x and the forward 
 (320, 384, 512 px) 0.78-1.20x. So only short sequences in 16-bit floats on AMX are padded.
 In bfloat16 on a CPU with AVX512-BF16 but no AMX (an AMD EPYC), the flash kernel itself is the slow part: there the
 attention runs as its three steps, QKᵀ, softmax and the product with V, each one oneDNN or ATen call, over slices
-of the batch whose scores stay in cache (split_attention; figures in bench/results/cpu/attention-epyc-split/).
+of the batch whose scores stay in cache, in one buffer that the softmax overwrites (split_attention; figures in
+bench/results/cpu/attention-epyc-split/).
 CUDA kernels, float32 and other CPUs keep transformers' "sdpa".
 """
 from functools import lru_cache
@@ -39,17 +40,21 @@ def padded_key_attention(module, query, key, value, attention_mask, *, scaling=N
 
 def split_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0, **kwargs):
     """The same signature and result as padded_key_attention, computed as softmax(q·kᵀ·scale)·v a slice of the batch
-    at a time; a mask or dropout (neither of which DINOv3 uses at inference) takes PyTorch's kernel instead."""
-    if attention_mask is not None or dropout:
+    at a time; a mask, dropout or gradients (none of which DINOv3 needs at inference; out= has no backward) take
+    PyTorch's kernel instead."""
+    if attention_mask is not None or dropout or (torch.is_grad_enabled() and query.requires_grad):
         return padded_key_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
     batch, heads, queries, width = query.shape
     scale = width ** -0.5 if scaling is None else scaling
-    step = max(1, SCORE_BYTES // (heads * queries * key.shape[2] * query.element_size()))
+    step = min(batch, max(1, SCORE_BYTES // (heads * queries * key.shape[2] * query.element_size())))
     output = query.new_empty(batch, queries, heads, width)  # (B, N, H, d)
+    buffer = query.new_empty(step, heads, queries, key.shape[2])  # (b, H, N, N): one for every slice
     for start in range(0, batch, step):
         part = slice(start, start + step)
-        scores = torch.matmul(query[part], key[part].transpose(-1, -2)).mul_(scale)  # (b, H, N, N)
-        output[part] = torch.matmul(torch.softmax(scores, dim=-1), value[part]).transpose(1, 2)
+        scores = buffer[:len(query[part])]
+        torch.matmul(query[part], key[part].transpose(-1, -2), out=scores).mul_(scale)
+        torch.softmax(scores, dim=-1, out=scores)  # row by row, so in place is safe (tests compare with sdpa)
+        output[part] = torch.matmul(scores, value[part]).transpose(1, 2)
     return output, None
 
 

@@ -101,6 +101,17 @@ def test_split_attention_hands_a_mask_to_pytorchs_kernel():
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_split_attention_keeps_gradients():
+    generator = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn(2, 3, 201, 16, generator=generator, requires_grad=True) for _ in range(3))
+
+    output, _ = split_attention(None, query, key, value, None)
+    output.sum().backward()
+
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    torch.testing.assert_close(output, plain(query, key, value), atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture
 def on_avx512_bf16(monkeypatch):
     """A CPU with AVX512-BF16 and no AMX (an AMD EPYC), whatever this one is."""
