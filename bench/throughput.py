@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from indexer import attention  # noqa: E402
 from indexer.cpu_fusion import FusedLinear  # noqa: E402
 from indexer.embedder import DinoV3Embedder, tune_for_device  # noqa: E402
 from indexer.images import load_image  # noqa: E402
@@ -359,6 +360,18 @@ def _failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
 
 
+def on_sdpa(model, measure):
+    """measure() with the backbone on transformers' sdpa if it was loaded with split attention, which never calls
+    SDPA (its backends would all time the same thing); padded keys do call it and stay."""
+    loaded = model.config._attn_implementation
+    if loaded == attention.SPLIT_NAME:
+        model.set_attn_implementation("sdpa")
+    try:
+        return measure()
+    finally:
+        model.set_attn_implementation(loaded)
+
+
 @torch.inference_mode()
 def attention_backends(model, resolution: int, batch: int, *, runs: int, latency_runs: int, repeat: int = 2) -> dict:
     """Forward-only at `batch` and the one-image forward, with SDPA held to one backend at a time.
@@ -514,8 +527,8 @@ def main() -> None:
         for resolution in settings if args.variants else ():
             best = report["results"][resolution]["forward_only"]["batch_size"]
             variants = report.setdefault("variants", {})
-            variants[resolution] = {"attention": attention_backends(model, resolution, best, runs=max(2, runs - 2),
-                                                                    latency_runs=10 if args.quick else 20)}
+            variants[resolution] = {"attention": on_sdpa(model, lambda: attention_backends(
+                model, resolution, best, runs=max(2, runs - 2), latency_runs=10 if args.quick else 20))}
             write_report(report, args.out, stem, started)
             variants[resolution]["transport"] = transport_ab(model, pool[:settings[resolution][1]], resolution,
                                                              batch_size=best, workers=workers,

@@ -138,3 +138,20 @@ def test_cpu_peak_script(tmp_path):
     naive_gflops = report["naive_images_per_second"] * report["flops_per_image"] / 1e9
     assert naive_gflops == pytest.approx(gflops["naive"], abs=0.051)
     assert "the most indexer / loop can be" in (tmp_path / "peak-tiny.md").read_text()
+
+
+def test_sdpa_backends_are_compared_on_sdpa_where_the_backbone_runs_split_attention(model_dir, load_embedder,
+                                                                                     monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from bench import throughput
+    from indexer import attention
+
+    monkeypatch.setattr(attention, "amx_available", lambda: False)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: True)
+    backbone = load_embedder(model_dir, dtype="bfloat16").backbone
+    assert backbone.config._attn_implementation == attention.SPLIT_NAME
+
+    during = throughput.on_sdpa(backbone, lambda: backbone.config._attn_implementation)
+
+    assert during == "sdpa"  # SDPA's backends would change nothing under split attention
+    assert backbone.config._attn_implementation == attention.SPLIT_NAME  # and it is put back
