@@ -38,6 +38,16 @@ def spy_on_keys(monkeypatch) -> list[int]:
     return seen
 
 
+def assert_equals_sdpa_in_float32(backbone, pixels):
+    """The backbone's attention in float32 must give transformers' sdpa output to float32 rounding."""
+    backbone.float()
+    with torch.inference_mode():
+        output = backbone(pixel_values=pixels).last_hidden_state
+        backbone.set_attn_implementation("sdpa")
+        reference = backbone(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture
 def on_amx(monkeypatch):
     """Whatever this CPU is: the switch is what is tested here, the speed is bench/cpu_attention.py's."""
@@ -54,12 +64,7 @@ def test_a_bfloat16_backbone_on_amx_attends_over_keys_padded_to_16(model_dir, lo
     backbone = embedder.backbone
     assert backbone.config._attn_implementation == attention.NAME
     assert seen == [208] * backbone.config.num_hidden_layers  # 1 + 4 + 196 tokens, padded
-    backbone.float()  # the same attention in float32: padded must equal plain to float32 rounding
-    with torch.inference_mode():
-        padded = backbone(pixel_values=pixels).last_hidden_state
-        backbone.set_attn_implementation("sdpa")
-        reference = backbone(pixel_values=pixels).last_hidden_state
-    torch.testing.assert_close(padded, reference, atol=1e-5, rtol=1e-5)
+    assert_equals_sdpa_in_float32(backbone, pixels)
 
 
 def test_long_sequences_are_not_padded(model_dir, load_embedder, on_amx, monkeypatch):
@@ -129,12 +134,7 @@ def test_a_bfloat16_backbone_without_amx_runs_split_attention(model_dir, load_em
     backbone = embedder.backbone
     assert backbone.config._attn_implementation == attention.SPLIT_NAME
     assert seen == []  # PyTorch's SDPA kernel never called
-    backbone.float()  # the same attention in float32: split must equal sdpa to float32 rounding
-    with torch.inference_mode():
-        split = backbone(pixel_values=pixels).last_hidden_state
-        backbone.set_attn_implementation("sdpa")
-        reference = backbone(pixel_values=pixels).last_hidden_state
-    torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-5)
+    assert_equals_sdpa_in_float32(backbone, pixels)
 
 
 @pytest.mark.parametrize("dtype, amx, avx512_bf16", [("float32", True, True), ("bfloat16", False, False)],
