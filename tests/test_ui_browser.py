@@ -248,6 +248,35 @@ def test_upload_then_click_patches(page, ui_ids, artifacts_dir):
     )
 
 
+TRUNCATED_LABELS = """() => Array.from(document.querySelectorAll('[data-testid="stMain"] button'))
+    .filter(button => button.offsetParent !== null)
+    .filter(button => Array.from(button.querySelectorAll('*')).some(part => part.scrollWidth > part.clientWidth + 1))
+    .map(button => button.innerText)"""
+
+
+def test_a_narrow_window_puts_the_query_above_whole_labelled_results(browser, server, ui_ids, artifacts_dir):
+    context = browser.new_context(viewport={"width": 800, "height": 900}, base_url=server)  # half a laptop screen
+    context.set_default_timeout(WAIT_MS)
+    tab = context.new_page()
+    try:
+        open_page(tab, "/?id=7&k=8")
+        tab.get_by_text("#8 · score").wait_for()
+        wait_idle(tab)
+        query = tab.get_by_role("heading", name="Query").bounding_box()
+        results = tab.get_by_role("heading", name="Nearest neighbours").bounding_box()
+        assert results["y"] > query["y"] + 200 and abs(results["x"] - query["x"]) < 2  # below it, not beside
+        assert tab.evaluate(TRUNCATED_LABELS) == []  # no button shows "Ran…" for "Random image"
+        assert min(box["width"] for box in map(lambda i: i.bounding_box(), tab.locator(RESULT_IMAGES).all())) > 120
+
+        query_image = tab.frame_locator("iframe[src*='streamlit_image_coordinates']").locator("img")
+        query_image.scroll_into_view_if_needed()
+        click_patch(tab, query_image, 5, 9, (14, 14))  # the picture is drawn smaller here: the click still maps
+        tab.get_by_text("Patch row 5, column 9 of a 14×14 grid").wait_for()
+        tab.screenshot(path=artifacts_dir / "narrow-window.png")
+    finally:
+        context.close()
+
+
 def test_unreadable_upload_is_one_clear_line(page):
     open_page(page, "/")
     page.get_by_text("Upload an image or pick an indexed one").wait_for()

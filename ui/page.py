@@ -18,6 +18,21 @@ from .unlike import unlike_panel, unlike_rows
 
 MAX_K = 1000
 PAGE_SIZES = [12, 20, 40, 100]
+NARROW_PX = 1200  # below this window width the sidebar leaves the columns too little room side by side
+# Narrow windows (a laptop's half screen): the query goes above its results instead of beside them, at most
+# 20rem wide, and every column keeps room for its buttons' labels, wrapping to the next row when it has none
+# (the cards two or three to a row instead of four; the pager's label gives way instead).
+NARROW_CSS = f"""<style>
+@media (max-width: {NARROW_PX}px) {{
+  [data-testid="stColumn"] {{ min-width: min(100%, 8.5rem); }}
+  .st-key-search-layout > [data-testid="stLayoutWrapper"] > [data-testid="stHorizontalBlock"]
+    > [data-testid="stColumn"] {{ min-width: 100%; }}
+  .st-key-search-layout > [data-testid="stLayoutWrapper"] > [data-testid="stHorizontalBlock"]
+    > [data-testid="stColumn"]:first-child {{ min-width: 0; flex-basis: 100%; max-width: 20rem; }}
+  .st-key-pager > [data-testid="stLayoutWrapper"] > [data-testid="stHorizontalBlock"] {{ flex-wrap: nowrap; }}
+  .st-key-downloads [data-testid="stColumn"] {{ min-width: min(100%, 13rem); }}
+}}
+</style>"""
 
 
 def settings_sidebar(info: dict) -> dict:
@@ -64,6 +79,7 @@ def _address_page_size() -> int:
 def render(store_dir: Path, *, model: str | None = None, basemap: str | None = None,
            max_upload_mb: int = 50) -> None:
     st.set_page_config(page_title="lookalike", page_icon="🛰️", layout="wide")
+    st.html(NARROW_CSS)
     st.title("lookalike")
     if store_dir is None:
         st.error("No store given: start the page with `lookalike serve --store DIR`.")
@@ -90,7 +106,7 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
         return
     query = load_query(store, choice, model=model, max_upload_mb=max_upload_mb)
 
-    query_column, results_column = st.columns([1, 3])
+    query_column, results_column = st.container(key="search-layout").columns([1, 3])
     with query_column:
         st.subheader("Query")
         st.caption(query.label)

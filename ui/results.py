@@ -145,7 +145,7 @@ def _go_to(page: int) -> None:
 
 
 def pager(page: int, pages: int, total: int) -> None:
-    back, label, forward = st.columns([1, 3, 1])
+    back, label, forward = st.container(key="pager").columns([1, 3, 1])
     back.button("◀ Previous", disabled=page <= 1, on_click=_go_to, args=(page - 1,), key="prev")
     label.markdown(f"Page **{page}** of **{pages}** · {total} results")
     forward.button("Next ▶", disabled=page >= pages, on_click=_go_to, args=(page + 1,), key="next")
@@ -212,7 +212,7 @@ def downloads(query: Query, results: list[dict], *, combine: str = "mean", unlik
     writer.writeheader()
     writer.writerows(rows)
     described = describe_query(query, combine=combine, unlike=unlike)
-    columns = st.columns(3)
+    columns = st.container(key="downloads").columns(3)
     columns[0].download_button("Download results (CSV)", text.getvalue(), file_name="lookalike-results.csv",
                                mime="text/csv")
     columns[1].download_button("Download results (JSON)", json.dumps({"query": described, "results": rows}, indent=1),
