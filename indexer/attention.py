@@ -33,6 +33,11 @@ def padded_key_attention(module, query, key, value, attention_mask, *, scaling=N
         key = F.pad(key, (0, 0, 0, pad))  # (B, H, N + pad, d)
         value = F.pad(value, (0, 0, 0, pad))
         attention_mask = _key_mask(keys, pad, query.dtype, query.device)
+    return _sdpa(query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+
+
+def _sdpa(query, key, value, attention_mask, *, scaling, dropout: float):
+    """PyTorch's SDPA as transformers' "sdpa" calls it: (B, H, N, d) in, ((B, N, H, d), None) out."""
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                             scale=scaling)  # (B, H, N, d)
     return output.transpose(1, 2).contiguous(), None
@@ -41,9 +46,10 @@ def padded_key_attention(module, query, key, value, attention_mask, *, scaling=N
 def split_attention(module, query, key, value, attention_mask, *, scaling=None, dropout: float = 0.0, **kwargs):
     """The same signature and result as padded_key_attention, computed as softmax(q·kᵀ·scale)·v a slice of the batch
     at a time; a mask, dropout or gradients (none of which DINOv3 needs at inference; out= has no backward) take
-    PyTorch's kernel instead."""
-    if attention_mask is not None or dropout or (torch.is_grad_enabled() and query.requires_grad):
-        return padded_key_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    PyTorch's kernel instead, as does torch.compile (split is measured eager; --compile was measured on SDPA)."""
+    if (attention_mask is not None or dropout or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and query.requires_grad)):
+        return _sdpa(query, key, value, attention_mask, scaling=scaling, dropout=dropout)
     batch, heads, queries, width = query.shape
     scale = width ** -0.5 if scaling is None else scaling
     step = min(batch, max(1, SCORE_BYTES // (heads * queries * key.shape[2] * query.element_size())))

@@ -147,3 +147,14 @@ def test_float32_and_cpus_without_bfloat16_keep_transformers_sdpa(model_dir, loa
     embedder = load_embedder(model_dir, dtype=dtype)
 
     assert embedder.backbone.config._attn_implementation == "sdpa"
+
+
+def test_split_attention_leaves_compiled_graphs_to_pytorchs_kernel(monkeypatch):
+    seen = spy_on_keys(monkeypatch)
+    monkeypatch.setattr(attention.torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile's trace
+    query, key, value = (torch.randn(1, 2, 201, 16, generator=torch.Generator().manual_seed(3)) for _ in range(3))
+
+    output, _ = split_attention(None, query, key, value, None)
+
+    assert seen == [201]  # SDPA, unpadded: what --compile was measured with
+    torch.testing.assert_close(output, plain(query, key, value), atol=1e-5, rtol=1e-5)

@@ -169,13 +169,16 @@ def test_a_float32_backbone_on_an_avx2_cpu_is_rewritten_and_embeds_as_transforme
                                atol=1e-4, rtol=1e-4)
 
 
-def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypatch):
-    monkeypatch.setattr(attention, "amx_available", lambda: True)
+@pytest.mark.parametrize("amx", [True, False], ids=["amx-padded-keys", "avx512-bf16-split-attention"])
+def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypatch, amx):
+    monkeypatch.setattr(attention, "amx_available", lambda: amx)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: True)
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     eager = load_embedder(model_dir, dtype="bfloat16")
 
     compiled = load_embedder(model_dir, dtype="bfloat16", compile=True)  # inductor fuses the eager pair itself
 
+    assert compiled.backbone.config._attn_implementation == (attention.NAME if amx else attention.SPLIT_NAME)
     assert compiled.backbone.lookalike_fused == ("layer_scale", "activation")  # weights unpacked for inductor
     assert not any(parameter.is_mkldnn for parameter in compiled.backbone.parameters())
     assert eager.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
