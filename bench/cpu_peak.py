@@ -144,7 +144,8 @@ def table(report: dict) -> str:
     rows = [("2048² matrix product, float32 (peak)", g["peak_float32"], "1.00 of float32 peak"),
             (f"2048² matrix product, {report['dtype']} (peak)", g["peak_16bit"], "1.00"),
             ("the backbone's linear layers alone, batch 32", g["products"], f"{report['products_of_peak']:.2f}"),
-            (f"attention alone ({report.get('attention', 'sdpa')}), batch 32", g["attention"], f"{report['attention_of_peak']:.2f}"),
+            (f"attention alone ({report.get('attention', 'sdpa')}), batch 32", g["attention"],
+             f"{report['attention_of_peak']:.2f}"),
             ("forward-only, batch 32, as loaded", g["forward"], f"{report['forward_of_peak']:.2f}"),
             ("model card's loop, float32, one image", g["naive"],
              f"{report['naive_of_float32_peak']:.2f} of float32 peak")]
