@@ -21,7 +21,7 @@ PAGE_SIZES = [12, 20, 40, 100]
 NARROW_PX = 1200  # below this window width the sidebar leaves the columns too little room side by side
 # Narrow windows (a laptop's half screen): the query goes above its results instead of beside them, at most
 # 20rem wide, and every column keeps room for its buttons' labels, wrapping to the next row when it has none
-# (the cards two or three to a row instead of four; the pager's label gives way instead).
+# (the result cards two to a row instead of four; the pager's label gives way instead).
 NARROW_CSS = f"""<style>
 @media (max-width: {NARROW_PX}px) {{
   [data-testid="stColumn"] {{ min-width: min(100%, 8.5rem); }}
@@ -31,6 +31,7 @@ NARROW_CSS = f"""<style>
     > [data-testid="stColumn"]:first-child {{ min-width: 0; flex-basis: 100%; max-width: 20rem; }}
   .st-key-pager > [data-testid="stLayoutWrapper"] > [data-testid="stHorizontalBlock"] {{ flex-wrap: nowrap; }}
   .st-key-downloads [data-testid="stColumn"] {{ min-width: min(100%, 13rem); }}
+  .st-key-result-grid [data-testid="stColumn"] {{ min-width: calc(50% - 1rem); }}
 }}
 </style>"""
 

@@ -156,8 +156,9 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
     """The cards, each offering to become the query, to join it (unless it is one of its `examples` already;
     `keep_upload`: the query is an upload) or to be compared with it."""
     unreadable = 0
+    grid = st.container(key="result-grid")
     for start in range(0, len(hits), COLUMNS):
-        for column, hit, values in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
+        for column, hit, values in zip(grid.columns(COLUMNS), hits[start:start + COLUMNS], maps[start:start + COLUMNS]):
             with column:
                 try:
                     image = heatmaps.overlay(thumbnail(hit), values, opacity=opacity, vmin=vmin, vmax=vmax)
