@@ -78,7 +78,9 @@ def cosines(vectors: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def forward_rows(shape: str, resolutions, *, images: Path, batch: int, rounds: int, dtype) -> list[dict]:
+def forward_rows(shape: str, resolutions: list[int], *, images: Path, batch: int, rounds: int, dtype) -> list[dict]:
+    if not resolutions:
+        return []
     model = build_backbone(shape, dtype)
     picks = attention.use_cpu_attention(model).config._attn_implementation  # what load_backbone picks here
     from transformers import AttentionInterface
@@ -119,7 +121,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="vits16", choices=sorted(SHAPES))
     parser.add_argument("--kernel-resolutions", default="224,256,320,384,448,512")
-    parser.add_argument("--forward", default="224", help="resolutions for the whole-backbone comparison")
+    parser.add_argument("--forward", default="224",
+                        help="resolutions for the whole-backbone comparison ('' for none: the kernel alone)")
     parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
     parser.add_argument("--batch", type=int, default=16, help="kernel batch; the forward uses 32 (CPU_BATCH)")
     parser.add_argument("--rounds", type=int, default=6)
@@ -132,8 +135,8 @@ def main():
     report = {**run_fields(args.shape, dtype, rounds=args.rounds),
               "kernel": kernel_rows(args.shape, map(int, args.kernel_resolutions.split(",")), batch=args.batch,
                                     rounds=args.rounds, dtype=dtype),
-              "forward": forward_rows(args.shape, map(int, args.forward.split(",")), images=args.images, batch=32,
-                                      rounds=args.rounds, dtype=dtype)}
+              "forward": forward_rows(args.shape, [int(side) for side in args.forward.split(",") if side],
+                                      images=args.images, batch=32, rounds=args.rounds, dtype=dtype)}
     report["total_seconds"] = time.perf_counter() - started
     save(report, args.out, f"attention-{args.shape}", table)
 

@@ -61,6 +61,14 @@ def test_cpu_attention_script(tmp_path):
     assert forward["cls_cosine_min"] > 0.99
 
 
+def test_cpu_attention_script_times_the_kernel_alone_without_forward_resolutions(tmp_path):
+    report = run_bench("cpu_attention.py", tmp_path, "--shape", "tiny", "--kernel-resolutions", "224",
+                       "--forward", "", "--rounds", "1")
+    assert report["forward"] == []  # no backbone built: the 7B's kernel shapes cost seconds, not its 13 GiB
+    (kernel,) = report["kernel"]
+    assert positive(kernel["split_speed_up"]) and positive(kernel["padded_speed_up"])
+
+
 def test_scene_chips_script(tmp_path, shared_data_dir):
     report = run_bench("scene_chips.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--chip-sizes", "512",
                        "--rounds", "1")
