@@ -85,7 +85,7 @@ def forward_rows(shape: str, resolutions: list[int], *, images: Path, batch: int
     picks = attention.use_cpu_attention(model).config._attn_implementation  # what load_backbone picks here
     from transformers import AttentionInterface
 
-    AttentionInterface.register(attention.NAME, attention.padded_key_attention)
+    AttentionInterface.register(attention.NAME, attention.FUNCTIONS[attention.NAME])
     chosen = picks if picks != "sdpa" else attention.NAME  # where lookalike keeps sdpa, padded keys are compared
     rows = []
     for side in resolutions:

@@ -53,9 +53,6 @@ def square_rate(dtype, side: int, runs: int) -> float:
         lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), runs))
 
 
-ATTENTION = {attention.NAME: attention.padded_key_attention, attention.SPLIT_NAME: attention.split_attention}
-
-
 def attention_rate(model, resolution: int, batch: int, runs: int) -> float:
     """FLOP/s of the attention kernel alone on one layer's query, key and value shapes (QKᵀ and AV)."""
     config = model.config
@@ -64,7 +61,7 @@ def attention_rate(model, resolution: int, batch: int, runs: int) -> float:
     dtype = next(model.parameters()).dtype
     q, k, v = (torch.randn(shape, dtype=dtype) for _ in range(3))
     flops = batch * attention_flops(config, resolution) / config.num_hidden_layers
-    chosen = ATTENTION.get(config._attn_implementation)
+    chosen = attention.FUNCTIONS.get(config._attn_implementation)
     call = (lambda: chosen(None, q, k, v, None)) if chosen else (lambda: F.scaled_dot_product_attention(q, k, v))
     return flops / best_seconds(call, runs)
 

@@ -64,6 +64,9 @@ def split_attention(module, query, key, value, attention_mask, *, scaling=None, 
     return output, None
 
 
+FUNCTIONS = {NAME: padded_key_attention, SPLIT_NAME: split_attention}  # as registered with transformers
+
+
 @lru_cache(maxsize=8)
 def _key_mask(keys: int, pad: int, dtype, device) -> torch.Tensor:
     """0 over the real keys, -inf over the padding; made once per shape, not in every layer (only read; made
@@ -103,7 +106,7 @@ def use_cpu_attention(backbone):
 
     chosen = cpu_attention_for(backbone)
     if chosen and getattr(backbone.config, "_attn_implementation", None) == "sdpa":
-        AttentionInterface.register(NAME, padded_key_attention)
-        AttentionInterface.register(SPLIT_NAME, split_attention)
+        for name, function in FUNCTIONS.items():
+            AttentionInterface.register(name, function)
         backbone.set_attn_implementation(chosen)
     return backbone
