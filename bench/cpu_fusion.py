@@ -1,20 +1,21 @@
 """The backbone's layers rewritten for a CPU (indexer/cpu_fusion.py), one rewrite at a time, against as before.
 
 Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
-lookalike ran it before the rewrites (transformers' layers, padded attention keys):
+lookalike ran it before the rewrites (transformers' layers, with the attention picked for the CPU):
 1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection;  3. + every
 linear layer's weights packed once into oneDNN's layout (all three: what load_backbone gives where
 cpu_fusion.rewrites_apply; the packing in bfloat16 and float32). The rewrites are applied whatever the CPU and --dtype
 (default: the indexer's), so that any machine can measure them; the table says whether loading applies them there.
 Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
 how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
-goes (torch.profiler, by operator) before and after.
+goes (torch.profiler, by operator; attention: whatever runs inside the attention function) before and after.
 
     python bench/cpu_fusion.py --rounds 12 --out bench/results/cpu/fusion
     python bench/cpu_fusion.py --rounds 10 --dtype float32 --out bench/results/cpu/fusion-epyc-float32
 """
 import argparse
 import copy
+from contextlib import contextmanager
 import statistics
 import sys
 import time
@@ -36,7 +37,7 @@ from indexer.embedder import DTYPES, resolve_dtype  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
 MATRIX_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::mkldnn_convolution"}
-ATTENTION = {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+MARK = "lookalike::attention"  # the profiler record around each call of the backbone's attention function
 
 
 def variants(shape: str, dtype) -> dict:
@@ -85,21 +86,58 @@ def closeness(models: dict, pixels: torch.Tensor, float32_model) -> dict:
 
 @torch.inference_mode()
 def where_time_goes(model, pixels: torch.Tensor, *, runs: int = 3) -> dict:
+    """Self time by operator; "attention" is everything inside the attention function the model calls (one flash
+    kernel with SDPA; products, softmax and scaling with split attention), whatever its operators."""
     from torch.profiler import ProfilerActivity, profile
 
     model(pixel_values=pixels)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with attention_marked(model), profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(runs):
             model(pixel_values=pixels)
-    events = [(e.key, e.self_cpu_time_total) for e in profiler.key_averages()]
-    total = sum(t for _, t in events)
+    events = profiler.events()
+    total = sum(e.self_cpu_time_total for e in events)
     share = {"matrix products": 0.0, "attention": 0.0, "everything else": 0.0}
-    for key, time_us in events:
-        group = "matrix products" if key in MATRIX_PRODUCTS else "attention" if key in ATTENTION else "everything else"
-        share[group] += time_us / total
-    others = sorted(((k, t) for k, t in events if k not in MATRIX_PRODUCTS | ATTENTION), key=lambda e: -e[1])[:6]
-    return {"share": share, "largest_other_ops": {k: t / total for k, t in others},
-            "ms_per_forward": total / runs / 1000}
+    others = {}
+    for event in events:
+        group = "attention" if _inside_attention(event) else \
+            "matrix products" if event.key in MATRIX_PRODUCTS else "everything else"
+        share[group] += event.self_cpu_time_total / total
+        if group == "everything else":
+            others[event.key] = others.get(event.key, 0.0) + event.self_cpu_time_total / total
+    largest = dict(sorted(others.items(), key=lambda item: -item[1])[:6])
+    return {"share": share, "largest_other_ops": largest, "ms_per_forward": total / runs / 1000}
+
+
+def _inside_attention(event) -> bool:
+    while event is not None:
+        if event.name == MARK:
+            return True
+        event = event.cpu_parent
+    return False
+
+
+@contextmanager
+def attention_marked(model):
+    """While profiling: the model's attention function (transformers looks it up by name at every call) wrapped in
+    a profiler record named MARK; transformers' table restored afterwards."""
+    from torch.profiler import record_function
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
+
+    name = model.config._attn_implementation
+    original, overridden = functions[name], name in functions._local_mapping
+
+    def marked(*args, **kwargs):
+        with record_function(MARK):
+            return original(*args, **kwargs)
+
+    functions[name] = marked
+    try:
+        yield
+    finally:
+        if overridden:
+            functions[name] = original
+        else:
+            del functions[name]
 
 
 def main():
@@ -141,16 +179,17 @@ def table(report: dict) -> str:
                      f"({row['one_image_speed_up']:.2f}) | {near['cls_cosine_min_to_before']:.5f} / "
                      f"{near['cls_cosine_min_to_float32']:.5f} |")
     lines += ["", "Where one forward's time goes (torch.profiler, self time by operator, batch "
-              f"{report['batch']}):", ""]
+              f"{report['batch']}; attention is all that runs inside the attention function):", ""]
     for name, profile in report["profile"].items():
         share = ", ".join(f"{group} {value:.0%}" for group, value in profile["share"].items())
         largest = ", ".join(f"{op.removeprefix('aten::')} {value:.1%}" for op, value in
                             profile["largest_other_ops"].items())
         lines.append(f"- {name}: {profile['ms_per_forward']:.0f} ms per forward; {share}; largest others: {largest}")
     here = "applies them" if report.get("loading_rewrites_here") else "keeps transformers' layers"
-    lines += ["", "\"before\" is transformers' layers (with padded attention keys where lookalike pads them: AMX, "
-              f"16-bit). On this CPU in {report['dtype']}, load_backbone {here} (indexer/cpu_fusion.py: 16-bit "
-              "floats with AMX, bfloat16 with AVX512-BF16, float32 with AVX2 or better)."]
+    lines += ["", "\"before\" is transformers' layers with the attention indexer/attention.py picks for the CPU "
+              "(padded keys with AMX in 16-bit floats, split products in bfloat16 with AVX512-BF16). On this CPU in "
+              f"{report['dtype']}, load_backbone {here} (indexer/cpu_fusion.py: 16-bit floats with AMX, bfloat16 with "
+              "AVX512-BF16, float32 with AVX2 or better)."]
     return "\n".join(lines) + "\n"
 
 

@@ -163,3 +163,27 @@ def test_sdpa_backends_are_compared_on_sdpa_where_the_backbone_runs_split_attent
 
     assert during == "sdpa"  # SDPA's backends would change nothing under split attention
     assert backbone.config._attn_implementation == attention.SPLIT_NAME  # and it is put back
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_the_fusion_profile_counts_what_the_attention_function_runs_as_attention(model_dir, load_embedder,
+                                                                                   monkeypatch, split):
+    sys.path.insert(0, str(REPO))
+    from bench import cpu_fusion
+    from indexer import attention
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    monkeypatch.setattr(attention, "amx_available", lambda: False)
+    monkeypatch.setattr(attention, "avx512_bf16_available", lambda: split)
+    backbone = load_embedder(model_dir, dtype="bfloat16").backbone
+    name = backbone.config._attn_implementation
+    assert name == (attention.SPLIT_NAME if split else "sdpa")
+    pixels = torch.rand(2, 3, 224, 224, dtype=torch.bfloat16)
+
+    profile = cpu_fusion.where_time_goes(backbone, pixels, runs=1)
+
+    assert profile["share"]["attention"] > 0  # split attention's products and softmax too, not only a flash kernel
+    assert sum(profile["share"].values()) == pytest.approx(1.0)
+    assert not {"aten::_softmax", "aten::bmm"} & set(profile["largest_other_ops"])
+    assert ALL_ATTENTION_FUNCTIONS[name] is attention.FUNCTIONS.get(name, ALL_ATTENTION_FUNCTIONS[name])
+    assert ALL_ATTENTION_FUNCTIONS[name].__name__ != "marked"  # the profiler's wrapper is gone
