@@ -22,7 +22,8 @@ def ray_options(command):
     command = click.option("--shard-rows", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
                            help="Jobs per shard (one actor call, one Parquet file).")(command)
     command = click.option("--shard-dir", type=click.Path(path_type=Path), default=None,
-                           help="Where Ray writes embedding shards; every node must reach it [default: STORE/shards].")(command)
+                           help="Where Ray writes embedding shards; every node must reach it "
+                                "[default: STORE/shards].")(command)
     return click.option(
         "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
         help="Embed on Ray Data: alone (or 'local') a local Ray instance, else the cluster at ADDRESS "
@@ -95,7 +96,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
     parts += [f"{_count(plan['copies_unchecked'], 'file')} not read to look for copies"] \
         if plan["copies_unchecked"] else []
     click.echo(f"dry run: would embed {_count(plan['embed'], 'image')}" + (f" ({', '.join(parts)})" if parts else "")
-               + f", skip {plan['skipped']:,}" + (f", keep {plan['moved']:,} moved under new paths" if plan["moved"] else "")
+               + f", skip {plan['skipped']:,}"
+               + (f", keep {plan['moved']:,} moved under new paths" if plan["moved"] else "")
                + (f", give {plan['relocated']:,} chips of scenes moved on the ground their new places"
                   if plan.get("relocated") else "")
                + f", remove {plan['removed']:,}, and refuse "
@@ -128,10 +130,12 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--chip-size", type=click.IntRange(16, 100000), default=None,
               help="Georeferenced TIFF scenes are cut into chips this many pixels square, edges shifted inward "
                    "[default: 512]. Given explicitly, plain images larger than it are cut too.")
-@click.option("--overlap", type=click.IntRange(0, 99999), default=0, show_default=True, help="Pixels shared by neighbouring chips.")
+@click.option("--overlap", type=click.IntRange(0, 99999), default=0, show_default=True,
+              help="Pixels shared by neighbouring chips.")
 @click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Skip chips with less than this share of valid (not nodata, not transparent) pixels.")
-@click.option("--bands", default=None, help="Scene bands to use as red,green,blue, e.g. 3,2,1 [default: declared RGB, else 1,2,3].")
+@click.option("--bands", default=None,
+              help="Scene bands to use as red,green,blue, e.g. 3,2,1 [default: declared RGB, else 1,2,3].")
 @click.option("--stretch", default="2,98", show_default=True,
               help="Low,high percentiles that map non-8-bit scenes to 0-255.")
 @click.option("--gsd", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -167,21 +171,11 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     """
     from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
     from indexer.normalization import normalization_for
-    from indexer.pipeline import ChipOptions, index_collection
+    from indexer.pipeline import index_collection
     from indexer.plan import precheck_store
 
-    chips = ChipOptions(chip_size=chip_size or 512, chip_plain=chip_size is not None, overlap=overlap,
-                        min_valid=min_valid, gsd=gsd,
-                        bands=parse_numbers(bands, "--bands", int, 1, 3), stretch=parse_numbers(stretch, "--stretch", float, 2, 2))
-    if chips.overlap >= chips.chip_size:
-        raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
-                                 param_hint="--overlap")
-    if not 0 <= chips.stretch[0] < chips.stretch[1] <= 100:  # before any model loads, not once per scene
-        raise click.BadParameter(f"{stretch!r}: the percentiles must satisfy 0 <= low < high <= 100",
-                                 param_hint="--stretch")
-    if chips.bands is not None and (len(chips.bands) == 2 or min(chips.bands) < 1):
-        raise click.BadParameter(f"{bands!r}: give 3 band numbers for colour or 1 for grey, counting from 1",
-                                 param_hint="--bands")
+    chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
+                          gsd=gsd)
     model = model or DEFAULT_MODEL
     index_settings = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
     if ray_address:
@@ -216,27 +210,51 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        notes = [f"{_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
-                 "under --min-valid skipped"] if summary["scenes"] else []
-        if summary.get("copied"):
-            notes.append(f"{summary['copied']} of them copies of images already embedded: no model pass")
-        click.echo(
-            f"indexed {summary['indexed']}" + (f" ({'; '.join(notes)})" if notes else "")
-            + f", skipped {summary['skipped']}, "
-            + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
-            + (f"gave {summary['relocated']} chips of scenes moved on the ground their new places, "
-               if summary.get("relocated") else "")
-            + f"removed {summary['removed']}, "
-            f"failed {summary['failed']} in {summary['seconds']:.1f} s "
-            f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
-        )
-        for reason, count in sorted(summary["failure_reasons"].items(), key=lambda item: -item[1]):
-            click.echo(f"  failed: {count} × {reason}, e.g. {summary['failure_examples'][reason]}")
-        if summary["failed"]:
-            click.echo(f"  every failure and its reason: lookalike failures --store {store_dir}")
+        _print_summary(summary, store_dir)
     if strict and summary["failed"]:
         raise click.ClickException(
             f"--strict: {summary['failed']} file(s) failed; `lookalike failures --store {store_dir}` says why")
+
+
+def _chip_options(*, chip_size, overlap, min_valid, bands, stretch, gsd):
+    """index's chip options from its flags, refused with a clear message before any model loads."""
+    from indexer.pipeline import ChipOptions
+
+    chips = ChipOptions(chip_size=chip_size or 512, chip_plain=chip_size is not None, overlap=overlap,
+                        min_valid=min_valid, gsd=gsd, bands=parse_numbers(bands, "--bands", int, 1, 3),
+                        stretch=parse_numbers(stretch, "--stretch", float, 2, 2))
+    if chips.overlap >= chips.chip_size:
+        raise click.BadParameter(f"{overlap} must be smaller than --chip-size {chips.chip_size}",
+                                 param_hint="--overlap")
+    if not 0 <= chips.stretch[0] < chips.stretch[1] <= 100:  # before any model loads, not once per scene
+        raise click.BadParameter(f"{stretch!r}: the percentiles must satisfy 0 <= low < high <= 100",
+                                 param_hint="--stretch")
+    if chips.bands is not None and (len(chips.bands) == 2 or min(chips.bands) < 1):
+        raise click.BadParameter(f"{bands!r}: give 3 band numbers for colour or 1 for grey, counting from 1",
+                                 param_hint="--bands")
+    return chips
+
+
+def _print_summary(summary: dict, store_dir) -> None:
+    """index's closing lines: what the run did, and its failures by reason."""
+    notes = [f"{_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
+             "under --min-valid skipped"] if summary["scenes"] else []
+    if summary.get("copied"):
+        notes.append(f"{summary['copied']} of them copies of images already embedded: no model pass")
+    click.echo(
+        f"indexed {summary['indexed']}" + (f" ({'; '.join(notes)})" if notes else "")
+        + f", skipped {summary['skipped']}, "
+        + (f"kept {summary['moved']} moved under new paths, " if summary.get("moved") else "")
+        + (f"gave {summary['relocated']} chips of scenes moved on the ground their new places, "
+           if summary.get("relocated") else "")
+        + f"removed {summary['removed']}, "
+        f"failed {summary['failed']} in {summary['seconds']:.1f} s "
+        f"({summary['images_per_second']:.2f} images/s) into {store_dir}"
+    )
+    for reason, count in sorted(summary["failure_reasons"].items(), key=lambda item: -item[1]):
+        click.echo(f"  failed: {count} × {reason}, e.g. {summary['failure_examples'][reason]}")
+    if summary["failed"]:
+        click.echo(f"  every failure and its reason: lookalike failures --store {store_dir}")
 
 
 @cli.command()
@@ -437,7 +455,8 @@ def _describe_index(described: dict) -> str:
 
 @cli.command()
 @store_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the page to the network.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the page to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model for embedding uploads (e.g. a local directory).")

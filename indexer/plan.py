@@ -103,88 +103,112 @@ def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOption
     the same bytes under a new time has the new time recorded unless `write` is false (a dry run). A file that
     failed is tried again when it or the chip options changed, when the system would not let it be read, or
     with `retry_failed`."""
-    plan = Plan()
-    known = store.images_by_path()
-    known_failures = store.failures_by_path()
-    # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
-    options_now = options_key(dataclasses.asdict(chips))
-    options_of_run = {run["run_id"]: options_key(run.get("chips")) for run in recorded_runs(store)}
-    scene_options = options_key(dataclasses.asdict(chips), scene=True)
-    scene_records = {path: dict(record, options=options_key(record["options"], scene=True))
-                     for path, record in store.scenes_by_path().items()}
-    chips_of = {}
-    for row in known.values():
-        if row["scene"]:
-            chips_of.setdefault(row["scene"], []).append(row)
-    failing_now = set()
-    gone_rows = [row for key, row in known.items() if not os.path.lexists(row["scene"] or key)]
-    gone_scenes = [record for key, record in scene_records.items() if not os.path.lexists(key)]
-    moves = Moves(store, gone_rows=gone_rows, gone_scenes=gone_scenes, chips_of=chips_of)
-    sidecars = Sidecars()
-    twins = SceneTwins(store, scene_records=scene_records, chips_of=chips_of, sidecars=sidecars)
-
-    def unreadable(key: str, reason: str) -> None:
-        failing_now.add(key)
-        known = known_failures.get(key)
-        if known and known["reason"] == reason:
-            plan.skipped += 1  # the same failure as last time: nothing new to say
-        else:
-            plan.failures.append((key, reason, None, None))
-
+    planner = _Planner(store, chips=chips, write=write, retry_failed=retry_failed)
     for path in paths:
+        planner.add(path)
+    return planner.finish()
+
+
+class _Planner:
+    """One plan_run: the catalogue as it was when the run began, and the plan that the files on disk fill in."""
+
+    def __init__(self, store: Store, *, chips: ChipOptions, write: bool, retry_failed: bool):
+        self.store, self.chips, self.write, self.retry_failed = store, chips, write, retry_failed
+        self.plan = Plan()
+        self.known = store.images_by_path()
+        self.known_failures = store.failures_by_path()
+        # A failure may come from the chip options (bands a scene lacks, --gsd on degrees): retried when they change.
+        self.options_now = options_key(dataclasses.asdict(chips))
+        self.options_of_run = {run["run_id"]: options_key(run.get("chips")) for run in recorded_runs(store)}
+        self.scene_options = options_key(dataclasses.asdict(chips), scene=True)
+        self.scene_records = {path: dict(record, options=options_key(record["options"], scene=True))
+                              for path, record in store.scenes_by_path().items()}
+        self.chips_of = {}
+        for row in self.known.values():
+            if row["scene"]:
+                self.chips_of.setdefault(row["scene"], []).append(row)
+        self.failing_now = set()
+        self.gone_rows = [row for key, row in self.known.items() if not os.path.lexists(row["scene"] or key)]
+        self.gone_scenes = [record for key, record in self.scene_records.items() if not os.path.lexists(key)]
+        self.moves = Moves(store, gone_rows=self.gone_rows, gone_scenes=self.gone_scenes, chips_of=self.chips_of)
+        self.sidecars = Sidecars()
+        self.twins = SceneTwins(store, scene_records=self.scene_records, chips_of=self.chips_of,
+                                sidecars=self.sidecars)
+
+    def unreadable(self, key: str, reason: str) -> None:
+        self.failing_now.add(key)
+        known = self.known_failures.get(key)
+        if known and known["reason"] == reason:
+            self.plan.skipped += 1  # the same failure as last time: nothing new to say
+        else:
+            self.plan.failures.append((key, reason, None, None))
+
+    def add(self, path: Path) -> None:
+        """Plan one file or scene given on the command line (or found in a folder)."""
         key = str(path)
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:  # SQLite stores UTF-8: keep the name's bytes visible, escaped
-            unreadable(os.fsencode(path).decode("utf-8", "backslashreplace"),
-                       "file name is not valid UTF-8 (rename the file to index it)")
-            continue
+            self.unreadable(os.fsencode(path).decode("utf-8", "backslashreplace"),
+                            "file name is not valid UTF-8 (rename the file to index it)")
+            return
         if isinstance(path, OutsideLink):
-            unreadable(key, OUTSIDE_LINK_REASON)
-            continue
+            self.unreadable(key, OUTSIDE_LINK_REASON)
+            return
         try:
             stat = path.stat()
         except OSError as error:
-            unreadable(key, read_error(error))
-            continue
-        row = known.get(key)
-        failure = known_failures.get(key)
+            self.unreadable(key, read_error(error))
+            return
+        self._place(path, key, stat)
+
+    def _place(self, path: Path, key: str, stat) -> None:
+        plan, chips, row, failure = self.plan, self.chips, self.known.get(key), self.known_failures.get(key)
         if failure and (failure["size"], failure["mtime"]) == (stat.st_size, stat.st_mtime) \
-                and options_of_run.get(failure["run_id"]) == options_now \
-                and not retry_failed and not failure["reason"].startswith(READ_ERROR):
+                and self.options_of_run.get(failure["run_id"]) == self.options_now \
+                and not self.retry_failed and not failure["reason"].startswith(READ_ERROR):
             plan.skipped += 1  # failed before, file and options unchanged since: the failure stays recorded
-        elif (done := _scene_done(scene_records.get(key), chips_of.get(key, []), stat, store, sidecars=sidecars,
-                                  options_text=scene_options, chip_plain=chips.chip_plain)) is not None:
+        elif (done := _scene_done(self.scene_records.get(key), self.chips_of.get(key, []), stat, self.store,
+                                  sidecars=self.sidecars, options_text=self.scene_options,
+                                  chip_plain=chips.chip_plain)) is not None:
             plan.skipped += done  # nothing to open: an unchanged scene with every window embedded or found empty
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now
-            _plan_scene(plan, store, path, stat, chips_of.get(key, []), scene_records.get(key), chips,
-                        georeferenced=georeferenced, write=write, moves=moves, sidecars=sidecars, twins=twins)
-        elif key in chips_of:  # cut into chips before, embedded whole now
-            plan.removed_ids += [c["id"] for c in chips_of[key]]
+            _plan_scene(plan, self.store, path, stat, self.chips_of.get(key, []), self.scene_records.get(key),
+                        chips, georeferenced=georeferenced, write=self.write, moves=self.moves,
+                        sidecars=self.sidecars, twins=self.twins)
+        elif key in self.chips_of:  # cut into chips before, embedded whole now
+            plan.removed_ids += [c["id"] for c in self.chips_of[key]]
             plan.forget_scenes.append(key)
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime))
         elif row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
             plan.skipped += 1
         elif row and row["size"] == stat.st_size and _same_content(path, row["sha256"]):
-            if write:
-                store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
+            if self.write:
+                self.store.touch_image(row["id"], size=stat.st_size, mtime=stat.st_mtime)
             plan.skipped += 1
-        elif row is None and (gone := moves.file(path, stat.st_size)) is not None:
+        elif row is None and (gone := self.moves.file(path, stat.st_size)) is not None:
             plan.moves.append((gone["id"], key, stat.st_size, stat.st_mtime))
             plan.moved += 1
-            if key in known_failures:  # a failure this path had before is history: its content is indexed
+            if key in self.known_failures:  # a failure this path had before is history: its content is indexed
                 plan.forget_failures.append(key)
         else:
             plan.jobs.append(Job(key, stat.st_size, stat.st_mtime, image_id=row["id"] if row else None))
-    moved_ids = {move[0] for move in plan.moves}
-    moved_scenes = {move[0] for move in plan.scene_moves}
-    plan.removed_ids += [row["id"] for row in gone_rows if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
-    plan.forget_failures += [key for key in known_failures if not os.path.lexists(key) and key not in failing_now]
-    plan.forget_failures += [record["path"] for record in plan.scene_records if record["path"] in known_failures]
-    plan.forget_scenes += [record["path"] for record in gone_scenes if record["path"] not in moved_scenes]
-    return plan
+
+    def finish(self) -> Plan:
+        """The plan, with what is gone from disk: removed, unless it moved; failures and scenes forgotten."""
+        plan = self.plan
+        moved_ids = {move[0] for move in plan.moves}
+        moved_scenes = {move[0] for move in plan.scene_moves}
+        plan.removed_ids += [row["id"] for row in self.gone_rows
+                             if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
+        plan.forget_failures += [key for key in self.known_failures
+                                 if not os.path.lexists(key) and key not in self.failing_now]
+        plan.forget_failures += [record["path"] for record in plan.scene_records
+                                 if record["path"] in self.known_failures]
+        plan.forget_scenes += [record["path"] for record in self.gone_scenes if record["path"] not in moved_scenes]
+        return plan
 
 
 def options_key(options, *, scene: bool = False) -> str:
