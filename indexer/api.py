@@ -346,27 +346,10 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
         avoided, avoided_about = _examples(store, list(unlike), make_embedder=model)
         avoided_ids = _image_ids(unlike)
     for start in range(0, len(queries), batch_size):
-        prepared = []
-        for query in queries[start:start + batch_size]:
-            if _is_image_id(query):
-                try:
-                    described, vector, row = _indexed_query(store, query)
-                except StoreError as error:
-                    prepared.append(_Prepared({"id": int(query)}, error=str(error)))
-                    continue
-                prepared.append(_Prepared(described, vector=vector, own_id=described["id"], own_scene=row["scene"]))
-                continue
-            try:
-                picture = read(query)
-            except (IndexerError, OSError) as error:
-                reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
-                prepared.append(_Prepared(_described_picture(query, crop), error=reason))
-                continue
-            embedder = model()  # a model that cannot load ends it all: not caught
-            pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
-            prepared.append(_Prepared(_described_picture(query, crop), pixels=pixels))
+        prepared = [_prepare(query, store=store, read=read, crop=crop, model=model)
+                    for query in queries[start:start + batch_size]]
         pixels = [entry.pixels for entry in prepared if entry.pixels is not None]
-        embedded = iter(_embed_halving(embedder, torch.stack(pixels)) if pixels else [])
+        embedded = iter(_embed_halving(model(), torch.stack(pixels)) if pixels else [])
         for entry in prepared:
             if entry.error is not None:
                 yield {"query": entry.described, "error": entry.error}
@@ -380,3 +363,24 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
             about = _moved_query([entry.described], "mean", avoided_about, unlike_weight) if unlike \
                 else entry.described
             yield {"query": about, "results": results}
+
+
+def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
+    """One of search_each's queries made ready: an indexed image's stored vector, a picture's pixels, or why it
+    cannot be searched."""
+    import torch
+
+    if _is_image_id(query):
+        try:
+            described, vector, row = _indexed_query(store, query)
+        except StoreError as error:
+            return _Prepared({"id": int(query)}, error=str(error))
+        return _Prepared(described, vector=vector, own_id=described["id"], own_scene=row["scene"])
+    try:
+        picture = read(query)
+    except (IndexerError, OSError) as error:
+        reason = str(error) if isinstance(error, IndexerError) else f"{query}: {error.strerror or error}"
+        return _Prepared(_described_picture(query, crop), error=reason)
+    embedder = model()  # a model that cannot load ends it all: not caught
+    pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
+    return _Prepared(_described_picture(query, crop), pixels=pixels)
