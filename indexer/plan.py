@@ -265,25 +265,16 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     else:
         failure = None
     moved_from = None
-    fields = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
-        if georeferenced and failure is None else None
     if record is None and not known_chips and moves is not None and failure is None:
-        gone = moves.scene(path, stat.st_size, options_text, reading=fields)
-        if gone is not None:  # the same bytes under a new path: its chips follow it
-            moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
-            known_chips = moves.chips(moved_from, key)
-            plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
-                                     georeferenced))
-            plan.moved += len(known_chips)
+        moved = _moved_scene(plan, moves, path=path, stat=stat, scene=scene, options_text=options_text,
+                             georeferenced=georeferenced)
+        if moved is not None:
+            moved_from, record, known_chips = moved
     copy_of, digests, copy_from = {}, None, None
     # nothing of it done yet (new, or its chips still to be copied when a run was cut short): a copy of a twin?
     fresh = not known_chips and (record is None or not store.skipped_chip_keys(key))
     if fresh and twins is not None and georeferenced and failure is None:
-        found = twins.find(scene, stat.st_size, options_text)
-        if found is not None:  # the bytes of a scene embedded before, still there: its chips' vectors serve
-            copy_of, digests = twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"])
-        elif (earlier := twins.find_planned(scene, stat.st_size, options_text)) is not None:
-            copy_from, digests = earlier  # the bytes of a scene this run embeds: its chips serve once written
+        copy_of, digests, copy_from = _twin_copies(twins, key=key, scene=scene, stat=stat, options_text=options_text)
     if record is not None and (record["size"], record["options"]) == (stat.st_size, options_text) \
             and record["mtime"] != stat.st_mtime and _same_content(path, record.get("sha256")):
         if write:
@@ -314,14 +305,44 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
     plan.scene_records.append({"path": key, "size": stat.st_size, "mtime": stat.st_mtime, "options": options,
                                "sha256": record.get("sha256") if unchanged else (digests and digests[0]),
                                "head_sha256": record.get("head_sha256") if unchanged else (digests and digests[1]),
-                               "windows": len(windows),
-                               "georeferenced": georeferenced, "sidecars": signature, "reading": reading,
-                               "pixels": pixels})
+                               "windows": len(windows), "georeferenced": georeferenced, "sidecars": signature,
+                               "reading": reading, "pixels": pixels})
     if not unchanged and digests is None:
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
                       copy_of=copy_of.get(chip_key(path, w)), copy_key=copy_from and chip_key(copy_from, w))
                   for w in missing]
+
+
+def _moved_scene(plan: Plan, moves: Moves, *, path: Path, stat, scene, options_text: str, georeferenced: bool):
+    """A new scene with the bytes (and, georeferenced, the reading) of one gone from its old path takes over that
+    scene's chips: (old path, its record under the new path, its chips), the move planned; else None."""
+    fields = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
+        if georeferenced else None
+    gone = moves.scene(path, stat.st_size, options_text, reading=fields)
+    if gone is None:
+        return None
+    key = str(path)
+    moved_from, record = gone["path"], dict(gone, path=key, mtime=stat.st_mtime)
+    known_chips = moves.chips(moved_from, key)
+    plan.scene_moves.append((moved_from, key, stat.st_size, stat.st_mtime, scene.date if georeferenced else None,
+                             georeferenced))
+    plan.moved += len(known_chips)
+    return moved_from, record, known_chips
+
+
+def _twin_copies(twins: SceneTwins, *, key: str, scene, stat, options_text: str) -> tuple:
+    """(chip key → id to copy, digests, scene path to copy from) for a scene with another's bytes: one embedded
+    before and still there (its chips' vectors serve now), or one this run embeds first (they serve once
+    written); ({}, None, None) for a scene of its own."""
+    found = twins.find(scene, stat.st_size, options_text)
+    if found is not None:
+        return twins.chip_ids(found["path"], key), (found["sha256"], found["head_sha256"]), None
+    earlier = twins.find_planned(scene, stat.st_size, options_text)
+    if earlier is not None:
+        copy_from, digests = earlier
+        return {}, digests, copy_from
+    return {}, None, None
 
 
 def _relocate(plan: Plan, store: Store, *, path: Path, stat, scene: Scene, windows, known_chips, chips: ChipOptions):
