@@ -528,7 +528,8 @@ def random_model(model_dir, shape, seed):
     Its neighbours are meaningless: use it to check a set-up, never to judge results.
     Name the directory with 'sat493m' in it to get the SAT-493M normalisation.
 
-    Example: lookalike random-model /tmp/tiny-dinov3-sat493m && lookalike index samples/naip --store s --model /tmp/tiny-dinov3-sat493m
+    Example: lookalike random-model /tmp/tiny-dinov3-sat493m &&
+    lookalike index samples/naip --store s --model /tmp/tiny-dinov3-sat493m
     """
     from indexer.random_model import save_random_model
 

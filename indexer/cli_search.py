@@ -38,7 +38,8 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @click.option("--dedupe/--no-dedupe", default=True, show_default=True,
               help="Collapse overlapping chips of one scene to the best-ranked.")
 @click.option("--bbox", default=None, help="Only chips touching WEST,SOUTH,EAST,NORTH (WGS84 degrees).")
-@click.option("--dates", default=None, help="Only chips dated FROM,TO: 2015, 2015-07 or 2015-07-31, either may be empty; a year or month covers all of itself.")
+@click.option("--dates", default=None, help="Only chips dated FROM,TO: 2015, 2015-07 or 2015-07-31, either may be "
+              "empty; a year or month covers all of itself.")
 @click.option("--exclude-scene", is_flag=True, help="Leave out chips of the query chips' own scenes.")
 @click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
               help="Inverted lists to search, instead of the value tuned to the store's recall target "
@@ -50,7 +51,8 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @json_option
 @friendly_errors
 def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, crop_text, unlike_images, unlike_ids,
-           unlike_weight, each, model, dedupe, bbox, dates, exclude_scene, nprobe, geojson_path, dtype, device, as_json):
+           unlike_weight, each, model, dedupe, bbox, dates, exclude_scene, nprobe, geojson_path, dtype, device,
+           as_json):
     """Find the images in a store that look most like IMAGE (or like indexed image --id N).
 
     Several examples (IMAGE... and/or --id N --id M ...) make one query: by default the images they have in
@@ -225,7 +227,8 @@ def _search_each(store, images, image_ids, *, k, model, device, dtype, as_json, 
             raise click.ClickException(f"--unlike image {image} does not exist or is not a file")
     failed = 0
     for answer in api.search_each(store, paths + list(image_ids), k=k, refinement=refinement,
-                                  make_embedder=lambda: api.load_embedder(store, model=model, device=device, dtype=dtype),
+                                  make_embedder=lambda: api.load_embedder(store, model=model, device=device,
+                                                                          dtype=dtype),
                                   exclude_self=exclude_query, exclude_own_scene=exclude_scene, crop=crop,
                                   unlike=[*unlike_images, *unlike_ids], unlike_weight=unlike_weight):
         failed += "error" in answer

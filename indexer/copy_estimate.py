@@ -1,4 +1,4 @@
-"""Planned files that are copies (same bytes) of embedded or other planned files: the dry run's count, --ray's copies."""
+"""Planned files that are copies (same bytes) of embedded or planned files: the dry run's count, --ray's copies."""
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -107,7 +107,8 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
         _write_file_copies([job for job in jobs if job.path in files.of_indexed], store, twin_ids=files.of_indexed,
                            sha256=files.sha256, run_id=run_id, counts=counts)
         later = [job for job in jobs if job.copy_key or job.path in files.of_planned]  # after their twins
-        jobs = [job for job in jobs if not (job.copy_key or job.path in files.of_indexed or job.path in files.of_planned)]
+        jobs = [job for job in jobs
+                if not (job.copy_key or job.path in files.of_indexed or job.path in files.of_planned)]
 
         def embed(some):
             reused = counts["reused"]

@@ -117,7 +117,8 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
     except Image.DecompressionBombError as error:
         raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
     except UnidentifiedImageError as error:
-        raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)") from error
+        raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "
+                              "GIF)") from error
     except Exception as error:  # Pillow raises many types for broken files
         raise UnreadableImage(f"{name}: damaged or unsupported image data ({_plain(error)})") from error
 
@@ -135,7 +136,8 @@ def upright_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             turned = _quarter_turned(image)
     except Exception as error:  # Pillow raises many types for broken files
-        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, GIF)") from error
+        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "
+                              "GIF)") from error
     return (height, width) if turned else (width, height)
 
 

@@ -73,7 +73,8 @@ class Plan:
     removed_ids: list = field(default_factory=list)
     moved: int = 0  # images found under a new path with the same bytes: they keep their ids and vectors
     moves: list = field(default_factory=list)  # (image_id, new path, size, mtime) of moved files
-    relocated: dict = field(default_factory=dict)  # chip id -> its new geo: the scene moved on the ground, not its pixels
+    # chip id -> its new geo: the scene moved on the ground, not its pixels
+    relocated: dict = field(default_factory=dict)
     scene_moves: list = field(default_factory=list)  # (old path, new path, size, mtime, date, georeferenced)
     forget_failures: list = field(default_factory=list)  # failed files gone, or scenes that now open
     forget_scenes: list = field(default_factory=list)  # scenes changed or gone: their records start over

@@ -20,11 +20,11 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     many scenes), skipped, removed, and the files refused unread (links out of the sources, names SQLite cannot
     hold, scenes that do not open...). "copies": of the files to embed, those with the bytes of an embedded file
     or of one planned before them, which take its vector without a model pass (files sharing a size are read to
-    tell, at most READ_BUDGET bytes; "copies_unchecked": those left past it), and the chips of scene copies. Pictures that do not decode and
-    chips too empty under --min-valid are only known when read, so they count as to embed here. "moved": images
-    found under a new path with the same bytes, which keep their ids and vectors (a new path is read to hash it
-    when a gone file has its size). "relocated": chips whose scene a sidecar moved on the ground, its pixels the
-    same: they keep their ids and vectors and take their new footprints."""
+    tell, at most READ_BUDGET bytes; "copies_unchecked": those left past it), and the chips of scene copies.
+    Pictures that do not decode and chips too empty under --min-valid are only known when read, so they count as
+    to embed here. "moved": images found under a new path with the same bytes, which keep their ids and vectors
+    (a new path is read to hash it when a gone file has its size). "relocated": chips whose scene a sidecar moved
+    on the ground, its pixels the same: they keep their ids and vectors and take their new footprints."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
     exists = (store_dir / CATALOGUE_NAME).is_file()

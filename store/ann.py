@@ -392,8 +392,9 @@ def tune_nprobe(index, tuning: TuningSet, *, target_recall: float, warn: bool = 
     while high < nlist and recall_with(high) < target_recall:
         if high >= 4 and recall_with(high) - recall_with(high // 2) < PLATEAU:
             # The codes, not the lists, limit recall here: probing more lists only costs time.
-            (log.warning if warn else log.debug)("recall@%d levels off at %.3f (nprobe %d): the codes are too coarse for %.2f; "
-                        "raise --index-memory", tuning.k, recall_with(high), high, target_recall)
+            (log.warning if warn else log.debug)("recall@%d levels off at %.3f (nprobe %d): the codes are too coarse "
+                                                 "for %.2f; raise --index-memory", tuning.k, recall_with(high), high,
+                                                 target_recall)
             set_search_params(index, {"nprobe": high})
             return {"nprobe": high}, recall_with(high), sorted(tried.items())
         high *= 2

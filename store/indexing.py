@@ -47,7 +47,8 @@ class IndexedStore:
         return get_meta(self.db, INDEX_STATE)
 
     def _stored_ids(self) -> np.ndarray:
-        return np.array([r[0] for r in self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")], dtype=np.int64)
+        rows = self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def _load_or_rebuild_index(self):
         index_path = self.store_dir / INDEX_NAME
@@ -101,7 +102,8 @@ class IndexedStore:
             scratch.close()  # the mapping keeps the space until it is dropped
         ids = np.empty(count, dtype=np.int64)
         row = -1
-        for row, (image_id, blob) in enumerate(self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")):
+        rows = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")
+        for row, (image_id, blob) in enumerate(rows):
             if row == count:  # rows added after the count: left for the next catch-up
                 row -= 1
                 break

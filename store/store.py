@@ -235,7 +235,8 @@ class Store(IndexedStore):
     def chips_at(self, lon: float, lat: float, *, limit: int = 50) -> list[dict]:
         """Indexed chips whose WGS84 bounds hold the point (lon, lat), the one whose centre is nearest first
         (the latest dated among equally near ones): the chips that show that place, on every date it was
-        imaged. Each {id, path, scene, date, centroid, distance_m}, the distance from the point to the chip's centre (metres, spherical approximation)."""
+        imaged. Each {id, path, scene, date, centroid, distance_m}, the distance from the point to the chip's
+        centre (metres, spherical approximation)."""
         boxed = "image_boxes" in self.db.table_names()  # the R*Tree narrows; the exact bounds decide
         rows = self.db.execute(
             "SELECT images.id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid') FROM "
