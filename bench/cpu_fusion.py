@@ -15,10 +15,10 @@ goes (torch.profiler, by operator; attention: whatever runs inside the attention
 """
 import argparse
 import copy
-from contextlib import contextmanager
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -119,12 +119,12 @@ def _inside_attention(event) -> bool:
 @contextmanager
 def attention_marked(model):
     """While profiling: the model's attention function (transformers looks it up by name at every call) wrapped in
-    a profiler record named MARK; transformers' table restored afterwards."""
+    a profiler record named MARK; the function itself back in transformers' table afterwards."""
     from torch.profiler import record_function
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
 
     name = model.config._attn_implementation
-    original, overridden = functions[name], name in functions._local_mapping
+    original = functions[name]
 
     def marked(*args, **kwargs):
         with record_function(MARK):
@@ -134,10 +134,7 @@ def attention_marked(model):
     try:
         yield
     finally:
-        if overridden:
-            functions[name] = original
-        else:
-            del functions[name]
+        functions[name] = original
 
 
 def main():
