@@ -1,18 +1,18 @@
 """The `lookalike` command line, a click group; library errors become one clear line, never a traceback."""
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 
 import click
 
-from .cli_common import device_option, dtype_option, friendly_errors, json_option, parse_numbers, store_option
+from .cli_common import (device_option, dtype_option, friendly_errors, index_memory_option, json_option, memory_bytes,
+                         parse_numbers, store_option, target_recall_option)
 from .cli_neardup import near_duplicates
 from .cli_search import search
-
-SCENES_SHOWN = 20
+from .cli_serve import serve
+from .cli_store import export, failures, info, reindex
 
 
 def ray_options(command):
@@ -30,13 +30,7 @@ def ray_options(command):
              "(e.g. ray://head:10001 or auto). Needs the ray extra.")(command)
 
 
-index_memory_option = click.option(
-    "--index-memory", default=None,
-    help="Most memory the search index may take, e.g. 4GB or 512MiB: picks exact, float16 or compressed "
-         "inverted-file storage [default: no limit; remembered by the store].")
-target_recall_option = click.option(
-    "--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
-    help="recall@10 (against exact search) an approximate index is tuned to reach [default: 0.95; remembered].")
+
 
 
 def _batch_size(value):
@@ -51,16 +45,6 @@ def _batch_size(value):
     return size
 
 
-def _bytes(text):
-    from store import StoreError
-    from store.ann import parse_bytes
-
-    try:
-        return None if text is None else parse_bytes(text)
-    except StoreError as error:
-        raise click.BadParameter(str(error), param_hint="--index-memory") from None
-
-
 @click.group()
 @click.version_option(package_name="lookalike")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -73,8 +57,8 @@ def cli(verbose):
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
-cli.add_command(search)
-cli.add_command(near_duplicates)
+for subcommand in (search, near_duplicates, info, export, failures, reindex, serve):  # each in its own module
+    cli.add_command(subcommand)
 
 
 def _count(n: int, noun: str) -> str:
@@ -177,7 +161,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
                           gsd=gsd)
     model = model or DEFAULT_MODEL
-    index_settings = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
+    index_settings = {"memory_bytes": memory_bytes(index_memory), "target_recall": target_recall}
     if ray_address:
         from indexer.distributed import require_ray
 
@@ -318,203 +302,6 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     kept = f"; the old one is at {summary['previous']}" if summary["previous"] else ""
     click.echo(f"rebuilt {store_dir}: indexed {summary['indexed']}, failed {summary['failed']} in "
                f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s), swapped in{kept}")
-
-
-@cli.command()
-@store_option
-@json_option
-@friendly_errors
-def info(store_dir, as_json):
-    """Describe a store: counts, the model and settings its vectors were made with, the index.
-
-    Example: lookalike info --store demo-store --json
-    """
-    from store import Store
-
-    details = Store.open(store_dir).info()
-    if as_json:
-        click.echo(json.dumps(details))
-        return
-    scene_list = details.pop("scene_list")
-    click.echo(f"{'index':>20}: {_describe_index(details.pop('index'))}")
-    for key, value in details.items():
-        hint = f" (lookalike failures --store {store_dir} says why)" if key == "failed" and value else \
-            " (every chip skipped: too little valid data)" if key == "scenes_without_chips" and value else ""
-        click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}{hint}")
-    for item in scene_list[:SCENES_SHOWN]:
-        bands = ",".join(map(str, item["bands"])) if item["bands"] else "-"
-        click.echo(f"{'scene':>20}: {item['scene']} · bands {bands} ({item['band_source'] or 'plain image'}) · "
-                   f"{item['crs'] or 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chips")
-    if len(scene_list) > SCENES_SHOWN:
-        click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
-
-
-@cli.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@store_option
-@json_option
-@friendly_errors
-def export(out_dir, store_dir, as_json):
-    """Write a store's vectors and catalogue to OUT_DIR as plain files: vectors.npy ((N, D) float32),
-    images.jsonl (one line per row: id, path, and a chip's scene, window, date, centroid, bounds) and
-    provenance.json. Needs no model.
-
-    Example: lookalike export embeddings/ --store demo-store
-    """
-    from store import Store
-    from store.export import export_store
-
-    summary = export_store(Store.open(store_dir), out_dir)
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    click.echo(f"exported {summary['images']} vectors of {summary['dim']} dims to {summary['out']} "
-               f"({', '.join(summary['files'])})")
-
-
-@cli.command()
-@store_option
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
-              help="Show at most this many, newest first (--json lists them all unless --limit is given).")
-@json_option
-@friendly_errors
-def failures(store_dir, limit, as_json):
-    """List the files that failed to index and why (a file that fails again replaces its old reason).
-
-    Example: lookalike failures --store demo-store --limit 10
-    """
-    from indexer.images import READ_ERROR
-    from store import Store
-
-    store = Store.open(store_dir)
-    explicit = click.get_current_context().get_parameter_source("limit") != click.core.ParameterSource.DEFAULT
-    rows = store.failures(limit=limit if explicit or not as_json else None)
-    total = store.count_failures()
-    if as_json:
-        click.echo(json.dumps({"failed": total, "failures": rows}))
-        return
-    if not total:
-        click.echo("no failures recorded")
-    for row in rows:
-        click.echo(f"{row['path']}: {row['reason']}")
-    if total > len(rows):
-        click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
-    if total:  # on stderr: stdout stays one "path: reason" line per failure
-        refused = store.count_failures(reason_starting=READ_ERROR)
-        again = (f"{refused} the system refused to read {'is' if refused == 1 else 'are'} tried again by the next "
-                 "index run; " if refused else "a file that failed is not tried again until it changes; ")
-        click.echo(f"{again}to try every one: lookalike index SOURCE... --store {store_dir} --retry-failed", err=True)
-
-
-@cli.command()
-@store_option
-@index_memory_option
-@target_recall_option
-@click.option("--index-type", "factory", default=None,
-              help="A faiss index_factory string to use instead of the automatic choice, e.g. 'IVF4096,SQ8' "
-                   "(inner product; ids kept). 'auto' goes back to the automatic choice.")
-@click.option("--nprobe", type=click.IntRange(1, 1 << 20), default=None,
-              help="Inverted lists to search instead of tuning to --target-recall (recall is still measured).")
-@json_option
-@friendly_errors
-def reindex(store_dir, index_memory, target_recall, factory, nprobe, as_json):
-    """Rebuild only the search index from the stored vectors, with new settings; nothing is re-embedded.
-
-    The new settings are remembered: later `index` runs keep to them.
-
-    Example: lookalike reindex --store big-store --index-memory 4GB --target-recall 0.97
-    """
-    from store import Store
-
-    store = Store.open(store_dir)
-    wishes = {"memory_bytes": _bytes(index_memory), "target_recall": target_recall}
-    if factory:
-        wishes["factory"] = "" if factory == "auto" else factory
-    if nprobe is not None:
-        wishes["params"] = {"nprobe": nprobe}
-    elif any(value is not None for value in wishes.values()):
-        wishes["params"] = {}  # new target, budget or type: tune anew
-    described = store.reindex(**wishes)
-    store.close()
-    if as_json:
-        click.echo(json.dumps(described))
-        return
-    click.echo(_describe_index(described))
-
-
-def _describe_index(described: dict) -> str:
-    recall = described.get("recall_at_10")
-    size = described.get("file_bytes")
-    return (f"{described.get('factory') or described['type']}: {described['vectors']:,} vectors"
-            + (f", {size / 1e6:.1f} MB" if size else "")
-            + (f", recall@10 {recall:.3f}" if recall is not None else "")
-            + (f" with {json.dumps(described['params'])}" if described.get("params") else "")
-            + (f", {described['latency_ms']:.2f} ms a query" if described.get("latency_ms") else "")
-            + f" (search on {described['search_device']})")
-
-
-@cli.command()
-@store_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; 0.0.0.0 exposes the page to the network.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
-@click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
-              help="Another copy of the store's model for embedding uploads (e.g. a local directory).")
-@click.option("--max-upload-mb", type=click.IntRange(1, 2000), default=50, show_default=True,
-              help="Largest query upload accepted.")
-@click.option("--basemap", type=click.Choice(["none", "carto"]), default="none", show_default=True,
-              help="A base layer under the scene map; carto makes viewers' browsers fetch Carto's tiles.")
-@friendly_errors
-def serve(store_dir, host, port, model, max_upload_mb, basemap):
-    """Start the browser search page (Streamlit) for a store.
-
-    Example: lookalike serve --store demo-store --port 8501
-    """
-    import importlib.util
-
-    from store import Store
-
-    Store.open(store_dir).close()  # a missing store is one clear line here, not a page full of errors
-    _check_port(host, port)
-    app_path = Path(importlib.util.find_spec("ui").origin).parent / "app.py"
-    env = dict(os.environ, LOOKALIKE_STORE=str(store_dir.absolute()))
-    if model:
-        env["LOOKALIKE_MODEL"] = model
-    env["LOOKALIKE_BASEMAP"] = "" if basemap == "none" else basemap
-    env["LOOKALIKE_MAX_UPLOAD_MB"] = str(max_upload_mb)
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(app_path),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-        "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal",
-        "--server.maxUploadSize", str(max_upload_mb),
-    ]
-    click.echo(f"lookalike: serving {store_dir} at http://{host}:{port}", err=True)
-    # Become Streamlit (exec), so that signals (Ctrl-C, kill, docker stop) reach the server itself.
-    os.execve(sys.executable, command, env)
-
-
-def _check_port(host: str, port: int) -> None:
-    """Refuse a port something else listens on, in one line, before Streamlit starts and says it its own way."""
-    import errno
-    import socket
-
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as error:
-        raise click.BadParameter(f"{host!r} does not resolve ({error.strerror})", param_hint="--host") from error
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno != errno.EADDRINUSE:
-                    raise click.BadParameter(f"cannot listen on {host} ({error.strerror}): use an address of this "
-                                             "machine, 127.0.0.1 or 0.0.0.0", param_hint="--host") from error
-                raise click.ClickException(
-                    f"cannot serve on {host}:{port} ({error.strerror}): another program (another `lookalike "
-                    "serve`?) may hold it; pick another --port") from error
 
 
 @cli.command("random-model")

@@ -62,3 +62,23 @@ def parse_numbers(text, name, kind, shortest, longest):
         count = shortest if shortest == longest else f"{shortest} to {longest}"
         raise click.BadParameter(f"{text!r} is not {count} comma-separated numbers", param_hint=name)
     return values
+
+
+index_memory_option = click.option(
+    "--index-memory", default=None,
+    help="Most memory the search index may take, e.g. 4GB or 512MiB: picks exact, float16 or compressed "
+         "inverted-file storage [default: no limit; remembered by the store].")
+target_recall_option = click.option(
+    "--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+    help="recall@10 (against exact search) an approximate index is tuned to reach [default: 0.95; remembered].")
+
+
+def memory_bytes(text):
+    """--index-memory's text (4GB, 512MiB) as bytes, or None."""
+    from store import StoreError
+    from store.ann import parse_bytes
+
+    try:
+        return None if text is None else parse_bytes(text)
+    except StoreError as error:
+        raise click.BadParameter(str(error), param_hint="--index-memory") from None
