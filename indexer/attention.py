@@ -57,7 +57,7 @@ def split_attention(module, query, key, value, attention_mask, *, scaling=None, 
     buffer = query.new_empty(step, heads, queries, key.shape[2])  # (b, H, N, N): one for every slice
     for start in range(0, batch, step):
         part = slice(start, start + step)
-        scores = buffer[:len(query[part])]
+        scores = buffer[:min(step, batch - start)]  # the last slice may be shorter
         torch.matmul(query[part], key[part].transpose(-1, -2), out=scores).mul_(scale)
         torch.softmax(scores, dim=-1, out=scores)  # row by row, so in place is safe (tests compare with sdpa)
         output[part] = torch.matmul(scores, value[part]).transpose(1, 2)
