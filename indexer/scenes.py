@@ -122,8 +122,8 @@ def open_dataset(path):
 
 
 def _open(path_or_dataset):
-    try:
-        with warnings.catch_warnings():
+    try:  # in an Env, GDAL's notes (odd TIFF headers) go to rasterio's logger, not straight to stderr
+        with warnings.catch_warnings(), rasterio.Env():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path_or_dataset)
     except RasterioError as error:
@@ -207,10 +207,11 @@ def _choose_bands(dataset, bands) -> tuple[tuple, str]:
 def _valid_mask(dataset, scene: Scene, pixels: np.ndarray, **read_args) -> np.ndarray | None:
     """(h, w) bool, True where valid, for pixels (bands, h, w) read with read_args; None without a mask."""
     try:
-        if scene.mask_source == "alpha":
-            return dataset.read(_alpha_band(dataset), **read_args) > 0
-        if scene.mask_source == "mask":  # the per-dataset mask is shared by all bands: band 1's is all of it
-            return dataset.read_masks(1, **read_args) > 0
+        with rasterio.Env():  # as in _read
+            if scene.mask_source == "alpha":
+                return dataset.read(_alpha_band(dataset), **read_args) > 0
+            if scene.mask_source == "mask":  # the per-dataset mask is shared by all bands: band 1's is all of it
+                return dataset.read_masks(1, **read_args) > 0
     except RasterioError as error:
         raise UnreadableImage(f"{dataset.name}: damaged mask data ({error})") from error
     if scene.mask_source == "nodata":
@@ -241,8 +242,9 @@ def _percentiles(dataset, scene: Scene, stretch) -> tuple:
 
 
 def _read(dataset, bands, **read_args) -> np.ndarray:
-    try:
-        return dataset.read(list(bands), **read_args)
+    try:  # in an Env, as in _open: a first read of some TIFFs has GDAL note their odd headers again
+        with rasterio.Env():
+            return dataset.read(list(bands), **read_args)
     except RasterioError as error:
         cause = error.__cause__ or error.__context__  # GDAL's own words, where rasterio only points at them
         detail = cause if cause is not None and "previous exception" in str(error) else error

@@ -373,3 +373,17 @@ def test_text_named_tif_is_unreadable(tmp_path):
         iter_chips(path)
     with pytest.raises(UnreadableImage):
         open_scene(tmp_path / "missing.tif")
+
+
+def test_gdal_notes_on_odd_tiff_headers_stay_off_the_terminal(data_dir, model_dir, tmp_path):
+    """The Landsat files' headers make GDAL note "TIFFReadDirectory ..." on every open: the CLI keeps such notes
+    (rasterio's warnings) off stderr, and GDAL prints to the process's own stderr unless rasterio's handler is on."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from indexer.cli import main; main()", "index", str(data_dir / "landsat"),
+               "--store", str(tmp_path / "store"), "--model", str(model_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "indexed" in done.stdout
+    assert "TIFFReadDirectory" not in done.stderr
