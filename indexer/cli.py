@@ -153,7 +153,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 
     Example: lookalike index /data/scenes --store scenes --chip-size 256 --dry-run
     """
-    from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder
+    from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder, check_model_name
     from indexer.normalization import normalization_for
     from indexer.pipeline import index_collection
     from indexer.plan import precheck_store
@@ -166,6 +166,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         from indexer.distributed import require_ray
 
         require_ray()  # one clear line now, not after a minutes-long model load
+    if not dry_run:
+        check_model_name(model)  # before the normalisation is chosen by the name (and warns about it)
     normalization = normalization_for(model, normalization)  # once: the model, and any Ray actors, take it made
     if not rebuild:
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling, normalization=normalization)

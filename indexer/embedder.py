@@ -81,6 +81,7 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
     """transformers' own loading path, safetensors only, no remote code."""
     from transformers import AutoModel  # only the indexer imports transformers
 
+    check_model_name(model)
     try:
         backbone = AutoModel.from_pretrained(
             model, dtype=dtype, use_safetensors=True, trust_remote_code=False
@@ -95,6 +96,15 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
     if getattr(backbone.config, "model_type", None) != "dinov3_vit":
         raise ModelUnavailable(f"model {model!r} is a {backbone.config.model_type}, not a DINOv3 ViT")
     return tune_for_device(backbone.to(device).eval())
+
+
+def check_model_name(model: str) -> None:
+    """ModelUnavailable for a name written as a local path (absolute, ./ ../ ~, or more parts than a Hub id's
+    owner/name) where nothing is, before anything is loaded or chosen by the name."""
+    as_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+    if as_path and not Path(model).expanduser().exists():
+        raise ModelUnavailable(f"no model folder at {model} (it does not exist); pass --model DIR (or set "
+                               f"LOOKALIKE_MODEL=DIR) with DIR the downloaded model, or a Hub id such as {DEFAULT_MODEL}")
 
 
 def tune_for_device(backbone):
@@ -150,8 +160,8 @@ class DinoV3Embedder:
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
                         resolution: int = 224, normalization: str | dict | None = None, pooling: str = "cls",
                         compile: bool = False):
-        if Path(model).is_dir():
-            model = str(Path(model).absolute())  # a store must find its model from any working directory
+        if Path(model).expanduser().is_dir():  # ~ too, for a name quoted past the shell or read from a file
+            model = str(Path(model).expanduser().absolute())  # a store must find its model from any directory
         torch_device = resolve_device(device)
         backbone = load_backbone(model, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
         fingerprint = getattr(backbone.config, "_commit_hash", None)

@@ -601,3 +601,11 @@ def test_pillows_notes_on_an_odd_file_stay_out_of_the_run_unless_asked_for(model
     again = [str(tmp_path / "s2") if part == str(tmp_path / "s") else part for part in command]  # a fresh store
     verbose = subprocess.run(again[:3] + ["-v"] + again[3:], capture_output=True, text=True, env=env, timeout=120)
     assert "Corrupt EXIF" in verbose.stderr  # the file does make Pillow warn: -v shows it
+
+
+def test_a_model_folder_that_is_not_there_is_one_line_before_any_guess_from_its_name(chips_dir, tmp_path,
+                                                                                       caplog):
+    result = invoke("index", chips_dir, "--store", tmp_path / "store", "--model", tmp_path / "no-such-model", *RUN)
+    assert_one_line_error(result, "no model folder at", "no-such-model")
+    assert "normalisation" not in caplog.text  # the name was not read for a corpus first
+    assert not (tmp_path / "store").exists()

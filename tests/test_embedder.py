@@ -122,3 +122,25 @@ def test_fit_pca_keeps_at_most_64_components():
     assert fitted_on == 500
     gram = components @ components.T  # orthonormal rows
     assert abs(gram - torch.eye(64).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["{tmp}/no-such-model", "./no-such-model", "~/no-such-model", "models/dinov3/sat"])
+def test_a_model_folder_that_is_not_there_is_named_as_missing(tmp_path, monkeypatch, name):
+    """A path (not a Hub id, owner/name) to nothing: said so in one line, rather than transformers' complaint
+    that it is not a valid repository id."""
+    from indexer.embedder import DinoV3Embedder
+    from indexer.errors import ModelUnavailable
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable, match="no model folder at .*no-such-model|no model folder at models/dinov3"):
+        DinoV3Embedder.from_pretrained(name.format(tmp=tmp_path), device="cpu")
+
+
+def test_a_model_folder_under_home_may_be_given_with_a_tilde(model_dir, tmp_path, monkeypatch):
+    from indexer.embedder import DinoV3Embedder
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / model_dir.name).symlink_to(model_dir)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    embedder = DinoV3Embedder.from_pretrained(f"~/models/{model_dir.name}", device="cpu")
+    assert embedder.provenance["model"] == str(tmp_path / "models" / model_dir.name)  # what a store records
