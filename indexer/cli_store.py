@@ -26,6 +26,8 @@ def info(store_dir, as_json):
         click.echo(json.dumps(details))
         return
     scene_list = details.pop("scene_list")
+    if details.get("crs"):
+        details["crs"] = [_crs_label(crs) for crs in details["crs"]]
     click.echo(f"{'index':>20}: {_describe_index(details.pop('index'))}")
     for key, value in details.items():
         hint = f" (lookalike failures --store {store_dir} says why)" if key == "failed" and value else \
@@ -34,9 +36,17 @@ def info(store_dir, as_json):
     for item in scene_list[:SCENES_SHOWN]:
         bands = ",".join(map(str, item["bands"])) if item["bands"] else "-"
         click.echo(f"{'scene':>20}: {item['scene']} · bands {bands} ({item['band_source'] or 'plain image'}) · "
-                   f"{item['crs'] or 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chips")
+                   f"{_crs_label(item['crs']) if item['crs'] else 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chip{'' if item['chips'] == 1 else 's'}")
     if len(scene_list) > SCENES_SHOWN:
         click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
+
+
+def _crs_label(crs: str) -> str:
+    """A CRS as a reader scans it: an authority code as it is, a WKT by its name (the whole WKT is in --json)."""
+    if not crs.lstrip().startswith(("PROJCS[", "GEOGCS[", "PROJCRS[", "GEOGCRS[", "COMPD_CS[", "COMPOUNDCRS[")):
+        return crs
+    name = crs.split('"')[1] if crs.count('"') >= 2 else "unnamed"
+    return f"{name} (WKT)"
 
 
 @click.command()

@@ -450,3 +450,15 @@ def test_an_unchanged_finished_scene_is_not_opened_again(index, naip_dir, store_
 
     opened.clear()
     assert index([naip_dir], store_dir, chips=_chips(256))["skipped"] == 36 and opened == []
+
+
+def test_info_names_a_wkt_crs_and_keeps_the_whole_of_it_in_json(index, shared_data_dir, tmp_path):
+    """rgb1.tif's CRS is only a WKT (no EPSG code): its name in the text, the WKT whole in --json."""
+    index([shared_data_dir / "rasterio" / "rgb1.tif"], tmp_path / "s")
+    as_json = json.loads(CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s"), "--json"]).output)
+    assert as_json["crs"][0].startswith("PROJCS[") and "AUTHORITY" in as_json["crs"][0]
+    human = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s")]).output
+    assert "PROJCS" not in human and "AUTHORITY" not in human
+    assert "UTM Zone 18, Northern Hemisphere (WKT)" in human
+    assert human.count("UTM Zone 18") == 2  # the store's CRS list and the scene's line
+    assert "· 1 chip\n" in human
