@@ -105,7 +105,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
               help="Square input size in pixels, a multiple of 16.")
 @click.option("--normalization", default="auto", show_default=True,
               help="auto (SAT-493M values for sat493m models, else ImageNet), sat493m, imagenet, or 'm,m,m/s,s,s'.")
-@click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True)
+@click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True,
+              help="The image's vector: the CLS token (pooler_output), the patch tokens' mean, or both joined.")
 @click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
               help="Images per forward pass, or auto: the largest that fits the GPU's memory (probed; 32 on a CPU). "
                    "Halved for the rest of the run after an out-of-memory error.")
@@ -135,7 +136,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--dry-run", is_flag=True,
               help="Say what the run would embed, skip and remove, from the files and the store alone: no model "
                    "is loaded and nothing is written.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar on stderr while embedding.")
 @index_memory_option
 @target_recall_option
 @ray_options
@@ -258,7 +260,8 @@ def _print_summary(summary: dict, store_dir) -> None:
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--keep-previous/--discard-previous", default=True, show_default=True,
               help="Keep the replaced store as DIR.previous (until the next rebuild).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar on stderr while embedding.")
 @ray_options
 @json_option
 @friendly_errors
@@ -308,8 +311,10 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
 
 @cli.command("random-model")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--shape", type=click.Choice(["tiny", "vits16", "vitl16", "vit7b16"]), default="tiny", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shape", type=click.Choice(["tiny", "vits16", "vitl16", "vit7b16"]), default="tiny", show_default=True,
+              help="tiny for tests; the ViT-S/16, ViT-L/16 or real 7B shape (about 27 GB saved) for benchmarks.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The same seed and shape give the same weights.")
 @friendly_errors
 def random_model(model_dir, shape, seed):
     """Save a random-weight DINOv3 of a known shape to MODEL_DIR, for offline smoke tests and benchmarks.

@@ -42,7 +42,8 @@ store_option = click.option(
     help="Store directory (env LOOKALIKE_STORE).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+                             help="Where the model runs: auto takes the GPU when there is one.")
 dtype_option = click.option(
     "--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
     help="auto: float16 on CUDA, bfloat16 on CPUs that support it, else float32.",

@@ -12,7 +12,8 @@ from .cli_common import friendly_errors, store_option
 @store_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the page to the network.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True,
+              help="The page's port (one that another program holds is refused).")
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Another copy of the store's model for embedding uploads (e.g. a local directory).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 2000), default=50, show_default=True,

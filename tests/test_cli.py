@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -609,3 +610,18 @@ def test_a_model_folder_that_is_not_there_is_one_line_before_any_guess_from_its_
     assert_one_line_error(result, "no model folder at", "no-such-model")
     assert "normalisation" not in caplog.text  # the name was not read for a corpus first
     assert not (tmp_path / "store").exists()
+
+
+def test_every_option_has_help_and_is_in_the_readme():
+    """What --help says is one half of an option's documentation; the README's synopsis and notes the other."""
+    from helpers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for name, command in cli.commands.items():
+        assert f"lookalike {name}" in readme, name
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            assert param.help, f"{name} {param.opts[0]} has no help"
+            spellings = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
+            assert not spellings or any(s in readme for s in spellings), f"{name} {spellings} not in README.md"
