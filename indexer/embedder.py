@@ -103,8 +103,9 @@ def check_model_name(model: str) -> None:
     owner/name) where nothing is, before anything is loaded or chosen by the name."""
     as_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
     if as_path and not Path(model).expanduser().exists():
-        raise ModelUnavailable(f"no model folder at {model} (it does not exist); pass --model DIR (or set "
-                               f"LOOKALIKE_MODEL=DIR) with DIR the downloaded model, or a Hub id such as {DEFAULT_MODEL}")
+        raise ModelUnavailable(f"cannot load model {model!r}: no model folder at {model} (it does not exist); pass "
+                               "--model DIR (or set LOOKALIKE_MODEL=DIR) with DIR the downloaded model, or a Hub id "
+                               f"such as {DEFAULT_MODEL}")
 
 
 def tune_for_device(backbone):
