@@ -124,8 +124,8 @@ def estimate_bytes(factory: str, n: int, dim: int) -> int:
     parts = factory.split(",")
     codes = parts[-1]
     per_dim = CODE_BYTES_PER_DIM
-    if codes.startswith("PQ") and codes.endswith("x4fs"):
-        code_bytes = int(codes[2:-4]) / 2
+    if re.fullmatch(r"PQ\d+x4(fs)?", codes):
+        code_bytes = int(codes[2:].split("x")[0]) / 2
     elif codes in per_dim:
         code_bytes = dim * per_dim[codes]
     else:
@@ -162,11 +162,13 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
             return IndexPlan(f"{coarse},PQ{m}x4fs,Refine({codes})", "ivf", size,
                              f"{n:,} vectors: {nlist} inverted lists of {m} x 4-bit codes, re-ranked with "
                              f"{codes} codes, fit the budget")
+    # Codes alone are scanned without fast-scan: in faiss 1.15 a fast-scan list that had entries removed stores
+    # the codes added to it later wrongly (store/refine.py), and with no refine step nothing else can remove ids.
     code_only = [m for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32) if m >= 8 and dim % m == 0]
     for m in code_only:
-        size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit fast-scan codes: m sub-vectors, half a byte each
+        size = ivf_bytes(n, dim, nlist, m / 2)  # 4-bit codes: m sub-vectors, half a byte each
         if size <= budget:
-            return IndexPlan(f"{coarse},PQ{m}x4fs", "ivf", size,
+            return IndexPlan(f"{coarse},PQ{m}x4", "ivf", size,
                              f"{n:,} vectors: only product-quantised codes ({m} x 4 bits) fit the budget")
     sizes = [refined_bytes(n, dim, nlist, pq_size(dim), codes) for codes in candidates] + [  # every option above
         ivf_bytes(n, dim, nlist, m / 2) for m in code_only] + ([flat_bytes(n, dim, bytes_per_dim=2)] if small else [])
@@ -188,10 +190,15 @@ def format_bytes(count: float, *, up: bool = False) -> str:
 def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
     """An index type the user named: inverted files keep ids themselves, flat codes get an id map.
     Graph indexes are refused: they cannot remove ids, and a changed or deleted image must leave the index."""
-    if "HNSW" in factory.split(",")[-1] or "NSG" in factory:
+    refined = split_factory(factory)
+    parts = (refined[0] if refined else factory).split(",")
+    if any(part.startswith(("HNSW", "NSG")) for part in parts) or "NSG" in factory:
         raise StoreError(f"--index-type {factory}: graph indexes cannot remove ids; use an inverted file "
                          "such as IVF4096,SQ8 (an HNSW coarse quantiser, IVF4096_HNSW32,SQ8, is fine)")
-    refined = split_factory(factory)
+    if fast_scan_alone(factory):
+        raise StoreError(f"--index-type {factory}: fast-scan codes without a refine step lose the vectors added "
+                         f"after a removal (faiss 1.15); use {parts[-1].split('x')[0]}x4 (the same codes, scanned "
+                         f"without fast-scan) or add one: {factory},Refine(SQ8)")
     if refined and ("IVF" not in refined[0] or factory.startswith("IDMap")):
         raise StoreError(f"--index-type {factory}: a refine step goes after an inverted file, such as "
                          "IVF1024,PQ256x4fs,Refine(SQ8)")
@@ -199,6 +206,12 @@ def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
     if kind == "flat" and not factory.startswith("IDMap"):
         factory = "IDMap2," + factory
     return IndexPlan(factory, kind, estimate_bytes(factory, n, dim), "chosen with --index-type")
+
+
+def fast_scan_alone(factory: str) -> bool:
+    """Fast-scan codes with no refine step (older plans; refused now): faiss 1.15 loses what is added after a
+    removal."""
+    return not split_factory(factory) and bool(re.fullmatch(r"PQ\d+x4fsr?", factory.split(",")[-1]))
 
 
 def faiss_reason(error: RuntimeError) -> str:

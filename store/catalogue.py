@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS scenes (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, options TEXT, sha256 TEXT);
 CREATE TABLE IF NOT EXISTS skipped_chips (key TEXT PRIMARY KEY, scene TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS id_hints (path TEXT PRIMARY KEY, id INTEGER NOT NULL);
+-- images re-embedded (same id, a new vector) since the index file was last written: a run killed before the
+-- next write leaves the file with their old vectors, which a catch-up by ids alone cannot see
+CREATE TABLE IF NOT EXISTS index_pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pca (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     dim_in INTEGER NOT NULL, dim_out INTEGER NOT NULL,
@@ -93,7 +96,8 @@ def now_iso() -> str:
 
 
 _OURS = {"meta", "images", "vectors", "patches", "failures", "runs", "scenes", "skipped_chips", "id_hints", "pca",
-         "sqlite_sequence", "image_boxes", "image_boxes_node", "image_boxes_parent", "image_boxes_rowid"}
+         "index_pending", "sqlite_sequence", "image_boxes", "image_boxes_node", "image_boxes_parent",
+         "image_boxes_rowid"}
 
 
 def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Database:

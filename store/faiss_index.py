@@ -71,11 +71,16 @@ def is_ivf(index) -> bool:
 def type_name(index) -> str:
     if _refined(index):
         return f"IndexIDMap(IndexRefine({type(index.base).__name__}, {type(index.codes).__name__}))"
-    return type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(index.index).__name__})"
+    return type(index).__name__ if is_ivf(index) else f"IndexIDMap2({type(_inner(index)).__name__})"
+
+
+def _inner(index):
+    """The index an id map wraps, as its own faiss class (the wrapper hands back a plain Index)."""
+    return require_faiss().downcast_index(index.index)
 
 
 def describe(index) -> dict:
-    exact = not is_ivf(index) and "ScalarQuantizer" not in type(getattr(index, "index", index)).__name__
+    exact = not is_ivf(index) and isinstance(_inner(index), require_faiss().IndexFlat)
     return {"type": type_name(index),
             "metric": "inner_product", "exact": exact, "vectors": int(index.ntotal),
             "search_device": search_device()}

@@ -59,24 +59,36 @@ class IndexedStore:
                 log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
         elif self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone():
             log.warning("index file %s is missing: rebuilding it from the stored vectors", index_path)
-        return self._build_index().index
+        try:
+            return self._build_index().index
+        except StoreError as error:  # e.g. an --index-type of 64 lists over a store just emptied by --rebuild
+            log.warning("%s: searching every vector exactly until it can be built", error)
+            return self._build_index(plan=ann.IndexPlan("IDMap2,Flat", "flat", 0, f"exact for now: {error}")).index
 
     def _catch_up(self, index):
         """An index file behind the catalogue (a run killed between saves, or still writing) is brought
-        up to date in place: stale ids removed, missing vectors added, no retraining."""
+        up to date in place: stale ids removed, missing vectors added, re-embedded ones replaced, no retraining."""
         stored_ids = self._stored_ids()
         held_ids = faiss_index.index_ids(index)
         extra = np.setdiff1d(held_ids, stored_ids)
-        missing = np.setdiff1d(stored_ids, held_ids)
+        changed = np.intersect1d(self._pending_ids(), np.intersect1d(held_ids, stored_ids))
+        missing = np.union1d(np.setdiff1d(stored_ids, held_ids), changed)
         if len(extra) or len(missing):
-            log.warning("index file is out of step with the catalogue (%d vectors to add, %d to remove): "
-                        "bringing it up to date", len(missing), len(extra))
-            if len(extra):
-                index.remove_ids(extra)
+            log.warning("index file is out of step with the catalogue (%d vectors to add, %d of them re-embedded, "
+                        "%d to remove): bringing it up to date", len(missing), len(changed), len(extra))
+            if len(extra) or len(changed):
+                index.remove_ids(np.union1d(extra, changed))
             if len(missing):
                 ids, vectors = self._vectors_for(missing)
-                index.add_with_ids(vectors, ids)
+                if len(ids):
+                    index.add_with_ids(vectors, ids)
         return index
+
+    def _pending_ids(self) -> np.ndarray:
+        """Ids re-embedded since the index file was written (none in a store made before this was kept)."""
+        if "index_pending" not in self.db.table_names():
+            return np.empty(0, dtype=np.int64)
+        return np.array([r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM index_pending")], dtype=np.int64)
 
     def _vectors_for(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = [], []
@@ -87,7 +99,8 @@ class IndexedStore:
             for image_id, blob in rows:
                 ids.append(image_id)
                 vectors.append(blob_to_vector(blob))
-        return np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        # (n, D) even for n = 0: rows removed since the ids were read are simply not there
+        return np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim or 1)
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the whole store from one SELECT: a consistent snapshot even while a run writes
@@ -118,11 +131,12 @@ class IndexedStore:
         return ann.plan_index(n, self.dim or 1, memory_bytes=settings.get("memory_bytes"),
                               target_recall=settings.get("target_recall", ann.DEFAULT_RECALL))
 
-    def _build_index(self) -> ann.BuiltIndex:
-        """Choose, train, fill and tune an index over every stored vector; a writer records what it built."""
+    def _build_index(self, *, plan: ann.IndexPlan | None = None) -> ann.BuiltIndex:
+        """Choose (unless given `plan`), train, fill and tune an index over every stored vector; a writer records
+        what it built."""
         ids, vectors = self._all_vectors()
         settings = self.index_settings()
-        plan = self.index_plan(len(ids))
+        plan = plan or self.index_plan(len(ids))
         built = ann.build_index(vectors, ids, plan, target_recall=settings.get("target_recall", ann.DEFAULT_RECALL),
                                 params=settings.get("params"))
         if self.writable:
@@ -147,6 +161,8 @@ class IndexedStore:
             return "the index settings changed"
         if state["kind"] != plan.kind:
             return f"the collection ({n:,} vectors) now calls for {plan.factory}, not {state['factory']}"
+        if ann.fast_scan_alone(state["factory"]):
+            return f"{state['factory']} loses vectors added after a removal (faiss 1.15): now {plan.factory}"
         if state["kind"] == "ivf" and n >= ann.RETRAIN_GROWTH * max(1, state["trained_on"]):
             return f"the collection grew from {state['trained_on']:,} to {n:,} vectors since training"
         if state["kind"] == "ivf" and n * ann.RETRAIN_GROWTH <= state["trained_on"]:
@@ -177,9 +193,14 @@ class IndexedStore:
     def reindex(self, **wishes) -> dict:
         """Rebuild only the index from the stored vectors with new settings; returns what was built."""
         self._write_lock = self._write_lock or acquire_write_lock(self.store_dir)
+        before = self.index_settings()
         self.set_index_settings(**wishes)
         self.writable = True
-        built = self._build_index()
+        try:
+            built = self._build_index()
+        except BaseException:  # what was refused is not kept: later runs and readers go on with what works
+            set_meta(self.db, INDEX_SETTINGS, before)
+            raise
         self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
                                               exact_source=self._all_vectors)
         self.save_index()
@@ -193,5 +214,11 @@ class IndexedStore:
                     file_bytes=index_path.stat().st_size if index_path.exists() else None)
 
     def save_index(self) -> None:
+        """Write the index file; the re-embeds it now holds are no longer pending (those after `mark` still are,
+        should another thread add some meanwhile)."""
         if self._index is not None:
+            mark = self.db.execute("SELECT max(seq) FROM index_pending").fetchone()[0]
             faiss_index.write_index_atomic(self._index.cpu, self.store_dir / INDEX_NAME)
+            if mark is not None:
+                with self.db.atomic():
+                    self.db.execute("DELETE FROM index_pending WHERE seq <= ?", [mark])

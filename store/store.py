@@ -152,7 +152,8 @@ class Store(IndexedStore, SceneRecords):
 
     def clear(self) -> None:
         with self.db.atomic():  # one transaction: readers and crashes see all of it or none
-            for table in ("vectors", "patches", "images", "failures", "pca", "scenes", "skipped_chips"):
+            for table in ("vectors", "patches", "images", "failures", "pca", "scenes", "skipped_chips",
+                          "index_pending"):
                 self.db.execute(f"DELETE FROM {table}")
         self._index = None
         (self.store_dir / INDEX_NAME).unlink(missing_ok=True)
@@ -339,6 +340,7 @@ class Store(IndexedStore, SceneRecords):
                 )
                 self.db.execute("DELETE FROM failures WHERE path = ?", [record["path"]])
                 ids.append(image_id)
+            self.db.conn.executemany("INSERT INTO index_pending (image_id) VALUES (?)", [(i,) for i in replaced])
         index.remove(replaced)
         index.add(np.asarray(ids, dtype=np.int64), vectors)
         return ids

@@ -71,8 +71,8 @@ def test_large_collections_get_an_inverted_file_within_budget(n, dim, budget):
 def test_codes_shrink_as_the_budget_does():
     factories = [ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes(b)).factory
                  for b in ("4GB", "1GB", "700MB", "150MB")]
-    assert factories == ["IVF2048,PQ256x4fs,Refine(SQ8)", "IVF2048,PQ256x4fs,Refine(SQ4)", "IVF2048,PQ512x4fs",
-                         "IVF2048,PQ128x4fs"]
+    assert factories == ["IVF2048,PQ256x4fs,Refine(SQ8)", "IVF2048,PQ256x4fs,Refine(SQ4)", "IVF2048,PQ512x4",
+                         "IVF2048,PQ128x4"]  # codes alone: not fast-scan, which cannot take a removal
     assert ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("4GB"),
                           target_recall=0.99).factory.endswith("Refine(SQfp16)")
 
@@ -213,7 +213,7 @@ def test_reindex_changes_the_index_and_info_reports_the_recall(big_store, tmp_pa
                                 "--target-recall", "0.9", "--json"])
     assert tight.exit_code == 0, tight.output
     described = json.loads(tight.output)
-    assert described["factory"].endswith(("SQ4", "x4fs")) and described["file_bytes"] <= 200_000
+    assert described["factory"].endswith(("SQ4", "x4")) and described["file_bytes"] <= 200_000
     assert described["settings"]["memory_bytes"] == 200_000
 
     fixed = runner.invoke(cli, ["reindex", "--store", str(store_dir), "--index-type", "IVF16,SQfp16",
@@ -326,3 +326,82 @@ def test_shrinking_by_half_retrains_and_below_the_threshold_goes_exact(big_store
     assert "calls for IDMap2,Flat" in big_store.rebuild_reason()
     big_store.finish_index()
     assert big_store.index_state()["kind"] == "flat" and big_store.index.ntotal == 1500
+
+
+# -- kept true through removals, kills and refusals ------------------------------------------------
+def reembed(store: Store, ids, vectors) -> list[int]:
+    """New vectors for images already in the store, under their ids, as a run re-embedding changed files does."""
+    records = [{"path": f"image-{image_id - 1}.jpg", "size": 2, "mtime": 1.0, "sha256": f"new-{image_id}",
+                "width": 8, "height": 8, "image_id": image_id} for image_id in ids]
+    return store.add_embeddings(records, vectors, np.zeros((len(ids), 1, 1, 4), dtype=np.float32))
+
+
+def found_as_own_nearest(store: Store, ids, vectors) -> int:
+    return sum(store.search(vector, k=1)[0]["id"] == image_id for image_id, vector in zip(ids, vectors))
+
+
+def test_codes_alone_are_planned_without_fast_scan_and_keep_what_is_added_after_a_removal(big_store):
+    """faiss 1.15 stores codes added to a fast-scan list after a removal wrongly (20 of 50 found, checked when
+    this was written); the same 4-bit codes without fast-scan do not."""
+    assert ann.plan_index(1_000_000, 1024, memory_bytes=ann.parse_bytes("700MB")).factory == "IVF2048,PQ512x4"
+    big_store.reindex(factory="IVF16,PQ32x4", params={"nprobe": 16})  # every list probed: only codes can miss
+    changed, added = clustered(50, seed=5), clustered(50, seed=6)
+    ids = reembed(big_store, list(range(1, 51)), changed)  # removed from their lists, then added again
+    new_ids = fill(big_store, added, first=9000)
+    untouched = found_as_own_nearest(big_store, range(101, 151), clustered(6000)[100:150])  # what the codes allow
+    assert found_as_own_nearest(big_store, ids, changed) >= untouched - 4
+    assert found_as_own_nearest(big_store, new_ids, added) >= untouched - 4
+
+
+@pytest.mark.parametrize("factory, message", [("HNSW32,Flat", "graph indexes"), ("IDMap2,HNSW32,SQ8", "graph indexes"),
+                                              ("IVF16,PQ16x4fs", "fast-scan codes without a refine step")])
+def test_index_types_that_cannot_take_a_removal_are_refused(factory, message):
+    with pytest.raises(StoreError, match=message):
+        ann.user_plan(factory, 10_000, DIM)
+    assert ann.user_plan("IVF64_HNSW32,SQ8", 10_000, DIM).factory == "IVF64_HNSW32,SQ8"  # a graph coarse quantiser
+
+
+def test_an_older_fast_scan_only_index_is_rebuilt_after_the_next_run(big_store):
+    state = dict(big_store.index_state(), factory="IVF16,PQ16x4fs", kind="ivf")  # as an older lookalike planned
+    from store.catalogue import set_meta
+
+    set_meta(big_store.db, "index_state", state)
+    assert "loses vectors added after a removal" in big_store.rebuild_reason()
+
+
+def test_a_re_embedded_image_is_found_by_its_new_vector_after_a_kill_before_the_index_was_saved(big_store, tmp_path):
+    ids = reembed(big_store, [1, 2, 3], clustered(3, seed=7))  # the catalogue has the new vectors now
+    big_store.db.close()  # killed: no finish_index, no save; the index file still holds the old vectors
+    store = Store.open(tmp_path / "store")
+    assert [store.search(store.vector(i), k=1)[0]["id"] for i in ids] == ids
+    assert store.search(store.vector(ids[0]), k=1)[0]["score"] > 0.999
+
+
+def test_index_rebuild_with_a_type_that_needs_training_leaves_a_working_store(big_store, tmp_path):
+    big_store.reindex(factory="IVF64,Flat")
+    big_store.close()
+    store = Store.create(tmp_path / "store", provenance=PROVENANCE, rebuild=True)  # empties it: 0 to train on
+    assert store.count_images() == 0 and faiss_index.describe(store.index.cpu)["exact"]
+    ids = fill(store, clustered(5, seed=8))
+    assert store.search(store.vector(ids[2]), k=1)[0]["id"] == ids[2]
+    store.finish_index()  # still too few to train: kept exact, with a warning, and saved
+    store.close()
+    assert Store.open(tmp_path / "store").index.ntotal == 5
+
+
+def test_a_refused_reindex_keeps_the_settings_that_work(big_store):
+    before = big_store.index_settings()
+    with pytest.raises(StoreError, match="cannot train"):
+        big_store.reindex(factory="IVF8192,Flat")
+    assert big_store.index_settings() == before
+
+
+def test_vectors_for_ids_gone_meanwhile_are_an_empty_matrix(big_store):
+    ids, vectors = big_store._vectors_for(np.array([10**9]))
+    assert ids.shape == (0,) and vectors.shape == (0, DIM)
+
+
+def test_an_approximate_index_is_not_described_as_exact():
+    flat, pq = (faiss_index.describe(ann.new_index(DIM, ann.user_plan(f, 10_000, DIM))) for f in ("Flat", "PQ8"))
+    assert flat["exact"] and flat["type"] == "IndexIDMap2(IndexFlat)"
+    assert not pq["exact"] and pq["type"] == "IndexIDMap2(IndexPQ)"
