@@ -1,6 +1,7 @@
 """Finding image files in the sources and decoding them to normalised pixel arrays."""
 import hashlib
 import io
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -34,30 +35,48 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 
 def scan_sources(sources, *, keep_missing: bool = False) -> list[Path]:
-    """Image files from folders (recursive), single files and text files listing paths, in order. A source
-    that does not exist is refused, or with keep_missing kept in its place (for its reader to report).
+    """Image files from folders (recursive), single files and text files listing paths (files or folders, one
+    a line, relative to the list), in order, as absolute paths with no `..` in them. A source that does not exist
+    is refused, or with keep_missing kept in its place (for its reader to report); so is a listed one, always.
 
     Folders are walked without entering linked folders; a linked file whose target is outside all the
     folder sources comes back as an OutsideLink, so that it is reported and not read. Files named
     directly (or in a list) are read wherever they are: the user asked for them."""
+    named = [pair for source in map(Path, sources) for pair in _expand_list(source)]  # (path, from a list)
     found: dict[Path, None] = {}
-    roots = [Path(s).resolve() for s in sources if Path(s).is_dir()]
-    for source in map(Path, sources):
+    roots = [path.resolve() for path, _ in named if path.is_dir()]
+    for source, listed in named:
         if source.is_dir():
             for path in sorted(source.rglob("*")):
                 if path.suffix.lower() in IMAGE_SUFFIXES | RASTER_SUFFIXES and not path.is_dir():
                     outside = path.is_symlink() and not _inside(path, roots)
-                    found[OutsideLink(path.absolute()) if outside else path.absolute()] = None
-        elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
-            for line in source.read_text(encoding="utf-8").splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    listed = Path(line.strip())
-                    found[(listed if listed.is_absolute() else source.parent / listed).absolute()] = None
-        elif source.exists() or source.is_symlink() or keep_missing:
-            found[source.absolute()] = None
+                    key = _absolute(path)
+                    if key not in found:  # a file also named directly keeps being read
+                        found[OutsideLink(key) if outside else key] = None
+        elif listed or source.exists() or source.is_symlink() or keep_missing:
+            found.pop(_absolute(source), None)  # named: read even if a folder before listed it as an outside link
+            found[_absolute(source)] = None
         else:
             raise IndexerError(f"source {source} does not exist")
     return list(found)
+
+
+def _expand_list(source: Path) -> list[tuple[Path, bool]]:
+    """A .txt list source as the paths on its lines (blank lines and # comments skipped), else the source;
+    each with whether it came from a list."""
+    if not (source.is_file() and source.suffix.lower() in LIST_SUFFIXES):
+        return [(source, False)]
+    try:  # utf-8-sig: a list saved by Windows tools may start with a byte-order mark
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise IndexerError(f"the list {source} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(source.parent / line, True) for line in lines]  # an absolute line stays as it is
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised (`imagery/../imagery/a.jpg` and `../x/imagery/a.jpg` are one file), links kept."""
+    return Path(os.path.abspath(path))
 
 
 def file_sha256(path: Path) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from helpers import all_vectors, ids_by_path
 from indexer import api
+from indexer.errors import IndexerError
 from indexer.images import scan_sources
 
 
@@ -198,6 +199,43 @@ def test_list_file_sources(index, chip_paths, tmp_path, open_store):
     summary = index([listing], tmp_path / "store")
     assert summary["indexed"] == 2
     assert scan_sources([listing]) == chip_paths[:2]
+
+
+def test_sources_are_normalised_so_one_file_is_one_image(chip_paths, tmp_path, monkeypatch):
+    folder = chip_paths[0].parent
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    dotted = os.path.relpath(folder, tmp_path / "work")  # ../<folder name>
+    assert dotted.startswith("..")
+    assert scan_sources([dotted]) == scan_sources([folder]) == sorted(chip_paths)
+    assert scan_sources([f"{dotted}/{chip_paths[0].name}"]) == [chip_paths[0]]
+
+
+def test_lists_from_other_tools_and_with_folders(chip_paths, tmp_path):
+    folder = chip_paths[0].parent
+    with_bom = tmp_path / "bom.txt"
+    with_bom.write_text(f"{chip_paths[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad may save it
+    assert scan_sources([with_bom]) == [chip_paths[1]]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(f"{folder}/caf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(IndexerError, match="latin.txt is not UTF-8 text"):
+        scan_sources([latin])
+    with_folder = tmp_path / "folders.txt"
+    with_folder.write_text(f"{folder}\n")  # a folder listed is walked as a folder given on the command line is
+    assert scan_sources([with_folder]) == sorted(chip_paths)
+
+
+def test_a_link_named_directly_is_read_even_when_its_folder_came_first(chip_paths, tmp_path):
+    folder = chip_paths[0].parent
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(chip_paths[0].read_bytes())
+    (folder / "link.jpg").symlink_to(elsewhere)
+    from indexer.images import OutsideLink
+
+    walked = scan_sources([folder])
+    assert any(isinstance(p, OutsideLink) for p in walked)  # found by walking: not followed
+    for order in ([folder, folder / "link.jpg"], [folder / "link.jpg", folder]):
+        assert not any(isinstance(p, OutsideLink) for p in scan_sources(order)), order
 
 
 def test_parallel_decode_workers_give_the_same_vectors(index, chips_dir, tmp_path, open_store):
