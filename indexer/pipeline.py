@@ -102,8 +102,13 @@ class DecodeDataset(torch.utils.data.Dataset):
 
 
     def _plain_chip(self, job: Job) -> dict:
-        if self._decoded[0] != job.plain_source:  # consecutive chips of one image share one decode
-            self._decoded = (job.plain_source, load_image(Path(job.plain_source)))
+        if self._decoded[0] != job.plain_source:  # consecutive chips of one image share one decode (or its failure)
+            try:
+                self._decoded = (job.plain_source, load_image(Path(job.plain_source)))
+            except (UnreadableImage, OSError) as error:
+                self._decoded = (job.plain_source, error)
+        if isinstance(self._decoded[1], Exception):
+            raise self._decoded[1]
         col, row, width, height = job.window
         image = self._decoded[1].crop((col, row, col + width, row + height))
         record = {"path": job.path, "size": job.size, "mtime": job.mtime, "image_id": None, "sha256": None,

@@ -121,10 +121,13 @@ def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
     """A file that no longer reads loses its old vector too: results must never point at it."""
     path, reason, size, mtime = failure
     log.info("failed: %s: %s", path, reason)
+    again = store.failed_in_run(path, run_id)  # one file, one failure, however many of its chips did not read
     stale_id = store.image_id_for_path(path)
     if stale_id is not None:
         store.remove_images([stale_id])
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
+    if again:
+        return
     counts["failed"] += 1
     kind = reason.split(" (", 1)[0]  # the reason without its file-specific detail
     reasons = counts.setdefault("failure_reasons", {})

@@ -388,6 +388,11 @@ class Store(IndexedStore, SceneRecords):
             pk="path",
         )
 
+    def failed_in_run(self, path: str, run_id) -> bool:
+        """Whether `path` has already failed in run `run_id` (a scene or image cut into chips fails once a chip)."""
+        return run_id is not None and self.db.execute(
+            "SELECT 1 FROM failures WHERE path = ? AND run_id = ?", [path, run_id]).fetchone() is not None
+
     def forget_failure(self, path: str) -> None:
         self.db.execute("DELETE FROM failures WHERE path = ?", [path])
         self.db.conn.commit()

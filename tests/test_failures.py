@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from helpers import ids_by_path
 from indexer.cli import cli
+from indexer.images import load_image
 
 
 @pytest.fixture
@@ -204,3 +205,22 @@ def test_a_damaged_scene_says_what_gdal_found(index, shared_data_dir, tmp_path, 
     assert reasons and all("damaged raster data" in reason for reason in reasons)
     assert not any("previous exception" in reason for reason in reasons), reasons
     assert any("IReadBlock failed" in reason or "TIFFRead" in reason for reason in reasons), reasons
+
+
+def test_an_image_cut_into_chips_that_does_not_decode_is_one_failure(index, tmp_path, write_image, open_store,
+                                                                       monkeypatch):
+    """Each of its 16 chips meets the broken file; the run counts, and decodes, it once."""
+    from indexer import pipeline
+    from indexer.pipeline import ChipOptions
+
+    decoded = []
+    monkeypatch.setattr(pipeline, "load_image", lambda path: decoded.append(path) or load_image(path))
+
+    folder = tmp_path / "photos"
+    big = write_image(folder / "big.jpg", size=(512, 512), seed=4)
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 3])  # the header reads, the pixels stop short
+    write_image(folder / "small.jpg")
+    summary = index([folder], tmp_path / "s", chips=ChipOptions(chip_size=128, chip_plain=True))
+    assert (summary["failed"], summary["failure_reasons"]) == (1, {"damaged or unsupported image data": 1})
+    assert summary["indexed"] == 1 and open_store(tmp_path / "s").count_failures() == 1
+    assert decoded == [big.absolute()]
