@@ -308,7 +308,9 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                                "head_sha256": record.get("head_sha256") if unchanged else (digests and digests[1]),
                                "windows": len(windows), "georeferenced": georeferenced, "sidecars": signature,
                                "reading": reading, "pixels": pixels})
-    if not unchanged and digests is None:
+    # hashed while cut: a scene new or changed, and one a killed run left part-done and unhashed (its hash is taken
+    # as the run ends), or a later move or copy of it would be cut again, not recognised
+    if (not unchanged and digests is None) or (unchanged and missing and not record.get("sha256")):
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
                       copy_of=copy_of.get(chip_key(path, w)), copy_key=copy_from and chip_key(copy_from, w))
@@ -320,7 +322,8 @@ def _moved_scene(plan: Plan, moves: Moves, *, path: Path, stat, scene, options_t
     scene's chips: (old path, its record under the new path, its chips), the move planned; else None."""
     fields = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
         if georeferenced else None
-    gone = moves.scene(path, stat.st_size, options_text, reading=fields)
+    pixels = reading_and_pixels_digests(scene)[1] if georeferenced else None
+    gone = moves.scene(path, stat.st_size, options_text, reading=fields, pixels=pixels)
     if gone is None:
         return None
     key = str(path)

@@ -203,3 +203,24 @@ def test_a_scene_read_differently_now_is_cut_again(index, shared_data_dir, tmp_p
     summary = index([naip], store_dir, chips=CHIPS)
 
     assert (summary["moved"], summary["removed"], summary["indexed"]) == (0, first["indexed"], first["indexed"])
+
+
+def test_a_scene_moved_without_the_sidecar_that_gave_its_nodata_is_cut_again_not_moved(index, shared_data_dir,
+                                                                                         tmp_path, store_dir):
+    """Its mask source is 'nodata' either way, but the value (255 from the .aux.xml, then 0 from the file)
+    changes which pixels its chips black out: the moved chips would not be what the file reads as now."""
+    first_dir, second_dir = tmp_path / "A", tmp_path / "B"
+    first_dir.mkdir()
+    scene = sorted((shared_data_dir / "naip").glob("*.tif"))[0]
+    shutil.copy2(scene, first_dir / scene.name)
+    (first_dir / f"{scene.name}.aux.xml").write_text("<PAMDataset>{}</PAMDataset>".format("".join(
+        f'<PAMRasterBand band="{band}"><NoDataValue>255</NoDataValue></PAMRasterBand>' for band in range(1, 5))))
+    first = index([first_dir], store_dir, chips=CHIPS)
+    second_dir.mkdir()
+    shutil.copy2(first_dir / scene.name, second_dir / scene.name)  # the .tif only
+    shutil.rmtree(first_dir)
+
+    summary = index([second_dir], store_dir, chips=CHIPS)
+
+    assert (summary["moved"], summary["removed"], summary["indexed"], summary["skipped"]) == (
+        0, first["indexed"], first["indexed"], 0)

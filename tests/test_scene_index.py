@@ -217,6 +217,30 @@ def test_a_run_cut_short_goes_on_with_the_missing_chips(index, naip_dir, store_d
     assert sorted(chip_rows(open_store(store_dir))) == sorted(chip_rows(store) | {r["path"]: r for r in lost})
 
 
+def test_a_scene_left_part_done_and_unhashed_by_a_killed_run_is_hashed_as_it_goes_on(index, naip_dir, store_dir,
+                                                                                      open_store):
+    """kill -9 leaves no hash (it is recorded as the run ends): without one, the scene's next new mtime (a copy
+    back from a backup) or move would cut it all again."""
+    import sqlite3
+
+    index([naip_dir], store_dir, chips=_chips(256))
+    store = open_store(store_dir)
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    lost = [r for r in chip_rows(store).values() if r["scene"] == str(scene)][-5:]
+    store.remove_images([r["id"] for r in lost])  # as if the run had died before writing them, and before hashing
+    store.save_index()
+    store.close()
+    with sqlite3.connect(store_dir / "catalogue.db") as db:
+        db.execute("UPDATE scenes SET sha256 = NULL, head_sha256 = NULL WHERE path = ?", [str(scene)])
+
+    resumed = index([naip_dir], store_dir, chips=_chips(256))
+    assert resumed["indexed"] == 5
+    assert open_store(store_dir).scenes_by_path()[str(scene)]["sha256"] == file_sha256(scene)
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    touched = index([naip_dir], store_dir, chips=_chips(256))
+    assert (touched["indexed"], touched["removed"], touched["skipped"]) == (0, 0, 36)
+
+
 def test_a_scene_whose_chips_are_all_empty_is_not_read_again(index, shared_data_dir, store_dir):
     shade = shared_data_dir / "rasterio" / "shade.tif"  # 88 % nodata: every 512 px chip under --min-valid
     first = index([shade], store_dir)
