@@ -222,7 +222,8 @@ def _embed_jobs(jobs, store, embedder, *, run_id, counts, batch_size, workers, p
             records, pixels, same_bytes = copies.split(batch["records"], batch["pixels"])
             for start, stop, embedding, chunk in embed_in_chunks(embedder, pixels, chunk) if records else ():
                 if pca is None:
-                    pca = _fit_store_pca(store, embedding.patch_tokens)
+                    pca = fit_patch_pca(embedding.patch_tokens)
+                    writer.pca(pca)
                 writer.embedded(records[start:stop], embedding.global_vectors, _project(embedding.patch_tokens, pca))
             copies.sent(records, written_after=writer.queued)
             if same_bytes:
@@ -310,12 +311,17 @@ def _free_device_memory():
         torch.cuda.empty_cache()
 
 
-def _fit_store_pca(store: Store, patch_tokens: torch.Tensor) -> PCA:
-    """Fitted on the first batch's patch tokens and kept for the life of the store."""
+def fit_patch_pca(patch_tokens: torch.Tensor) -> PCA:
+    """Fitted on the first batch's patch tokens and kept for the life of the store (the caller stores it)."""
     if not torch.isfinite(patch_tokens).all():
         raise non_finite_error()
     mean, components, fitted_on = fit_pca(patch_tokens.reshape(-1, patch_tokens.shape[-1]))
-    pca = PCA(mean=mean.astype(np.float32), components=components.astype(np.float32), fitted_on=fitted_on)
+    return PCA(mean=mean.astype(np.float32), components=components.astype(np.float32), fitted_on=fitted_on)
+
+
+def _fit_store_pca(store: Store, patch_tokens: torch.Tensor) -> PCA:
+    """fit_patch_pca, stored at once: for callers that write the store on their own thread."""
+    pca = fit_patch_pca(patch_tokens)
     store.set_pca(pca)
     return pca
 

@@ -40,6 +40,11 @@ class StoreWriter:
         twin chip's id): they take its vector and patch features."""
         self._put(("copied", records))
 
+    def pca(self, pca) -> None:
+        """The store's patch-feature projection, fitted on the run's first batch: written on this thread, ahead of
+        that batch (one connection, one writer: a second thread's transaction would interleave with this one's)."""
+        self._put(("pca", pca))
+
     def failed(self, failure: tuple) -> None:
         self._put(("failed", failure))
 
@@ -75,6 +80,9 @@ class StoreWriter:
                 self.done += 1
 
     def _write(self, item) -> None:
+        if item[0] == "pca":
+            self.store.set_pca(item[1])
+            return
         if item[0] == "failed":
             record_failure(self.store, item[1], self.run_id, self.counts)
             return

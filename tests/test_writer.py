@@ -79,3 +79,18 @@ def test_compiled_backbone_gives_the_same_vectors_and_pads_the_last_batch(model_
     for path, row in a.images_by_path().items():
         other = b.images_by_path()[path]
         assert abs(float(a.vector(row["id"]) @ b.vector(other["id"])) - 1.0) < 1e-4
+
+
+def test_the_patch_pca_is_written_on_the_writers_thread(index, chips_dir, store_dir, monkeypatch):
+    """The loop's store calls all happen on the writer's thread: the first batch's failures are written there while
+    the main thread fits the PCA, and two threads' transactions on one SQLite connection interleave."""
+    import threading
+
+    from store import Store
+
+    threads = []
+    real = Store.set_pca
+    monkeypatch.setattr(Store, "set_pca", lambda self, pca: threads.append(threading.current_thread().name)
+                        or real(self, pca))
+    index([chips_dir], store_dir)
+    assert threads == ["lookalike-store-writer"]
