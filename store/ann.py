@@ -76,8 +76,8 @@ def parse_bytes(text) -> int:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
         raise StoreError(f"index memory {text!r} is not a size such as 4GB, 512MiB or 2000000000") from None
-    if value <= 0 or not math.isfinite(value):
-        raise StoreError(f"index memory {text!r} must be more than zero")
+    if value < 1 or not math.isfinite(value):  # 0.5 would be 0 bytes, which reads as no budget at all
+        raise StoreError(f"index memory {text!r} must be at least one byte")
     return int(value)
 
 

@@ -95,7 +95,11 @@ class Store(IndexedStore, SceneRecords):
                 f"no lookalike store at {store_dir} (missing {CATALOGUE_NAME}); create one with `lookalike index`"
             )
         store = cls(store_dir, catalogue.connect(catalogue_path, write=False))
-        store._check_schema()
+        try:
+            store._check_schema()
+        except BaseException:  # refused: its connection goes with it (a UI polling a folder opens it often)
+            store.close()
+            raise
         return store
 
     @staticmethod

@@ -101,7 +101,7 @@ def test_memory_sizes_parse(text, expected):
     assert ann.parse_bytes(text) == int(expected)
 
 
-@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "4XB"])
+@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "4XB", "0.5"])
 def test_bad_memory_sizes_are_refused(text):
     with pytest.raises(StoreError):
         ann.parse_bytes(text)
