@@ -132,10 +132,15 @@ def _passes(hit: dict, refinement: Refinement) -> bool:
 
 
 def _touches(bounds, bbox) -> bool:
-    if not bounds:
+    if not bounds or bounds[1] > bbox[3] or bounds[3] < bbox[1]:
         return False
-    west, south, east, north = bbox
-    return bounds[0] <= east and bounds[2] >= west and bounds[1] <= north and bounds[3] >= south
+    return any(west <= other_east and east >= other_west for west, east in _spans(bounds[0], bounds[2])
+               for other_west, other_east in _spans(bbox[0], bbox[2]))
+
+
+def _spans(west: float, east: float) -> list[tuple[float, float]]:
+    """Longitude intervals of a box: two when it crosses the antimeridian (west > east)."""
+    return [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
 
 
 def empty_results_note(*, filtered: bool) -> str:

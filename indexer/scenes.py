@@ -395,10 +395,13 @@ def _outline(crs, xs, ys) -> dict:
 
 
 def ring_bounds(footprint) -> list | None:
-    """[west, south, east, north] of a footprint polygon's outer ring."""
+    """[west, south, east, north] of a footprint polygon's outer ring; west > east for one across the antimeridian
+    (as the store's place lookup reads it), where its longitudes jump from near 180 to near -180."""
     if not footprint:
         return None
     lons, lats = [p[0] for p in footprint[0]], [p[1] for p in footprint[0]]
+    if max(lons) - min(lons) > 180:  # no chip is half the globe wide: it crosses the antimeridian
+        return [min(lon for lon in lons if lon > 0), min(lats), max(lon for lon in lons if lon < 0), max(lats)]
     return [min(lons), min(lats), max(lons), max(lats)]
 
 

@@ -486,3 +486,34 @@ def test_info_names_a_wkt_crs_and_keeps_the_whole_of_it_in_json(index, shared_da
     assert "UTM Zone 18, Northern Hemisphere (WKT)" in human
     assert human.count("UTM Zone 18") == 2  # the store's CRS list and the scene's line
     assert "· 1 chip\n" in human
+
+
+def test_a_chip_across_the_antimeridian_is_found_on_both_sides_of_it_and_nowhere_else(index, tmp_path, open_store):
+    """A UTM zone 60 scene off Fiji, 20 km wide across 180°: its footprint's longitudes jump from 179.9 to -179.9,
+    which bounds by min and max turned into the whole globe's width."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from indexer.pipeline import ChipOptions
+    from indexer.scenes import ring_bounds
+
+    folder = tmp_path / "fiji"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(1, 255, (3, 100, 200), dtype=np.uint8)
+    with rasterio.open(folder / "scene.tif", "w", driver="GTiff", width=200, height=100, count=3, dtype="uint8",
+                       crs="EPSG:32760", transform=from_origin(810_000, 8_120_000, 100, 100)) as dst:
+        dst.write(pixels)
+    index([folder], tmp_path / "s", chips=ChipOptions(chip_size=100))
+    store = open_store(tmp_path / "s")
+    bounds = [json.loads(store.image(row["id"])["geo"])["wgs84_bounds"] for row in store.images_by_path().values()]
+    assert any(west > east for west, _, east, _ in bounds)  # one chip at least crosses
+    lat = (bounds[0][1] + bounds[0][3]) / 2
+    assert store.chips_at(179.999, lat) and store.chips_at(-179.999, lat)
+    assert not store.chips_at(0.0, lat) and not store.chips_at(-179.0, lat) and not store.chips_at(178.0, lat)
+    assert ring_bounds([[[179.9, -17.0], [-179.9, -17.0], [-179.9, -16.9], [179.9, -16.9]]]) == [179.9, -17.0,
+                                                                                                -179.9, -16.9]
+    from indexer.refine import _touches  # --bbox: a box on either side of 180° touches such a chip
+
+    crossing = [179.9, -17.0, -179.9, -16.9]
+    assert _touches(crossing, (-179.95, -17.5, -179.92, -16.5)) and _touches(crossing, (179.95, -17.5, 179.99, -16.5))
+    assert not _touches(crossing, (170.0, -17.5, 179.0, -16.5)) and not _touches(crossing, (-10.0, -17.5, 10.0, -16.5))
