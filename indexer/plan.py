@@ -300,6 +300,8 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                      chips=chips) if relocated else known_chips
     done = ({c["path"] for c in kept} | skipped_keys) if unchanged else set()
     missing = [window for window in windows if chip_key(path, window) not in done]
+    if missing and unchanged and not moved_from and twins is not None and georeferenced:
+        twins.plan_part_done(scene, stat.st_size, options_text)
     plan.skipped += len(windows) - len(missing) - (len(kept) if moved_from or relocated else 0)
     if missing:
         plan.scenes += 1

@@ -107,6 +107,13 @@ class SceneTwins:
         self.planned.setdefault((size, options_text), []).append(entry)
         return None
 
+    def plan_part_done(self, scene: Scene, size: int, options_text: str) -> None:
+        """A scene a run cut short left part-done, to be finished in this one: a twin new in this run (its copy,
+        cut short before its chips were copied) copies from it once it is whole, as from a new scene."""
+        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False), "head": None,
+                 "sha256": None}
+        self.planned.setdefault((size, options_text), []).append(entry)
+
 
 def _same(one: dict, other: dict, name: str, digest) -> bool:
     mine = _digest(one, name, digest)

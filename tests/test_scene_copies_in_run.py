@@ -137,3 +137,31 @@ def test_a_copy_left_unwritten_by_a_run_cut_short_is_copied_by_the_next(index, e
     summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
 
     assert (counting.images, summary["copied"], summary["indexed"]) == (0, 12, 12)
+
+
+def test_a_copy_left_uncopied_by_a_killed_run_is_copied_when_its_twin_is_finished(index, embedder, naip_dir,
+                                                                                   store_dir, open_store):
+    """kill -9 while the first copy was embedded: the next run finishes it and copies the second from it, rather
+    than embedding the second too."""
+    import sqlite3
+
+    original, copy = second_copy(naip_dir)
+    index([naip_dir], store_dir, chips=CHIPS)  # "delivery 2/..." comes first: embedded, and the original copied
+    store = open_store(store_dir)
+    lost = list(chips_by_window(store, copy).values())[-5:] + list(chips_by_window(store, original).values())
+    store.remove_images([chip["id"] for chip in lost])  # as if the run died before writing these
+    store.save_index()
+    store.close()
+    with sqlite3.connect(store_dir / "catalogue.db") as db:  # nor had it hashed them (that is done as it ends)
+        db.execute("UPDATE scenes SET sha256 = NULL, head_sha256 = NULL WHERE path IN (?, ?)",
+                   [str(original), str(copy)])
+    counting = CountingEmbedder(embedder)
+
+    summary = index([naip_dir], store_dir, chips=CHIPS, embedder=counting)
+
+    assert counting.images == 5 and (summary["indexed"], summary["copied"]) == (17, 12)
+    store = open_store(store_dir)
+    twins, copies = chips_by_window(store, copy), chips_by_window(store, original)
+    assert copies.keys() == twins.keys() and len(copies) == 12
+    assert all(np.array_equal(store.vector(chip["id"]), store.vector(twins[window]["id"]))
+               for window, chip in copies.items())
