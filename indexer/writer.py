@@ -6,6 +6,7 @@ import threading
 import numpy as np
 
 from .errors import NonFiniteOutput
+from .images import READ_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class StoreWriter:
         self.done = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
+        self._failed: set[str] = set()  # files (scenes, images cut into chips) found damaged in this run
         self._thread = threading.Thread(target=self._loop, name="lookalike-store-writer", daemon=True)
         self._thread.start()
 
@@ -85,6 +87,8 @@ class StoreWriter:
             return
         if item[0] == "failed":
             record_failure(self.store, item[1], self.run_id, self.counts)
+            if not item[1][1].startswith(READ_ERROR):  # damaged: its later chips go with it
+                self._failed.add(item[1][0])
             return
         if item[0] == "skipped_chips":
             self.store.record_skipped_chips(item[1])
@@ -96,6 +100,11 @@ class StoreWriter:
         _, records, vectors, grids = item
         vectors = vectors.cpu().numpy()  # waits for this batch's device work only
         grids = grids.cpu().numpy()
+        kept = [row for row, record in enumerate(records) if record.get("scene") not in self._failed]
+        if len(kept) < len(records):  # chips of a scene that has failed in this run: dropped with it
+            records, vectors, grids = [records[row] for row in kept], vectors[kept], grids[kept]
+            if not records:
+                return
         if not (np.isfinite(vectors).all() and np.isfinite(grids).all()):
             raise non_finite_error()
         self.store.add_embeddings(records, vectors, grids, run_id=self.run_id)
@@ -131,8 +140,13 @@ def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
     log.info("failed: %s: %s", path, reason)
     again = store.failed_in_run(path, run_id)  # one file, one failure, however many of its chips did not read
     stale_id = store.image_id_for_path(path)
-    if stale_id is not None:
-        store.remove_images([stale_id])
+    # A scene (or image cut into chips) with damaged data keeps none of its chips either; one the system would
+    # not read (a drive away, an I/O error) keeps those read, and the next run reads only the others again.
+    chips = [] if reason.startswith(READ_ERROR) else store.chips_of_scene(path)
+    stale = ([stale_id] if stale_id is not None else []) + [chip_id for chip_id, _ in chips]
+    if stale:
+        store.remove_images(stale)
+    counts["indexed"] -= sum(1 for _, chip_run in chips if chip_run == run_id and run_id is not None)
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
     if again:
         return

@@ -91,6 +91,10 @@ class SceneRecords:
             self.db.execute("DELETE FROM skipped_chips WHERE scene = ?", [path])
             self.db.execute("DELETE FROM scenes WHERE path = ?", [path])
 
+    def chips_of_scene(self, scene: str) -> list[tuple[int, int | None]]:
+        """(id, run id) of the chips cut from `scene` (a scene's path, or a plain image's cut into chips)."""
+        return [(row[0], row[1]) for row in self.db.execute("SELECT id, run_id FROM images WHERE scene = ?", [scene])]
+
     def skipped_chip_keys(self, scene: str) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT key FROM skipped_chips WHERE scene = ?", [scene])}
 

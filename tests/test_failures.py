@@ -224,3 +224,21 @@ def test_an_image_cut_into_chips_that_does_not_decode_is_one_failure(index, tmp_
     assert (summary["failed"], summary["failure_reasons"]) == (1, {"damaged or unsupported image data": 1})
     assert summary["indexed"] == 1 and open_store(tmp_path / "s").count_failures() == 1
     assert decoded == [big.absolute()]
+
+
+def test_a_scene_that_stops_short_is_one_failure_and_keeps_no_chip(index, shared_data_dir, tmp_path, open_store):
+    """An interrupted download: the header and first strips read, the rest is missing. The chips read before the
+    break do not stay behind a file listed as failed; the other scene is untouched."""
+    from indexer.pipeline import ChipOptions
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    whole, cut = sorted((shared_data_dir / "naip").glob("*.tif"))[:2]
+    shutil.copy2(whole, folder / whole.name)
+    (folder / cut.name).write_bytes(cut.read_bytes()[:1_500_000])
+    summary = index([folder], tmp_path / "s", chips=ChipOptions(chip_size=256))
+    store = open_store(tmp_path / "s")
+    assert (summary["failed"], summary["indexed"]) == (1, 12)  # 12 chips of 256 px in the whole scene
+    assert {row["scene"] for row in store.images_by_path().values()} == {str(folder / whole.name)}
+    assert list(store.failures_by_path()) == [str(folder / cut.name)]
+    assert store.index.ntotal == 12
