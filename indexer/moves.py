@@ -31,13 +31,13 @@ class Moves:
         """The gone catalogue row with this file's bytes (taken: it moves once), or None."""
         return _take(self.files, size, path)
 
-    def scene(self, path, size: int, options_text: str, *, reading: dict | None,
-              pixels: str | None = None) -> dict | None:
+    def scene(self, path, size: int, options_text: str, *, reading: dict | None, pixels=None) -> dict | None:
         """The gone scene record with this scene's bytes, cut with the same options and, for a georeferenced
-        scene (`reading`: its READING_FIELDS now; `pixels`: the digest of what its windows' pixels depend on,
-        such as a nodata value from an .aux.xml left behind), read the same way as its chips were; taken, or None."""
+        scene (`reading`: its READING_FIELDS now; `pixels()`: the digest of what its windows' pixels depend on,
+        such as a nodata value from an .aux.xml left behind, asked only of a scene with a gone twin), read the
+        same way as its chips were; taken, or None."""
         def read_alike(record: dict) -> bool:
-            if pixels is not None and record.get("pixels") not in (None, pixels):
+            if pixels is not None and record.get("pixels") not in (None, pixels()):
                 return False
             chips = self.chips_of.get(record["path"], [])
             if reading is None or not chips:

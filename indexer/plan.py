@@ -324,7 +324,7 @@ def _moved_scene(plan: Plan, moves: Moves, *, path: Path, stat, scene, options_t
     scene's chips: (old path, its record under the new path, its chips), the move planned; else None."""
     fields = {name: value for name, value in scene.as_record().items() if name in READING_FIELDS} \
         if georeferenced else None
-    pixels = reading_and_pixels_digests(scene)[1] if georeferenced else None
+    pixels = (lambda: reading_and_pixels_digests(scene)[1]) if georeferenced else None  # reads any .msk: when asked
     gone = moves.scene(path, stat.st_size, options_text, reading=fields, pixels=pixels)
     if gone is None:
         return None
