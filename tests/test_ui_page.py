@@ -64,6 +64,18 @@ def test_k_comes_from_the_address(page, ui_ids):
     assert at.sidebar.number_input[0].value == 5
 
 
+def test_every_change_of_k_and_page_size_holds(page, ui_ids):
+    """Each value the user enters is the one searched with, the second change and the fourth as the first."""
+    at = page(id=chip(ui_ids, 7)[1])
+    for k in (3, 4, 5, 6):
+        run(at.sidebar.number_input[0].set_value(k))
+        assert pager_text(at).endswith(f"· {k} results") and at.query_params["k"] == str(k)
+    run(at.sidebar.number_input[0].set_value(24))
+    for size in (12, 20, 12, 20):
+        run(next(box for box in at.selectbox if box.label == "Per page").select(size))
+        assert len(cards(at)) == size and at.query_params["per_page"] == str(size)
+
+
 @pytest.mark.parametrize("k, shown", [("abc", 20), ("0", 1), ("5000", 24)])
 def test_odd_k_in_the_address_is_clamped(page, ui_ids, k, shown):
     at = page(id=chip(ui_ids, 0)[1], k=k)
@@ -131,6 +143,15 @@ def test_id_that_is_not_a_number(page):
     assert [e.value for e in at.error] == ["The address asks for image id 'abc', which is not a number "
                                            "(or several, separated by commas)."]
     assert cards(at) == []
+
+
+@pytest.mark.parametrize("address", [{"id": "99999999999999999999"}, {"id": "5,99999999999999999999"},
+                                     {"id": "5", "unlike": "99999999999999999999"}])
+def test_ids_too_large_for_the_store_are_one_line_not_a_crash(page, address):
+    """SQLite holds 64-bit integers: a larger one raised OverflowError, Streamlit's exception box."""
+    at = page(**address)
+    assert not at.exception
+    assert len(at.error) + len(at.warning) >= 1
 
 
 def test_unknown_id(page):
@@ -442,6 +463,20 @@ def test_filters_that_leave_nothing_say_so(page, ui_ids):
     at = run(sidebar_input(at, "Dated between").input("2030,"))  # the plain chips carry no date at all
     assert "no indexed image passes the filters" in " ".join(info.value for info in at.info)
     assert cards(at) == []
+
+
+def test_a_typo_in_a_filter_keeps_the_uploaded_query(page, ui_ids):
+    """The filter's error stops the run before the uploader is drawn no more: the upload stays, and the search
+    goes on without that filter until it is fixed."""
+    path, _ = chip(ui_ids, 3)
+    at = page()
+    at = run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    shown = cards(at)
+    assert shown
+    at = run(sidebar_input(at, "Within lon/lat box").input("-99.2,47.0,-99.1"))
+    assert len(at.error) == 1 and "not four numbers" in at.error[0].value and cards(at) == shown
+    at = run(sidebar_input(at, "Within lon/lat box").input(""))
+    assert not at.error and cards(at) == shown
 
 
 @pytest.mark.parametrize("label, text, fragment", [

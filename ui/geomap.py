@@ -1,5 +1,6 @@
 """The map of a scene search: query and result footprints (pydeck), the layer data built by plain functions."""
 import math
+import zlib
 
 import pydeck
 import streamlit as st
@@ -52,7 +53,10 @@ def result_map(query_items: list[dict], hits: list[dict], *, vmin: float, vmax: 
     )
     deck = pydeck.Deck(layers=[layer], initial_view_state=view_of(rows), tooltip={"text": "{label}"},
                        map_provider="carto" if basemap else None, map_style=BASEMAPS.get(basemap))
-    event = st.pydeck_chart(deck, on_select="rerun", selection_mode="single-object", key="result-map", height=360)
+    # One map per page of results: a click on another page's (or another query's) map must not carry over
+    shown = zlib.crc32(",".join(str(hit["id"]) for hit in hits).encode())
+    event = st.pydeck_chart(deck, on_select="rerun", selection_mode="single-object", key=f"result-map-{shown}",
+                            height=360)
     picked = (getattr(event, "selection", None) or {}).get("objects", {}).get("footprints") or []
     rank = picked[0].get("rank") if picked else None
     return rank or None

@@ -44,14 +44,12 @@ def settings_sidebar(info: dict) -> dict:
         st.caption(f"model {info['model']} · {info['dim']}-d {info['pooling']} · {info['resolution']} px · "
                    f"{(info.get('normalization') or {}).get('name')} normalisation")
         st.header("Search")
-        try:
-            default_k = min(MAX_K, max(1, int(st.query_params.get("k", 20))))
-        except ValueError:
-            default_k = 20
-        k = st.number_input("Neighbours (k)", min_value=1, max_value=MAX_K, value=default_k, step=10)
-        st.query_params["k"] = str(k)
-        page_size = st.selectbox("Per page", PAGE_SIZES, index=PAGE_SIZES.index(_address_page_size()))
-        st.query_params["per_page"] = str(page_size)  # a bookmark or reload shows the same page
+        _from_address("neighbours-k", "k", _address_k())
+        k = st.number_input("Neighbours (k)", min_value=1, max_value=MAX_K, step=10, key="neighbours-k")
+        _to_address("neighbours-k", "k", k)
+        _from_address("per-page", "per_page", _address_page_size())
+        page_size = st.selectbox("Per page", PAGE_SIZES, key="per-page")
+        _to_address("per-page", "per_page", page_size)  # a bookmark or reload shows the same page
         hide_self = st.checkbox("Hide the query itself", value=False)
         combine = st.radio("A query of several examples finds images", ["mean", "any"], horizontal=True,
                            format_func={"mean": "like all of them", "any": "like any one"}.get,
@@ -60,15 +58,48 @@ def settings_sidebar(info: dict) -> dict:
         st.header("Scenes")
         dedupe = st.checkbox("Collapse overlapping chips of a scene", value=True)
         exclude_scene = st.checkbox("Leave out the query's own scene", value=False)
-        bbox_text = st.text_input("Within lon/lat box", placeholder="west,south,east,north")
-        dates_text = st.text_input("Dated between", placeholder="2015-01-01,2020-12-31")
+        bbox = _filter(parse_bbox, st.text_input("Within lon/lat box", placeholder="west,south,east,north"))
+        dates = _filter(parse_dates, st.text_input("Dated between", placeholder="2015-01-01,2020-12-31"))
         st.header("Heatmaps")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
         exact = st.toggle("Exact (recompute full patch tokens with the model)", value=False,
                           help="Off: the stored 64-d PCA patch features, no model needed. On: one forward per result.")
     return {"k": int(k), "page_size": page_size, "hide_self": hide_self, "combine": combine, "opacity": opacity,
-            "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": parse_bbox(bbox_text),
-            "dates": parse_dates(dates_text)}
+            "exact": exact, "dedupe": dedupe, "exclude_scene": exclude_scene, "bbox": bbox, "dates": dates}
+
+
+def _filter(parse, text: str):
+    """A filter box's value, or None with the reason shown under it: a typo there must not end the run before
+    the query is drawn (Streamlit would drop an uploaded image, a clicked patch, a dragged part)."""
+    try:
+        return parse(text)
+    except IndexerError as error:
+        st.error(f"{error}: searching without it until it is fixed")
+        return None
+
+
+def _from_address(key: str, name: str, value) -> None:
+    """Before a keyed widget is drawn: when the address's `name` has changed since it was last read or written
+    (a bookmark, a link), the widget takes `value` from it; otherwise it keeps its own.
+    (A widget without a key, given its value from the address, is a new widget whenever that value changes, and
+    Streamlit drops what the user chose in it on every second change.)"""
+    text = st.query_params.get(name, "")
+    if st.session_state.get(f"{key}-address") != text:
+        st.session_state[f"{key}-address"] = text
+        st.session_state[key] = value
+
+
+def _to_address(key: str, name: str, value) -> None:
+    """The widget's value into the address, noted as read: what the page writes there is no change to follow."""
+    st.query_params[name] = st.session_state[f"{key}-address"] = str(value)
+
+
+def _address_k() -> int:
+    """The address's k, held to 1 .. MAX_K, else the default 20."""
+    try:
+        return min(MAX_K, max(1, int(st.query_params.get("k", 20))))
+    except ValueError:
+        return 20
 
 
 def _address_page_size() -> int:
@@ -219,8 +250,8 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None,
         picked = result_map(query_items(query), hits, vmin=min(scores), vmax=max(scores), basemap=basemap)
         st.caption("Footprints of this page's results coloured by score (the same ramp, stretched to their "
                    "scores); the query's outlined in red. Click one to select it.")
-        if picked:
-            hit = next(h for h in hits if h["rank"] == picked)
+        hit = next((h for h in hits if h["rank"] == picked), None) if picked else None
+        if hit is not None:
             st.info(f"Selected on the map: #{hit['rank']} · score {hit['score']:.4f} · {describe_place(hit)}")
             st.button("Search with the selected result", on_click=use_indexed, args=(hit["id"],), key="map-pick")
     result_grid(hits, maps, opacity=settings["opacity"], vmin=vmin, vmax=vmax, examples=query.example_ids,

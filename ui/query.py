@@ -88,7 +88,10 @@ def address_ids() -> list[int]:
 def address_numbers(name: str) -> list[int]:
     """The ids the address lists under `name`, in order, each once; raises ValueError when they are not numbers."""
     text = st.query_params.get(name, "")
-    return list(dict.fromkeys(int(part) for part in text.split(","))) if text else []
+    numbers = list(dict.fromkeys(int(part) for part in text.split(","))) if text else []
+    if any(not -2**63 <= number < 2**63 for number in numbers):  # past what SQLite can hold: no such image
+        raise ValueError(f"{name} holds a number too large to be an id")
+    return numbers
 
 
 def set_address_numbers(name: str, ids: list[int]) -> None:
