@@ -455,8 +455,8 @@ class Store(IndexedStore, SceneRecords):
             ).fetchone()[0],
             "chips": scenes[1],
             "skipped_chips": (last_run[0].get("skipped_chips") if last_run else None),
-            "crs": [r[0] for r in self.db.execute(
-                "SELECT DISTINCT json_extract(geo, '$.crs') FROM images WHERE geo IS NOT NULL")],
+            "crs": [r[0] for r in self.db.execute(  # a plain image's chips have none
+                "SELECT DISTINCT json_extract(geo, '$.crs') AS crs FROM images WHERE crs IS NOT NULL")],
             "wgs84_extent": self.wgs84_extent(),
             "scene_list": self.scene_list(),
             "failed": self.count_failures(),

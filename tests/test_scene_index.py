@@ -488,6 +488,18 @@ def test_info_names_a_wkt_crs_and_keeps_the_whole_of_it_in_json(index, shared_da
     assert "· 1 chip\n" in human
 
 
+def test_info_on_a_store_of_plain_images_cut_into_chips(index, tmp_path, write_image):
+    """Chips of a plain image have no CRS: none is listed (a null crashed the text info after the WKT labels)."""
+    from indexer.pipeline import ChipOptions
+
+    write_image(tmp_path / "photos" / "big.png", size=(600, 300))
+    index([tmp_path / "photos"], tmp_path / "s", chips=ChipOptions(chip_size=256, chip_plain=True))
+    human = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s")])
+    assert human.exit_code == 0, human.output
+    as_json = json.loads(CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s"), "--json"]).output)
+    assert as_json["crs"] == []
+
+
 def test_a_chip_across_the_antimeridian_is_found_on_both_sides_of_it_and_nowhere_else(index, tmp_path, open_store):
     """A UTM zone 60 scene off Fiji, 20 km wide across 180°: its footprint's longitudes jump from 179.9 to -179.9,
     which bounds by min and max turned into the whole globe's width."""
