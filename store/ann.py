@@ -454,6 +454,8 @@ def build_index(vectors, ids, plan: IndexPlan, *, target_recall: float = 0.95, k
     if len(ids) == 0:
         return BuiltIndex(index, plan, dict(params or {}), None, None, build_s, trained_on)
     tuning = tuning_set(vectors, ids, k=k, seed=seed + 1)
+    if plan.kind == "flat":  # a store that shrank to exact search keeps no probe setting: nothing to probe
+        params = {}
     if params:
         set_search_params(index, params)
         chosen, recall, tried = dict(params), measure_recall(index, tuning), []

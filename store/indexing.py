@@ -39,7 +39,11 @@ class IndexedStore:
             raise StoreError(f"target recall {recall} must be above 0 and at most 1")
         settings = dict(self.index_settings(), **{k: v for k, v in wishes.items() if v is not None})
         count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
-        self.index_plan(count, settings=settings)  # an impossible budget or type is refused before it is kept
+        plan = self.index_plan(count, settings=settings)  # an impossible budget or type is refused before it is kept
+        if plan.kind == "flat" and (wishes.get("params") or {}).get("nprobe"):
+            raise StoreError(f"--nprobe: this store's index is exact ({plan.factory}, {count:,} vectors), with no "
+                             "lists to probe; it applies to an inverted file (--index-type IVF..., or a tighter "
+                             "--index-memory)")
         set_meta(self.db, INDEX_SETTINGS, settings)
         return settings
 

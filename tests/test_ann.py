@@ -405,3 +405,13 @@ def test_an_approximate_index_is_not_described_as_exact():
     flat, pq = (faiss_index.describe(ann.new_index(DIM, ann.user_plan(f, 10_000, DIM))) for f in ("Flat", "PQ8"))
     assert flat["exact"] and flat["type"] == "IndexIDMap2(IndexFlat)"
     assert not pq["exact"] and pq["type"] == "IndexIDMap2(IndexPQ)"
+
+
+def test_nprobe_on_an_exact_index_is_one_line(tmp_path):
+    store = Store.create(tmp_path / "store", provenance=PROVENANCE)
+    fill(store, clustered(100))
+    store.finish_index()
+    store.close()
+    result = CliRunner().invoke(cli, ["reindex", "--store", str(tmp_path / "store"), "--nprobe", "4"])
+    assert result.exit_code == 1 and "no lists to probe" in result.output and "Traceback" not in result.output
+    assert Store.open(tmp_path / "store").index_settings() == {}
