@@ -4,6 +4,7 @@ The live store is only read: the new one is built in DIR.rebuilding (an interrup
 exchanged with DIR in one step when it is complete; the old one stays at DIR.previous until the next rebuild.
 """
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
 
     `index` is the indexing function (`index_collection` by default, or a Ray one with the same signature).
     """
-    store_dir = Path(store_dir)
+    store_dir = Path(os.path.abspath(store_dir))  # "." or "x/..": the staging folder is named after its name
     _, sources, chips = recorded_collection(store_dir)  # no store there: StoreNotFound, before anything is locked
     live_lock = acquire_write_lock(store_dir)  # an index run into DIR now would be lost at the swap: refuse it
     try:

@@ -59,7 +59,7 @@ def swap_in(live_dir, staged_dir, *, keep_previous: bool = True) -> Path | None:
 
     Returns where the old store now is (None when there was none, or it was removed).
     """
-    live_dir, staged_dir = Path(live_dir), Path(staged_dir)
+    live_dir, staged_dir = Path(os.path.abspath(live_dir)), Path(os.path.abspath(staged_dir))  # "." has no name
     if not (staged_dir / CATALOGUE_NAME).is_file():
         raise StoreNotFound(f"no store to swap in at {staged_dir}")
     previous_dir = previous_dir_for(live_dir)

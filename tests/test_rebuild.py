@@ -210,6 +210,20 @@ def test_a_rebuild_keeps_the_index_settings_of_the_live_store(embedder, tmp_path
     assert store.count_images() == 12
 
 
+def test_a_rebuild_from_inside_the_store_folder(embedder, tmp_path, monkeypatch):
+    """--store . (or LOOKALIKE_STORE=.): the staging folder is named after the store's, which "." has not."""
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 4)
+    index_collection([str(chips)], tmp_path / "live", embedder=embedder, workers=0, progress=False)
+    monkeypatch.chdir(tmp_path / "live")
+    summary = rebuild_store(".", embedder=embedder, workers=0, progress=False)
+    assert summary["indexed"] == 4 and (tmp_path / "live.previous").is_dir()
+    assert Store.open(tmp_path / "live").count_images() == 4
+
+
 def test_a_rebuild_keeps_every_image_id_and_gives_new_images_fresh_ones(embedder, tmp_path):
     """Ids survive a rebuild even where a fresh run would number differently (gaps left by removed files,
     images added since), so saved ids and the page's links still point at the same images."""
