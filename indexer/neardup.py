@@ -7,6 +7,8 @@ from .errors import IndexerError
 from .refine import windows_overlap
 
 DEFAULT_THRESHOLD = 0.95
+ESTIMATE_MARGIN = 0.02  # how far under the threshold an index's estimated score may be and still be checked
+ROUNDING = 1e-6  # float32 dot products of equal unit vectors come out at 0.99999988 and the like
 
 
 def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: int = 10, overlapping: bool = False,
@@ -42,19 +44,25 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
 
 
 def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tuple[int, int], float]:
-    """(smaller id, larger id) → the best cosine either found of the other, for pairs at or over threshold."""
-    index, links = store.index, {}
+    """(smaller id, larger id) → their cosine, from the stored vectors, for the pairs at or over threshold among
+    each image's k nearest in the index (whose scores a compressed index only estimates)."""
+    index, candidates = store.index, set()
     bar = tqdm(total=index.ntotal, unit="img", desc="searching", disable=not progress)
     for ids, vectors in store.vector_batches(batch_size=1024):
         scores, found = index.search(vectors, k + 1)  # (n, k + 1): the image itself is among them
         for image_id, image_scores, image_found in zip(ids.tolist(), scores.tolist(), found.tolist()):
-            for score, other in zip(image_scores, image_found):
-                if other < 0 or other == image_id or score < threshold:
-                    continue
-                pair = (min(image_id, other), max(image_id, other))
-                links[pair] = max(score, links.get(pair, score))
+            candidates.update((min(image_id, other), max(image_id, other)) for score, other in
+                              zip(image_scores, image_found)
+                              if other >= 0 and other != image_id and score >= threshold - ESTIMATE_MARGIN)
         bar.update(len(ids))
     bar.close()
+    vectors = store.vectors({image_id for pair in candidates for image_id in pair})
+    links = {}
+    for a, b in candidates:
+        if a in vectors and b in vectors:  # not removed meanwhile
+            score = min(1.0, float(vectors[a] @ vectors[b]))  # unit vectors: 1 within rounding is the same one
+            if score >= threshold - ROUNDING:
+                links[(a, b)] = score
     return links
 
 

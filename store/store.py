@@ -293,6 +293,11 @@ class Store(IndexedStore, SceneRecords):
             yield (np.array([image_id for image_id, _ in rows], dtype=np.int64),
                    np.stack([blob_to_vector(blob) for _, blob in rows]))  # (n, D)
 
+    def vectors(self, image_ids) -> dict[int, np.ndarray]:
+        """id → stored vector for those of `image_ids` still in the store."""
+        ids, vectors = self._vectors_for(np.unique(np.asarray(list(image_ids), dtype=np.int64)))
+        return dict(zip(ids.tolist(), vectors))
+
     def vector(self, image_id: int) -> np.ndarray:
         row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [int(image_id)]).fetchone()
         if row is None:

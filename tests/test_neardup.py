@@ -104,3 +104,28 @@ def test_cli_prints_groups_and_refuses_a_bad_threshold(index, chips_dir, chip_pa
     assert empty.exit_code == 0 and "holds no images yet" in empty.output
     missing = runner.invoke(cli, ["near-duplicates", "--store", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no lookalike store" in missing.output
+
+
+def test_threshold_one_finds_every_copy_of_the_same_bytes(index, chips_dir, chip_paths, store_dir, open_store):
+    """A copy takes its twin's stored vector: cosine 1, which float32 rounding gives as 0.99999988 for some."""
+    for path in chip_paths:
+        shutil.copy2(path, chips_dir / f"copy-{path.name}")
+    index([chips_dir], store_dir)
+    answer = api.near_duplicates(open_store(store_dir), threshold=1.0, k=5)
+    assert len(answer["groups"]) == len(chip_paths) and answer["in_groups"] == 2 * len(chip_paths)
+    assert all(score == 1.0 for group in answer["groups"] for _, _, score in group["links"])
+
+
+def test_links_are_scored_by_the_stored_vectors_not_the_index_estimate(index, chips_dir, store_dir, open_store):
+    """A compressed index's scores are estimates (over as well as under): the pairs it offers are checked
+    against the stored vectors, and only those truly at the threshold are linked, with their true cosine."""
+    index([chips_dir], store_dir)
+    store = open_store(store_dir)
+    threshold = float(np.quantile(pairwise_cosines(store), 0.9))
+    search = store.index.search
+    store.index.search = lambda vectors, k, **kw: (lambda s, f: (s + 0.015, f))(*search(vectors, k, **kw))
+    answer = api.near_duplicates(store, threshold=threshold, k=20)
+    assert found_groups(answer) == brute_force_groups(store, threshold)
+    for group in answer["groups"]:
+        for a, b, score in group["links"]:
+            assert score == round(float(store.vector(a) @ store.vector(b)), 6) >= threshold - 1e-6
