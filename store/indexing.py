@@ -108,13 +108,16 @@ class IndexedStore:
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the whole store from one SELECT: a consistent snapshot even while a run writes
-        (WAL). Past IN_MEMORY_BYTES the vectors go to a scratch file that is unlinked at once."""
+        (WAL). Past IN_MEMORY_BYTES the vectors go to a scratch file that is unlinked at once: in the store folder
+        for a writer, in the system's temporary folder for a reader (a read-only store, a search)."""
         dim = self.dim or 1
         count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
         if count * dim * 4 <= IN_MEMORY_BYTES:
             vectors = np.empty((count, dim), dtype=np.float32)  # (N, D)
         else:
-            scratch = tempfile.NamedTemporaryFile(dir=self.store_dir, prefix=".vectors-", suffix=".f32")
+            # beside the store when it is this process's to write (the space is sized for it), else the system's
+            scratch = tempfile.NamedTemporaryFile(dir=self.store_dir if self.writable else None, prefix=".vectors-",
+                                                  suffix=".f32")
             vectors = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(count, dim))  # (N, D)
             scratch.close()  # the mapping keeps the space until it is dropped
         ids = np.empty(count, dtype=np.int64)

@@ -154,3 +154,28 @@ def test_empty_store_searches_to_nothing(tmp_path, embedder):
         assert store.search(np.ones(32, dtype=np.float32) / np.sqrt(32), k=5) == []
     finally:
         store.close()
+
+
+def test_a_reader_gathering_large_vectors_writes_nothing_into_the_store(tmp_path, monkeypatch):
+    """Past IN_MEMORY_BYTES the vectors of an index rebuilt in memory go to a scratch file: a reader's (a search
+    of a store whose index file is missing, or of a read-only one) goes to the system's temporary folder."""
+    import numpy as np
+
+    from store import Store, indexing
+
+    store_dir = tmp_path / "store"
+    writer = Store.create(store_dir, provenance={"model": "m", "dim": 8, "normalization": "n", "resolution": 224,
+                                                 "pooling": "cls"})
+    vectors = np.eye(8, dtype=np.float32)
+    writer.add_embeddings([{"path": f"{i}.jpg", "size": 1, "mtime": 0.0, "sha256": str(i), "width": 8,
+                            "height": 8} for i in range(8)], vectors, np.zeros((8, 1, 1, 4), dtype=np.float32))
+    writer.finish_index()
+    writer.close()
+    (store_dir / "index.faiss").unlink()
+    monkeypatch.setattr(indexing, "IN_MEMORY_BYTES", 16)
+    made = []
+    real = indexing.tempfile.NamedTemporaryFile
+    monkeypatch.setattr(indexing.tempfile, "NamedTemporaryFile", lambda **kw: made.append(kw.get("dir")) or real(**kw))
+    reader = Store.open(store_dir)
+    assert reader.search(vectors[3], k=1)[0]["score"] > 0.999
+    assert made == [None]
