@@ -428,6 +428,21 @@ def test_the_page_picks_up_a_new_index_run_without_a_restart(page, monkeypatch, 
     assert len(cards(at)) == 12
 
 
+def test_exact_heatmaps_keep_every_result_when_some_files_no_longer_read(page, monkeypatch, tmp_path, index):
+    """One unreadable file (a result's, or the query's own) took every result off the page in exact mode: its
+    map now comes from the stored features, as without exact."""
+    chips = copy_chips(tmp_path / "chips", 6)
+    index([chips], tmp_path / "store")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "store"))
+    gone = sorted(chips.glob("*.jpg"))
+    gone[2].rename(tmp_path / "away.jpg")
+    for query_id in (1, 3):  # a result gone; the query itself gone
+        at = page(id=query_id)
+        run(at.sidebar.toggle[0].set_value(True))
+        assert not at.error and not at.exception
+        assert len(cards(at)) == 6 and len([w for w in at.warning if w.value == "file no longer readable"]) == 1
+
+
 def test_results_whose_files_moved_say_how_to_find_them_again(page, monkeypatch, tmp_path, index):
     chips = copy_chips(tmp_path / "chips", 6)
     index([chips], tmp_path / "store")

@@ -48,17 +48,33 @@ def forget_click() -> None:
 
 
 def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embedder=None):
-    """(each example's patch grid, each result's): stored PCA features, or full tokens recomputed (exact)."""
+    """(each example's patch grid, each result's): stored PCA features, or full tokens recomputed (exact). In
+    exact mode a result whose file no longer reads has None (its map comes from the stored features, as its card
+    says), and a query whose file no longer reads takes the stored features for all."""
     if exact:
         def tokens(example: dict):  # an upload's were kept when it was embedded
             return example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
 
-        example_grids = [tokens(example) for example in query.examples] or [
-            tokens({"tokens": query.tokens, "item": query.item})]
-        return example_grids, [full_tokens(hit, embedder) for hit in results]
+        try:
+            example_grids = [tokens(example) for example in query.examples] or [
+                tokens({"tokens": query.tokens, "item": query.item})]
+        except UnreadableImage:
+            return _grids(store, query, results, exact=False)
+        return example_grids, [_full_tokens_or_none(hit, embedder) for hit in results]
     with STORE_LOCK:
         grids = [store.patch_features(hit["id"]) for hit in results]
-    return [example["grid"] for example in query.examples] or [query.grid], grids
+    return _stored_example_grids(query), grids
+
+
+def _stored_example_grids(query: Query) -> list:
+    return [example["grid"] for example in query.examples] or [query.grid]
+
+
+def _full_tokens_or_none(hit: dict, embedder):
+    try:
+        return full_tokens(hit, embedder)
+    except UnreadableImage:
+        return None
 
 
 def _all_patches(example_grids) -> np.ndarray:
@@ -69,10 +85,17 @@ def _all_patches(example_grids) -> np.ndarray:
 def result_maps(store: Store, query: Query, results: list[dict], *, patch, exact: bool, embedder=None):
     """One (h, w) map per result: similarity to the clicked query patch, or best match to any query patch."""
     example_grids, grids = _grids(store, query, results, exact=exact, embedder=embedder)
-    if patch is not None:  # a patch of the shown (first) example
-        return [heatmaps.cosine_map(example_grids[0][patch], grid) for grid in grids]
-    query_grid = _all_patches(example_grids)
-    return [heatmaps.correspondence_map(query_grid, grid) for grid in grids]
+    maps = []
+    for hit, grid in zip(results, grids):
+        examples = example_grids
+        if grid is None:  # exact, but its file no longer reads: the stored features, on both sides
+            with STORE_LOCK:
+                examples, grid = _stored_example_grids(query), store.patch_features(hit["id"])
+        if patch is not None:  # a patch of the shown (first) example
+            maps.append(heatmaps.cosine_map(examples[0][patch], grid))
+        else:
+            maps.append(heatmaps.correspondence_map(_all_patches(examples), grid))
+    return maps
 
 
 def mutual_maps(example_grids, result_grid) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +132,9 @@ def compared_hit(results: list[dict]) -> dict | None:
 def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedder=None, opacity: float) -> None:
     """The query and one result side by side, large: on each, where the other matches it."""
     example_grids, (result_grid,) = _grids(store, query, [hit], exact=exact, embedder=embedder)
+    if result_grid is None:  # exact, but its file no longer reads: the stored features, on both sides
+        with STORE_LOCK:
+            example_grids, result_grid = _stored_example_grids(query), store.patch_features(hit["id"])
     on_query, on_result = mutual_maps(example_grids, result_grid)
     vmin, vmax = heatmaps.value_range([on_query, on_result])
     st.subheader(f"Side by side: the query and #{hit['rank']} (score {hit['score']:.4f}, id {hit['id']})")
