@@ -443,6 +443,24 @@ def test_exact_heatmaps_keep_every_result_when_some_files_no_longer_read(page, m
         assert len(cards(at)) == 6 and len([w for w in at.warning if w.value == "file no longer readable"]) == 1
 
 
+def test_an_upload_is_embedded_again_for_a_store_rebuilt_under_the_page(page, monkeypatch, tmp_path, index,
+                                                                        load_embedder, model_dir):
+    """The session keeps an upload's embedding: after `index --rebuild --pooling cls+mean` (twice the width)
+    under the running page, the old vector no longer fits the new index (faiss's AssertionError before)."""
+    chips = copy_chips(tmp_path / "chips", 6)
+    index([chips], tmp_path / "store")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "store"))
+    upload = sorted(chips.glob("*.jpg"))[0]
+    at = page()
+    at = run(at.file_uploader[0].upload(upload.name, upload.read_bytes(), "image/jpeg"))
+    assert len(cards(at)) == 6
+    wider = load_embedder(model_dir, pooling="cls+mean")
+    index([chips], tmp_path / "store", embedder=wider, rebuild=True)
+    run(at)
+    assert not at.exception and not at.error and len(cards(at)) == 6
+    assert cards(at)[0][1] > 0.999  # the upload is one of the chips: found at the top, by its new vector
+
+
 def test_results_whose_files_moved_say_how_to_find_them_again(page, monkeypatch, tmp_path, index):
     chips = copy_chips(tmp_path / "chips", 6)
     index([chips], tmp_path / "store")

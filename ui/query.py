@@ -13,7 +13,7 @@ from indexer.refine import parse_lonlat
 from store import Store
 from store.store import chip_fields
 
-from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, thumbnail
+from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, store_signature, thumbnail
 
 MAX_UPLOAD_MB = 50
 MAX_EXAMPLES = 20  # indexed examples in one query ("Add to the query")
@@ -297,6 +297,7 @@ def _embedded(store: Store, cache_key: str, read, *, model: str | None) -> tuple
     """(a copy of the picture `read()` gives, at most LARGE_SIZE px, its vector, PCA grid and full tokens),
     embedded once per session; the full-size picture is not kept."""
     cache = st.session_state.setdefault("embedded_queries", {})
+    cache_key = f"{store_signature(store)}-{cache_key}"  # a store rebuilt meanwhile: another model, another PCA
     if cache_key not in cache:
         image = read()
         embedding = api.embed_image(image, embedder_for(store, model))

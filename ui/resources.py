@@ -1,4 +1,5 @@
 """What the page keeps between reruns: the open store (reopened when it changes on disk), the model, thumbnails."""
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -31,6 +32,22 @@ def _open_store(store_dir: str, generation: tuple) -> Store:
 
 def open_store(store_dir: Path) -> Store:
     return _open_store(str(store_dir), store_generation(store_dir))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _signature(store_dir: str, generation: tuple, _store: Store) -> str:
+    with STORE_LOCK:
+        provenance, pca = _store.provenance, _store.pca()
+    digest = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode())
+    if pca is not None:
+        digest.update(pca.mean.tobytes() + pca.components.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def store_signature(store: Store) -> str:
+    """What an embedded query depends on in the store, its model settings and its patch PCA: it changes when
+    the store is rebuilt (--rebuild, lookalike rebuild), not when an index run adds to it."""
+    return _signature(str(store.store_dir), store_generation(store.store_dir), store)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the model (once per server)…")
