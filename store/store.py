@@ -427,14 +427,24 @@ class Store(IndexedStore, SceneRecords):
         if index.ntotal == 0:
             return []
         exclude = {int(i) for i in exclude_ids}
-        scores, ids = index.search(np.asarray(query, dtype=np.float32)[None], k + len(exclude), nprobe=nprobe)
-        results = []
-        for score, image_id in zip(scores[0], ids[0]):
+        wanted = k + len(exclude)
+        while True:
+            scores, ids = index.search(np.asarray(query, dtype=np.float32)[None], wanted, nprobe=nprobe)
+            results, gone = self._rows_of(scores[0], ids[0], k=k, exclude=exclude)
+            if len(results) == k or not gone or wanted >= index.ntotal:
+                return results
+            wanted = min(index.ntotal, wanted + gone * 2)  # removed by an index run since this index was loaded
+
+    def _rows_of(self, scores, ids, *, k: int, exclude: set) -> tuple[list[dict], int]:
+        """The first k found that are still in the catalogue, as results; and how many were not."""
+        results, gone = [], 0
+        for score, image_id in zip(scores, ids):
             if image_id < 0 or int(image_id) in exclude:
                 continue
             try:
                 row = self.image(int(image_id))
-            except UnknownImage:  # removed by an index run since this index was loaded: not a result
+            except UnknownImage:  # not a result; the search asks for more in their place
+                gone += 1
                 continue
             results.append(
                 {"rank": len(results) + 1, "id": int(image_id), "path": row["path"], "score": float(score),
@@ -443,7 +453,7 @@ class Store(IndexedStore, SceneRecords):
             )
             if len(results) == k:
                 break
-        return results
+        return results, gone
 
     def info(self) -> dict:
         provenance = self.provenance or {}

@@ -179,3 +179,32 @@ def test_a_reader_gathering_large_vectors_writes_nothing_into_the_store(tmp_path
     reader = Store.open(store_dir)
     assert reader.search(vectors[3], k=1)[0]["score"] > 0.999
     assert made == [None]
+
+
+def test_a_store_held_open_fills_k_past_images_removed_since_it_loaded_its_index(tmp_path):
+    """A notebook (or the page) holding a store while an index run removes the nearest images: their ids come
+    back from the loaded index; the search asks for more in their place."""
+    import numpy as np
+
+    from store import Store
+
+    provenance = {"model": "m", "dim": 8, "normalization": "n", "resolution": 224, "pooling": "cls"}
+    rng = np.random.default_rng(0)
+    query = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    near = query + 0.05 * rng.standard_normal((20, 8)).astype(np.float32)  # crowd the top of every list
+    far = rng.standard_normal((20, 8)).astype(np.float32)
+    vectors = np.concatenate([near, far])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    writer = Store.create(tmp_path / "s", provenance=provenance)
+    ids = writer.add_embeddings([{"path": f"{i}.jpg", "size": 1, "mtime": 0.0, "sha256": str(i), "width": 8,
+                                  "height": 8} for i in range(40)], vectors, np.zeros((40, 1, 1, 4), np.float32))
+    writer.finish_index()
+    writer.close()
+    reader = Store.open(tmp_path / "s")
+    assert len(reader.search(query, k=10)) == 10  # its index loaded now
+    writer = Store.create(tmp_path / "s", provenance=provenance)
+    writer.remove_images(ids[:20])
+    writer.finish_index()
+    writer.close()
+    found = reader.search(query, k=10)
+    assert len(found) == 10 and not {hit["id"] for hit in found} & set(ids[:20])
