@@ -327,6 +327,26 @@ def test_compare_a_result_side_by_side_then_close(page, ui_ids):
     assert not [s for s in at.subheader if s.value.startswith("Side by side")]
 
 
+def test_an_uploaded_query_is_compared_at_the_comparison_size(page, monkeypatch, tmp_path):
+    """The side-by-side pictures are drawn from LARGE_SIZE versions: an upload's too, not its 320 px thumbnail."""
+    import numpy as np
+    from PIL import Image
+
+    from ui import results
+    from ui.resources import LARGE_SIZE
+
+    upload = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 700, 3), dtype=np.uint8)).save(upload)
+    at = page(k=4)
+    at = run(at.file_uploader[0].upload(upload.name, upload.read_bytes(), "image/png"))
+    drawn = []
+    real = results.heatmaps.overlay
+    monkeypatch.setattr(results.heatmaps, "overlay", lambda picture, *a, **kw: drawn.append(picture.size)
+                        or real(picture, *a, **kw))
+    run(at.button(key=f"compare-2-{cards(at)[1][2]}").click())
+    assert (LARGE_SIZE, LARGE_SIZE) in drawn  # the query's picture, its long side at the comparison size
+
+
 def test_a_comparison_closes_when_the_query_changes(page, ui_ids):
     _, image_id = chip(ui_ids, 8)
     at = page(id=image_id, k=4, compare=cards(page(id=image_id, k=4))[1][2])

@@ -36,6 +36,7 @@ class Query:
     uploaded: bool = False  # the first example is an upload
     part: tuple | None = None  # (col, row, width, height): the first example is this part of its picture
     whole: Image.Image | None = None  # then, its whole picture (shown while another part is chosen)
+    large: Image.Image | None = None  # an upload's picture at LARGE_SIZE, for the comparison (image is smaller)
 
     @property
     def example_ids(self) -> list[int]:
@@ -287,7 +288,7 @@ def load_upload(store: Store, uploaded, *, model: str | None, max_upload_mb: int
     shown = image.copy()
     shown.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     query = Query(key=f"upload-{digest[:16]}", label=f"upload · {uploaded.name}", vectors=vector[None], grid=grid,
-                  image=shown, tokens=tokens, uploaded=True)
+                  image=shown, tokens=tokens, uploaded=True, large=image)
     if not part:
         return query
     return _with_part(query, part, _embedded(store, f"{digest}-{part}", lambda: read(part), model=model))
@@ -321,7 +322,8 @@ def _with_part(query: Query, part: tuple, embedded: tuple) -> Query:
     words = f"part {col},{row} {width}×{height} px"
     label = f"{query.label}; the first by its {words}" if examples else f"{words} of {query.label}"
     return replace(query, key=f"{query.key}-part-{col}-{row}-{width}-{height}", label=label, vectors=vectors,
-                   grid=grid, image=shown, tokens=tokens, examples=examples, part=tuple(part), whole=query.image)
+                   grid=grid, image=shown, tokens=tokens, examples=examples, part=tuple(part), whole=query.image,
+                   large=None)  # the part's picture is drawn at LARGE_SIZE already
 
 
 def with_examples(upload: Query, indexed: Query) -> Query:

@@ -140,7 +140,7 @@ def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedde
     st.subheader(f"Side by side: the query and #{hit['rank']} (score {hit['score']:.4f}, id {hit['id']})")
     left, right = st.columns(2)
     for column, item, fallback, values, words in (
-            (left, None if query.part else query.item, query.image, on_query,
+            (left, None if query.part else query.item, query.large or query.image, on_query,
              "The query: each patch's best match anywhere in the result"),
             (right, hit, None, on_result, f"#{hit['rank']}: each patch's best match anywhere in the query")):
         with column:
