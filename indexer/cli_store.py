@@ -36,7 +36,8 @@ def info(store_dir, as_json):
     for item in scene_list[:SCENES_SHOWN]:
         bands = ",".join(map(str, item["bands"])) if item["bands"] else "-"
         click.echo(f"{'scene':>20}: {item['scene']} · bands {bands} ({item['band_source'] or 'plain image'}) · "
-                   f"{_crs_label(item['crs']) if item['crs'] else 'no CRS'} · {item['date'] or 'no date'} · {item['chips']} chip{'' if item['chips'] == 1 else 's'}")
+                   f"{_crs_label(item['crs']) if item['crs'] else 'no CRS'} · {item['date'] or 'no date'} · "
+                   f"{item['chips']} chip{'' if item['chips'] == 1 else 's'}")
     if len(scene_list) > SCENES_SHOWN:
         click.echo(f"{'':>20}  … and {len(scene_list) - SCENES_SHOWN} more scenes (all of them in --json)")
 
