@@ -388,10 +388,19 @@ def chip_geometry(scene: Scene, window) -> dict:
 def _outline(crs, xs, ys) -> dict:
     """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid."""
     lons, lats = warp_transform(crs, WGS84, xs, ys)
-    ring = [[float(lon), float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
+    # Longitudes from -180 to 180 (geographic data in 0..360 gives 200 for -160), made continuous from the first
+    # corner to tell the ring's turn: a chip across the antimeridian would otherwise seem to circle the globe
+    lons = [float(lons[0]) + (float(lon) - float(lons[0]) + 180) % 360 - 180 for lon in lons]
+    ring = [[lon, float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
     if _signed_area(ring) < 0:
         ring.reverse()
-    return {"footprint": [ring + [ring[0]]], "centroid": [float(lons[4]), float(lats[4])]}
+    ring = [[_wrapped(lon), lat] for lon, lat in ring]
+    return {"footprint": [ring + [ring[0]]], "centroid": [_wrapped(lons[4]), float(lats[4])]}
+
+
+def _wrapped(lon: float) -> float:
+    """A longitude in -180 .. 180 (180 itself stays 180)."""
+    return lon if -180 <= lon <= 180 else (lon + 180) % 360 - 180
 
 
 def ring_bounds(footprint) -> list | None:

@@ -529,3 +529,25 @@ def test_a_chip_across_the_antimeridian_is_found_on_both_sides_of_it_and_nowhere
     crossing = [179.9, -17.0, -179.9, -16.9]
     assert _touches(crossing, (-179.95, -17.5, -179.92, -16.5)) and _touches(crossing, (179.95, -17.5, 179.99, -16.5))
     assert not _touches(crossing, (170.0, -17.5, 179.0, -16.5)) and not _touches(crossing, (-10.0, -17.5, 10.0, -16.5))
+
+
+def test_a_geographic_scene_in_0_to_360_longitudes_is_placed_in_minus_180_to_180(index, tmp_path, open_store):
+    """Global grids often run 0..360: a chip at 200 E is at -160, where --at, --bbox and GeoJSON look for it."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from indexer.pipeline import ChipOptions
+
+    folder = tmp_path / "pacific"
+    folder.mkdir()
+    pixels = np.random.default_rng(1).integers(1, 255, (3, 100, 200), dtype=np.uint8)
+    with rasterio.open(folder / "scene.tif", "w", driver="GTiff", width=200, height=100, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(179.5, 10.0, 0.01, 0.01)) as dst:
+        dst.write(pixels)  # 179.5 .. 181.5 E: across 180 too
+    index([folder], tmp_path / "s", chips=ChipOptions(chip_size=100))
+    store = open_store(tmp_path / "s")
+    geos = [json.loads(store.image(row["id"])["geo"]) for row in store.images_by_path().values()]
+    assert all(-180 <= lon <= 180 for geo in geos for lon, _ in geo["footprint"][0])
+    assert all(-180 <= geo["centroid"][0] <= 180 for geo in geos)
+    assert store.chips_at(-178.7, 9.5) and store.chips_at(179.7, 9.5) and store.chips_at(-179.99, 9.5)
+    assert not store.chips_at(181.0 - 360 + 2, 9.5)  # -177: east of the scene
