@@ -20,7 +20,9 @@ def export_store(store, out_dir: Path) -> dict:
     scene, window, date, centroid and WGS84 bounds; one line per vector row, by id) and provenance.json, from
     one consistent read of the store (an index run may go on meanwhile). The folder appears whole or not at
     all. Returns a summary."""
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.realpath(out_dir))  # "." or a link to a folder: that folder, named, as it is renamed into
+    if out_dir == Path.cwd().resolve():
+        raise StoreError(f"{out_dir} is the current folder, which the export would replace: export into a new one")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StoreError(f"{out_dir} already exists and is not an empty folder: export into a new one")
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"  # beside it: one rename makes it whole

@@ -85,3 +85,16 @@ def test_export_into_a_place_that_cannot_be_written_is_one_clear_error(indexed, 
             export_store(Store.open(store_dir), locked / "out")
     finally:
         (tmp_path / "locked").chmod(0o700)
+
+
+def test_export_into_the_current_folder_or_through_a_link(indexed, store_dir, tmp_path, monkeypatch):
+    """'.' is refused in one line (it said 'Invalid argument: .'); a link to an empty folder fills that folder
+    (it said 'Not a directory')."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    result = CliRunner().invoke(cli, ["export", ".", "--store", str(store_dir)])
+    assert result.exit_code == 1 and "is the current folder" in result.output and not os.listdir(".")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert export_store(Store.open(store_dir), tmp_path / "link")["images"] > 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "target" / "vectors.npy").is_file()
