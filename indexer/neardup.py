@@ -45,24 +45,28 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
 
 def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tuple[int, int], float]:
     """(smaller id, larger id) → their cosine, from the stored vectors, for the pairs at or over threshold among
-    each image's k nearest in the index (whose scores a compressed index only estimates)."""
-    index, candidates = store.index, set()
+    each image's k nearest in the index (whose scores a compressed index only estimates). Checked a batch at a
+    time: only that batch's candidates' vectors are read, each pair once."""
+    index, links, checked = store.index, {}, set()
     bar = tqdm(total=index.ntotal, unit="img", desc="searching", disable=not progress)
     for ids, vectors in store.vector_batches(batch_size=1024):
         scores, found = index.search(vectors, k + 1)  # (n, k + 1): the image itself is among them
-        for image_id, image_scores, image_found in zip(ids.tolist(), scores.tolist(), found.tolist()):
-            candidates.update((min(image_id, other), max(image_id, other)) for score, other in
-                              zip(image_scores, image_found)
-                              if other >= 0 and other != image_id and score >= threshold - ESTIMATE_MARGIN)
+        candidates = []  # (row of the batch, other id, pair)
+        for row, (image_id, image_scores, image_found) in enumerate(zip(ids.tolist(), scores.tolist(),
+                                                                        found.tolist())):
+            for score, other in zip(image_scores, image_found):
+                pair = (min(image_id, other), max(image_id, other))
+                if other >= 0 and other != image_id and score >= threshold - ESTIMATE_MARGIN and pair not in checked:
+                    checked.add(pair)
+                    candidates.append((row, other, pair))
+        others = store.vectors({other for _, other, _ in candidates})
+        for row, other, pair in candidates:
+            if other in others:  # not removed meanwhile
+                score = min(1.0, float(vectors[row] @ others[other]))  # unit vectors: 1 within rounding is one
+                if score >= threshold - ROUNDING:
+                    links[pair] = score
         bar.update(len(ids))
     bar.close()
-    vectors = store.vectors({image_id for pair in candidates for image_id in pair})
-    links = {}
-    for a, b in candidates:
-        if a in vectors and b in vectors:  # not removed meanwhile
-            score = min(1.0, float(vectors[a] @ vectors[b]))  # unit vectors: 1 within rounding is the same one
-            if score >= threshold - ROUNDING:
-                links[(a, b)] = score
     return links
 
 

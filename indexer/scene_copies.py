@@ -98,8 +98,7 @@ class SceneTwins:
         Only scenes that read the same way are compared, and a scene's reading includes its geotransform, so
         the tiles of a mosaic, however alike in size, are never read for this; copies are read at most twice
         (first bytes, then whole) at planning."""
-        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False),
-                 "head": self._new_heads.get(str(scene.path)), "sha256": None}
+        entry = _planned_entry(scene, head=self._new_heads.get(str(scene.path)))
         alike = [other for other in self.planned.get((size, options_text), []) if other["reading"] == entry["reading"]]
         for other in alike:  # first bytes, then whole: each file read at most once for each
             if _same(entry, other, "head", head_sha256) and _same(entry, other, "sha256", file_sha256):
@@ -110,9 +109,12 @@ class SceneTwins:
     def plan_part_done(self, scene: Scene, size: int, options_text: str) -> None:
         """A scene a run cut short left part-done, to be finished in this one: a twin new in this run (its copy,
         cut short before its chips were copied) copies from it once it is whole, as from a new scene."""
-        entry = {"path": str(scene.path), "reading": reading_digest(scene, with_date=False), "head": None,
-                 "sha256": None}
-        self.planned.setdefault((size, options_text), []).append(entry)
+        self.planned.setdefault((size, options_text), []).append(_planned_entry(scene, head=None))
+
+
+def _planned_entry(scene: Scene, *, head: str | None) -> dict:
+    """A scene this run embeds, as later twins are matched against it (hashes read when first needed)."""
+    return {"path": str(scene.path), "reading": reading_digest(scene, with_date=False), "head": head, "sha256": None}
 
 
 def _same(one: dict, other: dict, name: str, digest) -> bool:
