@@ -14,7 +14,7 @@ from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage
-from .images import decode_for_model, draft_side, load_image, upright_size
+from .images import decode_for_model, draft_side, load_image, upright_rgb, upright_size
 from .neardup import near_duplicates
 from .pipeline import index_collection
 from .plan import SCENE_SUFFIXES
@@ -168,7 +168,7 @@ def embed_image(image, embedder) -> Embedding:
     import torch
 
     if isinstance(image, Image.Image):
-        picture = image.convert("RGB")
+        picture = upright_rgb(image)
     else:  # a file: decoded as `index` decodes it for this model (a plugged-in preprocess may not say its size)
         resolution = getattr(embedder.preprocess, "resolution", None)
         picture = load_query_image(image, at_least=draft_side(resolution) if resolution else None)
@@ -220,7 +220,7 @@ class _QueryReader:
 
     def __call__(self, query) -> Image.Image:
         if isinstance(query, Image.Image):
-            return query
+            return upright_rgb(query)
         self._options = self._options or (scene_read_options(self.store), store_draft_side(self.store))
         read_options, at_least = self._options
         return load_query_image(query, read_options=read_options, crop=self.crop, at_least=at_least)

@@ -102,11 +102,42 @@ def head_sha256(path: Path) -> str:
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any Pillow mode: 16-bit and float greys are stretched, transparency dropped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        low, high = np.nanpercentile(values, [0, 100]) if values.size else (0.0, 1.0)
-        scaled = np.clip((values - low) / max(high - low, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        image = Image.fromarray(scaled, mode="L")
+        image = Image.fromarray(_stretched(np.asarray(image, dtype=np.float32)), mode="L")
     return image.convert("RGB")
+
+
+def _stretched(values: np.ndarray) -> np.ndarray:
+    """Values of any range to uint8, their lowest to 0 and highest to 255 (NaN ignored)."""
+    low, high = np.nanpercentile(values, [0, 100]) if values.size else (0.0, 1.0)
+    return np.clip((values - low) / max(high - low, 1e-12) * 255.0, 0, 255).astype(np.uint8)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image handed over as a query, made what decoding its file gives: turned upright by its EXIF
+    orientation (as `index` turns files; one already turned carries none) and in RGB by to_rgb."""
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _wide_colour(opened: Image.Image) -> bool:
+    """A PNG of 16 bits per channel in colour or with alpha: Pillow would keep only each value's high byte."""
+    return opened.format == "PNG" and any(str(tile[3]).endswith(";16B") for tile in opened.tile)
+
+
+def _stretched_wide(data: bytes, opened: Image.Image) -> Image.Image:
+    """A 16-bit colour PNG read whole by GDAL and its colour stretched to 8 bits over the range of its values,
+    as to_rgb stretches 16-bit greys; alpha dropped, EXIF orientation applied."""
+    from rasterio import Env
+    from rasterio.io import MemoryFile
+
+    with warnings.catch_warnings(), Env(), MemoryFile(data) as memory, memory.open() as dataset:
+        warnings.simplefilter("ignore")  # "not georeferenced": a plain picture
+        bands = dataset.read().astype(np.float32)  # (C, H, W)
+    colour = bands[:3] if len(bands) >= 3 else bands[:1]  # RGB(A) or grey + alpha
+    scaled = _stretched(colour)
+    image = Image.fromarray(np.ascontiguousarray(scaled.transpose(1, 2, 0)) if len(scaled) == 3 else scaled[0])
+    if opened.info.get("exif"):
+        image.info["exif"] = opened.info["exif"]
+    return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def decode_bytes(data: bytes, *, name: str = "image") -> Image.Image:
@@ -127,9 +158,12 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
                 width, height = opened.size
+                wide = _wide_colour(opened)  # before the EXIF look-up, which loads a PNG
                 turned = _quarter_turned(opened)
                 if at_least:
                     opened.draft(opened.mode, (at_least, at_least))  # no-op for other formats and small JPEGs
+                if wide:
+                    return _stretched_wide(data, opened), ((height, width) if turned else (width, height))
                 upright = ImageOps.exif_transpose(opened)
                 upright.load()
                 return to_rgb(upright), ((height, width) if turned else (width, height))
