@@ -20,7 +20,8 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
     """The constants for `model`, unless `override` names a preset, gives 'm,m,m/s,s,s' or is such a dict.
 
     The corpus is read from the model's own name (the Hub repo or the directory's last part), never from
-    the folders above it: keep the Hub name when you download a model (`.../dinov3-...-sat493m-fp16`).
+    the folders above it: keep the Hub name when you download a model (`.../dinov3-...-sat493m-fp16`). A
+    snapshot in the Hub's cache (`models--owner--name/snapshots/<commit>`) is named by the repo it holds.
     """
     if isinstance(override, dict):
         return {"name": override.get("name", "custom"), "mean": list(override["mean"]), "std": list(override["std"])}
@@ -29,7 +30,7 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
         if key in PRESETS:
             return dict(PRESETS[key])
         return parse_custom(override)
-    name = PurePath(model.rstrip("/\\")).name.lower()
+    name = model_name(model).lower()
     if "sat493m" in name:
         return dict(SAT493M)
     if "lvd1689m" not in name and name not in _WARNED:
@@ -37,6 +38,15 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
         log.warning("cannot tell from the name %r which corpus the model was trained on: using the ImageNet "
                     "normalisation; pass --normalization sat493m for a satellite (SAT-493M) model", name)
     return dict(IMAGENET)
+
+
+def model_name(model: str) -> str:
+    """The name of a Hub repo or model folder: its last part, or for a snapshot folder in the Hub's cache
+    (`.../models--owner--name/snapshots/<commit>`, whose last part is a commit hash) the repo's name."""
+    path = PurePath(model.rstrip("/\\"))
+    if len(path.parts) >= 3 and path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
 
 
 def parse_custom(text: str) -> dict:

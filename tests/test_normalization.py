@@ -34,6 +34,19 @@ def test_hub_ids_choose_by_name():
     assert normalization_for("facebook/dinov3-vitl16-pretrain-lvd1689m")["mean"] == pytest.approx(IMAGENET_MEAN)
 
 
+def test_a_snapshot_in_the_hub_cache_is_named_by_its_repo(caplog):
+    hub = "/home/me/.cache/huggingface/hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    sat = f"{hub}/models--mirekphd--dinov3-vit7b16-pretrain-sat493m-fp16/snapshots/{commit}/"
+    assert normalization_for(sat)["mean"] == pytest.approx(SAT_MEAN)
+    lvd = f"{hub}/models--facebook--dinov3-vitl16-pretrain-lvd1689m/snapshots/{commit}"
+    with caplog.at_level("WARNING"):
+        assert normalization_for(lvd)["mean"] == pytest.approx(IMAGENET_MEAN)
+    assert "cannot tell" not in caplog.text  # known by its repo's name, not a guess
+    # only the Hub's own layout: a folder merely called snapshots under a sat493m one is still its own name
+    assert normalization_for(f"/data/sat493m-runs/snapshots/{commit}")["mean"] == pytest.approx(IMAGENET_MEAN)
+
+
 def test_imagenet_override_beats_the_name(model_dir, load_embedder):
     embedder = load_embedder(model_dir, normalization="imagenet")
     assert embedder.provenance["normalization"]["name"] == "imagenet"
