@@ -173,6 +173,8 @@ class _Planner:
                                   sidecars=self.sidecars, options_text=self.scene_options,
                                   chip_plain=chips.chip_plain)) is not None:
             plan.skipped += done  # nothing to open: an unchanged scene with every window embedded or found empty
+            if not self.scene_records[key].get("sha256"):  # a killed run finished it but never kept its hash
+                plan.to_hash.append((key, stat.st_size, stat.st_mtime))
         elif (georeferenced := is_scene(path)) or (chips.chip_plain and _larger_than(path, chips.chip_size)):
             if row:
                 plan.removed_ids.append(row["id"])  # embedded whole before, cut into chips now

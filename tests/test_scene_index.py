@@ -241,6 +241,28 @@ def test_a_scene_left_part_done_and_unhashed_by_a_killed_run_is_hashed_as_it_goe
     assert (touched["indexed"], touched["removed"], touched["skipped"]) == (0, 0, 36)
 
 
+def test_a_scene_finished_but_left_unhashed_by_a_killed_run_is_hashed_by_the_next(index, naip_dir, store_dir,
+                                                                                   open_store):
+    """Killed after a scene's last chip was written but before the run's end recorded its hash: the next run,
+    with nothing to embed, hashes it, so that a new mtime on the same bytes is only noted, not cut again."""
+    import sqlite3
+
+    index([naip_dir], store_dir, chips=_chips(256))
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    ids = {r["path"]: r["id"] for r in chip_rows(open_store(store_dir)).values() if r["scene"] == str(scene)}
+    with sqlite3.connect(store_dir / "catalogue.db") as db:
+        db.execute("UPDATE scenes SET sha256 = NULL, head_sha256 = NULL WHERE path = ?", [str(scene)])
+
+    again = index([naip_dir], store_dir, chips=_chips(256))
+    assert (again["indexed"], again["skipped"]) == (0, 36)
+    assert open_store(store_dir).scenes_by_path()[str(scene)]["sha256"] == file_sha256(scene)
+    os.utime(scene, (scene.stat().st_atime, scene.stat().st_mtime + 10))
+    touched = index([naip_dir], store_dir, chips=_chips(256))
+    assert (touched["indexed"], touched["removed"], touched["skipped"]) == (0, 0, 36)
+    after = {r["path"]: r["id"] for r in chip_rows(open_store(store_dir)).values() if r["scene"] == str(scene)}
+    assert after == ids  # the same chips under the same ids
+
+
 def test_a_scene_whose_chips_are_all_empty_is_not_read_again(index, shared_data_dir, store_dir):
     shade = shared_data_dir / "rasterio" / "shade.tif"  # 88 % nodata: every 512 px chip under --min-valid
     first = index([shade], store_dir)
