@@ -70,14 +70,14 @@ def _rebuild(store_dir: Path, sources: list[str], chips: ChipOptions, *, embedde
     try:  # --index-memory, --target-recall, --index-type carry over (a user's explicit ones win)
         index_options["index_settings"] = dict(live.index_settings(), **{
             key: value for key, value in (index_options.get("index_settings") or {}).items() if value is not None})
-        path_ids = live.path_ids()
+        path_ids, last_id = live.path_ids(), live.last_id()
     finally:
         live.close()
     # Every image keeps its id (saved links, scripts and the UI's ?id= still point at the same image);
-    # images new since the last run get ids above all of them.
+    # images new since the last run get ids above every id the live store ever gave.
     staging = Store.create(staging_dir, provenance=embedder.provenance)
     try:
-        staging.reserve_ids(path_ids)
+        staging.reserve_ids(path_ids, above=last_id)
     finally:
         staging.close()
     summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, **index_options)

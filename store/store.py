@@ -358,18 +358,32 @@ class Store(IndexedStore, SceneRecords):
     def path_ids(self) -> list[tuple[str, int]]:
         return [(path, image_id) for path, image_id in self.db.execute("SELECT path, id FROM images")]
 
-    def reserve_ids(self, pairs) -> int:
+    def last_id(self) -> int:
+        """The highest id this store has given an image, removed ones included (never given again)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+        return int(row[0]) if row else 0
+
+    def reserve_ids(self, pairs, *, above: int = 0) -> int:
         """Ids that paths take when they are first added here (a rebuild keeps the live store's ids, so links
-        and saved ids still point at the same images); paths without one get ids above all of them."""
+        and saved ids still point at the same images); paths without one get ids above all of them and above
+        `above` (the live store's last_id: an id removed there is not given to another image). Images held here
+        under another id than their path's, or under one reserved for another path (a rebuild resumed after
+        the live store took new images), are removed, to be embedded again under the right id."""
         rows = [(str(path), int(image_id)) for path, image_id in pairs]
-        top = max((image_id for _, image_id in rows), default=0)
+        top = max(max((image_id for _, image_id in rows), default=0), above)
         with self.db.atomic():
             self.db.conn.executemany("INSERT OR REPLACE INTO id_hints (path, id) VALUES (?, ?)", rows)
-            current = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
-            if current is None:
+            if self.db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'images'").fetchone() is None:
                 self.db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('images', ?)", [top])
-            elif current[0] < top:
+            elif self.last_id() < top:
                 self.db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'images'", [top])
+        misplaced = [image_id for (image_id,) in self.db.execute(
+            "SELECT images.id FROM images JOIN id_hints ON id_hints.path = images.path AND id_hints.id != images.id "
+            "UNION SELECT images.id FROM images JOIN id_hints ON id_hints.id = images.id "
+            "AND id_hints.path != images.path")]
+        if misplaced:
+            self.remove_images(misplaced)
+            self.save_index()
         return len(rows)
 
     def clear_id_hints(self) -> None:

@@ -257,3 +257,70 @@ def test_a_rebuild_keeps_every_image_id_and_gives_new_images_fresh_ones(embedder
     assert store.db.execute("SELECT count(*) FROM id_hints").fetchone()[0] == 0
     assert store.search(store.vector(7), k=1)[0]["id"] == 7
     store.close()
+
+
+def test_a_rebuild_never_gives_a_removed_image_s_id_to_another(embedder, tmp_path):
+    """The last image indexed (the highest id) is removed, then a new file comes: a plain run would give it a
+    fresh id, and so must the rebuild, or a saved link to the removed one opens the newcomer."""
+    import shutil
+
+    from helpers import SAMPLES_DIR, ids_by_path
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 4)
+    store_dir = tmp_path / "live"
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    sorted(chips.iterdir())[-1].unlink()  # id 4 leaves the store
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    known = {path.name for path in chips.iterdir()}
+    newcomer = next(path for path in sorted(SAMPLES_DIR.glob("*.jpg"))[4:] if path.name not in known)
+    shutil.copy2(newcomer, chips / "new.jpg")
+
+    rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    assert ids_by_path(store)[str(chips / "new.jpg")] == 5
+    store.close()
+
+
+def test_a_resumed_rebuild_keeps_the_ids_the_live_store_gave_since(embedder, tmp_path, monkeypatch):
+    """A rebuild killed after its staging store embedded new files, the live store then indexing them (under ids
+    of its own, in another order), and the rebuild run again: every image keeps the live store's id."""
+    import shutil
+
+    from helpers import SAMPLES_DIR, ids_by_path
+    from indexer import rebuild
+    from indexer.pipeline import index_collection
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 4)
+    store_dir = tmp_path / "live"
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    known = {path.name for path in chips.iterdir()}
+    fresh = [path for path in sorted(SAMPLES_DIR.glob("*.jpg"))[4:] if path.name not in known][:2]
+    shutil.copy2(fresh[0], chips / "b-new.jpg")
+    shutil.copy2(fresh[1], chips / "a-new.jpg")  # sorts first: the staging store gives it the first fresh id
+
+    def killed(_swap_from, *args, **kwargs):  # the kill: after the staging store is filled, before the swap
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rebuild, "swap_in", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rebuild.rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    monkeypatch.undo()
+    (chips / "a-new.jpg").rename(tmp_path / "a-new.jpg")  # the live store takes b first, then a
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    (tmp_path / "a-new.jpg").rename(chips / "a-new.jpg")
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    before = ids_by_path(store)
+    store.close()
+    assert (before[str(chips / "b-new.jpg")], before[str(chips / "a-new.jpg")]) == (5, 6)
+
+    rebuild.rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    assert ids_by_path(store) == before
+    for image_id in before.values():
+        assert store.search(store.vector(image_id), k=1)[0]["id"] == image_id
+    store.close()
