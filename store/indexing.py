@@ -1,11 +1,12 @@
 """The FAISS side of a store: which index to build, building and tuning it, keeping it in step with the catalogue."""
 import logging
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from . import ann, faiss_index
-from .catalogue import get_meta, now_iso, set_meta
+from .catalogue import CATALOGUE_NAME, connect, get_meta, now_iso, set_meta
 from .errors import StoreError
 from .lock import acquire_write_lock
 from .vectors import blob_to_vector
@@ -18,16 +19,44 @@ INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and o
 IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
 
 
+def generation(store_dir) -> tuple:
+    """Changes when an index run writes to the store and when another store is swapped in (a new inode)."""
+    stamps = []
+    for name in (CATALOGUE_NAME, CATALOGUE_NAME + "-wal", INDEX_NAME):
+        try:
+            stat = (Path(store_dir) / name).stat()
+            stamps.append((stat.st_ino, stat.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
 class IndexedStore:
     """Store's index methods (a mixin): they use the store's db, store_dir, dim, writable and _index."""
     @property
     def index(self) -> faiss_index.SearchIndex:
+        if self._index is not None and not self.writable:
+            self._follow_writers()
         if self._index is None:
+            self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
             index = self._load_or_rebuild_index()
             params = (self.index_state() or {}).get("params") or {}
             self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
                                                   exact_source=self._all_vectors)
         return self._index
+
+    def _follow_writers(self) -> None:
+        """A reader held open (a notebook, a script) while the store changes on disk follows it: an index run or
+        reindex since its index was loaded reloads the index (the file and the catalogue's catch-up, as at
+        open); another store swapped in (rebuild, index --rebuild's swap) reopens the catalogue too."""
+        now = generation(self.store_dir)
+        if self._loaded is None or now == self._loaded or now[0] is None:  # unchanged, or mid-swap: as it is
+            return
+        if self._loaded[0] is None or now[0][0] != self._loaded[0][0]:
+            replaced = connect(self.store_dir / CATALOGUE_NAME, write=False)
+            self.db.close()
+            self.db = replaced
+        self._index = None
 
     def index_settings(self) -> dict:
         return get_meta(self.db, INDEX_SETTINGS) or {}
@@ -199,19 +228,26 @@ class IndexedStore:
 
     def reindex(self, **wishes) -> dict:
         """Rebuild only the index from the stored vectors with new settings; returns what was built."""
-        self._write_lock = self._write_lock or acquire_write_lock(self.store_dir)
-        before = self.index_settings()
-        self.set_index_settings(**wishes)
-        self.writable = True
+        held, was_writable = self._write_lock, self.writable
+        self._write_lock = held or acquire_write_lock(self.store_dir)
         try:
-            built = self._build_index()
-        except BaseException:  # what was refused is not kept: later runs and readers go on with what works
-            set_meta(self.db, INDEX_SETTINGS, before)
-            raise
-        self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                              exact_source=self._all_vectors)
-        self.save_index()
-        return self.index_description()
+            before = self.index_settings()
+            self.set_index_settings(**wishes)
+            self.writable = True
+            try:
+                built = self._build_index()
+            except BaseException:  # what was refused is not kept: later runs and readers go on with what works
+                set_meta(self.db, INDEX_SETTINGS, before)
+                raise
+            self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
+                                                  exact_source=self._all_vectors)
+            self.save_index()
+            self._loaded = generation(self.store_dir)  # its own writes: nothing to follow
+            return self.index_description()
+        finally:
+            if held is None:  # taken for this reindex only: an open handle must not keep index runs out
+                self.writable = was_writable
+                self._release_write_lock()
 
     def index_description(self) -> dict:
         state = self.index_state() or {}

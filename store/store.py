@@ -82,6 +82,7 @@ class Store(IndexedStore, SceneRecords):
         self.store_dir = Path(store_dir)
         self.db = db
         self._index = None
+        self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
         self.writable = False  # set by create(): only writers save the index and record its state
         self._write_lock = None  # held from create() (or reindex()) to close(): one writing process at a time
 

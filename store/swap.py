@@ -16,9 +16,11 @@ from pathlib import Path
 
 from .catalogue import CATALOGUE_NAME
 from .errors import StoreError, StoreNotFound
+from .indexing import generation as _generation
 from .store import Store
 
 log = logging.getLogger(__name__)
+generation = _generation  # swap.generation, as readers and the page know it (defined beside the index it stamps)
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 1 << 1
@@ -82,18 +84,6 @@ def swap_in(live_dir, staged_dir, *, keep_previous: bool = True) -> Path | None:
         shutil.rmtree(previous_dir, ignore_errors=True)
         return None
     return previous_dir
-
-
-def generation(store_dir) -> tuple:
-    """Changes when an index run writes to the store and when another store is swapped in (a new inode)."""
-    stamps = []
-    for name in (CATALOGUE_NAME, CATALOGUE_NAME + "-wal", "index.faiss"):
-        try:
-            stat = (Path(store_dir) / name).stat()
-            stamps.append((stat.st_ino, stat.st_mtime_ns))
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
 
 
 def _catalogue_inode(store_dir: Path) -> int | None:

@@ -98,3 +98,48 @@ def test_one_process_may_open_its_store_for_writing_twice(indexed):
     again = hold(store_dir)  # now another process gets it
     again.kill()
     again.wait()
+
+
+def test_a_reindex_from_python_lets_index_runs_in_once_done(indexed):
+    """A notebook's store.reindex() takes the lock for the reindex only, not for as long as the handle lives."""
+    _, store_dir = indexed
+    store = Store.open(store_dir)
+    store.reindex(target_recall=0.9)
+    assert not store.writable
+    other = hold(store_dir)  # another process gets the lock while the handle is still open
+    other.kill()
+    other.wait()
+    assert len(store.search(store.vector(1), k=3)) == 3
+    store.close()
+
+
+def test_a_store_held_open_follows_index_runs_and_rebuilds(indexed, model_dir, tmp_path):
+    """A reader held open (api.open_store in a notebook) while the CLI writes: new images are found, removed ones
+    are not, and after a rebuild or `index --rebuild` swapped or refilled the store its searches still answer."""
+    import shutil
+
+    from helpers import SAMPLES_DIR
+    from indexer import api
+
+    chips_dir, store_dir = indexed
+    reader = api.open_store(store_dir)
+    assert len(reader.search(reader.vector(1), k=3)) == 3
+    known = {path.name for path in chips_dir.iterdir()}
+    newcomer = next(path for path in sorted(SAMPLES_DIR.glob("*.jpg")) if path.name not in known)
+    shutil.copy2(newcomer, chips_dir / newcomer.name)
+    gone = sorted(chips_dir.glob("*.jpg"))[0]
+    gone.unlink()
+    assert invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN).exit_code == 0
+    new_id = {row["path"]: row["id"] for row in reader.images_by_path().values()}[str(chips_dir / newcomer.name)]
+    found = reader.search(reader.vector(new_id), k=20)
+    assert found[0]["id"] == new_id and len(found) == 12
+    assert str(gone) not in {hit["path"] for hit in found}
+
+    for command in (["rebuild"], ["index", chips_dir, "--rebuild"]):
+        result = invoke(*command, "--store", store_dir, "--model", model_dir, *RUN)
+        assert result.exit_code == 0, result.output
+        ids = [row["id"] for row in reader.images_by_path().values()]
+        assert len(ids) == 12
+        for image_id in ids[:3]:
+            assert reader.search(reader.vector(image_id), k=1)[0]["id"] == image_id
+    reader.close()
