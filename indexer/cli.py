@@ -159,6 +159,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     from indexer.normalization import normalization_for
     from indexer.pipeline import index_collection
     from indexer.plan import precheck_store
+    from store.lock import check_not_busy
 
     chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
                           gsd=gsd)
@@ -173,6 +174,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     normalization = normalization_for(model, normalization)  # once: the model, and any Ray actors, take it made
     if not rebuild:
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling, normalization=normalization)
+    if not dry_run:
+        check_not_busy(store_dir)  # refused at once, not after the model load
     if dry_run:
         _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed, as_json=as_json)
         return
@@ -277,12 +280,14 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     """
     from indexer.embedder import DinoV3Embedder
     from indexer.rebuild import recorded_collection, rebuild_store
+    from store.lock import check_not_busy
 
     if ray_address:
         from indexer.distributed import require_ray
 
         require_ray()
     recorded, _, _ = recorded_collection(store_dir)
+    check_not_busy(store_dir)  # refused at once, not after the model load
     model = model or recorded["model"]
     resolution = resolution or recorded["resolution"]
     normalization = normalization or recorded["normalization"]

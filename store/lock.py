@@ -42,6 +42,27 @@ def acquire_write_lock(store_dir) -> str:
     return key
 
 
+def check_not_busy(store_dir) -> None:
+    """Raise StoreBusy, as acquire_write_lock would, when another process writes the store now: a run asks before
+    its (possibly minutes-long) model load, and takes the lock itself after it."""
+    key = os.path.realpath(Path(store_dir) / LOCK_NAME)
+    if key in _held:
+        return
+    try:
+        fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no store or no lock file yet, or not readable: the run itself will say
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared, and dropped at once: only asks
+    except BlockingIOError:
+        raise StoreBusy(f"another lookalike run is writing the store at {store_dir} ({_holder(fd)}); wait for it "
+                        "to finish, or use another --store") from None
+    except OSError:  # no locks on this file system: the run warns when it takes its own
+        pass
+    finally:
+        os.close(fd)
+
+
 def release_write_lock(key: str) -> None:
     entry = _held.get(key)
     if entry is None:

@@ -68,6 +68,29 @@ def test_a_second_writer_is_refused_in_one_line_and_readers_go_on(indexed, model
     assert not store_dir.with_name("store.rebuilding").exists()  # refused before it made anything
 
 
+def test_a_busy_store_is_refused_before_the_model_loads(indexed, model_dir, monkeypatch):
+    """With the 7B the load takes minutes: the refusal comes first."""
+    from indexer.embedder import DinoV3Embedder
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded for a store another run writes")
+
+    monkeypatch.setattr(DinoV3Embedder, "from_pretrained", no_load)
+    chips_dir, store_dir = indexed
+    holder = hold(store_dir)
+    try:
+        for result in (invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN),
+                       invoke("rebuild", "--store", store_dir, "--model", model_dir, *RUN)):
+            assert result.exit_code == 1, result.output
+            assert "another lookalike run is writing the store" in result.stderr
+            assert "the model was loaded" not in result.output
+        dry = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, "--dry-run", *RUN)
+        assert dry.exit_code == 0, dry.output  # a preview writes nothing: not refused
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
 @pytest.mark.parametrize("mode", ["plain", "fork"])
 def test_a_killed_writer_leaves_no_lock(indexed, model_dir, mode):
     chips_dir, store_dir = indexed
