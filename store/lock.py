@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from .catalogue import now_iso
@@ -27,7 +28,7 @@ def acquire_write_lock(store_dir) -> str:
         raise StoreError(f"cannot write the store at {store_dir} ({error.strerror or error}); "
                          "it can still be searched") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_soon(fd)
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
@@ -40,6 +41,19 @@ def acquire_write_lock(store_dir) -> str:
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}).encode())
     _held[key] = [fd, 1]
     return key
+
+
+def _flock_soon(fd: int, *, tries: int = 5) -> None:
+    """The exclusive lock, or BlockingIOError when it stays held: a few tries over 0.1 s, as another run's
+    check_not_busy holds it shared for an instant."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.025)
 
 
 def check_not_busy(store_dir) -> None:

@@ -166,3 +166,17 @@ def test_a_store_held_open_follows_index_runs_and_rebuilds(indexed, model_dir, t
         for image_id in ids[:3]:
             assert reader.search(reader.vector(image_id), k=1)[0]["id"] == image_id
     reader.close()
+
+
+def test_a_run_asking_at_that_instant_does_not_refuse_the_writer(tmp_path):
+    """check_not_busy holds the lock shared for an instant: a writer taking it then waits that instant out."""
+    import fcntl
+    import threading
+
+    from store.lock import LOCK_NAME, acquire_write_lock, release_write_lock
+
+    tmp_path.joinpath(LOCK_NAME).touch()
+    asking = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(asking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.03, os.close, args=(asking,)).start()  # the asker lets go
+    release_write_lock(acquire_write_lock(tmp_path))
