@@ -77,7 +77,8 @@ class IndexedStore:
         return settings
 
     def index_state(self) -> dict | None:
-        return get_meta(self.db, INDEX_STATE)
+        """What the index in use was built as: recorded as its file is saved (save_index), until then pending."""
+        return self._built_state or get_meta(self.db, INDEX_STATE)
 
     def _stored_ids(self) -> np.ndarray:
         rows = self.db.execute("SELECT image_id FROM vectors ORDER BY image_id")
@@ -169,7 +170,7 @@ class IndexedStore:
 
     def _build_index(self, *, plan: ann.IndexPlan | None = None) -> ann.BuiltIndex:
         """Choose (unless given `plan`), train, fill and tune an index over every stored vector; a writer records
-        what it built."""
+        what it built when it saves it."""
         ids, vectors = self._all_vectors()
         settings = self.index_settings()
         plan = plan or self.index_plan(len(ids))
@@ -183,7 +184,7 @@ class IndexedStore:
                      "tuning": [[p, round(r, 4)] for p, r in built.tuning], "trained_on": built.trained_on,
                      "tuned_on": len(ids), "build_s": round(built.build_s, 2), "built_at": now_iso(),
                      "settings": settings}
-            set_meta(self.db, INDEX_STATE, state)
+            self._built_state = state  # recorded once the file holds it: a kill between leaves the old pair
         return built
 
     def rebuild_reason(self) -> str | None:
@@ -262,6 +263,9 @@ class IndexedStore:
         if self._index is not None:
             mark = self.db.execute("SELECT max(seq) FROM index_pending").fetchone()[0]
             faiss_index.write_index_atomic(self._index.cpu, self.store_dir / INDEX_NAME)
+            if self._built_state is not None:
+                set_meta(self.db, INDEX_STATE, self._built_state)
+                self._built_state = None
             if mark is not None:
                 with self.db.atomic():
                     self.db.execute("DELETE FROM index_pending WHERE seq <= ?", [mark])

@@ -83,6 +83,7 @@ class Store(IndexedStore, SceneRecords):
         self.db = db
         self._index = None
         self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
+        self._built_state = None  # what a writer built and has not saved yet (IndexedStore.save_index)
         self.writable = False  # set by create(): only writers save the index and record its state
         self._write_lock = None  # held from create() (or reindex()) to close(): one writing process at a time
 
@@ -160,7 +161,7 @@ class Store(IndexedStore, SceneRecords):
             for table in ("vectors", "patches", "images", "failures", "pca", "scenes", "skipped_chips",
                           "index_pending"):
                 self.db.execute(f"DELETE FROM {table}")
-        self._index = None
+        self._index = self._built_state = None
         (self.store_dir / INDEX_NAME).unlink(missing_ok=True)
         set_meta(self.db, INDEX_STATE, None)
 

@@ -415,3 +415,27 @@ def test_nprobe_on_an_exact_index_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["reindex", "--store", str(tmp_path / "store"), "--nprobe", "4"])
     assert result.exit_code == 1 and "no lists to probe" in result.output and "Traceback" not in result.output
     assert Store.open(tmp_path / "store").index_settings() == {}
+
+
+def test_a_reindex_killed_as_it_writes_the_file_leaves_a_record_that_matches_it(big_store, tmp_path, monkeypatch):
+    """The record of what was built is kept once the file holds it: killed before, the store describes the index
+    it still has (and the next run rebuilds to the new settings), not one it never saved."""
+    from store import faiss_index
+
+    before = big_store.index_state()["factory"]
+    big_store.close()
+
+    def killed(index, path):
+        raise KeyboardInterrupt  # as kill -9 inside the write: the old file stays (the write is atomic)
+
+    monkeypatch.setattr(faiss_index, "write_index_atomic", killed)
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        store.reindex(factory="IVF16,SQfp16")
+    store.close()
+    monkeypatch.undo()
+    monkeypatch.setattr(ann, "EXACT_MAX_WORK", 2000 * DIM)
+    store = Store.open(tmp_path / "store")
+    assert store.index_state()["factory"] == before
+    assert store.rebuild_reason() == "the index settings changed"
+    store.close()
