@@ -14,6 +14,7 @@ from ui.heatmaps import (
     mark_patch,
     overlay,
     patch_at,
+    tick_labels,
     upsample,
     value_range,
 )
@@ -333,3 +334,33 @@ def test_value_range_spans_all_maps():
 def test_value_range_of_nothing_raises():
     with pytest.raises(ValueError):
         value_range([])
+
+
+def test_a_map_of_a_picture_with_itself_is_drawn_in_one_colour(photo):
+    """Comparing a picture with itself gives ones up to float rounding: stretched over the whole ramp, that noise
+    was a loud checkerboard under five labels that all read 1.00. A perfect match takes the top colour."""
+    noise = np.random.default_rng(0).uniform(-3e-7, 2e-7, (14, 14))
+    values = np.where(np.indices((14, 14)).sum(axis=0) % 2, 1.0 + noise, 1.0 - noise).astype(np.float32)
+    vmin, vmax = value_range([values, values])
+    assert (vmin, vmax) == pytest.approx((0.99, 1.0))
+    for colours in (colourize(upsample(values, photo.size), vmin=vmin, vmax=vmax),
+                    np.asarray(overlay(photo, values, opacity=1.0))):  # the query's own map: no shared scale
+        assert (colours.reshape(-1, 3) == LUT[-1]).all()
+    labels = tick_labels(vmin, vmax)
+    assert labels[0] == "0.990" and labels[-1] == "1.000" and len(set(labels)) == 5
+
+
+@pytest.mark.parametrize("value, middle", [(0.5, 0.5), (-1.0, -0.995), (1.0, 0.995)])
+def test_a_near_constant_map_spans_the_narrowest_scale_within_cosines(value, middle):
+    values = np.full((3, 4), value, np.float32)
+    vmin, vmax = value_range([values])
+    assert vmax - vmin == pytest.approx(0.01) and (vmin + vmax) / 2 == pytest.approx(middle)
+    assert -1.0 <= vmin and vmax <= 1.0
+    assert len(np.unique(colourize(values, vmin=vmin, vmax=vmax).reshape(-1, 3), axis=0)) == 1
+
+
+def test_tick_labels_have_two_decimals_unless_neighbours_need_more():
+    assert tick_labels(0.0, 1.0) == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+    assert tick_labels(-0.2, 0.9, ticks=3) == ["-0.20", "0.35", "0.90"]
+    assert tick_labels(0.5, 0.51, ticks=3) == ["0.500", "0.505", "0.510"]
+    assert tick_labels(0.5, 0.5, ticks=2) == ["0.50", "0.50"]

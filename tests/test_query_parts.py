@@ -1,4 +1,5 @@
 """Searching by a part of a picture: the API's crops, the box dragged on the page, the part in its address."""
+import hashlib
 import json
 
 import numpy as np
@@ -133,10 +134,44 @@ def test_a_part_of_an_upload(page, ui_ids, answer):
     path, _ = chip(ui_ids, 9)
     at = page()
     run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
-    at.query_params["part"] = "8,16,72,64"
+    at.query_params["upload_part"] = "8,16,72,64"
     run(at)
     assert f"part 8,16 72×64 px of upload · {path.name}" in [c.value for c in at.caption]
     assert cards(at) == answer([api.load_query_image(path, crop=PART)])
+
+
+def test_an_uploads_part_is_never_cut_from_an_indexed_example(page, ui_ids, answer):
+    """The address keeps only an uploaded query's indexed examples: a reload or a shared link made the first of
+    them the query, cut where the upload was. The upload's part has its own name, read only for the upload."""
+    path, _ = chip(ui_ids, 9)
+    upload_part = api.load_query_image(path, crop=PART)
+    at = page()
+    run(at.file_uploader[0].upload(path.name, path.read_bytes(), "image/jpeg"))
+    at.toggle(key="choosing-part").set_value(True)
+    run(at)
+    at.session_state[f"part-box-upload-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"] = PART
+    run(at)
+    run(at.button(key="use-part").click())
+    assert at.query_params["upload_part"] == "8,16,72,64" and "part" not in at.query_params
+    assert cards(at) == answer([upload_part])
+    added = cards(at)[1][2]
+    run(at.button(key=f"add-2-{added}").click())
+    shown = f"2 examples: part 8,16 72×64 px of upload · {path.name} (shown) and ids {added}"
+    assert shown in [c.value for c in at.caption] and cards(at) == answer([upload_part, added])
+
+    reloaded = page(**at.query_params)  # a new session: the upload is gone, its indexed example is the query
+    added_path = next(name for name, image_id in ui_ids.items() if image_id == added)
+    assert f"id {added} · {added_path}" in [c.value for c in reloaded.caption]
+    assert not [c.value for c in reloaded.caption if "part" in c.value]
+    assert card_texts(reloaded)[0] == f"**#1** · score **1.0000** · id {added}"
+
+    run(at.button(key=f"remove-{added}").click())  # in the session, the upload keeps its part
+    assert f"part 8,16 72×64 px of upload · {path.name}" in [c.value for c in at.caption]
+    assert cards(at) == answer([upload_part])
+    run(at.button(key=f"add-2-{added}").click())
+    run(at.button(key="remove-None").click())  # the part goes with the upload
+    assert at.query_params["id"] == str(added) and "upload_part" not in at.query_params
+    assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {added}"
 
 
 def test_the_picker_offers_the_dragged_part(page, ui_ids, answer):
@@ -193,7 +228,7 @@ def test_a_part_of_an_uploaded_scene_is_read_from_the_file(page, index, shared_d
     at.toggle(key="choosing-part").set_value(True)
     run(at)
     assert any(c.value.startswith("Drag a box") and "934×724 px" in c.value for c in at.caption)
-    at.query_params["part"] = "256,256,256,256"
+    at.query_params["upload_part"] = "256,256,256,256"
     run(at)
     assert cards(at)[0][2] == chip_id and cards(at)[0][1] == pytest.approx(1.0, abs=1e-4)
 

@@ -4,6 +4,8 @@ Plain numpy + Pillow, no Streamlit: the page calls these, the tests call them di
 A grid is one image's PCA-reduced patch features, (h, w, C) row-major on its 16-px token grid;
 a map is an (h, w) or (H, W) array of floats; sizes follow Pillow, (width, height).
 """
+import math
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -32,6 +34,10 @@ def _lookup_table(stops: np.ndarray, entries: int = 256) -> np.ndarray:
 
 
 LUT = _lookup_table(RAMP_STOPS)  # (256, 3)
+# The narrowest cosine range a scale spans. A picture compared with itself gives 0.9999997..1.0000002 (float
+# rounding), and the stored features are float16: stretched over the whole ramp, such noise draws a loud pattern
+# of nothing. 0.01 is well above that noise and below the differences that show where two pictures part.
+MIN_SPAN = 0.01
 
 
 # -- similarity ------------------------------------------------------------------------------
@@ -71,15 +77,19 @@ def correspondence_map(query_grid, grid) -> np.ndarray:
     return similarities.max(axis=1).reshape(h, w).astype(np.float32)  # (h, w)
 
 
-def value_range(maps) -> tuple[float, float]:
-    """The shared (min, max) over several maps, so every result can be drawn on one colour scale."""
+def value_range(maps, *, min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """The shared (min, max) over several cosine maps, so every result can be drawn on one colour scale; at least
+    `min_span` wide, about the values' middle and within -1..1."""
     maps = [np.asarray(m, dtype=np.float32) for m in maps]
     if not maps or all(m.size == 0 for m in maps):
         raise ValueError("value_range needs at least one non-empty map")
-    return (
-        float(min(np.nanmin(m) for m in maps if m.size)),
-        float(max(np.nanmax(m) for m in maps if m.size)),
-    )
+    low = float(min(np.nanmin(m) for m in maps if m.size))
+    high = float(max(np.nanmax(m) for m in maps if m.size))
+    if high - low < min_span:
+        # kept within what a cosine can be, so that a perfect match (a map of ones) takes the top colour
+        low = min(max((low + high - min_span) / 2, -1.0), 1.0 - min_span)
+        high = low + min_span
+    return low, high
 
 
 # -- geometry --------------------------------------------------------------------------------
@@ -169,13 +179,15 @@ def colourize(values, *, vmin, vmax) -> np.ndarray:
 def overlay(image, values, *, opacity=0.5, vmin=None, vmax=None) -> Image.Image:
     """The map, upsampled and colourized, blended over the RGB image at opacity (0: image only, 1: map only).
 
-    vmin and vmax default to the map's own min and max; pass value_range(...) to share one scale across results.
+    vmin and vmax default to the map's own value_range; pass value_range(...) to share one scale across results.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
     values = np.asarray(values, dtype=np.float32)
-    vmin = float(np.nanmin(values)) if vmin is None else vmin
-    vmax = float(np.nanmax(values)) if vmax is None else vmax
+    if vmin is None or vmax is None:
+        own_min, own_max = value_range([values])
+        vmin = own_min if vmin is None else vmin
+        vmax = own_max if vmax is None else vmax
     rgb = image.convert("RGB")
     heat = colourize(upsample(values, rgb.size), vmin=vmin, vmax=vmax)  # (H, W, 3)
     base = np.asarray(rgb, dtype=np.float32)  # (H, W, 3)
@@ -191,10 +203,19 @@ def mark_patch(image, row, col, *, grid_shape, colour=(255, 0, 0), width=2) -> I
     return marked
 
 
-def colour_scale(vmin, vmax, *, width=256, height=40, ticks=5) -> Image.Image:
-    """A horizontal bar of the colour map from vmin (left) to vmax (right), tick labels (2 decimals) under it."""
+def tick_labels(vmin, vmax, *, ticks=5) -> list[str]:
+    """The values of `ticks` evenly spaced ticks from vmin to vmax, with 2 decimals, or as many more as tell
+    neighbours apart (a narrow scale: 0.990, 0.993, ...)."""
     if ticks < 2:
         raise ValueError(f"a colour scale needs at least 2 ticks, got {ticks}")
+    step = (vmax - vmin) / (ticks - 1)
+    decimals = min(6, max(2, math.ceil(-math.log10(step)))) if step > 0 else 2
+    return [f"{vmin + i * step:.{decimals}f}" for i in range(ticks)]
+
+
+def colour_scale(vmin, vmax, *, width=256, height=40, ticks=5) -> Image.Image:
+    """A horizontal bar of the colour map from vmin (left) to vmax (right), tick labels under it (tick_labels)."""
+    labels = tick_labels(vmin, vmax, ticks=ticks)
     font = ImageFont.load_default()
     label_height = font.getbbox("0.00")[3] + 4
     bar_height = height - label_height
@@ -206,11 +227,9 @@ def colour_scale(vmin, vmax, *, width=256, height=40, ticks=5) -> Image.Image:
     scale.paste(Image.fromarray(ramp).resize((width, bar_height), Image.Resampling.NEAREST), (0, 0))
 
     draw = ImageDraw.Draw(scale)
-    for i in range(ticks):
+    for i, label in enumerate(labels):
         x = round(i * (width - 1) / (ticks - 1))
-        value = vmin + i * (vmax - vmin) / (ticks - 1)
         draw.line([(x, bar_height - 4), (x, bar_height)], fill="black")
-        label = f"{value:.2f}"
         text_width = draw.textlength(label, font=font)
         left = min(max(x - text_width / 2, 0), width - text_width)  # keep the end labels inside the picture
         draw.text((left, bar_height + 2), label, fill="black", font=font)

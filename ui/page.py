@@ -11,7 +11,7 @@ from . import heatmaps
 from .geomap import result_map
 from .part import address_part, part_item, part_picker, source_size, use_whole
 from .query import describe_place, load_indexed, load_upload, query_panel, remove_example, use_indexed, with_examples
-from .resources import STORE_LOCK, embedder_for, open_store, thumbnail
+from .resources import STORE_LOCK, embedder_for, open_store, store_signature, thumbnail
 from .results import (clicked_patch, compare_panel, compared_hit, downloads, forget_click, page_of, pager,
                       result_grid, result_maps)
 from .unlike import unlike_panel, unlike_rows
@@ -147,7 +147,7 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
                                                  help="Drag a box over the picture, then search by what it holds."):
             part_picker(query, size=source_size(query, choice))
         else:
-            patch = query_patch(query, opacity=settings["opacity"])
+            patch = query_patch(query, opacity=settings["opacity"], store_key=store_signature(store))
         if query.part:
             st.button("Search with the whole picture", on_click=use_whole, key="use-whole")
         other_examples(query)
@@ -178,7 +178,7 @@ def load_query(store, choice, *, model, max_upload_mb=50):
                              load_indexed(store, image_ids))
 
     try:
-        part = address_part()
+        part = address_part(uploaded=choice[0] != "id")
         if part:
             return load(part)
     except IndexerError as error:
@@ -186,9 +186,9 @@ def load_query(store, choice, *, model, max_upload_mb=50):
     return load()
 
 
-def query_patch(query, *, opacity: float):
-    """The query's picture, clickable: the patch clicked on it, or None."""
-    patch = clicked_patch(query, opacity=opacity)
+def query_patch(query, *, opacity: float, store_key: str = ""):
+    """The query's picture, clickable: the patch clicked on it (in the store `store_key` names), or None."""
+    patch = clicked_patch(query, opacity=opacity, store_key=store_key)
     if patch is None:
         st.caption("Click the image to compare one 16×16 patch with every result.")
     else:

@@ -13,9 +13,17 @@ from .resources import picture_size
 MIN_PART_PX = 16  # one of the model's patches: a smaller part holds next to nothing
 
 
-def address_part() -> tuple | None:
-    """The part the address names (?part=COL,ROW,WIDTH,HEIGHT), or None; raises IndexerError when malformed."""
-    text = st.query_params.get("part")
+def part_name(uploaded: bool) -> str:
+    """The address's name for a part of the first example's picture. An upload's has a name of its own: the
+    address keeps only an uploaded query's indexed examples, and a reload or a shared link makes the first of
+    them the query, which must not be cut where the upload was."""
+    return "upload_part" if uploaded else "part"
+
+
+def address_part(*, uploaded: bool = False) -> tuple | None:
+    """The part the address names (?part=COL,ROW,WIDTH,HEIGHT, or ?upload_part= for an `uploaded` query's first
+    example), or None; raises IndexerError when malformed."""
+    text = st.query_params.get(part_name(uploaded))
     if not text:
         return None
     try:
@@ -28,10 +36,10 @@ def address_part() -> tuple | None:
     return values
 
 
-def use_part(box: tuple) -> None:
-    """Callback: search by this part of the shown example's picture."""
+def use_part(box: tuple, uploaded: bool = False) -> None:
+    """Callback: search by this part of the shown example's picture (the upload's, `uploaded`)."""
     new_query(keep=("unlike",))
-    st.query_params["part"] = ",".join(map(str, box))
+    st.query_params[part_name(uploaded)] = ",".join(map(str, box))
 
 
 def use_whole() -> None:
@@ -74,7 +82,8 @@ def part_picker(query: Query, *, size: tuple[int, int]) -> None:
     else:
         st.caption(f"Part {box[0]},{box[1]} {box[2]}×{box[3]} px of the {size[0]}×{size[1]} px picture. It is "
                    "resized to the model's square input as every image is: a near-square part keeps its shapes.")
-        st.button("Search with this part", on_click=use_part, args=(box,), type="primary", key="use-part")
+        st.button("Search with this part", on_click=use_part, args=(box, query.uploaded), type="primary",
+                  key="use-part")
 
 
 def part_item(item: dict, part: tuple) -> dict:

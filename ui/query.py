@@ -60,13 +60,15 @@ def describe_place(hit: dict) -> str:
 # -- choosing ----------------------------------------------------------------------------------
 def new_query(*, keep: tuple = ()) -> None:
     """A new query starts on its first page, with no comparison open, whole and unlike nothing, unless `keep`
-    names 'part' or 'unlike' (a change to the same query: an example more or less, another part)."""
+    names 'part' (an indexed example's or the upload's) or 'unlike' (a change to the same query: an example more
+    or less, another part)."""
     st.query_params["page"] = "1"
     st.query_params.pop("compare", None)
     st.session_state["choosing-part"] = False
-    for name in ("part", "unlike"):
-        if name not in keep:
-            st.query_params.pop(name, None)
+    for kept, names in (("part", ("part", "upload_part")), ("unlike", ("unlike",))):
+        if kept not in keep:
+            for name in names:
+                st.query_params.pop(name, None)
 
 
 def use_indexed(image_id: int) -> None:
@@ -77,8 +79,16 @@ def use_indexed(image_id: int) -> None:
 
 
 def _forget_upload() -> None:
-    st.session_state["with_upload"] = False
+    st.session_state["upload_address"] = None
     st.session_state["uploader_generation"] = st.session_state.get("uploader_generation", 0) + 1
+
+
+def upload_in_query() -> bool:
+    """Whether the session's upload is the first of the address's examples. Only at the address ("id") its query
+    had: browser Back and Forward change the address without a callback, and an older indexed query must not
+    take the upload in."""
+    wanted = st.session_state.get("upload_address")
+    return wanted is not None and st.query_params.get("id", "") == wanted
 
 
 def address_ids() -> list[int]:
@@ -106,31 +116,31 @@ def set_address_numbers(name: str, ids: list[int]) -> None:
 def add_example(image_id: int, keep_upload: bool = False) -> None:
     """Callback: add an indexed image to the query's examples (the address keeps the indexed ones; an uploaded
     query stays the first example for this session, `keep_upload`)."""
-    if keep_upload and not st.session_state.get("with_upload"):
-        st.query_params.pop("id", None)  # an upload's examples start afresh
-    st.session_state["with_upload"] = st.session_state.get("with_upload") or keep_upload
-    ids = address_ids()
+    ids = [] if keep_upload and not upload_in_query() else address_ids()  # an upload's examples start afresh
     if int(image_id) not in ids:
         ids.append(int(image_id))
     st.query_params["id"] = ",".join(map(str, ids[-MAX_EXAMPLES:]))
+    # an indexed query's ids may come to equal an upload's old address: that is no reason to take the upload in
+    st.session_state["upload_address"] = st.query_params["id"] if keep_upload else None
     new_query(keep=("part", "unlike"))  # a part stays the first example's
 
 
 def remove_example(image_id: int | None) -> None:
     """Callback: take one example out of a query of several (None: the upload). A part of the first example
     goes with it."""
-    ids = address_ids()
-    first = image_id is None or (not st.session_state.get("with_upload") and ids[:1] == [image_id])
+    ids, with_upload = address_ids(), upload_in_query()
+    first = image_id is None or (not with_upload and ids[:1] == [image_id])
     if image_id is None:
         _forget_upload()
     else:
         set_address_numbers("id", [i for i in ids if i != int(image_id)])  # none: the upload alone again
+        st.session_state["upload_address"] = st.query_params.get("id", "") if with_upload else None
     new_query(keep=("unlike",) if first else ("part", "unlike"))
 
 
 def _use_upload() -> None:
     st.query_params.pop("id", None)
-    st.session_state["with_upload"] = False
+    st.session_state["upload_address"] = None
     new_query()
 
 
@@ -153,7 +163,7 @@ def _show_address_id() -> None:
         ids = address_ids()
     except ValueError:  # the page says so below
         ids = []
-    st.session_state["wanted-id"] = ids[0] if ids and not st.session_state.get("with_upload") else None
+    st.session_state["wanted-id"] = ids[0] if ids and not upload_in_query() else None
 
 
 def _use_random(store: Store) -> None:
@@ -189,7 +199,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
     """Draws the choices; returns ('id', [N, ...]), ('upload', UploadedFile), ('upload+ids', (UploadedFile,
     [N, ...])) or None."""
     names = ["Upload an image", "Pick an indexed image"]
-    indexed_query = "id" in st.query_params and not st.session_state.get("with_upload")
+    indexed_query = "id" in st.query_params and not upload_in_query()
     upload_tab, indexed_tab = st.tabs(names, default=names[indexed_query])  # a bookmark opens on how it was made
     with upload_tab:
         generation = st.session_state.get("uploader_generation", 0)
@@ -228,7 +238,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
         if len(ids) > MAX_EXAMPLES:
             st.warning(f"The address names {len(ids)} images; a query takes at most {MAX_EXAMPLES}: the first "
                        f"{MAX_EXAMPLES} are used.")
-        if ids and uploaded is not None and st.session_state.get("with_upload"):
+        if ids and uploaded is not None and upload_in_query():
             return "upload+ids", (uploaded, ids[:MAX_EXAMPLES - 1])
         if ids:
             return "id", ids[:MAX_EXAMPLES]

@@ -20,13 +20,17 @@ from .unlike import add_unlike
 COLUMNS = 4
 
 
-def clicked_patch(query: Query, *, opacity: float):
-    """Shows the query image, clickable; returns the clicked (row, col) of its token grid, or None."""
+def clicked_patch(query: Query, *, opacity: float, store_key: str = ""):
+    """Shows the query image, clickable; returns the clicked (row, col) of its token grid, or None. A click is
+    remembered for the query in the store `store_key` names: a store rebuilt under the page (at another
+    resolution: another grid) forgets it."""
     if query.image is None:
         return None
     generation = st.session_state.get("click_generation", 0)
-    state_key = f"click-{query.key}-{generation}"
+    state_key = f"click-{query.key}-{store_key}-{generation}"
     previous = st.session_state.get(state_key + "-patch")
+    if previous is not None and not all(0 <= i < n for i, n in zip(previous, query.grid.shape[:2])):
+        previous = None  # clicked on a grid of another size: it marks no patch of this one
     shown = query.image
     if previous is not None:
         values = heatmaps.cosine_map(query.grid[previous], query.grid)
