@@ -1,4 +1,5 @@
 """Finding image files in the sources and decoding them to normalised pixel arrays."""
+import contextlib
 import hashlib
 import io
 import os
@@ -123,21 +124,27 @@ def _wide_colour(opened: Image.Image) -> bool:
     return opened.format == "PNG" and any(str(tile[3]).endswith(";16B") for tile in opened.tile)
 
 
-def _stretched_wide(data: bytes, opened: Image.Image) -> Image.Image:
-    """A 16-bit colour PNG read whole by GDAL and its colour stretched to 8 bits over the range of its values,
-    as to_rgb stretches 16-bit greys; alpha dropped, EXIF orientation applied."""
+def _by_gdal(data: bytes, *, exif: bytes | None = None) -> Image.Image:
+    """A picture Pillow cannot read whole (a PNG of 16 bits per colour, a TIFF of 16-bit or float colour) read by
+    GDAL: its first three bands (its first, for grey and alpha) stretched to 8 bits over the range of their
+    values, as to_rgb stretches 16-bit greys; `exif` orientation applied."""
     from rasterio import Env
     from rasterio.io import MemoryFile
 
     with warnings.catch_warnings(), Env(), MemoryFile(data) as memory, memory.open() as dataset:
         warnings.simplefilter("ignore")  # "not georeferenced": a plain picture
-        bands = dataset.read().astype(np.float32)  # (C, H, W)
-    colour = bands[:3] if len(bands) >= 3 else bands[:1]  # RGB(A) or grey + alpha
+        if dataset.width * dataset.height > 2 * (Image.MAX_IMAGE_PIXELS or float("inf")):
+            raise Image.DecompressionBombError(f"{dataset.width} x {dataset.height} pixels")
+        colour = dataset.read(indexes=[1, 2, 3] if dataset.count >= 3 else [1]).astype(np.float32)  # (C, H, W)
     scaled = _stretched(colour)
     image = Image.fromarray(np.ascontiguousarray(scaled.transpose(1, 2, 0)) if len(scaled) == 3 else scaled[0])
-    if opened.info.get("exif"):
-        image.info["exif"] = opened.info["exif"]
+    if exif:
+        image.info["exif"] = exif
     return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _is_tiff(data: bytes) -> bool:
+    return data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and big TIFF, both byte orders
 
 
 def decode_bytes(data: bytes, *, name: str = "image") -> Image.Image:
@@ -163,17 +170,32 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
                 if at_least:
                     opened.draft(opened.mode, (at_least, at_least))  # no-op for other formats and small JPEGs
                 if wide:
-                    return _stretched_wide(data, opened), ((height, width) if turned else (width, height))
+                    picture = _by_gdal(data, exif=opened.info.get("exif"))
+                    return picture, ((height, width) if turned else (width, height))
                 upright = ImageOps.exif_transpose(opened)
                 upright.load()
                 return to_rgb(upright), ((height, width) if turned else (width, height))
     except Image.DecompressionBombError as error:
         raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
     except UnidentifiedImageError as error:
+        if _is_tiff(data):  # a TIFF of a kind Pillow does not read (16-bit or float colour): GDAL reads most
+            return _tiff_by_gdal(data, name=name)
         raise UnreadableImage(f"{name}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "
                               "GIF)") from error
     except Exception as error:  # Pillow raises many types for broken files
         raise UnreadableImage(f"{name}: damaged or unsupported image data ({_plain(error)})") from error
+
+
+def _tiff_by_gdal(data: bytes, *, name: str):
+    """decode_for_model's answer for a TIFF only GDAL reads, or UnreadableImage saying why neither does."""
+    try:
+        image = _by_gdal(data)
+    except Image.DecompressionBombError as error:
+        raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
+    except Exception as error:  # rasterio raises several types for what it cannot read
+        reason = re.sub(r"'?/vsimem/\S*\s*", "", _plain(error)).strip()  # GDAL names its in-memory copy
+        raise UnreadableImage(f"{name}: a TIFF neither Pillow nor GDAL reads ({reason})") from error
+    return image, image.size
 
 
 def _plain(error: Exception) -> str:
@@ -189,9 +211,36 @@ def upright_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             turned = _quarter_turned(image)
     except Exception as error:  # Pillow raises many types for broken files
-        raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "
-                              "GIF)") from error
+        size = _tiff_size(path)
+        if size is None:
+            raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "
+                                  "GIF)") from error
+        return size
     return (height, width) if turned else (width, height)
+
+
+def _tiff_size(source) -> tuple[int, int] | None:
+    """(width, height) of a TIFF that only GDAL reads (decode_for_model reads it so), else None. `source`: a path
+    or a file-like object."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    try:
+        in_memory = hasattr(source, "getvalue")
+        if in_memory:
+            head = source.getvalue()[:4]
+        else:
+            with open(source, "rb") as file:
+                head = file.read(4)
+        if not _is_tiff(head):
+            return None
+        with warnings.catch_warnings(), rasterio.Env(), contextlib.ExitStack() as stack:
+            warnings.simplefilter("ignore")  # not georeferenced: a plain picture
+            dataset = stack.enter_context(stack.enter_context(MemoryFile(source.getvalue())).open() if in_memory
+                                          else rasterio.open(source))
+            return dataset.width, dataset.height
+    except Exception:  # unreadable by GDAL too (or by the system): not a picture lookalike reads
+        return None
 
 
 def _quarter_turned(image: Image.Image) -> bool:

@@ -1,5 +1,6 @@
 """Pictures whose pixels are more than 8 bits or not upright as stored: decoded the same from a file, from bytes
-and from a PIL image handed to the Python API."""
+and from a PIL image handed to the Python API; TIFFs that Pillow cannot read, read by GDAL."""
+import io
 import warnings
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 
 from indexer import api
-from indexer.images import decode_for_model, load_image
+from indexer.errors import UnreadableImage
+from indexer.images import decode_for_model, load_image, upright_size
 
 
 def _write_png16(path, bands):
@@ -52,6 +54,42 @@ def test_16_bit_colour_png_keeps_its_size_and_reads_the_same_from_bytes(tmp_path
     picture, size = decode_for_model(path.read_bytes(), name="wide.png")
     assert size == (96, 64) and picture.size == (96, 64) and picture.mode == "RGB"
     assert np.array_equal(np.asarray(picture), np.asarray(load_image(path)))
+
+
+def _write_tiff(path, bands):
+    """bands (C, H, W) as a plain TIFF, no georeferencing (Pillow cannot read 16-bit or float colour ones)."""
+    count, height, width = bands.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count,
+                           dtype=bands.dtype.name) as dataset:
+            dataset.write(bands)
+    return path
+
+
+@pytest.mark.parametrize("count, dtype", [(3, "uint16"), (4, "uint16"), (3, "float32"), (5, "int16")])
+def test_a_tiff_pillow_cannot_read_is_read_by_gdal_and_stretched(tmp_path, count, dtype):
+    bands = (_reflectance(count).astype(np.float32) - (1000 if dtype == "int16" else 0)).astype(dtype)
+    path = _write_tiff(tmp_path / "wide.tif", bands)
+    with pytest.raises(Exception):
+        Image.open(path).load()  # Pillow's own answer: not an image it reads
+
+    picture = np.asarray(load_image(path)).astype(np.float32)
+
+    colour = bands[:3].astype(np.float32)  # the first three bands, as for a 4-band RGB+NIR export
+    expected = ((colour - colour.min()) / (colour.max() - colour.min()) * 255.0).transpose(1, 2, 0)
+    assert np.abs(picture - expected).max() <= 1.0
+    assert upright_size(path) == (96, 64) and upright_size(io.BytesIO(path.read_bytes())) == (96, 64)
+
+
+def test_a_tiff_gdal_cannot_read_either_fails_in_one_line(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00" + bytes(60))  # a TIFF's first bytes, nothing after
+    with pytest.raises(UnreadableImage, match=r"broken.tif: a TIFF neither Pillow nor GDAL reads") as raised:
+        load_image(path)
+    assert "vsimem" not in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(UnreadableImage, match="not an image format lookalike reads"):
+        upright_size(path)
 
 
 def _grey16(path):
