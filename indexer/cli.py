@@ -263,13 +263,16 @@ def _print_summary(summary: dict, store_dir) -> None:
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
 @click.option("--keep-previous/--discard-previous", default=True, show_default=True,
               help="Keep the replaced store as DIR.previous (until the next rebuild).")
+@click.option("--allow-shrink", is_flag=True,
+              help="Swap in a rebuilt store with under half the live store's images (refused otherwise: its "
+                   "sources may be unmounted).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar on stderr while embedding.")
 @ray_options
 @json_option
 @friendly_errors
 def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers, keep_previous,
-            progress, ray_address, shard_dir, shard_rows, ray_actors, as_json):
+            allow_shrink, progress, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Re-embed a store's whole collection into a new store beside it and swap it in when complete.
 
     The sources and chip options are those the store's runs recorded. The page and `lookalike search` keep
@@ -305,7 +308,8 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
                        rows_per_shard=shard_rows, actors=ray_actors)
     else:
         options.update(workers=workers)
-    summary = rebuild_store(store_dir, embedder=embedder, keep_previous=keep_previous, **options)
+    summary = rebuild_store(store_dir, embedder=embedder, keep_previous=keep_previous, allow_shrink=allow_shrink,
+                            **options)
     if as_json:
         click.echo(json.dumps(summary))
         return

@@ -42,23 +42,29 @@ def recorded_collection(store_dir) -> tuple[dict, list[str], ChipOptions]:
     return provenance, present, ChipOptions.from_record(last_chip_options(runs))
 
 
-def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, index=None, **index_options) -> dict:
+SHRINK_LIMIT = 0.5  # a rebuilt store with under half the live store's images is not swapped in unasked
+
+
+def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, index=None, allow_shrink: bool = False,
+                  **index_options) -> dict:
     """Build the whole collection into DIR.rebuilding with `embedder`, then swap it in; returns the run summary.
 
     `index` is the indexing function (`index_collection` by default, or a Ray one with the same signature).
+    A rebuilt store holding under SHRINK_LIMIT of the live store's images (its sources unmounted or emptied:
+    each file simply gone) is left in DIR.rebuilding, not swapped in, unless `allow_shrink`.
     """
     store_dir = Path(os.path.abspath(store_dir))  # "." or "x/..": the staging folder is named after its name
     _, sources, chips = recorded_collection(store_dir)  # no store there: StoreNotFound, before anything is locked
     live_lock = acquire_write_lock(store_dir)  # an index run into DIR now would be lost at the swap: refuse it
     try:
         return _rebuild(store_dir, sources, chips, embedder=embedder, keep_previous=keep_previous, index=index,
-                        **index_options)
+                        allow_shrink=allow_shrink, **index_options)
     finally:
         release_write_lock(live_lock)
 
 
 def _rebuild(store_dir: Path, sources: list[str], chips: ChipOptions, *, embedder: Embedder, keep_previous: bool,
-             index, **index_options) -> dict:
+             index, allow_shrink: bool, **index_options) -> dict:
     staging_dir = staging_dir_for(store_dir)
     recorded = Store.peek_provenance(staging_dir) if staging_dir.exists() else None
     if recorded is not None and provenance_conflicts(recorded, embedder.provenance):
@@ -84,8 +90,14 @@ def _rebuild(store_dir: Path, sources: list[str], chips: ChipOptions, *, embedde
     staging = Store.open(staging_dir)
     try:
         staging.clear_id_hints()
+        rebuilt = staging.count_images()
     finally:
         staging.close()
+    if len(path_ids) and rebuilt < SHRINK_LIMIT * len(path_ids) and not allow_shrink:
+        raise IndexerError(
+            f"the rebuilt store holds {rebuilt:,} images against the live store's {len(path_ids):,}: not swapped "
+            f"in (are the sources there? {', '.join(sources)}). The live store is untouched and the rebuild waits "
+            f"in {staging_dir}: run it again once they are, or with --allow-shrink to swap in the smaller store")
     previous = swap_in(store_dir, staging_dir, keep_previous=keep_previous)
     log.info("rebuilt store swapped in at %s (previous: %s)", store_dir, previous)
     return dict(summary, store=str(store_dir), previous=str(previous) if previous else None, sources=sources)

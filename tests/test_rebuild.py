@@ -324,3 +324,29 @@ def test_a_resumed_rebuild_keeps_the_ids_the_live_store_gave_since(embedder, tmp
     for image_id in before.values():
         assert store.search(store.vector(image_id), k=1)[0]["id"] == image_id
     store.close()
+
+
+def test_a_rebuild_whose_sources_are_away_is_not_swapped_in(model_dir, tmp_path):
+    """An unmounted share leaves an empty mount point: every file seems gone. Swapped in, the store would be
+    empty, and a second rebuild would replace DIR.previous, the last copy of the vectors, with it."""
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    chips = copy_chips(tmp_path / "chips", 6)
+    store_dir = tmp_path / "live"
+    run = ["--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--workers", "0", "--no-progress"]
+    assert CliRunner().invoke(cli, ["index", str(chips), "--store", str(store_dir), *run]).exit_code == 0
+    chips.rename(tmp_path / "away")
+    chips.mkdir()  # the mount point, left empty
+    before = fingerprint_of(store_dir), file_digests(store_dir)
+
+    refused = CliRunner().invoke(cli, ["rebuild", "--store", str(store_dir), *run])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "holds 0 images against the live store's 6: not swapped in" in refused.stderr
+    assert (fingerprint_of(store_dir), file_digests(store_dir)) == before
+    assert not store_dir.with_name("live.previous").exists()
+
+    allowed = CliRunner().invoke(cli, ["rebuild", "--store", str(store_dir), "--allow-shrink", *run])
+    assert allowed.exit_code == 0, allowed.output
+    assert store_dir.with_name("live.previous").is_dir()
