@@ -625,3 +625,23 @@ def test_every_option_has_help_and_is_in_the_readme():
             assert param.help, f"{name} {param.opts[0]} has no help"
             spellings = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
             assert not spellings or any(s in readme for s in spellings), f"{name} {spellings} not in README.md"
+
+
+def test_random_model_never_writes_over_a_real_model(tmp_path):
+    """Pointed at a downloaded model by mistake, random-model refuses; over its own earlier output it writes."""
+    real = tmp_path / "dinov3-vit7b16-pretrain-sat493m-fp16"
+    real.mkdir()
+    files = {"model-00001-of-00002.safetensors": "weights", "model-00002-of-00002.safetensors": "weights",
+             "model.safetensors.index.json": "{}", "config.json": '{"model_type": "dinov3_vit"}'}
+    for name, text in files.items():
+        (real / name).write_text(text)
+    refused = invoke("random-model", real)
+    assert_one_line_error(refused, "already holds files")
+    assert {path.name: path.read_text() for path in real.iterdir()} == files
+
+    made = tmp_path / "tiny"
+    assert invoke("random-model", made).exit_code == 0
+    again = invoke("random-model", made, "--seed", "1")  # its own: written over
+    assert again.exit_code == 0, again.output
+    (made / "notes.txt").write_text("mine")
+    assert_one_line_error(invoke("random-model", made), "already holds files")
