@@ -2,6 +2,7 @@
 import functools
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -29,12 +30,24 @@ def friendly_errors(command):
             except (OSError, ValueError):  # no real stdout (a test runner's)
                 pass
             sys.exit(1)
+        except sqlite3.DatabaseError as error:  # found while reading: opening checks only the catalogue's header
+            logging.getLogger(__name__).debug("the traceback", exc_info=True)
+            raise click.ClickException(_catalogue_trouble(error, kwargs.get("store_dir"))) from error
         except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
             logging.getLogger(__name__).debug("the traceback", exc_info=True)
             where = f": {error.filename}" if error.filename else ""
             raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
 
     return wrapper
+
+
+def _catalogue_trouble(error: Exception, store_dir) -> str:
+    """One sentence for an SQLite error met mid-command: a damaged catalogue, or another (a busy or full disk)."""
+    where = f"the catalogue of the store at {store_dir}" if store_dir else "a store's catalogue"
+    if isinstance(error, sqlite3.OperationalError) and "malformed" not in str(error):
+        return f"{where} could not be read or written ({error}); -vv shows where it happened"
+    return (f"{where} is damaged ({error}): restore catalogue.db from a backup, or index the collection into a "
+            "new store (lookalike index SOURCES --store NEW_DIR)")
 
 
 store_option = click.option(

@@ -645,3 +645,27 @@ def test_random_model_never_writes_over_a_real_model(tmp_path):
     assert again.exit_code == 0, again.output
     (made / "notes.txt").write_text("mine")
     assert_one_line_error(invoke("random-model", made), "already holds files")
+
+
+def test_a_catalogue_damaged_inside_is_one_line_from_every_command(built, tmp_path):
+    """Opening reads only the catalogue's header: a page damaged further in (a bad disk, a copy cut short) is met
+    mid-command, and must still end in one sentence saying what to do, not an SQLite traceback."""
+    import shutil
+    import sqlite3
+
+    _, _, store_dir, _ = built
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store_dir, damaged)
+    with sqlite3.connect(damaged / "catalogue.db") as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [row[0] for row in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'vectors' AND pagetype = 'leaf' ORDER BY pageno")]
+    with open(damaged / "catalogue.db", "r+b") as file:
+        file.seek((leaves[0] - 1) * page_size)
+        file.write(bytes(range(256)) * (page_size // 256))  # a page of nonsense where vectors were
+    (damaged / "index.faiss").unlink()  # so that opening the index reads every vector
+
+    for command in (["info"], ["search", "--id", "1"], ["export", tmp_path / "out"]):
+        result = invoke(*command, "--store", damaged)
+        assert_one_line_error(result, f"the catalogue of the store at {damaged} is damaged", "restore catalogue.db")
