@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -254,6 +255,9 @@ READ_ERROR = "cannot be read"
 HEAD_BYTES = 64 * 1024  # the first bytes of a file, hashed to tell files of one size apart cheaply
 
 
+NOT_A_FILE_REASON = "not a regular file (a pipe, socket or device named like an image): not read"
+
+
 def read_error(error: OSError) -> str:
     return f"{READ_ERROR} ({error.strerror or error})"
 
@@ -261,6 +265,8 @@ def read_error(error: OSError) -> str:
 def load_image(path: Path, *, at_least: int | None = None) -> Image.Image:
     """The file decoded upright in RGB; `at_least` as decode_for_model's (a large JPEG at a reduced scale)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block here for good
+            raise UnreadableImage(f"{path}: {NOT_A_FILE_REASON}")
         data = Path(path).read_bytes()
     except OSError as error:
         raise UnreadableImage(f"{path}: {read_error(error)}") from error

@@ -3,6 +3,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat as stat_module
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,8 @@ from store.swap import recorded_runs
 from . import scenes
 from .chip_records import chip_record
 from .errors import IndexerError
-from .images import (IMAGE_SUFFIXES, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR, OutsideLink, file_digests,
-                     file_sha256, read_error, upright_size)
+from .images import (IMAGE_SUFFIXES, NOT_A_FILE_REASON, OUTSIDE_LINK_REASON, RASTER_SUFFIXES, READ_ERROR,
+                     OutsideLink, file_digests, file_sha256, read_error, upright_size)
 from .moves import READING_FIELDS, Moves
 from .scenes import Scene
 from .scene_copies import SceneTwins
@@ -160,6 +161,9 @@ class _Planner:
             stat = path.stat()
         except OSError as error:
             self.unreadable(key, read_error(error))
+            return
+        if not stat_module.S_ISREG(stat.st_mode):  # a pipe would block the run for good on its first read
+            self.unreadable(key, NOT_A_FILE_REASON)
             return
         self._place(path, key, stat)
 

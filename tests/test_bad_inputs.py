@@ -133,6 +133,12 @@ def make_dangling_symlink(root):
     return Made(link.absolute())
 
 
+def make_fifo(root):
+    path = root / "pipe.jpg"
+    os.mkfifo(path)  # opened for reading, it waits for a writer that never comes
+    return Made(path.absolute())
+
+
 def make_unreadable(root):
     path = _write(root / "no-permission.jpg", _encode(_rgb(seed=5), "JPEG")).path
     path.chmod(0)
@@ -350,6 +356,7 @@ KINDS = [
     Kind("directory symlink cycle", make_directory_cycle, INDEXED),
     Kind("dangling symlink", make_dangling_symlink, FAILED, "cannot be read"),
     Kind("unreadable permissions", make_unreadable, FAILED, "cannot be read"),
+    Kind("named pipe named .jpg", make_fifo, FAILED, "not a regular file"),
     Kind("deleted between scan and read", make_deleted_after_scan, FAILED, "cannot be read"),
     Kind("changed during the run", make_changed_during_run, INDEXED),
     Kind("decompression bomb", make_decompression_bomb, FAILED,
@@ -619,3 +626,28 @@ def test_cli_indexes_the_corpus_and_exits_0(tmp_path, model_dir, store_opener):
     deleted = corpus.made["deleted between scan and read"].path
     assert str(deleted) not in corpus.store.failures_by_path()  # its file is gone: so is its failure
 
+
+def test_a_pipe_as_a_query_is_refused_at_once(tmp_path):
+    """load_image (search, search --each, the API) must not wait on a pipe for a writer that never comes."""
+    import threading
+
+    from indexer.errors import UnreadableImage
+    from indexer.images import load_image
+
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    outcome = []
+
+    def read():
+        try:
+            load_image(path)
+        except UnreadableImage as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let the blocked open go, so that the test run can end
+        with open(path, "wb"):
+            pass
+    assert outcome and "not a regular file" in outcome[0]
