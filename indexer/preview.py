@@ -3,7 +3,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from store import Store
+from store import EmptyCatalogue, Store
 from store import catalogue
 from store.catalogue import CATALOGUE_NAME
 
@@ -27,7 +27,7 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     on the ground, its pixels the same: they keep their ids and vectors and take their new footprints."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
-    exists = (store_dir / CATALOGUE_NAME).is_file()
+    exists = _is_store(store_dir)
     indexed = _count_images(store_dir) if exists else 0
     with _planning_store(store_dir if exists and not rebuild else None) as store:
         plan = plan_run(paths, store, chips=chips, write=False, retry_failed=retry_failed)
@@ -43,6 +43,14 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
             "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
             "failing": len(plan.failures),
             "failures": [{"path": path, "reason": reason} for path, reason, *_ in plan.failures[:SHOWN_FAILURES]]}
+
+
+def _is_store(store_dir: Path) -> bool:
+    """A catalogue is there, and not an empty database (where the run would start a store, as in a new folder)."""
+    try:
+        return (store_dir / CATALOGUE_NAME).is_file() and _count_images(store_dir) >= 0
+    except EmptyCatalogue:
+        return False
 
 
 def _count_images(store_dir: Path) -> int:

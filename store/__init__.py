@@ -1,5 +1,5 @@
 """Everything persistent: the SQLite catalogue, the vectors, the FAISS index, provenance."""
-from .errors import ProvenanceMismatch, StoreBusy, StoreError, StoreNotFound, UnknownImage
+from .errors import EmptyCatalogue, ProvenanceMismatch, StoreBusy, StoreError, StoreNotFound, UnknownImage
 from .store import PCA, Store
 
-__all__ = ["PCA", "ProvenanceMismatch", "Store", "StoreBusy", "StoreError", "StoreNotFound", "UnknownImage"]
+__all__ = ["EmptyCatalogue", "PCA", "ProvenanceMismatch", "Store", "StoreBusy", "StoreError", "StoreNotFound", "UnknownImage"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .errors import StoreError
+from .errors import EmptyCatalogue, StoreError
 
 SCHEMA_VERSION = 2  # 2: chips of scenes (images.scene, window, geo)
 CATALOGUE_NAME = "catalogue.db"
@@ -163,10 +163,11 @@ def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, read
     version = get_meta(db, "schema_version") if "meta" in tables else None
     if version is not None or (not reading and tables <= _OURS):
         return
-    what = "an empty database" if not tables else "another program's database"
-    raise StoreError(f"{catalogue_path} is {what}, not a lookalike catalogue; "
-                     + ("index into the folder to make a store" if reading and not tables
-                        else "use a folder of its own for --store"))
+    if not tables:
+        raise EmptyCatalogue(f"{catalogue_path} is an empty database, not a lookalike catalogue; index into the "
+                             "folder to make a store")
+    raise StoreError(f"{catalogue_path} is another program's database, not a lookalike catalogue; use a folder of "
+                     "its own for --store")
 
 
 def _make_schema(db: sqlite_utils.Database) -> None:

@@ -9,6 +9,10 @@ class StoreNotFound(StoreError):
     """The store directory or its catalogue does not exist."""
 
 
+class EmptyCatalogue(StoreNotFound):
+    """The catalogue file is an empty database: no store yet, one that `index` may start there."""
+
+
 class ProvenanceMismatch(StoreError):
     """Vectors made one way would be mixed with vectors made another way."""
 

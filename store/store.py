@@ -8,7 +8,7 @@ import numpy as np
 
 from . import catalogue
 from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
-from .errors import ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
+from .errors import EmptyCatalogue, ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
 from .indexing import INDEX_NAME, INDEX_STATE, IndexedStore
 from .lock import acquire_write_lock, release_write_lock
 from .scene_records import SceneRecords
@@ -110,7 +110,10 @@ class Store(IndexedStore, SceneRecords):
         catalogue_path = Path(store_dir) / CATALOGUE_NAME
         if not catalogue_path.is_file():
             return None
-        store = Store.open(store_dir)
+        try:
+            store = Store.open(store_dir)
+        except EmptyCatalogue:  # an empty database: no store yet, one index may start there
+            return None
         try:
             return store.provenance
         finally:

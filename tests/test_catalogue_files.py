@@ -60,6 +60,27 @@ def test_an_empty_catalogue_is_no_store_to_read_but_can_be_indexed_into(tmp_path
     assert index([chips_dir], store_dir)["indexed"] == len(chip_paths)
 
 
+def test_the_cli_indexes_into_an_empty_catalogue_as_into_a_new_folder(tmp_path, chips_dir, chip_paths, model_dir):
+    """As the refusal's own advice says: the CLI's checks before the model loads took it for a store to read."""
+    import sqlite3
+
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    (store_dir / "catalogue.db").touch()
+    run = ["--model", model_dir, "--dtype", "float32", "--device", "cpu", "--workers", "0", "--no-progress"]
+    preview = invoke("index", chips_dir, "--store", store_dir, "--dry-run", "--json", *run)
+    assert preview.exit_code == 0, preview.output
+    assert json.loads(preview.stdout)["store_exists"] is False
+    done = invoke("index", chips_dir, "--store", store_dir, "--json", *run)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["indexed"] == len(chip_paths)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    sqlite3.connect(other / "catalogue.db").close()  # an SQLite file with no tables: empty too
+    assert invoke("index", chips_dir, "--store", other, *run).exit_code == 0
+
+
 def as_if_in_a_read_only_folder(monkeypatch):
     """SQLite's answers in a read-only folder (as on a read-only mount, seen there): a WAL catalogue cannot be
     opened to write, nor read-only while it would need its shared-memory file made; only as an unchanging file."""
