@@ -67,8 +67,10 @@ class IndexedStore:
         if recall is not None and not 0 < recall <= 1:
             raise StoreError(f"target recall {recall} must be above 0 and at most 1")
         settings = dict(self.index_settings(), **{k: v for k, v in wishes.items() if v is not None})
-        count = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        count = max(1, self.db.execute("SELECT count(*) FROM vectors").fetchone()[0])  # empty: as at its first
         plan = self.index_plan(count, settings=settings)  # an impossible budget or type is refused before it is kept
+        if wishes.get("memory_bytes") and settings.get("factory"):  # a named type overrides the budget's choice,
+            ann.plan_index(count, self.dim or 1, memory_bytes=settings["memory_bytes"])  # but nothing fitting: refused
         if plan.kind == "flat" and (wishes.get("params") or {}).get("nprobe"):
             raise StoreError(f"--nprobe: this store's index is exact ({plan.factory}, {count:,} vectors), with no "
                              "lists to probe; it applies to an inverted file (--index-type IVF..., or a tighter "

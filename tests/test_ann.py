@@ -439,3 +439,21 @@ def test_a_reindex_killed_as_it_writes_the_file_leaves_a_record_that_matches_it(
     assert store.index_state()["factory"] == before
     assert store.rebuild_reason() == "the index settings changed"
     store.close()
+
+
+def test_a_budget_nothing_fits_is_refused_before_it_is_kept_even_on_an_empty_store(tmp_path):
+    store = Store.create(tmp_path / "store", provenance=PROVENANCE)
+    with pytest.raises(StoreError, match="fits in"):
+        store.set_index_settings(memory_bytes=4)  # meant 4GB: no index of even one vector fits
+    assert store.index_settings() == {}
+    store.close()
+
+
+def test_a_budget_nothing_fits_is_refused_beside_a_named_type_too(big_store):
+    """A named type overrides the budget's choice (it may exceed it), but a budget that no index fits is kept
+    for later runs and `--index-type auto` only to fail them."""
+    with pytest.raises(StoreError, match="fits in"):
+        big_store.set_index_settings(factory="IVF16,SQfp16", memory_bytes=4)
+    assert "memory_bytes" not in big_store.index_settings() and "factory" not in big_store.index_settings()
+    settings = big_store.set_index_settings(factory="IVF16,SQfp16", memory_bytes=150_000)  # the type is over it
+    assert (settings["factory"], settings["memory_bytes"]) == ("IVF16,SQfp16", 150_000)
