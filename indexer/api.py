@@ -1,5 +1,8 @@
 """The Python API for notebooks: open a store, load its model, embed an image, search."""
+import hashlib
 import io
+import json
+import os
 from dataclasses import replace
 from numbers import Integral
 from pathlib import Path
@@ -104,14 +107,16 @@ def load_query_image(source, *, name: str | None = None, read_options: dict | No
                      crop: tuple | None = None, at_least: int | None = None) -> Image.Image:
     """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is
     read whole as a scene, with its mask and `read_options` (a store's `scene_read_options`: the bands and
-    stretch its chips were read with); anything else is decoded by Pillow. `source`: a path, or an upload's
-    bytes and `name`. `crop` (col, row, width, height) in the file's pixels (a plain image's upright after
-    EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long side). Without
-    a crop, `at_least` (store_draft_side's) decodes a large JPEG at the reduced scale `index` decodes it to:
-    a search by an indexed file then embeds the very pixels its stored vector came from, and decodes faster."""
+    stretch its chips were read with, an indexed scene's own); anything else is decoded by Pillow. `source`: a
+    path, or an upload's bytes and `name`. `crop` (col, row, width, height) in the file's pixels (a plain image's
+    upright after EXIF) takes that part of it, read at full resolution (a scene's up to 2,048 px on its long
+    side). Without a crop, `at_least` (store_draft_side's) decodes a large JPEG at the reduced scale `index`
+    decodes it to: a search by an indexed file then embeds the very pixels its stored vector came from, and
+    decodes faster."""
     scene, name = _as_scene(source, name)
     if scene is not None:
-        return scene_image(scene, **dict(read_options or {}, **({"window": tuple(crop)} if crop else {})))
+        options = _options_for(source, read_options or {})
+        return scene_image(scene, **dict(options, **({"window": tuple(crop)} if crop else {})))
     at_least = None if crop else at_least  # a crop counts the file's own pixels
     if isinstance(source, (bytes, bytearray)):
         image = decode_for_model(bytes(source), name=name, at_least=at_least)[0]
@@ -157,10 +162,33 @@ def _cropped(image: Image.Image, crop, name: str) -> Image.Image:
 
 
 def scene_read_options(store: Store) -> dict:
-    """The --bands and --stretch of the store's last run that cut scenes (defaults when none did)."""
-    chips = last_chip_options(recorded_runs(store))
+    """How load_query_image reads a scene as `index` read the store's: the --bands and --stretch of the store's
+    last run that cut scenes (defaults when none did); and, under "by_path" and "by_sha256", those each indexed
+    scene was cut with, which a query by that scene (or an upload of its bytes) takes instead: runs may differ."""
+    by_path, by_sha256 = {}, {}
+    for path, record in store.scenes_by_path().items():
+        if record["options"] and record["georeferenced"] is not False:  # a plain image is never read as a scene
+            by_path[path] = _read_options(json.loads(record["options"]))
+            if record["sha256"]:
+                by_sha256[record["sha256"]] = by_path[path]
+    return dict(_read_options(last_chip_options(recorded_runs(store))), by_path=by_path, by_sha256=by_sha256)
+
+
+def _read_options(chips: dict) -> dict:
+    """scene_image's bands and stretch from recorded chip options."""
     return {"bands": tuple(chips["bands"]) if chips.get("bands") else None,
             "stretch": tuple(chips.get("stretch") or (2, 98))}
+
+
+def _options_for(source, read_options: dict) -> dict:
+    """scene_image's bands and stretch for `source` (a path, or an upload's bytes): an indexed scene's own (its path
+    as `index` records one: absolute, links kept), else the store's last run's."""
+    by_path, by_sha256 = read_options.get("by_path") or {}, read_options.get("by_sha256") or {}
+    if isinstance(source, (bytes, bytearray)):
+        own = by_sha256.get(hashlib.sha256(source).hexdigest()) if by_sha256 else None
+    else:
+        own = by_path.get(os.path.abspath(source))
+    return own or {name: value for name, value in read_options.items() if name in ("bands", "stretch")}
 
 
 def embed_image(image, embedder) -> Embedding:

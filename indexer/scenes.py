@@ -17,6 +17,8 @@ one window per chip. Decisions a caller should know:
 - Chips shift inward at the edges: the last chip of a row or column starts at width - chip_size, so
   every chip is full-size and inside the scene (no padding); a scene smaller than the chip in one
   dimension gives one window of the scene's size in that dimension.
+- Place: a chip (or scene) whose outline does not project to WGS84 (a geostationary full disk's corners lie in
+  space) has no footprint, centroid or WGS84 bounds, as one not georeferenced has none.
 - Date: see `scene_date`. A bare year (landsat/1985.tif) gives 'YYYY' (ISO 8601 reduced precision),
   never an invented day.
 """
@@ -109,11 +111,21 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
         stretch=None,
         date=scene_date(dataset.name, dataset.tags(), dataset.tags(ns="IMAGERY")),
         bounds=bounds,
-        wgs84_bounds=tuple(transform_bounds(crs, WGS84, *bounds, densify_pts=21)) if crs else None,
+        wgs84_bounds=_wgs84_bounds(crs, bounds) if crs else None,
     )
     if np.dtype(scene.dtype) != np.uint8:
         scene = dataclasses.replace(scene, stretch=_percentiles(dataset, scene, stretch))
     return scene
+
+
+def _wgs84_bounds(crs: str, bounds: tuple) -> tuple | None:
+    """The scene's WGS84 bounds, or None where its outline does not project (a geostationary full disk's corners
+    lie in space): no place at all, rather than infinities that no JSON may hold."""
+    try:
+        projected = tuple(float(v) for v in transform_bounds(crs, WGS84, *bounds, densify_pts=21))
+    except Exception:  # GDAL's CPLE errors are no RasterioError, and rasterio keeps them private
+        return None
+    return projected if all(math.isfinite(v) for v in projected) else None
 
 
 def open_dataset(path):
@@ -144,13 +156,17 @@ def is_georeferenced(path) -> bool:
 
 
 def native_gsd(scene: Scene) -> float | None:
-    """Metres per pixel (x) for a scene in a projected CRS, else None (degrees say nothing of metres)."""
+    """Metres per pixel along a row (x) for a scene in a projected CRS, else None (degrees say nothing of metres).
+
+    A pixel's step along a row is the geotransform's (a, d): a grid rotated on the ground (b and d not 0) has
+    pixels hypot(a, d) wide, not |a|."""
     if not scene.crs:
         return None
     crs = CRS.from_user_input(scene.crs)
     if not crs.is_projected:
         return None
-    return abs(scene.transform[0]) * crs.linear_units_factor[1]
+    a, _, _, d, _, _ = scene.transform
+    return math.hypot(a, d) * crs.linear_units_factor[1]
 
 
 def load_chip_image(scene_path, window, geo: dict):
@@ -252,24 +268,31 @@ def _read(dataset, bands, **read_args) -> np.ndarray:
 
 
 # -- dates ---------------------------------------------------------------------------------------
-_FULL_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?!\d)")
+# A date alone in its run of digits, or run on into a valid hhmmss (Capella's ..._20210301101500_...): a longer
+# run is some other number
+_FULL_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?:(?:[01]\d|2[0-3])[0-5]\d[0-5]\d)?(?!\d)")
 _BARE_YEAR = re.compile(r"(19|20)\d{2}")
 
 
 def scene_date(path, tags: dict, imagery_tags: dict | None = None) -> str | None:
-    """Acquisition date, first found of: GDAL's IMAGERY ACQUISITIONDATETIME; a YYYYMMDD or YYYY-MM-DD
-    in the file name (NAIP's m_..._20090818.tif; the first one, which is acquisition in Landsat product
-    ids); TIFFTAG_DATETIME (often the processing date, hence after the name); a file stem that is only a
-    year (1985.tif → '1985')."""
-    for text in ((imagery_tags or {}).get("ACQUISITIONDATETIME"), Path(str(path)).name,
-                 (tags.get("TIFFTAG_DATETIME") or "").replace(":", "-", 2)):
-        for match in _FULL_DATE.finditer(text or ""):
-            try:
-                return date(*(int(part) for part in match.groups())).isoformat()
-            except ValueError:
-                continue
-    stem = Path(str(path)).stem
-    return stem if _BARE_YEAR.fullmatch(stem) else None
+    """Acquisition date, first found of: GDAL's IMAGERY ACQUISITIONDATETIME; a YYYYMMDD (or YYYYMMDDhhmmss) or
+    YYYY-MM-DD in the file name (NAIP's m_..._20090818.tif; the first one, which is acquisition in Landsat product
+    ids); a file stem that is only a year (1985.tif → '1985'); TIFFTAG_DATETIME (often the processing date, hence
+    after the name)."""
+    name, stem = Path(str(path)).name, Path(str(path)).stem
+    found = _first_date((imagery_tags or {}).get("ACQUISITIONDATETIME")) or _first_date(name)
+    if found or _BARE_YEAR.fullmatch(stem):
+        return found or stem
+    return _first_date((tags.get("TIFFTAG_DATETIME") or "").replace(":", "-", 2))
+
+
+def _first_date(text: str | None) -> str | None:
+    for match in _FULL_DATE.finditer(text or ""):
+        try:
+            return date(*(int(part) for part in match.groups())).isoformat()
+        except ValueError:
+            continue
+    return None
 
 
 # -- chips ---------------------------------------------------------------------------------------
@@ -386,8 +409,11 @@ def chip_geometry(scene: Scene, window) -> dict:
 
 
 def _outline(crs, xs, ys) -> dict:
-    """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid."""
-    lons, lats = warp_transform(crs, WGS84, xs, ys)
+    """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid; both
+    None where a point does not project (off a geostationary disk), as for a chip with no place on the ground."""
+    lons, lats = _lon_lat(crs, xs, ys)
+    if lons is None:
+        return {"footprint": None, "centroid": None}
     # Longitudes from -180 to 180 (geographic data in 0..360 gives 200 for -160), made continuous from the first
     # corner to tell the ring's turn: a chip across the antimeridian would otherwise seem to circle the globe
     lons = [float(lons[0]) + (float(lon) - float(lons[0]) + 180) % 360 - 180 for lon in lons]
@@ -396,6 +422,18 @@ def _outline(crs, xs, ys) -> dict:
         ring.reverse()
     ring = [[_wrapped(lon), lat] for lon, lat in ring]
     return {"footprint": [ring + [ring[0]]], "centroid": [_wrapped(lons[4]), float(lats[4])]}
+
+
+def _lon_lat(crs, xs, ys) -> tuple:
+    """(lons, lats) of the points, or (None, None) unless every one is finite. PROJ answers a point outside its
+    projection's domain with inf, or GDAL raises (its CPLE errors are no RasterioError), as the CRS is told."""
+    try:
+        lons, lats = warp_transform(crs, WGS84, xs, ys)
+    except Exception:  # GDAL's CPLE errors are no RasterioError, and rasterio keeps them private
+        return None, None
+    if not all(math.isfinite(v) for v in (*lons, *lats)):
+        return None, None
+    return lons, lats
 
 
 def _wrapped(lon: float) -> float:

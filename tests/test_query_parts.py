@@ -276,3 +276,26 @@ def test_the_map_outlines_the_part_not_the_whole_chip(page, index, shared_data_d
     rows = json.loads(chart.proto.json)["layers"][0]["data"]
     (outline,) = [row for row in rows if row["label"] == "query"]
     assert np.allclose(outline["polygon"], quarter["footprint"][0], atol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning:rasterio")
+def test_a_part_of_an_indexed_scene_is_read_with_that_scenes_own_bands(index, shared_data_dir, store_dir, open_store,
+                                                                       embedder):
+    """Runs may read scenes differently: a query by an indexed scene (its path, or an upload of its bytes) takes
+    the bands its chips were cut with, not those of the store's last run."""
+    from indexer.pipeline import ChipOptions
+
+    landsat = shared_data_dir / "landsat" / "1985.tif"  # SWIR1, NIR, red, green: 3,2,1 is a true-colour view
+    index([landsat], store_dir, chips=ChipOptions(chip_size=256, bands=(3, 2, 1)))
+    index([shared_data_dir / "naip" / "m_4709963_se_14_1_20200831.tif"], store_dir, chips=ChipOptions(chip_size=256))
+    store = open_store(store_dir)
+    crop = (441, 121, 256, 256)  # a chip's own window
+    (hit,) = api.search_each(store, [landsat], k=1, embedder=embedder, crop=crop)
+    assert hit["results"][0]["path"] == f"{landsat}#441,121,256,256"
+    assert hit["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    options = api.scene_read_options(store)
+    assert options["bands"] is None  # the last run's, for any other file
+    by_path = api.load_query_image(landsat, read_options=options, crop=crop)
+    uploaded = api.load_query_image(landsat.read_bytes(), name=landsat.name, read_options=options, crop=crop)
+    assert np.array_equal(np.asarray(uploaded), np.asarray(by_path))
+    assert not np.array_equal(np.asarray(by_path), np.asarray(api.load_query_image(landsat, crop=crop)))

@@ -316,6 +316,12 @@ def test_date_from_the_tiff_tag(tmp_path):
     ("tile_2048.tif", {}, None),
     ("2001.tif", {}, "2001"),
     ("m_123456789012.tif", {}, None),  # digits inside a longer number are not a date
+    ("1990.tif", {"TIFFTAG_DATETIME": "2021:03:04 12:00:00"}, "1990"),  # the tag is often when it was processed
+    ("CAPELLA_C03_SM_GEO_HH_20210301101500_20210301101510.tif", {}, "2021-03-01"),  # YYYYMMDDhhmmss
+    ("S2A_MSIL1C_20200101T103431_N0208.tif", {}, "2020-01-01"),
+    ("id_20210301999999.tif", {}, None),  # no 99th hour: some other number
+    ("id_2021030110150012.tif", {}, None),  # longer than a date and a time
+    ("run_2024-01-02.tif", {"TIFFTAG_DATETIME": "2025:01:01 00:00:00"}, "2024-01-02"),
 ])
 def test_scene_date_rules(name, tags, expected):
     assert scene_date(name, tags) == expected

@@ -1,0 +1,87 @@
+"""Where scenes lie on the ground when projections misbehave: a geostationary disk's space, a rotated grid."""
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine, from_origin
+
+from indexer.pipeline import ChipOptions
+from indexer.scenes import chip_geometry, chip_windows, native_gsd, open_scene, part_geometry
+
+# rasterio 1.4 itself still multiplies Affine by tuples (windows.bounds, from_origin, a dataset's bounds, whose
+# warning names our line) under affine 3.
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
+GEOS = "+proj=geos +h=35785831 +lon_0=0 +a=6378169 +b=6356583.8 +sweep=y +units=m +no_defs"  # MSG SEVIRI
+DISK_HALF_WIDTH = 5570248.0  # metres from the sub-satellite point to the full-disk grid's edge
+
+
+def write_full_disk(path, size=256):
+    """A geostationary full disk, space (outside the earth's outline) as nodata 0, as SEVIRI's are delivered."""
+    pixels = np.random.default_rng(0).integers(1, 255, (3, size, size)).astype("uint8")
+    rows, cols = np.mgrid[0:size, 0:size]
+    pixels[:, np.hypot(cols - size / 2, rows - size / 2) > size / 2 * 0.98] = 0
+    step = 2 * DISK_HALF_WIDTH / size
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs=rasterio.crs.CRS.from_proj4(GEOS), nodata=0,
+                       transform=from_origin(-DISK_HALF_WIDTH, DISK_HALF_WIDTH, step, step)) as dst:
+        dst.write(pixels)
+    return path
+
+
+def test_chips_off_the_disk_have_no_place_and_nothing_infinite(tmp_path):
+    scene = open_scene(write_full_disk(tmp_path / "msg_20200101.tif"))
+    assert scene.wgs84_bounds is None  # the grid's corners are in space
+    geometries = {window: chip_geometry(scene, window) for window in chip_windows(256, 256, chip_size=64)}
+    corner, centre = geometries[(0, 0, 64, 64)], geometries[(64, 64, 64, 64)]
+    assert corner["footprint"] is None and corner["centroid"] is None
+    assert all(math.isfinite(v) for v in corner["bounds"])  # in the scene's own CRS it still has its window
+    assert len(centre["footprint"][0]) == 5 and -60 < centre["centroid"][0] < 0 < centre["centroid"][1] < 60
+    json.dumps([scene.as_record(), *geometries.values()], allow_nan=False)  # SQLite's JSON has no NaN or Infinity
+
+
+def test_a_part_of_a_chip_off_the_disk_has_no_place(tmp_path):
+    """Told in PROJ's own words the geostationary CRS makes GDAL raise for points in space, not answer inf."""
+    bounds = [-DISK_HALF_WIDTH, 0.7 * DISK_HALF_WIDTH, -0.7 * DISK_HALF_WIDTH, DISK_HALF_WIDTH]
+    for crs in (GEOS, open_scene(write_full_disk(tmp_path / "disk.tif")).crs):
+        part = part_geometry({"bounds": bounds, "crs": crs}, (0, 0, 32, 32), (64, 64))
+        assert part == {"footprint": None, "centroid": None, "wgs84_bounds": None}
+
+
+def test_a_full_disk_scene_is_indexed_beside_other_scenes(index, tmp_path, shared_data_dir, open_store):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_full_disk(folder / "msg_20200101.tif")
+    naip = shared_data_dir / "naip" / "m_4709963_se_14_1_20200831.tif"
+    summary = index([folder, naip], tmp_path / "s", chips=ChipOptions(chip_size=64, min_valid=0))
+    assert summary["failed"] == 0 and summary["scenes"] == 2
+    store = open_store(tmp_path / "s")
+    geos = {path: json.loads(store.image(row["id"])["geo"]) for path, row in store.images_by_path().items()}
+    disk = {path: geo for path, geo in geos.items() if "msg_" in path}
+    assert len(disk) == 16 and len(geos) > 16  # every window of the disk, and NAIP's chips with them
+    placeless = [geo for geo in disk.values() if geo["footprint"] is None]
+    assert placeless and all(geo["wgs84_bounds"] is None and geo["centroid"] is None for geo in placeless)
+    assert any("msg_" in chip["path"] for chip in store.chips_at(0.0, 0.0))  # the sub-satellite point
+
+
+def write_rotated(path, degrees=30.0, pixel=10.0, size=300):
+    """A 10 m grid in UTM 33N turned `degrees` on the ground (a rotated geotransform)."""
+    turn = math.radians(degrees)
+    transform = Affine(pixel * math.cos(turn), -pixel * math.sin(turn), 500000,
+                       -pixel * math.sin(turn), -pixel * math.cos(turn), 5000000)
+    pixels = np.random.default_rng(2).integers(0, 255, (3, size, size)).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(pixels)
+    return path
+
+
+def test_a_rotated_grid_has_its_pixels_true_size(index, tmp_path, open_store):
+    scene = write_rotated(tmp_path / "rot_20200102.tif")
+    assert native_gsd(open_scene(scene)) == pytest.approx(10.0)
+    index([scene], tmp_path / "s", chips=ChipOptions(chip_size=100, gsd=10.0))
+    store = open_store(tmp_path / "s")
+    rows = [store.image(row["id"]) for row in store.images_by_path().values()]
+    assert {(row["width"], row["height"]) for row in rows} == {(100, 100)} and len(rows) == 9
