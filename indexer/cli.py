@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import (device_option, dtype_option, friendly_errors, index_memory_option, json_option, memory_bytes,
-                         parse_numbers, store_option, target_recall_option)
+from .cli_common import (device_option, dtype_option, finite_number, friendly_errors, index_memory_option, json_option,
+                         memory_bytes, parse_numbers, store_option, target_recall_option)
 from .cli_neardup import near_duplicates
 from .cli_search import search
 from .cli_serve import serve
@@ -118,12 +118,14 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--overlap", type=click.IntRange(0, 99999), default=0, show_default=True,
               help="Pixels shared by neighbouring chips.")
 @click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              callback=finite_number,
               help="Skip chips with less than this share of valid (not nodata, not transparent) pixels.")
 @click.option("--bands", default=None,
               help="Scene bands to use as red,green,blue, e.g. 3,2,1 [default: declared RGB, else 1,2,3].")
 @click.option("--stretch", default="2,98", show_default=True,
               help="Low,high percentiles that map non-8-bit scenes to 0-255.")
 @click.option("--gsd", type=click.FloatRange(min=0, min_open=True), default=None,
+              callback=finite_number,
               help="Metres per pixel wanted (the backbone was trained on 0.6 m): a chip then covers chip-size x "
                    "gsd metres and is resampled to --resolution. Needs a projected CRS in metres.")
 @click.option("--compile", "compile_model", is_flag=True,

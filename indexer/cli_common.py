@@ -1,6 +1,7 @@
 """What the commands share: one-line errors for foreseeable failures, the common options, number lists."""
 import functools
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -39,6 +40,13 @@ def friendly_errors(command):
             raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
 
     return wrapper
+
+
+def finite_number(_context, param, value):
+    """A click callback: FloatRange lets inf and nan through (nan fails no comparison), and no option means them."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
 
 
 def _catalogue_trouble(error: Exception, store_dir) -> str:
@@ -83,7 +91,7 @@ index_memory_option = click.option(
     help="Most memory the search index may take, e.g. 4GB or 512MiB: picks exact, float16 or compressed "
          "inverted-file storage [default: no limit; remembered by the store].")
 target_recall_option = click.option(
-    "--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+    "--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None, callback=finite_number,
     help="recall@10 (against exact search) an approximate index is tuned to reach [default: 0.95; remembered].")
 
 

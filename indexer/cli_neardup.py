@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .cli_common import friendly_errors, json_option, store_option
+from .cli_common import finite_number, friendly_errors, json_option, store_option
 from .neardup import DEFAULT_THRESHOLD
 
 GROUPS_SHOWN = 50
@@ -14,6 +14,7 @@ MEMBERS_SHOWN = 20  # of each group, in the text output
 @click.command("near-duplicates")
 @store_option
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True,
+              callback=finite_number,
               help="The cosine similarity from which two images count as near-copies (1 is the same vector).")
 @click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many nearest neighbours of each image are looked at for its near-copies.")

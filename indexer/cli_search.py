@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import device_option, dtype_option, friendly_errors, json_option, parse_numbers, store_option
+from .cli_common import (device_option, dtype_option, finite_number, friendly_errors, json_option, parse_numbers,
+                         store_option)
 
 
 @click.command()
@@ -29,6 +30,7 @@ from .cli_common import device_option, dtype_option, friendly_errors, json_optio
 @click.option("--unlike-id", "unlike_ids", type=int, multiple=True, metavar="N",
               help="An indexed image the results should not look like (repeat it); it is never among them.")
 @click.option("--unlike-weight", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              callback=finite_number,
               help="How far the query moves away from the --unlike images (Rocchio's weight for them).")
 @click.option("--each", is_flag=True,
               help="Answer every IMAGE (folders and .txt/.lst lists of paths too) and --id on its own, with one "

@@ -1,5 +1,6 @@
 """Pixel normalisation constants per DINOv3 pretraining corpus, and how one is chosen."""
 import logging
+import math
 from pathlib import PurePath
 
 from .errors import IndexerError
@@ -56,9 +57,9 @@ def parse_custom(text: str) -> dict:
         std = [float(v) for v in std_text.split(",")]
     except ValueError:
         mean = std = []
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
         raise IndexerError(
             f"--normalization {text!r} is not one of {', '.join(PRESETS)}, auto, "
-            "or 'm1,m2,m3/s1,s2,s3' with three means and three positive stds"
+            "or 'm1,m2,m3/s1,s2,s3' with three finite means and three positive stds"
         )
     return {"name": "custom", "mean": mean, "std": std}

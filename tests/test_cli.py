@@ -669,3 +669,28 @@ def test_a_catalogue_damaged_inside_is_one_line_from_every_command(built, tmp_pa
     for command in (["info"], ["search", "--id", "1"], ["export", tmp_path / "out"]):
         result = invoke(*command, "--store", damaged)
         assert_one_line_error(result, f"the catalogue of the store at {damaged} is damaged", "restore catalogue.db")
+
+
+@pytest.mark.parametrize("option, value", [("--gsd", "inf"), ("--gsd", "nan"), ("--min-valid", "nan"),
+                                           ("--target-recall", "nan")])
+def test_a_number_option_refuses_inf_and_nan(built, option, value):
+    """click's FloatRange lets them through (nan fails no comparison): --gsd inf was a traceback."""
+    chips_dir, model_dir, store_dir, _ = built
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN, option, value)
+    assert result.exit_code == 2 and "is not a finite number" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["near-duplicates", "--threshold", "nan"],
+                                     ["search", "--id", "1", "--unlike-id", "2", "--unlike-weight", "nan"]])
+def test_a_query_number_option_refuses_nan(built, command):
+    _, _, store_dir, _ = built
+    result = invoke(*command, "--store", store_dir)
+    assert result.exit_code == 2 and "is not a finite number" in result.stderr
+
+
+def test_a_normalization_of_nan_is_refused_before_it_is_kept(built, tmp_path):
+    chips_dir, model_dir, _, _ = built
+    result = invoke("index", chips_dir, "--store", tmp_path / "store", "--model", model_dir, *RUN,
+                    "--normalization", "nan,0,0/1,1,1")
+    assert_one_line_error(result, "three finite means")
+    assert not (tmp_path / "store" / "catalogue.db").exists()
