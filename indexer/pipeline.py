@@ -62,7 +62,8 @@ class DecodeDataset(torch.utils.data.Dataset):
             if job.plain_source:
                 return self._plain_chip(job)
             data = Path(job.path).read_bytes()
-            at_least = draft_side(self.preprocess.resolution) if self.draft else None
+            resolution = getattr(self.preprocess, "resolution", None)  # a plugged-in preprocess may not say
+            at_least = draft_side(resolution) if self.draft and resolution else None
             image, (width, height) = decode_for_model(data, name=job.path, at_least=at_least)
             record = {"path": job.path, "size": len(data), "mtime": job.mtime, "image_id": job.image_id,
                       "sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height}

@@ -188,6 +188,27 @@ def test_embed_image_takes_a_preprocess_that_does_not_say_its_resolution(chip_pa
                                   api.embed_image(chip_paths[0], embedder).global_vectors)
 
 
+class _PlainPreprocess:
+    """A preprocess as the README's contract asks of another backbone: a picklable callable, nothing more."""
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, picture):
+        return self.preprocess(picture)
+
+
+def test_index_takes_a_backbone_whose_preprocess_does_not_say_its_resolution(chips_dir, chip_paths, embedder,
+                                                                              index, tmp_path):
+    """Its files are decoded whole; the run indexed nothing before (AttributeError: no 'resolution')."""
+    from types import SimpleNamespace
+
+    plugged = SimpleNamespace(preprocess=_PlainPreprocess(embedder.preprocess), embed=embedder.embed,
+                              provenance=dict(embedder.provenance))
+    summary = index([chips_dir], tmp_path / "store", embedder=plugged)
+    assert (summary["indexed"], summary["failed"]) == (len(chip_paths), 0)
+
+
 def test_an_indexed_files_size_comes_from_its_header(tmp_path, chip_paths, monkeypatch):
     """The pixels a part of an indexed file counts (the page's part picker): its upright size, read without
     decoding it; a file changed since it was indexed is refused as before."""
