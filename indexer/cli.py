@@ -135,6 +135,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--retry-failed", is_flag=True,
               help="Try again the files that failed before, even unchanged (after installing a reader, say). "
                    "Files the system would not let be read (permissions, a drive away) are tried on every run.")
+@click.option("--allow-shrink", is_flag=True,
+              help="Remove the images whose files are gone even when the store would keep under half its images "
+                   "(refused otherwise: a drive or share may not be mounted).")
 @click.option("--dry-run", is_flag=True,
               help="Say what the run would embed, skip and remove, from the files and the store alone: no model "
                    "is loaded and nothing is written.")
@@ -146,8 +149,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @json_option
 @friendly_errors
 def index(sources, store_dir, model, dtype, device, resolution, normalization, pooling, batch_size, workers,
-          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, retry_failed, dry_run,
-          progress, index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors, as_json):
+          rebuild, chip_size, overlap, min_valid, bands, stretch, gsd, compile_model, strict, retry_failed,
+          allow_shrink, dry_run, progress, index_memory, target_recall, ray_address, shard_dir, shard_rows, ray_actors,
+          as_json):
     """Embed the images in SOURCES (folders, files, or .txt lists of paths) into a store.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished ones removed.
@@ -195,11 +199,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
                                        shard_dir=shard_dir, rows_per_shard=shard_rows, actors=ray_actors,
                                        batch_size=batch_size, index_settings=index_settings,
                                        rebuild=rebuild, progress=progress and not as_json, chips=chips,
-                                       retry_failed=retry_failed)
+                                       retry_failed=retry_failed, allow_shrink=allow_shrink)
     else:
         summary = index_collection(sources, store_dir, embedder=embedder, batch_size=batch_size, workers=workers,
                                    rebuild=rebuild, progress=progress and not as_json, chips=chips,
-                                   index_settings=index_settings, retry_failed=retry_failed)
+                                   index_settings=index_settings, retry_failed=retry_failed,
+                                   allow_shrink=allow_shrink)
     if as_json:
         click.echo(json.dumps(summary))
     else:

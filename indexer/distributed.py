@@ -85,7 +85,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
                          shard_dir=None, batch_size: int = 32, rows_per_shard: int = SHARD_ROWS,
                          actors: int | None = None, rebuild: bool = False, progress: bool = True,
                          chips: ChipOptions = ChipOptions(), index_settings: dict | None = None,
-                         retry_failed: bool = False) -> dict:
+                         retry_failed: bool = False, allow_shrink: bool = False) -> dict:
     """`index_collection` on a Ray cluster; returns the run summary (plus `reused`: rows found in shards)."""
     started = time.perf_counter()
     paths = scan_sources(sources)
@@ -100,7 +100,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
     counts = dict(new_counts(), reused=0)
     run_dir = None
     with tracked_run(store, run_id, counts, started=started) as outcome:
-        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
+        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed, allow_shrink=allow_shrink or rebuild)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         jobs = write_chip_copies(plan.jobs, store, run_id=run_id, counts=counts, chips=chips)  # on the driver
         files = find_copies(jobs, store)  # whole files with the bytes of an indexed image or an earlier file

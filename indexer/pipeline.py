@@ -145,11 +145,13 @@ def batches(jobs, preprocess, *, batch_size: int, workers: int, chips: ChipOptio
 
 def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int = 32, workers: int | None = None,
                      rebuild: bool = False, progress: bool = True, chips: ChipOptions = ChipOptions(),
-                     index_settings: dict | None = None, retry_failed: bool = False) -> dict:
+                     index_settings: dict | None = None, retry_failed: bool = False,
+                     allow_shrink: bool = False) -> dict:
     """Bring the store at `store_dir` up to date with the images in `sources`; returns the run summary.
 
     Georeferenced TIFF scenes are cut into chips as `chips` says; every other image is embedded whole.
-    `retry_failed` tries again the files that failed before, changed or not.
+    `retry_failed` tries again the files that failed before, changed or not. A run that would leave the store
+    with under half its images, their files gone, is refused unless `allow_shrink` (plan_run).
     """
     started = time.perf_counter()
     paths = scan_sources(sources)
@@ -161,7 +163,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
     counts = new_counts()
     with tracked_run(store, run_id, counts, started=started) as outcome:
-        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed)
+        plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed, allow_shrink=allow_shrink or rebuild)
         apply_plan(store, plan, run_id=run_id, counts=counts)
         with hashing_scenes(store, plan.to_hash):
             _embed_jobs(plan.jobs, store, embedder, run_id=run_id, counts=counts, batch_size=batch_size,

@@ -23,6 +23,7 @@ from .sidecars import Sidecars, reading_and_pixels_digests
 from .writer import record_failure
 
 SCENE_SUFFIXES = {".tif", ".tiff"} | RASTER_SUFFIXES
+SHRINK_LIMIT = 0.5  # a run that would leave the store with less than this share of its images: refused unasked
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Plan:
     scene_records: list = field(default_factory=list)
     to_hash: list = field(default_factory=list)  # (path, size, mtime) of the scenes cut now (hashing_scenes)
     failures: list = field(default_factory=list)  # (path, reason, size, mtime)
+    gone: int = 0  # images removed because their files are gone from disk (not moved)
 
 
 def precheck_store(store_dir, *, model: str, resolution: int, normalization: dict, pooling: str) -> None:
@@ -100,15 +102,23 @@ def precheck_store(store_dir, *, model: str, resolution: int, normalization: dic
 
 
 def plan_run(paths: list[Path], store: Store, *, chips: ChipOptions = ChipOptions(), write: bool = True,
-             retry_failed: bool = False) -> Plan:
+             retry_failed: bool = False, allow_shrink: bool = True) -> Plan:
     """Compare the files on disk with the catalogue: what to embed, skip and remove. A file (or scene) with
     the same bytes under a new time has the new time recorded unless `write` is false (a dry run). A file that
     failed is tried again when it or the chip options changed, when the system would not let it be read, or
-    with `retry_failed`."""
+    with `retry_failed`. Unless `allow_shrink`, a plan that would leave the store with under SHRINK_LIMIT of its
+    images because their files are gone (a drive or share not mounted) is refused before anything is removed."""
     planner = _Planner(store, chips=chips, write=write, retry_failed=retry_failed)
     for path in paths:
         planner.add(path)
-    return planner.finish()
+    plan = planner.finish()
+    held = store.count_images() if not allow_shrink and plan.gone else 0
+    coming = sum(1 for job in plan.jobs if job.image_id is None)  # a folder renamed: its files come back as new
+    if held and held - plan.gone + coming < SHRINK_LIMIT * held:
+        raise IndexerError(f"{plan.gone:,} of the store's {held:,} images are gone from disk (a drive or share not "
+                           "mounted?): nothing was removed. Run again once they are back, or with --allow-shrink "
+                           "to remove them from the store")
+    return plan
 
 
 class _Planner:
@@ -208,8 +218,9 @@ class _Planner:
         plan = self.plan
         moved_ids = {move[0] for move in plan.moves}
         moved_scenes = {move[0] for move in plan.scene_moves}
-        plan.removed_ids += [row["id"] for row in self.gone_rows
-                             if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
+        gone = [row["id"] for row in self.gone_rows if row["id"] not in moved_ids and row["scene"] not in moved_scenes]
+        plan.removed_ids += gone
+        plan.gone = len(gone)
         plan.forget_failures += [key for key in self.known_failures
                                  if not os.path.lexists(key) and key not in self.failing_now]
         plan.forget_failures += [record["path"] for record in plan.scene_records

@@ -86,7 +86,9 @@ def _rebuild(store_dir: Path, sources: list[str], chips: ChipOptions, *, embedde
         staging.reserve_ids(path_ids, above=last_id)
     finally:
         staging.close()
-    summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, **index_options)
+    # files gone since an interrupted attempt leave the staging store; the swap's own check weighs the whole
+    summary = (index or index_collection)(sources, staging_dir, embedder=embedder, chips=chips, allow_shrink=True,
+                                          **index_options)
     staging = Store.open(staging_dir)
     try:
         staging.clear_id_hints()

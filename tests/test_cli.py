@@ -694,3 +694,27 @@ def test_a_normalization_of_nan_is_refused_before_it_is_kept(built, tmp_path):
                     "--normalization", "nan,0,0/1,1,1")
     assert_one_line_error(result, "three finite means")
     assert not (tmp_path / "store" / "catalogue.db").exists()
+
+
+def test_an_index_run_that_finds_most_files_gone_removes_nothing(model_dir, tmp_path):
+    """An unmounted share leaves its mount point empty: every file seems gone. Removed, their vectors would be
+    lost; the run says so instead, and --allow-shrink removes them when that is what was meant."""
+    chips_dir = copy_chips(tmp_path / "chips", 6)
+    store_dir = tmp_path / "store"
+    run = ["--model", model_dir, *RUN, "--workers", "0", "--no-progress"]
+    assert invoke("index", chips_dir, "--store", store_dir, *run).exit_code == 0
+    files = sorted(chips_dir.iterdir())
+    files[0].unlink()  # a third gone: removed as before
+    done = invoke("index", chips_dir, "--store", store_dir, "--json", *run)
+    assert json.loads(done.stdout)["removed"] == 1
+    for path in files[1:5]:  # four of the five left: refused
+        path.rename(tmp_path / path.name)
+
+    refused = invoke("index", chips_dir, "--store", store_dir, *run)
+    assert_one_line_error(refused, "4 of the store's 5 images are gone from disk", "nothing was removed")
+    assert invoke("info", "--store", store_dir, "--json").stdout.count('"images": 5') == 1
+    preview = invoke("index", chips_dir, "--store", store_dir, "--dry-run", "--json", *run)
+    assert json.loads(preview.stdout)["removed"] == 4  # the preview says what would go
+
+    allowed = invoke("index", chips_dir, "--store", store_dir, "--allow-shrink", "--json", *run)
+    assert allowed.exit_code == 0 and json.loads(allowed.stdout)["removed"] == 4
