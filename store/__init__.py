@@ -2,4 +2,5 @@
 from .errors import EmptyCatalogue, ProvenanceMismatch, StoreBusy, StoreError, StoreNotFound, UnknownImage
 from .store import PCA, Store
 
-__all__ = ["EmptyCatalogue", "PCA", "ProvenanceMismatch", "Store", "StoreBusy", "StoreError", "StoreNotFound", "UnknownImage"]
+__all__ = ["EmptyCatalogue", "PCA", "ProvenanceMismatch", "Store", "StoreBusy", "StoreError", "StoreNotFound",
+           "UnknownImage"]
