@@ -90,8 +90,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
         click.echo(f"  would fail: {failure['path']}: {failure['reason']}")
     if plan["failing"] > len(plan["failures"]):
         click.echo(f"  ... and {plan['failing'] - len(plan['failures']):,} more")
-    click.echo(f"{store_dir} holds {plan['indexed_now']:,} images now, about {plan['after']:,} after (pictures that "
-               "do not decode and chips under --min-valid are found only when read); nothing was loaded or written")
+    click.echo(f"{click.format_filename(store_dir)} holds {plan['indexed_now']:,} images now, about "
+               f"{plan['after']:,} after (pictures that do not decode and chips under --min-valid are found only "
+               "when read); nothing was loaded or written")
 
 
 @cli.command()
@@ -211,7 +212,8 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         _print_summary(summary, store_dir)
     if strict and summary["failed"]:
         raise click.ClickException(
-            f"--strict: {summary['failed']} file(s) failed; `lookalike failures --store {store_dir}` says why")
+            f"--strict: {summary['failed']} file(s) failed; `lookalike failures --store "
+            f"{click.format_filename(store_dir)}` says why")
 
 
 def _chip_options(*, chip_size, overlap, min_valid, bands, stretch, gsd):
@@ -235,6 +237,7 @@ def _chip_options(*, chip_size, overlap, min_valid, bands, stretch, gsd):
 
 def _print_summary(summary: dict, store_dir) -> None:
     """index's closing lines: what the run did, and its failures by reason."""
+    store_dir = click.format_filename(store_dir)  # a folder name in another encoding prints, replaced, not fails
     notes = [f"{_count(summary['scenes'], 'scene')} cut into chips, {_count(summary['skipped_chips'], 'chip')} "
              "under --min-valid skipped"] if summary["scenes"] else []
     if summary.get("copied"):
@@ -320,9 +323,10 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     if as_json:
         click.echo(json.dumps(summary))
         return
-    kept = f"; the old one is at {summary['previous']}" if summary["previous"] else ""
-    click.echo(f"rebuilt {store_dir}: indexed {summary['indexed']}, failed {summary['failed']} in "
-               f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s), swapped in{kept}")
+    kept = f"; the old one is at {click.format_filename(summary['previous'])}" if summary["previous"] else ""
+    click.echo(f"rebuilt {click.format_filename(store_dir)}: indexed {summary['indexed']}, failed "
+               f"{summary['failed']} in {summary['seconds']:.1f} s ({summary['images_per_second']:.2f} images/s), "
+               f"swapped in{kept}")
 
 
 @cli.command("random-model")

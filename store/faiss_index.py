@@ -105,15 +105,31 @@ def read_index(index_path: Path):
     from .refine import RefinedIVF, is_refined
 
     lib = require_faiss()
-    index = lib.read_index(str(index_path))
+    if _utf8(index_path):
+        index = lib.read_index(str(index_path))
+    else:  # faiss takes only UTF-8 names: a path that is not one is read through Python's own file
+        with open(index_path, "rb") as handle:
+            index = lib.read_index(lib.PyCallbackIOReader(handle.read))
     return RefinedIVF(index) if is_refined(index) else index
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # a folder name in another encoding, kept as surrogates by Python
+        return False
+    return True
 
 
 def write_index_atomic(index, index_path: Path) -> None:
     """Write beside the target and rename, so a reader never sees half a file."""
     lib = require_faiss()
     tmp_path = index_path.with_name(index_path.name + ".tmp")
-    lib.write_index(getattr(index, "faiss", index), str(tmp_path))
+    if _utf8(tmp_path):
+        lib.write_index(getattr(index, "faiss", index), str(tmp_path))
+    else:  # as in read_index
+        with open(tmp_path, "wb") as handle:
+            lib.write_index(getattr(index, "faiss", index), lib.PyCallbackIOWriter(handle.write))
     with open(tmp_path, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp_path, index_path)

@@ -718,3 +718,18 @@ def test_an_index_run_that_finds_most_files_gone_removes_nothing(model_dir, tmp_
 
     allowed = invoke("index", chips_dir, "--store", store_dir, "--allow-shrink", "--json", *run)
     assert allowed.exit_code == 0 and json.loads(allowed.stdout)["removed"] == 4
+
+
+def test_a_store_whose_folder_name_is_not_utf8_keeps_its_index_file(built, tmp_path):
+    """faiss takes only UTF-8 file names: in such a folder the index file was never written (a traceback at the
+    end of every run) and every search rebuilt the index."""
+    import os
+
+    chips_dir, model_dir, _, _ = built
+    store_dir = tmp_path / os.fsdecode(b"st\xffore")
+    result = invoke("index", chips_dir, "--store", store_dir, "--model", model_dir, *RUN, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert (store_dir / "index.faiss").is_file()
+    searched = invoke("search", "--id", 1, "--store", store_dir, "--json", "-k", 3)
+    assert searched.exit_code == 0 and "missing" not in searched.stderr
+    assert json.loads(searched.stdout)["results"][0]["id"] == 1
