@@ -10,6 +10,7 @@ import numpy as np
 from store.store import check_k
 
 from .errors import IndexerError
+from .geojson import footprint_geometry
 
 _PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?")
 
@@ -236,7 +237,8 @@ def windows_overlap(one, other) -> bool:
 
 
 def to_geojson(answer: dict) -> dict:
-    """A search answer as an RFC 7946 FeatureCollection: footprints (WGS84, counter-clockwise) and properties.
+    """A search answer as an RFC 7946 FeatureCollection: footprints (WGS84, counter-clockwise, split at the
+    antimeridian) and properties.
 
     A result with no footprint (a plain image) keeps its place in the list with a null geometry.
     """
@@ -247,7 +249,7 @@ def to_geojson(answer: dict) -> dict:
         properties = {key: hit.get(key) for key in ("rank", "id", "score", "path", "scene", "window")}
         properties.update(date=geo.get("date"), centroid=geo.get("centroid"), crs=geo.get("crs"))
         features.append({"type": "Feature", "id": hit["id"],
-                         "geometry": {"type": "Polygon", "coordinates": footprint} if footprint else None,
+                         "geometry": footprint_geometry(footprint),
                          "properties": properties})
     query = {key: value for key, value in answer["query"].items() if key != "geo"}
     if "examples" in query:  # several examples

@@ -67,6 +67,20 @@ def test_geojson_is_an_rfc7946_feature_collection():
     assert json.loads(json.dumps(collection)) == collection
 
 
+def test_a_footprint_across_the_antimeridian_is_split_in_two_as_rfc7946_asks():
+    """Drawn as one ring from 179.5 to -179.5, a GIS spans the globe the long way round."""
+    across = {"rank": 1, "id": 1, "score": 0.9, "path": "s.tif#0,0,50,50", "scene": "s.tif", "window": [0, 0, 50, 50],
+              "geo": {"footprint": [[[179.5, -16.5], [-179.5, -16.5], [-179.5, -16.0], [179.5, -16.0],
+                                     [179.5, -16.5]]]}}
+    geometry = to_geojson({"query": {"id": 9}, "results": [across]})["features"][0]["geometry"]
+    assert geometry["type"] == "MultiPolygon" and len(geometry["coordinates"]) == 2
+    west, east = (polygon[0] for polygon in geometry["coordinates"])
+    assert {lon for lon, _ in west} == {179.5, 180.0} and {lon for lon, _ in east} == {-180.0, -179.5}
+    for ring in (west, east):
+        assert ring[0] == ring[-1] and {lat for _, lat in ring} == {-16.5, -16.0}
+        assert sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:])) > 0  # still counter-clockwise
+
+
 def test_cli_writes_geojson_of_real_chips(index, shared_data_dir, tmp_path):
     from indexer.pipeline import ChipOptions
 
