@@ -411,7 +411,7 @@ def chip_geometry(scene: Scene, window) -> dict:
 def _outline(crs, xs, ys) -> dict:
     """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid; both
     None where a point does not project (off a geostationary disk), as for a chip with no place on the ground."""
-    lons, lats = _lon_lat(crs, xs, ys)
+    lons, lats = lon_lat(crs, xs, ys)
     if lons is None:
         return {"footprint": None, "centroid": None}
     # Longitudes from -180 to 180 (geographic data in 0..360 gives 200 for -160), made continuous from the first
@@ -420,11 +420,11 @@ def _outline(crs, xs, ys) -> dict:
     ring = [[lon, float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
     if _signed_area(ring) < 0:
         ring.reverse()
-    ring = [[_wrapped(lon), lat] for lon, lat in ring]
-    return {"footprint": [ring + [ring[0]]], "centroid": [_wrapped(lons[4]), float(lats[4])]}
+    ring = [[wrapped(lon), lat] for lon, lat in ring]
+    return {"footprint": [ring + [ring[0]]], "centroid": [wrapped(lons[4]), float(lats[4])]}
 
 
-def _lon_lat(crs, xs, ys) -> tuple:
+def lon_lat(crs, xs, ys) -> tuple:
     """(lons, lats) of the points, or (None, None) unless every one is finite. PROJ answers a point outside its
     projection's domain with inf, or GDAL raises (its CPLE errors are no RasterioError), as the CRS is told."""
     try:
@@ -436,7 +436,7 @@ def _lon_lat(crs, xs, ys) -> tuple:
     return lons, lats
 
 
-def _wrapped(lon: float) -> float:
+def wrapped(lon: float) -> float:
     """A longitude in -180 .. 180 (180 itself stays 180)."""
     return lon if -180 <= lon <= 180 else (lon + 180) % 360 - 180
 

@@ -85,3 +85,48 @@ def test_a_rotated_grid_has_its_pixels_true_size(index, tmp_path, open_store):
     store = open_store(tmp_path / "s")
     rows = [store.image(row["id"]) for row in store.images_by_path().values()]
     assert {(row["width"], row["height"]) for row in rows} == {(100, 100)} and len(rows) == 9
+
+
+def _geo_by_window(store) -> dict:
+    rows = store.images([row["id"] for row in store.images_by_path().values()])
+    return {row["path"].rsplit("#", 1)[1]: row["geo"] for row in rows.values()}
+
+
+def test_a_chip_holding_a_pole_is_found_there_and_its_neighbours_reach_past_their_corners(index, tmp_path,
+                                                                                          open_store):
+    """An Antarctic scene (EPSG:3031, 100 m) with the South Pole in one chip: its four corners circle the pole
+    at -89.8 and never reach it, so `--at 0,-90` found nothing; a chip beside it bulges past its corners."""
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+    from indexer.plan import ChipOptions as Chips
+
+    scenes_dir = tmp_path / "in"
+    scenes_dir.mkdir()
+    pixels = np.random.default_rng(0).integers(1, 255, (3, 1024, 1024)).astype("uint8")
+    with rasterio.open(scenes_dir / "ant_20200101.tif", "w", driver="GTiff", width=1024, height=1024, count=3,
+                       dtype="uint8", crs="EPSG:3031", transform=from_origin(-60000, 60000, 100, 100)) as dst:
+        dst.write(pixels)  # the pole at pixel (600, 600): in window 512,512,256,256
+    index([scenes_dir], tmp_path / "store", chips=Chips(chip_size=256))
+    store = open_store(tmp_path / "store")
+    geo = _geo_by_window(store)
+    assert geo["512,512,256,256"]["wgs84_bounds"][:3] == [-180.0, -90.0, 180.0]
+    assert -89.8 < geo["512,512,256,256"]["wgs84_bounds"][3] < -89.7
+    found = CliRunner().invoke(cli, ["search", "--at", "0,-90", "--store", str(tmp_path / "store"), "--json"])
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)["query"]["id"] == store.images_by_path()[
+        str(scenes_dir / "ant_20200101.tif") + "#512,512,256,256"]["id"]
+    # the chip above it: 0..25.6 km north of the pole in y, its nearest edge 3.4 km from the pole at (0, 9000 m)
+    beside = geo["512,256,256,256"]["wgs84_bounds"]
+    assert beside[1] < -89.917  # the edge's point nearest the pole, south of the corners (-89.885)
+
+
+def test_a_chip_half_the_globe_wide_keeps_its_side(index, shared_data_dir, tmp_path, open_store):
+    """world.rgb.tif in 256 px chips: the eastern one spans 0..180 E, and its corners alone (0 and 180, half a
+    turn apart) put it at -180..0."""
+    from indexer.plan import ChipOptions as Chips
+
+    index([shared_data_dir / "rasterio" / "world.rgb.tif"], tmp_path / "store", chips=Chips(chip_size=256))
+    bounds = {window: geo["wgs84_bounds"] for window, geo in _geo_by_window(open_store(tmp_path / "store")).items()}
+    assert bounds["256,0,256,256"] == [0.0, -90.0, 180.0, 90.0]
+    assert bounds["0,0,256,256"] == [-180.0, -90.0, 0.0, 90.0]
