@@ -1,5 +1,6 @@
 """A scene chip's catalogue record: where its window lies on the ground and how its pixels were read."""
 import math
+from functools import lru_cache
 
 from rasterio.crs import CRS
 from rasterio.transform import Affine, xy
@@ -65,19 +66,26 @@ def _lon_range(lons: list) -> tuple[float, float]:
 
 
 def _pole_inside(scene, window) -> int:
-    """1 when the North Pole lies in the window, -1 the South Pole, else 0 (and for a grid of degrees, where a
-    pole is a whole edge, which the points along the edges reach already)."""
-    if CRS.from_user_input(scene.crs).is_geographic:
-        return 0
+    """1 when the North Pole lies in the window, -1 the South Pole, else 0."""
     col, row, width, height = window
-    for sign in (1, -1):
-        try:
-            (x,), (y,) = warp_transform(scenes.WGS84, scene.crs, [0.0], [90.0 * sign])
-        except Exception:  # a CRS the pole is outside of (GDAL's CPLE errors are private to rasterio)
-            continue
-        if not all(map(math.isfinite, (x, y))):
-            continue
-        pixel_col, pixel_row = ~Affine(*scene.transform) @ (x, y)
+    for sign, pixel_col, pixel_row in _poles_in_pixels(scene.crs, tuple(scene.transform)):
         if col <= pixel_col <= col + width and row <= pixel_row <= row + height:
             return sign
     return 0
+
+
+@lru_cache(maxsize=64)
+def _poles_in_pixels(crs: str, transform: tuple) -> tuple:
+    """(sign, col, row) of each pole that projects onto the scene's grid: once per scene, not per chip; none for a
+    grid of degrees, where a pole is a whole edge, which the points along the edges reach already."""
+    if CRS.from_user_input(crs).is_geographic:
+        return ()
+    found = []
+    for sign in (1, -1):
+        try:
+            (x,), (y,) = warp_transform(scenes.WGS84, crs, [0.0], [90.0 * sign])
+        except Exception:  # a CRS the pole is outside of (GDAL's CPLE errors are private to rasterio)
+            continue
+        if all(map(math.isfinite, (x, y))):
+            found.append((sign, *(~Affine(*transform) @ (x, y))))
+    return tuple(found)

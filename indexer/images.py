@@ -129,11 +129,7 @@ def _by_gdal(data: bytes, *, exif: bytes | None = None) -> Image.Image:
     """A picture Pillow cannot read whole (a PNG of 16 bits per colour, a TIFF of 16-bit or float colour) read by
     GDAL: its first three bands (its first, for grey and alpha) stretched to 8 bits over the range of their
     values, as to_rgb stretches 16-bit greys; `exif` orientation applied."""
-    from rasterio import Env
-    from rasterio.io import MemoryFile
-
-    with warnings.catch_warnings(), Env(), MemoryFile(data) as memory, memory.open() as dataset:
-        warnings.simplefilter("ignore")  # "not georeferenced": a plain picture
+    with _plain_raster(data) as dataset:
         if dataset.width * dataset.height > 2 * (Image.MAX_IMAGE_PIXELS or float("inf")):
             raise Image.DecompressionBombError(f"{dataset.width} x {dataset.height} pixels")
         colour = dataset.read(indexes=[1, 2, 3] if dataset.count >= 3 else [1]).astype(np.float32)  # (C, H, W)
@@ -142,6 +138,20 @@ def _by_gdal(data: bytes, *, exif: bytes | None = None) -> Image.Image:
     if exif:
         image.info["exif"] = exif
     return ImageOps.exif_transpose(image).convert("RGB")
+
+
+@contextlib.contextmanager
+def _plain_raster(source):
+    """GDAL's dataset of a picture without georeferencing (its bytes, or its path), GDAL's notes kept quiet."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    with warnings.catch_warnings(), rasterio.Env(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore")  # "not georeferenced": a plain picture
+        if isinstance(source, (bytes, bytearray)):
+            yield stack.enter_context(stack.enter_context(MemoryFile(source)).open())
+        else:
+            yield stack.enter_context(rasterio.open(source))
 
 
 def _is_tiff(data: bytes) -> bool:
@@ -223,22 +233,16 @@ def upright_size(path: Path) -> tuple[int, int]:
 def _tiff_size(source) -> tuple[int, int] | None:
     """(width, height) of a TIFF that only GDAL reads (decode_for_model reads it so), else None. `source`: a path
     or a file-like object."""
-    import rasterio
-    from rasterio.io import MemoryFile
-
     try:
-        in_memory = hasattr(source, "getvalue")
-        if in_memory:
-            head = source.getvalue()[:4]
+        if hasattr(source, "getvalue"):
+            source = source.getvalue()
+            head = source[:4]
         else:
             with open(source, "rb") as file:
                 head = file.read(4)
         if not _is_tiff(head):
             return None
-        with warnings.catch_warnings(), rasterio.Env(), contextlib.ExitStack() as stack:
-            warnings.simplefilter("ignore")  # not georeferenced: a plain picture
-            dataset = stack.enter_context(stack.enter_context(MemoryFile(source.getvalue())).open() if in_memory
-                                          else rasterio.open(source))
+        with _plain_raster(source) as dataset:
             return dataset.width, dataset.height
     except Exception:  # unreadable by GDAL too (or by the system): not a picture lookalike reads
         return None

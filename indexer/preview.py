@@ -27,8 +27,8 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     on the ground, its pixels the same: they keep their ids and vectors and take their new footprints."""
     paths = scan_sources(sources)  # a missing source fails here, as it would in the run
     store_dir = Path(store_dir)
-    exists = _is_store(store_dir)
-    indexed = _count_images(store_dir) if exists else 0
+    indexed = _count_images(store_dir)
+    exists, indexed = indexed is not None, indexed or 0
     with _planning_store(store_dir if exists and not rebuild else None) as store:
         plan = plan_run(paths, store, chips=chips, write=False, retry_failed=retry_failed)
         copies = estimate_copies(plan.jobs, store)
@@ -45,16 +45,15 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
             "failures": [{"path": path, "reason": reason} for path, reason, *_ in plan.failures[:SHOWN_FAILURES]]}
 
 
-def _is_store(store_dir: Path) -> bool:
-    """A catalogue is there, and not an empty database (where the run would start a store, as in a new folder)."""
+def _count_images(store_dir: Path) -> int | None:
+    """The store's image count; None when there is no store: no catalogue, or an empty database (where the run
+    would start one, as in a new folder)."""
+    if not (store_dir / CATALOGUE_NAME).is_file():
+        return None
     try:
-        return (store_dir / CATALOGUE_NAME).is_file() and _count_images(store_dir) >= 0
+        store = Store.open(store_dir)
     except EmptyCatalogue:
-        return False
-
-
-def _count_images(store_dir: Path) -> int:
-    store = Store.open(store_dir)
+        return None
     try:
         return store.count_images()
     finally:

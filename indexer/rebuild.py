@@ -16,6 +16,7 @@ from store.swap import last_chip_options, recorded_runs, swap_in
 from .embedder import Embedder
 from .errors import IndexerError
 from .pipeline import ChipOptions, index_collection
+from .plan import SHRINK_LIMIT  # the same share as an index run's: a rebuilt store under it is not swapped in
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,6 @@ def recorded_collection(store_dir) -> tuple[dict, list[str], ChipOptions]:
     if not present:
         raise IndexerError(f"none of the sources recorded in {store_dir} exists any more: {', '.join(sources)}")
     return provenance, present, ChipOptions.from_record(last_chip_options(runs))
-
-
-SHRINK_LIMIT = 0.5  # a rebuilt store with under half the live store's images is not swapped in unasked
 
 
 def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, index=None, allow_shrink: bool = False,

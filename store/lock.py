@@ -32,9 +32,7 @@ def acquire_write_lock(store_dir) -> str:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise StoreBusy(
-            f"another lookalike run is writing the store at {store_dir} ({holder}); wait for it to finish, "
-            "or use another --store") from None
+        raise _busy(store_dir, holder) from None
     except OSError as error:  # a file system without locks (some network mounts): go on, unprotected
         log.warning("cannot lock %s (%s): make sure only one run writes this store at a time", key, error)
     os.ftruncate(fd, 0)
@@ -69,8 +67,7 @@ def check_not_busy(store_dir) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared, and dropped at once: only asks
     except BlockingIOError:
-        raise StoreBusy(f"another lookalike run is writing the store at {store_dir} ({_holder(fd)}); wait for it "
-                        "to finish, or use another --store") from None
+        raise _busy(store_dir, _holder(fd)) from None
     except OSError:  # no locks on this file system: the run warns when it takes its own
         pass
     finally:
@@ -85,6 +82,11 @@ def release_write_lock(key: str) -> None:
     if entry[1] == 0:
         del _held[key]
         os.close(entry[0])  # closing the last descriptor releases the lock
+
+
+def _busy(store_dir, holder: str) -> StoreBusy:
+    return StoreBusy(f"another lookalike run is writing the store at {store_dir} ({holder}); wait for it to finish, "
+                     "or use another --store")
 
 
 def _holder(fd: int) -> str:
