@@ -10,21 +10,40 @@ from . import heatmaps
 
 def footprint_rows(query_items: list[dict], hits: list[dict], *, vmin: float, vmax: float) -> list[dict]:
     """One row per footprint for a PolygonLayer: results coloured by score on the page's colour ramp, then
-    the query's (each of its examples') outlined."""
+    the query's (each of its examples') outlined. Each outline is drawn continuous (see `drawn_ring`), beside the
+    query's first when it has one."""
+    rings = [item["geo"]["footprint"][0] for item in query_items if (item.get("geo") or {}).get("footprint")]
+    near = rings[0][0][0] if rings else None  # the longitude of the query's first outline's first point
     rows = []
     for hit in hits:
         geo = hit.get("geo") or {}
         if not geo.get("footprint"):
             continue
         colour = heatmaps.colourize([[hit["score"]]], vmin=vmin, vmax=vmax)[0][0].tolist()
-        rows.append({"polygon": geo["footprint"][0], "fill": colour + [150], "line": [255, 255, 255, 220],
+        rows.append({"polygon": drawn_ring(geo["footprint"][0], near=near), "fill": colour + [150],
+                     "line": [255, 255, 255, 220],
                      "label": f"#{hit['rank']} · {hit['score']:.4f} · {geo.get('date') or ''}", "rank": hit["rank"]})
     for item in query_items:
         geo = item.get("geo") or {}
         if geo.get("footprint"):
-            rows.append({"polygon": geo["footprint"][0], "fill": [0, 0, 0, 0], "line": [255, 0, 0, 255],
-                         "label": "query", "rank": 0})
+            rows.append({"polygon": drawn_ring(geo["footprint"][0], near=near), "fill": [0, 0, 0, 0],
+                         "line": [255, 0, 0, 255], "label": "query", "rank": 0})
     return rows
+
+
+def drawn_ring(ring: list, *, near: float | None = None) -> list:
+    """A footprint ring as the map draws it: each longitude unwrapped from the one before, so a chip across the
+    antimeridian stays a small shape (179.5 to 180.5) instead of a band the long way round the globe; the ring
+    then moved by whole turns to lie nearest the longitude `near` (the query's), so a result just across 180
+    from the query is drawn beside it. The map's projection takes longitudes past 180 as they are."""
+    points = [list(ring[0])]
+    for lon, lat in ring[1:]:
+        points.append([lon + 360 * round((points[-1][0] - lon) / 360), lat])  # whole turns: exact otherwise
+    if near is not None:
+        middle = (min(p[0] for p in points) + max(p[0] for p in points)) / 2
+        turns = round((middle - near) / 360)
+        points = [[lon - 360 * turns, lat] for lon, lat in points]
+    return points
 
 
 def view_of(rows: list[dict]) -> pydeck.ViewState:

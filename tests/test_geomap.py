@@ -1,0 +1,37 @@
+"""The result map's footprints near the antimeridian: drawn as the small shapes they are, beside the query."""
+from ui import geomap
+
+
+def chip(west: float, east: float, south: float = 0.0, north: float = 1.0) -> dict:
+    """A catalogue footprint (one closed ring, longitudes in -180..180) of a chip from `west` to `east`."""
+    ring = [[west, north], [east, north], [east, south], [west, south], [west, north]]
+    return {"footprint": [ring]}
+
+
+def spans(rows: list[dict]) -> list[float]:
+    return [max(p[0] for p in row["polygon"]) - min(p[0] for p in row["polygon"]) for row in rows]
+
+
+def test_a_chip_across_the_antimeridian_is_drawn_small():
+    query = {"geo": chip(179.5, -179.5)}
+    hit = {"id": 1, "rank": 1, "score": 0.9, "geo": chip(179.8, -179.2, 1.0, 2.0)}
+    rows = geomap.footprint_rows([query], [hit], vmin=0.0, vmax=1.0)
+    assert spans(rows) == [1.0, 1.0]  # not 359 degrees the long way round
+    view = geomap.view_of(rows)
+    assert 179.5 <= view.longitude <= 180.8 and view.zoom > 5
+
+
+def test_results_across_180_from_the_query_are_drawn_beside_it():
+    query = {"geo": chip(179.0, 179.9)}
+    east = {"id": 1, "rank": 1, "score": 0.9, "geo": chip(-179.9, -179.0)}  # 0.2 degrees east of the query
+    far = {"id": 2, "rank": 2, "score": 0.8, "geo": chip(10.0, 11.0)}  # far away: left where it is
+    rows = geomap.footprint_rows([query], [east, far], vmin=0.0, vmax=1.0)
+    lons = {row["rank"]: sorted({p[0] for p in row["polygon"]}) for row in rows}
+    assert lons == {0: [179.0, 179.9], 1: [180.1, 181.0], 2: [10.0, 11.0]}
+
+
+def test_rings_away_from_the_antimeridian_are_unchanged():
+    ring = chip(-3.5, -2.5, 51.0, 52.0)["footprint"][0]
+    assert geomap.drawn_ring(ring) == ring
+    assert geomap.drawn_ring(ring, near=-3.0) == ring
+    assert geomap.drawn_ring(ring, near=170.0) == ring  # nearer as it is than a turn away
