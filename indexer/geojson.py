@@ -1,15 +1,17 @@
 """GeoJSON geometry for chip footprints: a footprint across the antimeridian split in two, as RFC 7946 asks."""
+from .footprints import is_cap
 
 
 def footprint_geometry(footprint) -> dict | None:
     """A footprint (the catalogue's one closed ring of [lon, lat], longitudes in -180..180) as a GeoJSON geometry:
     a Polygon, or where the ring crosses the antimeridian (its longitudes jump from near 180 to near -180) a
-    MultiPolygon of its parts east and west of it (RFC 7946 3.1.9): drawn whole, a GIS would span the globe."""
+    MultiPolygon of its parts east and west of it (RFC 7946 3.1.9): drawn whole, a GIS would span the globe. A
+    footprint holding a pole, which runs from -180 to 180 and along the pole, is a Polygon as it is."""
     if not footprint:
         return None
     ring = footprint[0][:-1]  # open: the last point repeats the first
     lons = [point[0] for point in ring]
-    if max(lons) - min(lons) <= 180:  # no chip is half the globe wide: this one does not cross
+    if max(lons) - min(lons) <= 180 or is_cap(ring):  # no chip is over half the globe wide: this one does not cross
         return {"type": "Polygon", "coordinates": footprint}
     unwrapped = [[lon + 360 if lon < 0 else lon, lat] for lon, lat in ring]  # continuous, crossing 180
     west = _clipped(unwrapped, keep_below=True)

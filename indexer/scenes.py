@@ -38,15 +38,14 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine, xy
-from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from .errors import IndexerError, UnreadableImage
+from .footprints import NOWHERE, WGS84, window_outline
 
 log = logging.getLogger(__name__)
 
-WGS84 = "EPSG:4326"
 STRETCH_READ_SIZE = 1024  # long side of the decimated read the percentiles come from
 QUERY_READ_SIZE = 2048  # long side of a whole scene read as a query (the model sees 224 to 512 px of it)
 
@@ -392,64 +391,16 @@ def _to_uint8(pixels: np.ndarray, stretch) -> np.ndarray:
 
 
 def chip_geometry(scene: Scene, window) -> dict:
-    """Bounds in the scene CRS; footprint polygon and centroid in WGS84 lon/lat (None if not georeferenced).
-
-    The footprint is the 4 window corners reprojected (a straight-edged approximation of the true
-    outline, fine at chip scale), closed and counter-clockwise as RFC 7946 asks.
-    """
+    """Bounds in the scene CRS; footprint polygon, centroid and box in WGS84 lon/lat (None if not georeferenced):
+    see footprints.window_outline. The footprint follows the window's edges where they bow out between its corners
+    in longitude and latitude (near a pole), and is its four corners otherwise."""
     col, row, width, height = window
-    # 4 corners, then the centre, as (col, row) pixel coordinates
-    cols = [col, col, col + width, col + width, col + width / 2]
-    rows = [row, row + height, row + height, row, row + height / 2]
-    xs, ys = (list(map(float, v)) for v in xy(Affine(*scene.transform), rows, cols, offset="ul"))
-    bounds = [min(xs[:4]), min(ys[:4]), max(xs[:4]), max(ys[:4])]
+    xs, ys = xy(Affine(*scene.transform), [row, row + height, row + height, row], [col, col, col + width,
+                                                                                 col + width], offset="ul")
+    bounds = [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]
     if scene.crs is None:
-        return {"bounds": bounds, "footprint": None, "centroid": None}
-    return {"bounds": bounds, **_outline(scene.crs, xs, ys)}
-
-
-def _outline(crs, xs, ys) -> dict:
-    """4 corners then the centre, in `crs`, as a WGS84 footprint (closed, counter-clockwise) and centroid; both
-    None where a point does not project (off a geostationary disk), as for a chip with no place on the ground."""
-    lons, lats = lon_lat(crs, xs, ys)
-    if lons is None:
-        return {"footprint": None, "centroid": None}
-    # Longitudes from -180 to 180 (geographic data in 0..360 gives 200 for -160), made continuous from the first
-    # corner to tell the ring's turn: a chip across the antimeridian would otherwise seem to circle the globe
-    lons = [float(lons[0]) + (float(lon) - float(lons[0]) + 180) % 360 - 180 for lon in lons]
-    ring = [[lon, float(lat)] for lon, lat in zip(lons[:4], lats[:4])]
-    if _signed_area(ring) < 0:
-        ring.reverse()
-    ring = [[wrapped(lon), lat] for lon, lat in ring]
-    return {"footprint": [ring + [ring[0]]], "centroid": [wrapped(lons[4]), float(lats[4])]}
-
-
-def lon_lat(crs, xs, ys) -> tuple:
-    """(lons, lats) of the points, or (None, None) unless every one is finite. PROJ answers a point outside its
-    projection's domain with inf, or GDAL raises (its CPLE errors are no RasterioError), as the CRS is told."""
-    try:
-        lons, lats = warp_transform(crs, WGS84, xs, ys)
-    except Exception:  # GDAL's CPLE errors are no RasterioError, and rasterio keeps them private
-        return None, None
-    if not all(math.isfinite(v) for v in (*lons, *lats)):
-        return None, None
-    return lons, lats
-
-
-def wrapped(lon: float) -> float:
-    """A longitude in -180 .. 180 (180 itself stays 180)."""
-    return lon if -180 <= lon <= 180 else (lon + 180) % 360 - 180
-
-
-def ring_bounds(footprint) -> list | None:
-    """[west, south, east, north] of a footprint polygon's outer ring; west > east for one across the antimeridian
-    (as the store's place lookup reads it), where its longitudes jump from near 180 to near -180."""
-    if not footprint:
-        return None
-    lons, lats = [p[0] for p in footprint[0]], [p[1] for p in footprint[0]]
-    if max(lons) - min(lons) > 180:  # no chip is half the globe wide: it crosses the antimeridian
-        return [min(lon for lon in lons if lon > 0), min(lats), max(lon for lon in lons if lon < 0), max(lats)]
-    return [min(lons), min(lats), max(lons), max(lats)]
+        return {"bounds": bounds, **NOWHERE}
+    return {"bounds": bounds, **window_outline(scene.crs, scene.transform, window)}
 
 
 def part_geometry(geo: dict, part, picture_size) -> dict | None:
@@ -459,17 +410,9 @@ def part_geometry(geo: dict, part, picture_size) -> dict | None:
     if not geo or not geo.get("bounds") or not geo.get("crs"):
         return None
     west, south, east, north = geo["bounds"]
-    col, row, width, height = part
-    xs = [west + (east - west) * c / picture_size[0] for c in (col, col + width)]
-    ys = [north - (north - south) * r / picture_size[1] for r in (row, row + height)]
-    outline = _outline(geo["crs"], [xs[0], xs[0], xs[1], xs[1], (xs[0] + xs[1]) / 2],
-                       [ys[0], ys[1], ys[1], ys[0], (ys[0] + ys[1]) / 2])
-    return dict(outline, wgs84_bounds=ring_bounds(outline["footprint"]))
-
-
-def _signed_area(ring) -> float:
-    """Shoelace area of an open ring: positive when counter-clockwise."""
-    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1])) / 2
+    picture = (Affine.translation(west, north)
+               @ Affine.scale((east - west) / picture_size[0], -(north - south) / picture_size[1]))
+    return window_outline(geo["crs"], tuple(picture)[:6], part)
 
 
 class Chip(NamedTuple):

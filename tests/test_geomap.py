@@ -35,3 +35,9 @@ def test_rings_away_from_the_antimeridian_are_unchanged():
     assert geomap.drawn_ring(ring) == ring
     assert geomap.drawn_ring(ring, near=-3.0) == ring
     assert geomap.drawn_ring(ring, near=170.0) == ring  # nearer as it is than a turn away
+
+
+def test_a_chip_holding_a_pole_is_drawn_as_it_is():
+    """Its ring runs from -180 to 180 and back along the pole: unwrapped, it would fold onto itself."""
+    cap = [[-180.0, -89.8], [0.0, -89.9], [180.0, -89.8], [180.0, -90.0], [-180.0, -90.0], [-180.0, -89.8]]
+    assert geomap.drawn_ring(cap, near=10.0) == cap

@@ -38,7 +38,7 @@ def test_chips_off_the_disk_have_no_place_and_nothing_infinite(tmp_path):
     corner, centre = geometries[(0, 0, 64, 64)], geometries[(64, 64, 64, 64)]
     assert corner["footprint"] is None and corner["centroid"] is None
     assert all(math.isfinite(v) for v in corner["bounds"])  # in the scene's own CRS it still has its window
-    assert len(centre["footprint"][0]) == 5 and -60 < centre["centroid"][0] < 0 < centre["centroid"][1] < 60
+    assert len(centre["footprint"][0]) >= 5 and -60 < centre["centroid"][0] < 0 < centre["centroid"][1] < 60
     json.dumps([scene.as_record(), *geometries.values()], allow_nan=False)  # SQLite's JSON has no NaN or Infinity
 
 
@@ -130,3 +130,70 @@ def test_a_chip_half_the_globe_wide_keeps_its_side(index, shared_data_dir, tmp_p
     bounds = {window: geo["wgs84_bounds"] for window, geo in _geo_by_window(open_store(tmp_path / "store")).items()}
     assert bounds["256,0,256,256"] == [0.0, -90.0, 180.0, 90.0]
     assert bounds["0,0,256,256"] == [-180.0, -90.0, 0.0, 90.0]
+
+
+def write_antarctic(path):
+    """EPSG:3031 at 100 m, 1024 px: the South Pole at pixel (600, 600), in the 256 px chip at 512,512."""
+    pixels = np.random.default_rng(0).integers(1, 255, (3, 1024, 1024)).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=3, dtype="uint8",
+                       crs="EPSG:3031", transform=from_origin(-60000, 60000, 100, 100)) as dst:
+        dst.write(pixels)
+    return open_scene(path)
+
+
+def test_footprints_near_a_pole_follow_their_edges_and_the_pole_chip_covers_the_pole(tmp_path):
+    """Four corners outlined these chips roughly: the pole chip as a small ring at -89.8 that never reached the
+    pole, a chip beside it without the strip where its edge bulges towards the pole."""
+    from indexer.footprints import is_cap
+    from indexer.geojson import footprint_geometry
+
+    scene = write_antarctic(tmp_path / "ant.tif")
+    pole = chip_geometry(scene, (512, 512, 256, 256))
+    ring = pole["footprint"][0]
+    assert is_cap(ring) and ring[0] == ring[-1] and [-180.0, -90.0] in ring and [180.0, -90.0] in ring
+    assert signed_area(ring[:-1]) > 0  # counter-clockwise, as RFC 7946 asks
+    north = pole["wgs84_bounds"][3]
+    assert all(-90 <= lat <= north + 1e-9 for _, lat in ring) and max(lat for _, lat in ring) == pytest.approx(north)
+    assert footprint_geometry(pole["footprint"]) == {"type": "Polygon", "coordinates": pole["footprint"]}
+
+    beside = chip_geometry(scene, (512, 256, 256, 256))
+    ring = beside["footprint"][0]
+    assert len(ring) > 5 and min(lat for _, lat in ring) < -89.917  # its corners stop at -89.885
+    assert signed_area(ring[:-1]) > 0 and not is_cap(ring)
+    assert min(lat for _, lat in ring) == pytest.approx(beside["wgs84_bounds"][1], abs=1e-3)
+
+    record = dict(pole, crs=scene.crs)  # as the catalogue keeps it
+    part = part_geometry(record, (64, 64, 64, 64), (256, 256))  # the pole at (88, 88) of the chip's picture
+    assert is_cap(part["footprint"][0]) and part["wgs84_bounds"][:3] == [-180.0, -90.0, 180.0]
+    off = part_geometry(record, (0, 0, 64, 64), (256, 256))
+    assert not is_cap(off["footprint"][0]) and off["wgs84_bounds"][1] > -90
+
+
+def test_a_chip_half_the_globe_wide_is_outlined_on_its_own_side(shared_data_dir):
+    """world.rgb.tif (EPSG:4326) in 256 px chips: the eastern chip, 0..180 E, was outlined by its corners 0 and
+    180, which unwrapped to -180: a polygon over the western half."""
+    from indexer.geojson import footprint_geometry
+
+    scene = open_scene(shared_data_dir / "rasterio" / "world.rgb.tif")
+    east = chip_geometry(scene, (256, 0, 256, 256))["footprint"]
+    assert sorted({lon for lon, _ in east[0]}) == [0.0, 90.0, 180.0]  # a side of 180 degrees cut in two
+    assert footprint_geometry(east) == {"type": "Polygon", "coordinates": east}
+    west = chip_geometry(scene, (0, 0, 256, 256))["footprint"]
+    assert sorted({lon for lon, _ in west[0]}) == [-180.0, -90.0, 0.0]
+
+
+def signed_area(ring) -> float:
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1])) / 2
+
+
+def test_a_part_across_the_antimeridian_keeps_its_box_west_of_east(tmp_path):
+    """A UTM zone 60 chip across 180° off Fiji: its part's box runs west > east, as `--at` and `--bbox` read it."""
+    with rasterio.open(tmp_path / "fiji.tif", "w", driver="GTiff", width=200, height=100, count=3, dtype="uint8",
+                       crs="EPSG:32760", transform=from_origin(810_000, 8_120_000, 100, 100)) as dst:
+        dst.write(np.full((3, 100, 200), 9, dtype="uint8"))
+    scene = open_scene(tmp_path / "fiji.tif")
+    chip = dict(chip_geometry(scene, (0, 0, 200, 100)), crs=scene.crs)
+    west, south, east, north = chip["wgs84_bounds"]
+    assert 179 < west < 180 and -180 < east < -179 and south < north
+    part = part_geometry(chip, (50, 0, 100, 100), (200, 100))
+    assert part["wgs84_bounds"][0] > part["wgs84_bounds"][2] and len(part["footprint"][0]) == 5

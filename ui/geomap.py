@@ -5,6 +5,8 @@ import zlib
 import pydeck
 import streamlit as st
 
+from indexer.footprints import is_cap
+
 from . import heatmaps
 
 
@@ -35,7 +37,10 @@ def drawn_ring(ring: list, *, near: float | None = None) -> list:
     """A footprint ring as the map draws it: each longitude unwrapped from the one before, so a chip across the
     antimeridian stays a small shape (179.5 to 180.5) instead of a band the long way round the globe; the ring
     then moved by whole turns to lie nearest the longitude `near` (the query's), so a result just across 180
-    from the query is drawn beside it. The map's projection takes longitudes past 180 as they are."""
+    from the query is drawn beside it. The map's projection takes longitudes past 180 as they are. A ring holding
+    a pole (from -180 to 180 and along the pole) is drawn as it is."""
+    if is_cap(ring):
+        return ring
     points = [list(ring[0])]
     for lon, lat in ring[1:]:
         points.append([lon + 360 * round((points[-1][0] - lon) / 360), lat])  # whole turns: exact otherwise
