@@ -2,7 +2,7 @@
 from . import scenes
 
 # The scene's fields each chip's record repeats (besides its footprint, valid share and ground sampling).
-SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch")
+SCENE_FIELDS = ("crs", "date", "bands", "band_source", "mask_source", "stretch", "georeferencing")
 
 
 def chip_record(job, *, valid: float, stretch, gsd: float | None) -> dict:

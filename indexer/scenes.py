@@ -69,6 +69,8 @@ class Scene:
     date: str | None  # 'YYYY-MM-DD', 'YYYY' when only the year is known, or None
     bounds: tuple  # left, bottom, right, top in the scene CRS
     wgs84_bounds: tuple | None  # west, south, east, north; None when not georeferenced
+    # 'geotransform' (the file's own grid), 'gcps' (an affine fitted to its ground control points), or None
+    georeferencing: str | None = "geotransform"
 
     def as_record(self) -> dict:
         """JSON-friendly dict (tuples become lists, a NaN nodata becomes the string 'nan')."""
@@ -93,8 +95,9 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
         raise IndexerError(f"stretch {tuple(stretch)}: percentiles must satisfy 0 <= low < high <= 100")
     used, band_source = _choose_bands(dataset, bands)
     mask_source = _mask_source(dataset)
-    crs = _crs_string(dataset.crs)
-    bounds = tuple(float(v) for v in dataset.bounds)
+    crs, transform, georeferencing = georeferencing_of(dataset)
+    crs = _crs_string(crs)
+    bounds = tuple(float(v) for v in dataset.bounds) if georeferencing != "gcps" else _grid_bounds(dataset, transform)
     scene = Scene(
         path=str(Path(dataset.name)),
         width=dataset.width,
@@ -102,7 +105,7 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
         band_count=dataset.count,
         dtype=dataset.dtypes[0],
         crs=crs,
-        transform=tuple(float(v) for v in tuple(dataset.transform)[:6]),
+        transform=tuple(float(v) for v in tuple(transform)[:6]),
         bands=used,
         band_source=band_source,
         mask_source=mask_source,
@@ -111,6 +114,7 @@ def describe(dataset, *, bands=None, stretch=(2, 98)) -> Scene:
         date=scene_date(dataset.name, dataset.tags(), dataset.tags(ns="IMAGERY")),
         bounds=bounds,
         wgs84_bounds=_wgs84_bounds(crs, bounds) if crs else None,
+        georeferencing=georeferencing,
     )
     if np.dtype(scene.dtype) != np.uint8:
         scene = dataclasses.replace(scene, stretch=_percentiles(dataset, scene, stretch))
@@ -141,12 +145,44 @@ def _open(path_or_dataset):
         raise UnreadableImage(f"{path_or_dataset}: not a raster GDAL can read ({error})") from error
 
 
+def georeferencing_of(dataset) -> tuple:
+    """(crs, affine transform, how): the file's own CRS and grid ('geotransform'); else, for a file placed only by
+    ground control points (a Sentinel-1 GRD, a scanned map), the affine that fits them best ('gcps': a
+    least-squares fit, close for a small or flat scene, only approximate for a long swath); else (None, the
+    pixel grid, None)."""
+    if dataset.crs is not None:
+        return dataset.crs, dataset.transform, "geotransform"
+    points, crs = dataset.gcps
+    fitted = _fitted_grid(points) if crs is not None else None
+    if fitted is not None:
+        return crs, fitted, "gcps"
+    return None, dataset.transform, None
+
+
+def _fitted_grid(points) -> Affine | None:
+    """The affine from pixel (col, row) to the points' (x, y) with the least squared error, or None unless at
+    least 3 of them span a plane (rasterio's from_gcps hands back whatever memory held when GDAL's fit fails)."""
+    pixels = np.array([[point.col, point.row, 1.0] for point in points], dtype=np.float64).reshape(-1, 3)
+    ground = np.array([[point.x, point.y] for point in points], dtype=np.float64).reshape(-1, 2)
+    if len(points) < 3 or not np.isfinite(pixels).all() or not np.isfinite(ground).all():
+        return None
+    (a, d), (b, e), (c, f) = np.linalg.lstsq(pixels, ground, rcond=None)[0]
+    rank = np.linalg.matrix_rank(pixels)
+    return Affine(*map(float, (a, b, c, d, e, f))) if rank == 3 and abs(a * e - b * d) > 0 else None
+
+
+def _grid_bounds(dataset, transform) -> tuple:
+    """left, bottom, right, top of the grid's corners through `transform` (a fitted grid is often rotated)."""
+    xs, ys = xy(transform, [0, 0, dataset.height, dataset.height], [0, dataset.width, 0, dataset.width], offset="ul")
+    return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
 def is_georeferenced(path) -> bool:
     """True when GDAL reads the file (a path, or a file-like object) and it has a coordinate reference system
-    (header only)."""
+    or ground control points that place it (header only)."""
     try:
         with _open(path if hasattr(path, "read") else str(path)) as dataset:
-            return dataset.crs is not None
+            return georeferencing_of(dataset)[0] is not None
     except UnreadableImage:
         return False
     finally:

@@ -197,3 +197,59 @@ def test_a_part_across_the_antimeridian_keeps_its_box_west_of_east(tmp_path):
     assert 179 < west < 180 and -180 < east < -179 and south < north
     part = part_geometry(chip, (50, 0, 100, 100), (200, 100))
     assert part["wgs84_bounds"][0] > part["wgs84_bounds"][2] and len(part["footprint"][0]) == 5
+
+
+def write_gcp_only(path, points, *, crs="EPSG:32614", size=(512, 256)):
+    """A GeoTIFF placed only by ground control points (no geotransform, no CRS of its own), as Sentinel-1 GRDs
+    and scanned maps come."""
+    from rasterio.control import GroundControlPoint
+
+    width, height = size
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8") as dst:
+        dst.write(np.random.default_rng(1).integers(1, 255, (3, height, width), dtype=np.uint8))
+        dst.gcps = ([GroundControlPoint(row=row, col=col, x=x, y=y) for col, row, x, y in points], crs)
+    return path
+
+
+def test_a_scene_placed_by_ground_control_points_is_cut_into_placed_chips(tmp_path):
+    """Such files were indexed as plain pictures, with no place, and read whole."""
+    from indexer.scenes import is_georeferenced
+
+    grid = Affine(10, 0, 500_000, 0, -10, 5_200_000)  # UTM 14N, 10 m, north up
+    corners = [(col, row, *(grid * (col, row))) for col, row in ((0, 0), (512, 0), (0, 256), (512, 256))]
+    path = write_gcp_only(tmp_path / "s1_20200101.tif", corners)
+    with rasterio.open(path) as dataset:
+        assert dataset.crs is None and len(dataset.gcps[0]) == 4  # what the file holds
+    assert is_georeferenced(path)
+    scene = open_scene(path)
+    assert scene.crs == "EPSG:32614" and scene.georeferencing == "gcps"
+    assert np.allclose(scene.transform, tuple(grid)[:6], atol=1e-6)
+    assert np.allclose(scene.bounds, (500_000, 5_197_440, 505_120, 5_200_000), atol=1e-3)
+    chip = chip_geometry(scene, (256, 0, 256, 256))
+    west, south, east, north = chip["wgs84_bounds"]
+    assert -99.0 < west < east < -98.9 and 46.9 < south < north < 47.0  # 14N's central meridian is -99
+    assert len(chip["footprint"][0]) == 5
+
+
+def test_ground_control_points_in_a_line_place_nothing(tmp_path):
+    from indexer.scenes import is_georeferenced
+
+    path = write_gcp_only(tmp_path / "line.tif", [(0, 0, 500_000, 5_200_000), (256, 0, 502_560, 5_200_000),
+                                                  (512, 0, 505_120, 5_200_000)])
+    assert not is_georeferenced(path)
+    scene = open_scene(path)
+    assert scene.crs is None and scene.georeferencing is None and scene.wgs84_bounds is None
+
+
+def test_a_scene_placed_by_ground_control_points_is_indexed_as_chips(index, tmp_path, open_store):
+    grid = Affine(10, 0, 500_000, 0, -10, 5_200_000)
+    corners = [(col, row, *(grid * (col, row))) for col, row in ((0, 0), (512, 0), (0, 256), (512, 256))]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_gcp_only(folder / "s1_20200101.tif", corners)
+    summary = index([folder], tmp_path / "s", chips=ChipOptions(chip_size=256))
+    assert summary["scenes"] == 1 and summary["failed"] == 0
+    geo = _geo_by_window(open_store(tmp_path / "s"))
+    assert sorted(geo) == ["0,0,256,256", "256,0,256,256"]
+    assert all(g["georeferencing"] == "gcps" and g["crs"] == "EPSG:32614" and g["footprint"] for g in geo.values())
+    assert geo["0,0,256,256"]["date"] == "2020-01-01"
