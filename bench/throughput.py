@@ -473,7 +473,7 @@ def main() -> None:
     global DEVICE, DTYPE
     DEVICE = args.device
     DTYPE = default_dtype(DEVICE)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(DEVICE) if args.workers is None else args.workers
     args.out.mkdir(parents=True, exist_ok=True)
     runs = 2 if args.quick else 5
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_name()

@@ -111,7 +111,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
               help="Images per forward pass, or auto: the largest that fits the GPU's memory (probed; 32 on a CPU). "
                    "Halved for the rest of the run after an out-of-memory error.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Decode workers [default: cores - 1; 0 for a model on a 2-core CPU].")
 @click.option("--rebuild", is_flag=True, help="Forget the store's contents and embed everything again.")
 @click.option("--chip-size", type=click.IntRange(16, 100000), default=None,
               help="Georeferenced TIFF scenes are cut into chips this many pixels square, edges shifted inward "
@@ -270,7 +271,8 @@ def _print_summary(summary: dict, store_dir) -> None:
               help="[default: the store's own]")
 @click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
               help="Images per forward pass, or auto (see `index --help`).")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decode workers [default: cores - 1].")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Decode workers [default: cores - 1; 0 for a model on a 2-core CPU].")
 @click.option("--keep-previous/--discard-previous", default=True, show_default=True,
               help="Keep the replaced store as DIR.previous (until the next rebuild).")
 @click.option("--allow-shrink", is_flag=True,

@@ -31,8 +31,14 @@ RUN_COLUMNS = ("indexed", "copied", "skipped", "moved", "removed", "failed", "sk
 log = logging.getLogger(__name__)
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(device=None) -> int:
+    """Decode worker processes for a run whose model runs on `device`: cores - 1, at most 8; none for a model on a
+    CPU of 2 cores, whose forward keeps both busy: a worker beside it slows it more than decoding between its
+    batches does (bench/cpu_workers.py: 1.12x without one on the 2-core Xeon, bench/results/cpu/workers-xeon-768/)."""
+    cores = os.cpu_count() or 2
+    if device is not None and torch.device(device).type == "cpu" and cores <= 2:
+        return 0
+    return max(1, min(8, cores - 1))
 
 
 class DecodeDataset(torch.utils.data.Dataset):
@@ -157,7 +163,7 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     paths = scan_sources(sources)
     store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
     store.set_index_settings(**(index_settings or {}))  # --index-memory, --target-recall
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(getattr(embedder, "device", None)) if workers is None else workers
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)

@@ -304,3 +304,14 @@ def test_real_scenes_are_cut_into_chips_and_empty_chips_skipped(index, shared_da
     geo = json.loads(by_scene["m_4709963_se_14_1_20090818.tif"][0]["geo"])
     assert geo["crs"] == "EPSG:26914" and geo["date"] == "2009-08-18" and geo["band_source"] == "default"
     assert -100 < geo["centroid"][0] < -99 and 47 < geo["centroid"][1] < 47.1
+
+
+def test_a_model_on_a_two_core_cpu_gets_no_decode_worker(monkeypatch):
+    """Its forward keeps both cores busy: a worker beside it slowed the indexer (bench/results/cpu/workers-xeon-768/)."""
+    from indexer import pipeline
+
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    assert pipeline.default_workers("cpu") == 0 and pipeline.default_workers(torch.device("cpu")) == 0
+    assert pipeline.default_workers("cuda") == 1 and pipeline.default_workers() == 1  # a GPU's model, or not said
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
+    assert pipeline.default_workers("cpu") == 8 and pipeline.default_workers("cuda") == 8
