@@ -7,7 +7,7 @@ from rasterio.transform import Affine, xy
 from rasterio.warp import transform as warp_transform
 
 WGS84 = "EPSG:4326"
-EDGE_POINTS = 8  # per window edge: a projected edge bows out between its corners (most near a pole)
+EDGE_POINTS = 16  # per window edge: a projected edge bows out between its corners (most near a pole)
 # A point along an edge stays in the footprint where the straight line between its neighbours would be off by more
 # than this many of the window's pixels; most chips keep their four corners alone, so their records stay small.
 TOLERANCE_PX = 1.0
@@ -34,10 +34,12 @@ def window_outline(crs, transform, window) -> dict:
         return dict(NOWHERE)
     lons, lats = unwrapped([float(lon) for lon in lons]), [float(lat) for lat in lats]
     ring, centroid = list(zip(lons[:-1], lats[:-1])), [wrapped(lons[-1]), lats[-1]]
-    pole = _pole_inside(crs, tuple(transform), window)
-    if pole:
-        box = [-180.0, min(lats), 180.0, 90.0] if pole > 0 else [-180.0, -90.0, 180.0, max(lats)]
-        return {"footprint": [_cap(ring, pole)], "centroid": centroid, "wgs84_bounds": box}
+    pole = _pole_at(crs, tuple(transform), window)
+    if pole and pole[3]:  # inside
+        box = [-180.0, min(lats), 180.0, 90.0] if pole[0] > 0 else [-180.0, -90.0, 180.0, max(lats)]
+        return {"footprint": [_cap(ring, pole[0])], "centroid": centroid, "wgs84_bounds": box}
+    if pole:  # on an edge or a corner
+        return _wedge(crs, transform, window, pole, centroid=centroid)
     if _signed_area(ring) < 0:  # a grid whose rows run south to north: turned, still from its first corner
         ring = ring[:1] + ring[:0:-1]
     kept = _simplified(ring, tolerance=TOLERANCE_PX / max(width, height))
@@ -128,13 +130,73 @@ def _cap(ring: list, pole: int) -> list:
     return edge + [[-180.0, -90.0], [180.0, -90.0], edge[0]]
 
 
-def _pole_inside(crs, transform: tuple, window) -> int:
-    """1 when the North Pole lies in the window, -1 the South Pole, else 0."""
+def _pole_at(crs, transform: tuple, window) -> tuple | None:
+    """(sign, col, row, inside) of a pole (1 north, -1 south) at pixel (col, row) in the window or on its edge
+    (inside False), else None."""
     col, row, width, height = window
+    near = 1e-9 * max(width, height)
     for sign, pixel_col, pixel_row in _poles_in_pixels(crs, transform):
-        if col <= pixel_col <= col + width and row <= pixel_row <= row + height:
-            return sign
-    return 0
+        if col - near <= pixel_col <= col + width + near and row - near <= pixel_row <= row + height + near:
+            inside = col + near < pixel_col < col + width - near and row + near < pixel_row < row + height - near
+            return sign, pixel_col, pixel_row, inside
+    return None
+
+
+def _wedge(crs, transform, window, pole: tuple, *, centroid) -> dict:
+    """Outline and box of a window with a pole on its edge or at a corner (a polar grid cut into chips that meet
+    at the pole): from the pole along the window's edge all the way round back to it, closed along the pole
+    between the longitudes of the edge's two sides there; every point kept."""
+    sign, pole_col, pole_row, _ = pole
+    col, row, width, height = window
+    perimeter, start = 2 * (width + height), _along(window, pole_col, pole_row)
+    steps = sorted({(position - start) % perimeter for position in _edge_positions(width, height)} - {0.0})
+    cols, rows = zip(*(_edge_point(window, (start + step) % perimeter) for step in steps))
+    xs, ys = xy(Affine(*transform), list(rows), list(cols), offset="ul")
+    lons, lats = lon_lat(crs, list(map(float, xs)), list(map(float, ys)))
+    if lons is None:
+        return dict(NOWHERE)
+    lons, lats = unwrapped([float(lon) for lon in lons]), [float(lat) for lat in lats]
+    ring = [[lon, lat] for lon, lat in zip(lons, lats)] + [[lons[-1], 90.0 * sign], [lons[0], 90.0 * sign]]
+    if _signed_area(ring) < 0:
+        ring.reverse()
+    west, east = min(lons), max(lons)
+    west, east = (-180.0, 180.0) if east - west >= 360 else (wrapped(west), wrapped(east))
+    footprint = [[wrapped(lon), lat] for lon, lat in ring]
+    box = [west, min(lats), east, 90.0] if sign > 0 else [west, -90.0, east, max(lats)]
+    return {"footprint": [footprint + [footprint[0]]], "centroid": centroid, "wgs84_bounds": box}
+
+
+def _edge_positions(width: float, height: float) -> list:
+    """Distances along the window's outline (counter-clockwise on a north-up grid, from its top-left corner) of
+    EDGE_POINTS points per edge, the corners among them."""
+    lengths = [height, width, height, width]
+    starts = [sum(lengths[:i]) for i in range(4)]
+    return [start + length * i / EDGE_POINTS for start, length in zip(starts, lengths) for i in range(EDGE_POINTS)]
+
+
+def _along(window, pixel_col: float, pixel_row: float) -> float:
+    """The distance along the outline (as _edge_positions counts it) of a point on the window's edge."""
+    col, row, width, height = window
+    near = 1e-9 * max(width, height)
+    if abs(pixel_col - col) <= near:
+        return pixel_row - row
+    if abs(pixel_row - (row + height)) <= near:
+        return height + pixel_col - col
+    if abs(pixel_col - (col + width)) <= near:
+        return height + width + row + height - pixel_row
+    return 2 * height + width + col + width - pixel_col
+
+
+def _edge_point(window, position: float) -> tuple:
+    """(col, row) of the point at `position` along the outline."""
+    col, row, width, height = window
+    if position < height:
+        return col, row + position
+    if position < height + width:
+        return col + position - height, row + height
+    if position < 2 * height + width:
+        return col + width, row + height - (position - height - width)
+    return col + width - (position - 2 * height - width), row
 
 
 @lru_cache(maxsize=64)

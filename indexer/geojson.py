@@ -1,5 +1,7 @@
 """GeoJSON geometry for chip footprints: a footprint across the antimeridian split in two, as RFC 7946 asks."""
-from .footprints import is_cap
+import math
+
+from .footprints import is_cap, unwrapped
 
 
 def footprint_geometry(footprint) -> dict | None:
@@ -10,12 +12,13 @@ def footprint_geometry(footprint) -> dict | None:
     if not footprint:
         return None
     ring = footprint[0][:-1]  # open: the last point repeats the first
-    lons = [point[0] for point in ring]
-    if max(lons) - min(lons) <= 180 or is_cap(ring):  # no chip is over half the globe wide: this one does not cross
-        return {"type": "Polygon", "coordinates": footprint}
-    unwrapped = [[lon + 360 if lon < 0 else lon, lat] for lon, lat in ring]  # continuous, crossing 180
-    west = _clipped(unwrapped, keep_below=True)
-    east = [[lon - 360, lat] for lon, lat in _clipped(unwrapped, keep_below=False)]
+    if is_cap(ring) or not any(abs(end[0] - start[0]) > 180 for start, end in zip(ring, ring[1:] + ring[:1])):
+        return {"type": "Polygon", "coordinates": footprint}  # no side jumps across the antimeridian
+    lons = unwrapped([lon for lon, _ in ring])  # continuous, crossing 180 (sides are short: 90 degrees at most)
+    turns = 360 * math.floor((min(lons) + 180) / 360)  # its westmost point in -180..180
+    continuous = [[lon - turns, lat] for lon, (_, lat) in zip(lons, ring)]
+    west = _clipped(continuous, keep_below=True)
+    east = [[lon - 360, lat] for lon, lat in _clipped(continuous, keep_below=False)]
     parts = [[part + [part[0]]] for part in (west, east) if len(part) >= 3]
     return {"type": "MultiPolygon", "coordinates": parts}
 

@@ -153,22 +153,25 @@ def georeferencing_of(dataset) -> tuple:
     if dataset.crs is not None:
         return dataset.crs, dataset.transform, "geotransform"
     points, crs = dataset.gcps
-    fitted = _fitted_grid(points) if crs is not None else None
+    fitted = _fitted_grid(points, geographic=crs.is_geographic) if crs is not None else None
     if fitted is not None:
         return crs, fitted, "gcps"
     return None, dataset.transform, None
 
 
-def _fitted_grid(points) -> Affine | None:
-    """The affine from pixel (col, row) to the points' (x, y) with the least squared error, or None unless at
-    least 3 of them span a plane (rasterio's from_gcps hands back whatever memory held when GDAL's fit fails)."""
+def _fitted_grid(points, *, geographic: bool) -> Affine | None:
+    """The affine from pixel (col, row) to the points' (x, y) with the least squared error, or None unless the
+    points span a plane on both sides (rasterio's from_gcps hands back whatever memory held when GDAL's fit fails).
+    Longitudes (`geographic`) are taken continuous from the first point's, so a scene across 180 keeps its width."""
     pixels = np.array([[point.col, point.row, 1.0] for point in points], dtype=np.float64).reshape(-1, 3)
     ground = np.array([[point.x, point.y] for point in points], dtype=np.float64).reshape(-1, 2)
     if len(points) < 3 or not np.isfinite(pixels).all() or not np.isfinite(ground).all():
         return None
+    if geographic:
+        ground[:, 0] += 360 * np.round((ground[0, 0] - ground[:, 0]) / 360)
     (a, d), (b, e), (c, f) = np.linalg.lstsq(pixels, ground, rcond=None)[0]
-    rank = np.linalg.matrix_rank(pixels)
-    return Affine(*map(float, (a, b, c, d, e, f))) if rank == 3 and abs(a * e - b * d) > 0 else None
+    flat = abs(a * e - b * d) <= 1e-9 * (a * a + b * b + d * d + e * e)  # ground points in a line, or one point
+    return None if np.linalg.matrix_rank(pixels) < 3 or flat else Affine(*map(float, (a, b, c, d, e, f)))
 
 
 def _grid_bounds(dataset, transform) -> tuple:

@@ -41,3 +41,11 @@ def test_a_chip_holding_a_pole_is_drawn_as_it_is():
     """Its ring runs from -180 to 180 and back along the pole: unwrapped, it would fold onto itself."""
     cap = [[-180.0, -89.8], [0.0, -89.9], [180.0, -89.8], [180.0, -90.0], [-180.0, -90.0], [-180.0, -89.8]]
     assert geomap.drawn_ring(cap, near=10.0) == cap
+
+
+def test_results_inside_a_query_holding_a_pole_stay_where_they_are():
+    """Moved beside the cap's first longitude (180), a result at -152..-45 was drawn a turn off, at 208..315."""
+    cap = [[180.0, -89.8], [0.0, -89.9], [-180.0, -89.8], [-180.0, -90.0], [180.0, -90.0], [180.0, -89.8]]
+    hit = {"id": 1, "rank": 1, "score": 0.9, "geo": chip(-152.0, -45.0, -89.9, -89.7)}
+    rows = geomap.footprint_rows([{"geo": {"footprint": [cap]}}], [hit], vmin=0.0, vmax=1.0)
+    assert sorted({p[0] for p in rows[0]["polygon"]}) == [-152.0, -45.0]

@@ -253,3 +253,65 @@ def test_a_scene_placed_by_ground_control_points_is_indexed_as_chips(index, tmp_
     assert sorted(geo) == ["0,0,256,256", "256,0,256,256"]
     assert all(g["georeferencing"] == "gcps" and g["crs"] == "EPSG:32614" and g["footprint"] for g in geo.values())
     assert geo["0,0,256,256"]["date"] == "2020-01-01"
+
+
+def test_chips_meeting_at_a_pole_each_reach_it_over_their_own_longitudes(tmp_path):
+    """A polar grid cut so that the pole is the corner of four chips (or the middle of two chips' edges): each was
+    outlined as the whole cap, its ring through the pole point itself, folding over."""
+    from indexer.footprints import is_cap, unwrapped, window_outline
+    from indexer.geojson import footprint_geometry
+
+    corner = (100, 0, -60000, 0, -100, 60000)  # EPSG:3031, 100 m: the South Pole at pixel (600, 600)
+    spans = []
+    for window in [(300, 300, 300, 300), (600, 300, 300, 300), (300, 600, 300, 300), (600, 600, 300, 300)]:
+        outline = window_outline("EPSG:3031", corner, window)
+        ring, (west, south, east, north) = outline["footprint"][0], outline["wgs84_bounds"]
+        assert not is_cap(ring) and south == -90.0 and north < -89.5
+        assert signed_area(ring[:-1]) > 0 and footprint_geometry(outline["footprint"])["type"] in ("Polygon",
+                                                                                                   "MultiPolygon")
+        assert sum(1 for _, lat in ring[:-1] if lat == -90.0) == 2  # closed along the pole, not through a point
+        spans.append((east - west) % 360)
+    assert spans == pytest.approx([90.0] * 4)
+    edge = (100, 0, -45000, 0, -100, 60000)  # the pole at pixel (450, 600): the middle of two chips' edges
+    for window in [(300, 300, 300, 300), (300, 600, 300, 300)]:
+        outline = window_outline("EPSG:3031", edge, window)
+        west, _, east, _ = outline["wgs84_bounds"]
+        ring = outline["footprint"][0][:-1]
+        assert not is_cap(ring) and (east - west) % 360 == pytest.approx(180.0)
+        assert signed_area(list(zip(unwrapped([lon for lon, _ in ring]), [lat for _, lat in ring]))) > 0
+
+
+def test_a_chip_over_half_the_globe_wide_is_one_polygon_and_one_across_180_is_split(shared_data_dir):
+    """Footprint rings are continuous now (no side over 90 degrees): GeoJSON splits a ring where its points
+    jump across 180, not wherever its longitudes span more than half the globe."""
+    from indexer.footprints import window_outline
+    from indexer.geojson import footprint_geometry
+
+    globe = (1.0, 0, -180.0, 0, -1.0, 90.0)  # 1 degree per pixel
+    wide = window_outline("EPSG:4326", globe, (0, 0, 224, 90))["footprint"]  # -180..44 E
+    assert footprint_geometry(wide) == {"type": "Polygon", "coordinates": wide}
+    across = window_outline("EPSG:4326", globe, (150, 0, 224, 90))["footprint"]  # -30 E..194 E, across 180
+    geometry = footprint_geometry(across)
+    assert geometry["type"] == "MultiPolygon"
+    areas = [signed_area(part[0][:-1]) for part in geometry["coordinates"]]
+    assert all(area > 0 for area in areas) and sum(areas) == pytest.approx(224 * 90)
+    assert all(-180 <= lon <= 180 for part in geometry["coordinates"] for lon, _ in part[0])
+
+
+def test_ground_control_points_across_180_in_degrees_keep_the_scene_narrow(tmp_path):
+    """A Sentinel-1-like scene over Fiji placed by GCPs in EPSG:4326 from 179.75 E to 179.25 W: its fit took the
+    points' longitudes as they are and spread the scene over 431 degrees."""
+    points = [(col, row, 179.75 + col * 0.001 - (360 if 179.75 + col * 0.001 > 180 else 0), -16.5 - row * 0.001)
+              for col, row in ((0, 0), (1000, 0), (0, 500), (1000, 500), (500, 250))]
+    scene = open_scene(write_gcp_only(tmp_path / "fiji.tif", points, crs="EPSG:4326", size=(1000, 500)))
+    assert scene.transform == pytest.approx((0.001, 0, 179.75, 0, -0.001, -16.5), abs=1e-9)
+    west, south, east, north = chip_geometry(scene, (0, 0, 500, 500))["wgs84_bounds"]
+    assert (west, east) == pytest.approx((179.75, -179.75)) and west > east
+
+
+def test_ground_control_points_on_one_line_on_the_ground_place_nothing(tmp_path):
+    from indexer.scenes import is_georeferenced
+
+    points = [(0, 0, 500_000, 5_200_000), (512, 0, 505_120, 5_200_000), (0, 256, 500_000, 5_200_000),
+              (512, 256, 505_120, 5_200_000)]  # the rows of pixels all on one line on the ground
+    assert not is_georeferenced(write_gcp_only(tmp_path / "flat.tif", points))

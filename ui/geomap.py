@@ -15,7 +15,8 @@ def footprint_rows(query_items: list[dict], hits: list[dict], *, vmin: float, vm
     the query's (each of its examples') outlined. Each outline is drawn continuous (see `drawn_ring`), beside the
     query's first when it has one."""
     rings = [item["geo"]["footprint"][0] for item in query_items if (item.get("geo") or {}).get("footprint")]
-    near = rings[0][0][0] if rings else None  # the longitude of the query's first outline's first point
+    # the longitude of the query's first outline's first point (none for one holding a pole: every longitude)
+    near = rings[0][0][0] if rings and not is_cap(rings[0]) else None
     rows = []
     for hit in hits:
         geo = hit.get("geo") or {}
