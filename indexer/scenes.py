@@ -444,13 +444,17 @@ def chip_geometry(scene: Scene, window) -> dict:
 
 def part_geometry(geo: dict, part, picture_size) -> dict | None:
     """Footprint, centroid and WGS84 bounds of `part` (col, row, width, height) of a chip whose picture is
-    `picture_size` (width, height) px, from the chip's bounds in its scene's CRS (a north-up grid, as chips are
-    cut); None for a chip without them."""
-    if not geo or not geo.get("bounds") or not geo.get("crs"):
+    `picture_size` (width, height) px, from the chip's grid on the ground (its record's "grid"; a chip recorded
+    before it, from its bounds in its scene's CRS, which hold only for a north-up grid); None for a chip
+    without them."""
+    if not geo or not (geo.get("grid") or geo.get("bounds")) or not geo.get("crs"):
         return None
-    west, south, east, north = geo["bounds"]
-    picture = (Affine.translation(west, north)
-               @ Affine.scale((east - west) / picture_size[0], -(north - south) / picture_size[1]))
+    if geo.get("grid"):
+        picture = Affine(*geo["grid"]) @ Affine.scale(1 / picture_size[0], 1 / picture_size[1])
+    else:
+        west, south, east, north = geo["bounds"]
+        picture = (Affine.translation(west, north)
+                   @ Affine.scale((east - west) / picture_size[0], -(north - south) / picture_size[1]))
     return window_outline(geo["crs"], tuple(picture)[:6], part)
 
 

@@ -315,3 +315,23 @@ def test_ground_control_points_on_one_line_on_the_ground_place_nothing(tmp_path)
     points = [(0, 0, 500_000, 5_200_000), (512, 0, 505_120, 5_200_000), (0, 256, 500_000, 5_200_000),
               (512, 256, 505_120, 5_200_000)]  # the rows of pixels all on one line on the ground
     assert not is_georeferenced(write_gcp_only(tmp_path / "flat.tif", points))
+
+
+def test_a_part_of_a_chip_on_a_turned_grid_is_outlined_where_it_lies(tmp_path):
+    """A grid turned 20 degrees on the ground (as GCP fits of a satellite's swath are): a part's outline came from
+    the chip's north-up bounding box, 88 px off."""
+    from indexer.chip_records import chip_record
+    from indexer.footprints import window_outline
+    from indexer.plan import Job
+
+    turned = Affine.translation(500_000, 5_200_000) @ Affine.rotation(20) @ Affine.scale(10, -10)
+    with rasterio.open(tmp_path / "turned.tif", "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8",
+                       crs="EPSG:32614", transform=turned) as dst:
+        dst.write(np.full((3, 512, 512), 7, dtype="uint8"))
+    scene = open_scene(tmp_path / "turned.tif")
+    record = chip_record(Job(path="chip", size=1, mtime=0.0, scene=scene, window=(256, 0, 256, 256)), valid=1.0,
+                         stretch=(2, 98), gsd=None)
+    part = part_geometry(record["geo"], (0, 0, 112, 112), (224, 224))  # the chip's picture is 224 px
+    truth = window_outline(scene.crs, scene.transform, (256, 0, 128, 128))
+    assert part["centroid"] == pytest.approx(truth["centroid"], abs=1e-9)
+    assert part["footprint"] == [[pytest.approx(point, abs=1e-9) for point in truth["footprint"][0]]]
