@@ -44,10 +44,16 @@ def window_outline(crs, transform, window) -> dict:
         ring = ring[:1] + ring[:0:-1]
     kept = _simplified(ring, tolerance=TOLERANCE_PX / max(width, height))
     footprint = [[wrapped(lon), lat] for lon, lat in kept]
-    west, east = min(lons[:-1]), max(lons[:-1])
-    west, east = (-180.0, 180.0) if east - west >= 360 else (wrapped(west), wrapped(east))
+    west, east = _west_east(lons[:-1])
     return {"footprint": [footprint + [footprint[0]]], "centroid": centroid,
             "wgs84_bounds": [west, min(lats[:-1]), east, max(lats[:-1])]}
+
+
+def _west_east(lons: list) -> tuple[float, float]:
+    """(west, east) in -180..180 of continuous longitudes (west > east across the antimeridian; all of them for
+    a whole turn)."""
+    west, east = min(lons), max(lons)
+    return (-180.0, 180.0) if east - west >= 360 else (wrapped(west), wrapped(east))
 
 
 def lon_lat(crs, xs, ys) -> tuple:
@@ -159,8 +165,7 @@ def _wedge(crs, transform, window, pole: tuple, *, centroid) -> dict:
     ring = [[lon, lat] for lon, lat in zip(lons, lats)] + [[lons[-1], 90.0 * sign], [lons[0], 90.0 * sign]]
     if _signed_area(ring) < 0:
         ring.reverse()
-    west, east = min(lons), max(lons)
-    west, east = (-180.0, 180.0) if east - west >= 360 else (wrapped(west), wrapped(east))
+    west, east = _west_east(lons)
     footprint = [[wrapped(lon), lat] for lon, lat in ring]
     box = [west, min(lats), east, 90.0] if sign > 0 else [west, -90.0, east, max(lats)]
     return {"footprint": [footprint + [footprint[0]]], "centroid": centroid, "wgs84_bounds": box}

@@ -5,7 +5,7 @@ import zlib
 import pydeck
 import streamlit as st
 
-from indexer.footprints import is_cap
+from indexer.footprints import is_cap, unwrapped
 
 from . import heatmaps
 
@@ -42,9 +42,7 @@ def drawn_ring(ring: list, *, near: float | None = None) -> list:
     a pole (from -180 to 180 and along the pole) is drawn as it is."""
     if is_cap(ring):
         return ring
-    points = [list(ring[0])]
-    for lon, lat in ring[1:]:
-        points.append([lon + 360 * round((points[-1][0] - lon) / 360), lat])  # whole turns: exact otherwise
+    points = [[lon, lat] for lon, (_, lat) in zip(unwrapped([lon for lon, _ in ring]), ring)]
     if near is not None:
         middle = (min(p[0] for p in points) + max(p[0] for p in points)) / 2
         turns = round((middle - near) / 360)
