@@ -36,9 +36,18 @@ def default_workers(device=None) -> int:
     CPU of 2 cores, whose forward keeps both busy: a worker beside it slows it more than decoding between its
     batches does (bench/cpu_workers.py: 1.12x without one on the 2-core Xeon, bench/results/cpu/workers-xeon-768/)."""
     cores = os.cpu_count() or 2
-    if device is not None and torch.device(device).type == "cpu" and cores <= 2:
+    if _device_type(device) == "cpu" and cores <= 2:
         return 0
     return max(1, min(8, cores - 1))
+
+
+def _device_type(device) -> str | None:
+    """'cpu', 'cuda', ... of a torch device or its name; None for anything else (a plugged-in backbone may name
+    its device as it likes: the README asks it only for preprocess, provenance and embed)."""
+    try:
+        return torch.device(device).type if device is not None else None
+    except (RuntimeError, TypeError, ValueError):
+        return None
 
 
 class DecodeDataset(torch.utils.data.Dataset):
@@ -161,9 +170,9 @@ def index_collection(sources, store_dir, *, embedder: Embedder, batch_size: int 
     """
     started = time.perf_counter()
     paths = scan_sources(sources)
+    workers = default_workers(getattr(embedder, "device", None)) if workers is None else workers
     store = Store.create(store_dir, provenance=embedder.provenance, rebuild=rebuild)
     store.set_index_settings(**(index_settings or {}))  # --index-memory, --target-recall
-    workers = default_workers(getattr(embedder, "device", None)) if workers is None else workers
     settings = {"batch_size": batch_size, "workers": workers, "rebuild": rebuild,
                 "sources": [str(Path(s).absolute()) for s in sources], "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)

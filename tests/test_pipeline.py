@@ -315,3 +315,6 @@ def test_a_model_on_a_two_core_cpu_gets_no_decode_worker(monkeypatch):
     assert pipeline.default_workers("cuda") == 1 and pipeline.default_workers() == 1  # a GPU's model, or not said
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
     assert pipeline.default_workers("cpu") == 8 and pipeline.default_workers("cuda") == 8
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    # a plugged-in backbone's own name for its device is no torch device: it keeps the workers it had
+    assert pipeline.default_workers("auto") == 1 and pipeline.default_workers(object()) == 1
