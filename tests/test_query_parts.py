@@ -299,3 +299,20 @@ def test_a_part_of_an_indexed_scene_is_read_with_that_scenes_own_bands(index, sh
     uploaded = api.load_query_image(landsat.read_bytes(), name=landsat.name, read_options=options, crop=crop)
     assert np.array_equal(np.asarray(uploaded), np.asarray(by_path))
     assert not np.array_equal(np.asarray(by_path), np.asarray(api.load_query_image(landsat, crop=crop)))
+
+
+def test_browser_back_to_an_earlier_uploads_part_does_not_cut_a_new_upload(page, ui_ids, answer):
+    """Upload one picture and search by a part of it, upload another, then go Back: the address holds the first
+    upload's part again, and it was cut from the second upload (which the session now holds)."""
+    (first, _), (second, _) = chip(ui_ids, 9), chip(ui_ids, 5)
+    at = page()
+    run(at.file_uploader[0].upload(first.name, first.read_bytes(), "image/jpeg"))
+    at.query_params["upload_part"] = "8,16,72,64"
+    run(at)
+    assert cards(at) == answer([api.load_query_image(first, crop=PART)])
+    run(at.file_uploader[0].upload(second.name, second.read_bytes(), "image/jpeg"))
+    assert "upload_part" not in at.query_params and cards(at) == answer([api.load_query_image(second)])
+    at.query_params["upload_part"] = "8,16,72,64"  # Back: the first upload's address
+    run(at)
+    assert not [c.value for c in at.caption if "part 8,16" in c.value]
+    assert cards(at) == answer([api.load_query_image(second)])

@@ -9,7 +9,7 @@ from store import StoreError
 
 from . import heatmaps
 from .geomap import result_map
-from .part import address_part, part_item, part_picker, source_size, use_whole
+from .part import address_part, part_item, part_picker, source_size, upload_id, use_whole
 from .query import describe_place, load_indexed, load_upload, query_panel, remove_example, use_indexed, with_examples
 from .resources import STORE_LOCK, embedder_for, open_store, store_signature, thumbnail
 from .results import (clicked_patch, compare_panel, compared_hit, downloads, forget_click, page_of, pager,
@@ -145,7 +145,7 @@ def _render(store, *, model, basemap=None, max_upload_mb=50) -> None:
         patch = None
         if query.image is not None and st.toggle("Select a part to search by", key="choosing-part",
                                                  help="Drag a box over the picture, then search by what it holds."):
-            part_picker(query, size=source_size(query, choice))
+            part_picker(query, size=source_size(query, choice), upload=upload_id(choice))
         else:
             patch = query_patch(query, opacity=settings["opacity"], store_key=store_signature(store))
         if query.part:
@@ -178,7 +178,7 @@ def load_query(store, choice, *, model, max_upload_mb=50):
                              load_indexed(store, image_ids))
 
     try:
-        part = address_part(uploaded=choice[0] != "id")
+        part = address_part(uploaded=choice[0] != "id", upload=upload_id(choice))
         if part:
             return load(part)
     except IndexerError as error:

@@ -20,11 +20,15 @@ def part_name(uploaded: bool) -> str:
     return "upload_part" if uploaded else "part"
 
 
-def address_part(*, uploaded: bool = False) -> tuple | None:
+def address_part(*, uploaded: bool = False, upload: str | None = None) -> tuple | None:
     """The part the address names (?part=COL,ROW,WIDTH,HEIGHT, or ?upload_part= for an `uploaded` query's first
-    example), or None; raises IndexerError when malformed."""
+    example), or None; raises IndexerError when malformed. An upload's part is one this session cut from that
+    upload (`upload`: its file id) or first met with it in the address: browser Back to an earlier upload's
+    address, after another upload, does not cut the new upload where the earlier one was."""
     text = st.query_params.get(part_name(uploaded))
     if not text:
+        return None
+    if uploaded and _upload_part_owners().setdefault(text, upload) != upload:
         return None
     try:
         values = tuple(int(value) for value in text.split(","))
@@ -36,10 +40,27 @@ def address_part(*, uploaded: bool = False) -> tuple | None:
     return values
 
 
-def use_part(box: tuple, uploaded: bool = False) -> None:
-    """Callback: search by this part of the shown example's picture (the upload's, `uploaded`)."""
+def use_part(box: tuple, uploaded: bool = False, upload: str | None = None) -> None:
+    """Callback: search by this part of the shown example's picture (the upload's, `uploaded`: `upload` its file
+    id)."""
     new_query(keep=("unlike",))
-    st.query_params[part_name(uploaded)] = ",".join(map(str, box))
+    text = ",".join(map(str, box))
+    st.query_params[part_name(uploaded)] = text
+    if uploaded:
+        _upload_part_owners()[text] = upload
+
+
+def _upload_part_owners() -> dict:
+    """part text -> the file id of the upload it was cut from (or first met with), for this session."""
+    return st.session_state.setdefault("upload-part-owners", {})
+
+
+def upload_id(choice) -> str | None:
+    """The file id of the query's upload (a choice of "upload" or "upload+ids"), else None."""
+    kind, value = choice
+    if kind == "id":
+        return None
+    return getattr(value if kind == "upload" else value[0], "file_id", None)
 
 
 def use_whole() -> None:
@@ -61,7 +82,7 @@ def source_size(query: Query, choice) -> tuple[int, int]:
     return sizes[query.key]
 
 
-def part_picker(query: Query, *, size: tuple[int, int]) -> None:
+def part_picker(query: Query, *, size: tuple[int, int], upload: str | None = None) -> None:
     """The shown example's whole picture: drag a box over it, then search by that part."""
     picture = query.whole if query.part else query.image
     state_key = f"part-box-{query.key}"
@@ -82,7 +103,7 @@ def part_picker(query: Query, *, size: tuple[int, int]) -> None:
     else:
         st.caption(f"Part {box[0]},{box[1]} {box[2]}×{box[3]} px of the {size[0]}×{size[1]} px picture. It is "
                    "resized to the model's square input as every image is: a near-square part keeps its shapes.")
-        st.button("Search with this part", on_click=use_part, args=(box, query.uploaded), type="primary",
+        st.button("Search with this part", on_click=use_part, args=(box, query.uploaded, upload), type="primary",
                   key="use-part")
 
 
