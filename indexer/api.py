@@ -235,8 +235,28 @@ def _indexed_row(store: Store, image_id: int) -> tuple[dict, dict]:
 
 
 def _described_picture(query, crop: tuple | None = None) -> dict:
-    about = {"path": str(query) if not isinstance(query, Image.Image) else "<image>"}
+    """An answer's description of a picture query: its path; "<image>" for a PIL image, "<bytes>" for a file's
+    bytes (never their repr)."""
+    about = {"path": "<image>" if isinstance(query, Image.Image) else "<bytes>" if _is_bytes(query) else str(query)}
     return dict(about, crop=list(crop)) if crop and not isinstance(query, Image.Image) else about
+
+
+def _is_bytes(query) -> bool:
+    return isinstance(query, (bytes, bytearray, memoryview))
+
+
+def _check_query(query) -> None:
+    """One-line refusal of what is no query (True, None, a number that is no id, a dict, ...)."""
+    if not (_is_image_id(query) or isinstance(query, (str, os.PathLike, Image.Image, Part)) or _is_bytes(query)):
+        raise IndexerError(f"{query!r} is not a query: give an indexed image id (an int), a path, a PIL image, a "
+                           "file's bytes or a Part")
+
+
+def check_open_store(store) -> None:
+    """One-line refusal of a path, or of a store closed already, where an open store is wanted."""
+    if not isinstance(store, Store):
+        raise IndexerError(f"{store!r} is no open store: open it first, api.open_store(path)")
+    store.check_open()
 
 
 class _QueryReader:
@@ -248,6 +268,8 @@ class _QueryReader:
 
     def __call__(self, query) -> Image.Image:
         if isinstance(query, Image.Image):
+            if min(query.size) < 1:
+                raise UnreadableImage(f"the image is {query.size[0]}×{query.size[1]} px: nothing to search by")
             return upright_rgb(query)
         self._options = self._options or (scene_read_options(self.store), store_draft_side(self.store))
         read_options, at_least = self._options
@@ -269,6 +291,7 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     always, with "unlike" and "unlike_weight" too. Without an `embedder`, one is made when a picture needs it,
     after every picture is read: by `make_embedder()`, or the store's own model.
     """
+    check_open_store(store)
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
@@ -305,6 +328,8 @@ def _examples(store: Store, examples: list, *, embedder=None, make_embedder=None
     """(each example's unit vector, its description). Every picture is read before any model loads."""
     read = _QueryReader(store)
     vectors, described, pictures = [], [], {}
+    for example in examples:
+        _check_query(example)
     for position, example in enumerate(examples):
         if _is_image_id(example):
             about, vector, _ = _indexed_query(store, example)
@@ -356,11 +381,24 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
     `crop` is load_query_image's, for every image file. `unlike` (as search's, read and embedded once, before
     the first query; one that cannot be read ends it all) moves every query away from them, and each answer's
     "query" is then search's {"examples": [the query], "combine", "unlike", "unlike_weight"}. Without an
-    `embedder`, one is made when a picture needs it: by `make_embedder()`, or the store's own model."""
+    `embedder`, one is made when a picture needs it: by `make_embedder()`, or the store's own model. The answers
+    come one by one, as an iterator; the store, the list and batch_size are checked at the call."""
+    check_open_store(store)  # here, when called, not at the first answer
+    if isinstance(queries, (str, os.PathLike, Image.Image, Part)) or _is_bytes(queries):
+        raise IndexerError("search_each takes a list of queries: give [query] for one (or use search)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise IndexerError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    return _answers(store, list(queries), k=k, embedder=embedder, exclude_self=exclude_self,
+                    exclude_own_scene=exclude_own_scene, refinement=refinement, batch_size=batch_size, crop=crop,
+                    unlike=unlike, unlike_weight=unlike_weight, make_embedder=make_embedder)
+
+
+def _answers(store: Store, queries: list, *, k, embedder, exclude_self, exclude_own_scene, refinement, batch_size,
+             crop, unlike, unlike_weight, make_embedder):
+    """search_each's answers, one by one."""
     import torch
 
     refinement = Refinement() if refinement is None else refinement
-    queries = list(queries)
     read = _QueryReader(store, crop)
     made = [embedder] if embedder is not None else []
 
@@ -404,6 +442,10 @@ def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
         except StoreError as error:
             return _Prepared({"id": int(query)}, error=str(error))
         return _Prepared(described, vector=vector, own_id=described["id"], own_scene=row["scene"])
+    try:
+        _check_query(query)
+    except IndexerError as error:
+        return _Prepared({"path": repr(query)[:200]}, error=str(error))
     try:
         picture = read(query)
     except (IndexerError, OSError) as error:

@@ -2,6 +2,7 @@
 from tqdm import tqdm
 
 from store import Store
+from store.store import check_k
 
 from .errors import IndexerError
 from .refine import windows_overlap
@@ -23,8 +24,10 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
     ...}], "links": [[id, id, cosine], ...]}]}, the largest groups first."""
     if not 0 < threshold <= 1:
         raise IndexerError(f"the threshold {threshold} must be above 0 and at most 1 (a cosine similarity)")
-    if k < 1:
-        raise IndexerError(f"k must be at least 1, not {k}")
+    if not isinstance(store, Store):
+        raise IndexerError(f"{store!r} is no open store: open it first, api.open_store(path)")
+    store.check_open()
+    check_k(k)
     links = _links(store, threshold=threshold, k=k, progress=progress)
     rows = store.images({image_id for pair in links for image_id in pair})
     links = {(a, b): score for (a, b), score in links.items()

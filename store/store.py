@@ -1,6 +1,7 @@
 """A store directory: the catalogue, the durable vectors and patch features, and the FAISS index."""
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,13 @@ class Store(IndexedStore, SceneRecords):
     def close(self) -> None:
         self.db.close()
         self._release_write_lock()
+
+    def check_open(self) -> None:
+        """A one-line StoreError for a store closed already (SQLite would say only "closed database")."""
+        try:
+            self.db.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            raise StoreError(f"the store at {self.store_dir} was closed: open it again") from None
 
     def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
         self._release_write_lock()

@@ -1,0 +1,51 @@
+"""The Python API's answers to what is no query, no store or no count: one line each, never a traceback."""
+import pytest
+from PIL import Image
+
+from indexer import api
+from indexer.errors import IndexerError
+from store import StoreError
+
+
+@pytest.fixture
+def store(ui_store_dir):
+    opened = api.open_store(ui_store_dir)
+    yield opened
+    opened.close()
+
+
+def test_a_path_or_a_closed_store_where_an_open_store_is_wanted(ui_store_dir, ui_ids):
+    image_id = next(iter(ui_ids.values()))
+    for call in (lambda s: api.search(s, image_id), lambda s: api.search_each(s, [image_id]),
+                 lambda s: api.near_duplicates(s)):
+        with pytest.raises(IndexerError, match=r"is no open store: open it first, api.open_store\(path\)"):
+            call(str(ui_store_dir))
+        closed = api.open_store(ui_store_dir)
+        closed.close()
+        with pytest.raises(StoreError, match="was closed: open it again"):
+            call(closed)
+
+
+def test_what_is_no_query_is_refused_in_one_line(store, ui_ids, embedder):
+    with pytest.raises(IndexerError, match="True is not a query"):
+        api.search(store, True, embedder=embedder)
+    with pytest.raises(IndexerError, match="is not a query"):
+        api.search(store, [next(iter(ui_ids.values())), {"id": 1}], embedder=embedder)
+    answer = list(api.search_each(store, [None, next(iter(ui_ids.values()))], embedder=embedder))
+    assert "is not a query" in answer[0]["error"] and "results" in answer[1]  # the others go on
+    with pytest.raises(IndexerError, match="0×0 px: nothing to search by"):
+        api.search(store, Image.new("RGB", (0, 0)), embedder=embedder)
+    with pytest.raises(IndexerError, match=r"takes a list of queries: give \[query\]"):
+        api.search_each(store, "chips", embedder=embedder)
+    with pytest.raises(IndexerError, match="batch_size must be a whole number of at least 1, not 0"):
+        api.search_each(store, [next(iter(ui_ids.values()))], batch_size=0, embedder=embedder)
+    with pytest.raises(StoreError, match="k must be a whole number of at least 1, not 2.5"):
+        api.near_duplicates(store, k=2.5)
+
+
+def test_a_files_bytes_as_a_query_are_described_not_spelt_out(store, ui_ids, embedder):
+    path = next(iter(ui_ids))
+    data = open(path, "rb").read()
+    answer = api.search(store, data, k=2, embedder=embedder)
+    assert answer["query"] == {"path": "<bytes>"} and answer["results"][0]["id"] == ui_ids[path]
+    assert next(api.search_each(store, [data], k=2, embedder=embedder))["query"] == {"path": "<bytes>"}
