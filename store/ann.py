@@ -202,6 +202,12 @@ def user_plan(factory: str, n: int, dim: int) -> IndexPlan:
     if refined and ("IVF" not in refined[0] or factory.startswith("IDMap")):
         raise StoreError(f"--index-type {factory}: a refine step goes after an inverted file, such as "
                          "IVF1024,PQ256x4fs,Refine(SQ8)")
+    if "IVF" in factory and factory.startswith("IDMap"):  # searched as exact: --nprobe and tuning lost
+        raise StoreError(f"--index-type {factory}: an inverted file keeps ids itself; leave out the IDMap "
+                         f"(--index-type {factory.split(',', 1)[1]})")
+    if re.search(r",RFlat\b", factory):
+        raise StoreError(f"--index-type {factory}: faiss's RFlat cannot take ids; refine with Refine(Flat) "
+                         "instead, such as IVF1024,PQ256x4fs,Refine(Flat)")
     kind = "ivf" if "IVF" in factory else "flat"
     if kind == "flat" and not factory.startswith("IDMap"):
         factory = "IDMap2," + factory
@@ -439,8 +445,12 @@ def train_and_add(vectors, ids: np.ndarray, plan: IndexPlan, *, seed: int = 0):
             raise StoreError(f"faiss cannot train index type {plan.factory!r} on {len(sample):,} vectors: "
                              f"{faiss_reason(error)}") from None
         trained_on = len(vectors)
-    for start in range(0, len(vectors), CHUNK_ROWS):
-        index.add_with_ids(_rows(vectors, start, start + CHUNK_ROWS), ids[start:start + CHUNK_ROWS])
+    try:
+        for start in range(0, len(vectors), CHUNK_ROWS):
+            index.add_with_ids(_rows(vectors, start, start + CHUNK_ROWS), ids[start:start + CHUNK_ROWS])
+    except RuntimeError as error:  # an index type that cannot keep ids
+        raise StoreError(f"faiss cannot add vectors with ids to index type {plan.factory!r}: "
+                         f"{faiss_reason(error)}") from None
     return index, trained_on
 
 

@@ -90,7 +90,10 @@ class IndexedStore:
         index_path = self.store_dir / INDEX_NAME
         if index_path.exists():
             try:
-                return self._catch_up(faiss_index.read_index(index_path))
+                index = faiss_index.read_index(index_path)
+                if self.dim is not None and index.d != self.dim:  # a file from another store, copied in
+                    raise RuntimeError(f"it holds {index.d}-dimensional vectors, the catalogue {self.dim}")
+                return self._catch_up(index)
             except RuntimeError as error:
                 log.warning("index file %s is unreadable (%s): rebuilding it", index_path, error)
         elif self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone():

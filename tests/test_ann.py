@@ -457,3 +457,32 @@ def test_a_budget_nothing_fits_is_refused_beside_a_named_type_too(big_store):
     assert "memory_bytes" not in big_store.index_settings() and "factory" not in big_store.index_settings()
     settings = big_store.set_index_settings(factory="IVF16,SQfp16", memory_bytes=150_000)  # the type is over it
     assert (settings["factory"], settings["memory_bytes"]) == ("IVF16,SQfp16", 150_000)
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("IDMap2,IVF64,Flat", r"an inverted file keeps ids itself; leave out the IDMap \(--index-type IVF64,Flat\)"),
+    ("IVF64,Flat,RFlat", "RFlat cannot take ids; refine with Refine"),
+    ("IVF64,PQ8x4fs,RFlat", "RFlat cannot take ids")])
+def test_index_types_that_would_be_searched_wrong_or_cannot_keep_ids_are_refused(factory, message):
+    """An id-mapped inverted file was searched as exact (--nprobe and the tuned nprobe ignored); RFlat ended the
+    run in a faiss traceback from add_with_ids."""
+    with pytest.raises(StoreError, match=message):
+        ann.user_plan(factory, 10_000, DIM)
+
+
+def test_an_index_file_of_other_vectors_is_rebuilt_not_a_traceback(tmp_path, caplog):
+    """An index.faiss copied in from a store of another dimension: faiss asserted on the first search."""
+    import faiss
+
+    store = Store.create(tmp_path / "store", provenance=PROVENANCE)
+    vectors = clustered(200)
+    ids = fill(store, vectors)
+    store.finish_index()
+    store.close()
+    faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(16)), str(tmp_path / "store" / "index.faiss"))
+    reopened = Store.open(tmp_path / "store")
+    try:
+        assert found_as_own_nearest(reopened, ids[:20], vectors[:20]) == 20
+    finally:
+        reopened.close()
+    assert "holds 16-dimensional vectors, the catalogue 32" in caplog.text and "rebuilding it" in caplog.text
