@@ -16,7 +16,7 @@ from store.store import chip_fields, provenance_conflicts
 from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
-from .errors import IndexerError, UnreadableImage
+from .errors import IndexerError, UnreadableImage, check_open_store
 from .images import decode_for_model, draft_side, load_image, upright_rgb, upright_size
 from .neardup import near_duplicates
 from .pipeline import index_collection
@@ -250,13 +250,6 @@ def _check_query(query) -> None:
     if not (_is_image_id(query) or isinstance(query, (str, os.PathLike, Image.Image, Part)) or _is_bytes(query)):
         raise IndexerError(f"{query!r} is not a query: give an indexed image id (an int), a path, a PIL image, a "
                            "file's bytes or a Part")
-
-
-def check_open_store(store) -> None:
-    """One-line refusal of a path, or of a store closed already, where an open store is wanted."""
-    if not isinstance(store, Store):
-        raise IndexerError(f"{store!r} is no open store: open it first, api.open_store(path)")
-    store.check_open()
 
 
 class _QueryReader:

@@ -15,3 +15,12 @@ class ModelUnavailable(IndexerError):
 
 class NonFiniteOutput(IndexerError):
     """The backbone produced NaN or inf: the batch is refused, nothing is written."""
+
+
+def check_open_store(store) -> None:
+    """One-line refusal of a path, or of a store closed already, where the Python API wants an open store."""
+    from store import Store
+
+    if not isinstance(store, Store):
+        raise IndexerError(f"{store!r} is no open store: open it first, api.open_store(path)")
+    store.check_open()

@@ -4,7 +4,7 @@ from tqdm import tqdm
 from store import Store
 from store.store import check_k
 
-from .errors import IndexerError
+from .errors import IndexerError, check_open_store
 from .refine import windows_overlap
 
 DEFAULT_THRESHOLD = 0.95
@@ -24,9 +24,7 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
     ...}], "links": [[id, id, cosine], ...]}]}, the largest groups first."""
     if not 0 < threshold <= 1:
         raise IndexerError(f"the threshold {threshold} must be above 0 and at most 1 (a cosine similarity)")
-    if not isinstance(store, Store):
-        raise IndexerError(f"{store!r} is no open store: open it first, api.open_store(path)")
-    store.check_open()
+    check_open_store(store)
     check_k(k)
     links = _links(store, threshold=threshold, k=k, progress=progress)
     rows = store.images({image_id for pair in links for image_id in pair})
