@@ -88,6 +88,9 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
         raise click.UsageError("--crop cuts the IMAGE files (or, without --each, the first --id's picture): give one")
     store = api.open_store(store_dir)
     store.index.nprobe_override = nprobe
+    if nprobe is not None and (store.index_state() or {}).get("kind") != "ivf":
+        click.echo("note: --nprobe has no effect here: this store's index is exact, every vector is searched",
+                   err=True)
     if at is not None:
         image_ids = (*image_ids, _chip_at(store, *at))
     if each:

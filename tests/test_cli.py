@@ -733,3 +733,12 @@ def test_a_store_whose_folder_name_is_not_utf8_keeps_its_index_file(built, tmp_p
     searched = invoke("search", "--id", 1, "--store", store_dir, "--json", "-k", 3)
     assert searched.exit_code == 0 and "missing" not in searched.stderr
     assert json.loads(searched.stdout)["results"][0]["id"] == 1
+
+
+def test_nprobe_on_an_exact_store_says_it_does_nothing(built):
+    """It was ignored without a word (reindex --nprobe on such a store is refused; a search goes on)."""
+    result = invoke("search", "--id", 1, "--store", built[2], "-k", 2, "--json", "--nprobe", 8)
+    assert result.exit_code == 0, result.output
+    assert "--nprobe has no effect here: this store's index is exact" in result.stderr
+    assert json.loads(result.stdout)["results"][0]["id"] == 1
+    assert "--nprobe" not in invoke("search", "--id", 1, "--store", built[2], "-k", 2, "--json").stderr
