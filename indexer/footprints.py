@@ -23,16 +23,11 @@ def window_outline(crs, transform, window) -> dict:
     and its box spans every longitude. All None where a point of the outline does not project (off a
     geostationary disk)."""
     col, row, width, height = window
-    steps = [i / EDGE_POINTS for i in range(EDGE_POINTS)]  # counter-clockwise on a north-up grid
-    cols = [col] * EDGE_POINTS + [col + width * t for t in steps] \
-        + [col + width] * EDGE_POINTS + [col + width * (1 - t) for t in steps] + [col + width / 2]
-    rows = [row + height * t for t in steps] + [row + height] * EDGE_POINTS \
-        + [row + height * (1 - t) for t in steps] + [row] * EDGE_POINTS + [row + height / 2]
-    xs, ys = xy(Affine(*transform), rows, cols, offset="ul")
-    lons, lats = lon_lat(crs, list(map(float, xs)), list(map(float, ys)))
-    if lons is None:
+    cols, rows = _edge_points(window, _edge_positions(width, height))  # counter-clockwise on a north-up grid
+    projected = _projected(crs, transform, cols + [col + width / 2], rows + [row + height / 2])  # and the centre
+    if projected is None:
         return dict(NOWHERE)
-    lons, lats = unwrapped([float(lon) for lon in lons]), [float(lat) for lat in lats]
+    lons, lats = projected
     ring, centroid = list(zip(lons[:-1], lats[:-1])), [wrapped(lons[-1]), lats[-1]]
     pole = _pole_at(crs, tuple(transform), window)
     if pole and pole[3]:  # inside
@@ -156,12 +151,10 @@ def _wedge(crs, transform, window, pole: tuple, *, centroid) -> dict:
     col, row, width, height = window
     perimeter, start = 2 * (width + height), _along(window, pole_col, pole_row)
     steps = sorted({(position - start) % perimeter for position in _edge_positions(width, height)} - {0.0})
-    cols, rows = zip(*(_edge_point(window, (start + step) % perimeter) for step in steps))
-    xs, ys = xy(Affine(*transform), list(rows), list(cols), offset="ul")
-    lons, lats = lon_lat(crs, list(map(float, xs)), list(map(float, ys)))
-    if lons is None:
+    projected = _projected(crs, transform, *_edge_points(window, [(start + step) % perimeter for step in steps]))
+    if projected is None:
         return dict(NOWHERE)
-    lons, lats = unwrapped([float(lon) for lon in lons]), [float(lat) for lat in lats]
+    lons, lats = projected
     ring = [[lon, lat] for lon, lat in zip(lons, lats)] + [[lons[-1], 90.0 * sign], [lons[0], 90.0 * sign]]
     if _signed_area(ring) < 0:
         ring.reverse()
@@ -169,6 +162,22 @@ def _wedge(crs, transform, window, pole: tuple, *, centroid) -> dict:
     footprint = [[wrapped(lon), lat] for lon, lat in ring]
     box = [west, min(lats), east, 90.0] if sign > 0 else [west, -90.0, east, max(lats)]
     return {"footprint": [footprint + [footprint[0]]], "centroid": centroid, "wgs84_bounds": box}
+
+
+def _projected(crs, transform, cols: list, rows: list) -> tuple | None:
+    """(longitudes, continuous from the first point's; latitudes) of the grid's pixel points (col, row), or None
+    where one does not project."""
+    xs, ys = xy(Affine(*transform), rows, cols, offset="ul")
+    lons, lats = lon_lat(crs, list(map(float, xs)), list(map(float, ys)))
+    if lons is None:
+        return None
+    return unwrapped([float(lon) for lon in lons]), [float(lat) for lat in lats]
+
+
+def _edge_points(window, positions: list) -> tuple[list, list]:
+    """(cols, rows) of the points at `positions` along the window's outline."""
+    cols, rows = zip(*(_edge_point(window, position) for position in positions))
+    return list(cols), list(rows)
 
 
 def _edge_positions(width: float, height: float) -> list:

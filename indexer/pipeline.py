@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def default_workers(device=None) -> int:
     """Decode worker processes for a run whose model runs on `device`: cores - 1, at most 8; none for a model on a
     CPU of 2 cores, whose forward keeps both busy: a worker beside it slows it more than decoding between its
-    batches does (bench/cpu_workers.py: 1.12x without one on the 2-core Xeon, bench/results/cpu/workers-xeon-768/)."""
+    batches does (bench/cpu_workers.py: 1.11x without one on the 2-core Xeon, bench/results/cpu/workers-xeon-768/)."""
     cores = os.cpu_count() or 2
     if _device_type(device) == "cpu" and cores <= 2:
         return 0

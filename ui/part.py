@@ -57,10 +57,13 @@ def _upload_part_owners() -> dict:
 
 def upload_id(choice) -> str | None:
     """The file id of the query's upload (a choice of "upload" or "upload+ids"), else None."""
+    return getattr(_upload_of(choice), "file_id", None)
+
+
+def _upload_of(choice):
+    """The query's uploaded file (a choice of "upload" or "upload+ids": its examples' first), else None."""
     kind, value = choice
-    if kind == "id":
-        return None
-    return getattr(value if kind == "upload" else value[0], "file_id", None)
+    return None if kind == "id" else value if kind == "upload" else value[0]
 
 
 def use_whole() -> None:
@@ -71,12 +74,11 @@ def use_whole() -> None:
 def source_size(query: Query, choice) -> tuple[int, int]:
     """(width, height) in the pixels a part counts: an upload's file's (read once per session, not on every
     rerun of a drag), an indexed image's as it was indexed."""
-    kind, value = choice
     if not query.uploaded:
         return picture_size(query.item)
     sizes = st.session_state.setdefault("upload-sizes", {})
     if query.key not in sizes:
-        uploaded = value if kind == "upload" else value[0]
+        uploaded = _upload_of(choice)
         sizes.clear()  # the current upload's only
         sizes[query.key] = api.query_file_size(uploaded.getvalue(), name=uploaded.name)
     return sizes[query.key]
