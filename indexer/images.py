@@ -187,7 +187,7 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
                 upright.load()
                 return to_rgb(upright), ((height, width) if turned else (width, height))
     except Image.DecompressionBombError as error:
-        raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
+        raise _too_large(name, error) from error
     except UnidentifiedImageError as error:
         if _is_tiff(data):  # a TIFF of a kind Pillow does not read (16-bit or float colour): GDAL reads most
             return _tiff_by_gdal(data, name=name)
@@ -197,12 +197,16 @@ def decode_for_model(data: bytes, *, name: str = "image", at_least: int | None =
         raise UnreadableImage(f"{name}: damaged or unsupported image data ({_plain(error)})") from error
 
 
+def _too_large(name: str, error: Exception) -> UnreadableImage:
+    return UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})")
+
+
 def _tiff_by_gdal(data: bytes, *, name: str):
     """decode_for_model's answer for a TIFF only GDAL reads, or UnreadableImage saying why neither does."""
     try:
         image = _by_gdal(data)
     except Image.DecompressionBombError as error:
-        raise UnreadableImage(f"{name}: refused, its declared size is too large to decode safely ({error})") from error
+        raise _too_large(name, error) from error
     except Exception as error:  # rasterio raises several types for what it cannot read
         reason = re.sub(r"'?/vsimem/\S*\s*", "", _plain(error)).strip()  # GDAL names its in-memory copy
         raise UnreadableImage(f"{name}: a TIFF neither Pillow nor GDAL reads ({reason})") from error
