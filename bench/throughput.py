@@ -5,7 +5,8 @@ is the real model's) built directly on the device, over copies of real JPEG chip
 1. forward-only: the backbone on pre-made input tensors, best of several batch sizes, no I/O;
 2. naive: the model card's way, one image at a time: open, preprocess, forward, take pooler_output;
 3. indexer: `index_collection` into a fresh store, what `lookalike index` runs once the model is loaded
-   (scan, decode in workers, embed, PCA, SQLite and FAISS writes);
+   (scan, decode in workers, embed, PCA, SQLite and FAISS writes), at its default batch (`--batch-size auto`),
+   and at forward-only's batch too where that differs;
 plus single-query latency (p50/p99), peak memory and, on a GPU, model FLOP utilisation. Forward-only and
 the indexer use the indexer's dtype (float16 on CUDA, bfloat16 on a CPU with native bf16, else float32) and
 backbone as load_backbone leaves it (on an AMX CPU, keys padded to a multiple of 16; on most CPUs rewritten
@@ -274,12 +275,19 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
         torch.cuda.reset_peak_memory_stats()
     fwd = forward_only(model, resolution, batch_sizes, runs=runs)  # picks the batch size
     batch = fwd["batch_size"]
+    # the indexer runs as `lookalike index` does by default (--batch-size auto: CPU_BATCH on a CPU, probed on a
+    # GPU); where that is not forward-only's best batch, it runs at that batch too, for comparison
+    indexer_batch = bench_embedder(model, resolution).probe_batch_size()
     rounds = []
     for number in range(repeat):
         forward_rate = fwd["images_per_second"] if number == 0 else \
             forward_only(model, resolution, [batch], runs=runs)["images_per_second"]
         naive_rate = naive(naive_model, pool[:naive_count], resolution)["images_per_second"]
-        indexer = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=batch, workers=workers)
+        indexer = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=indexer_batch,
+                              workers=workers)
+        if indexer_batch != batch:
+            at_forward_batch = indexer_run(bench_embedder(model, resolution), pool[:file_count], batch_size=batch,
+                                           workers=workers)["images_per_second"]
         try:
             ceiling = matmul_ceiling(model, resolution, batch, runs=runs)["images_per_second"]
         except torch.OutOfMemoryError:  # a reference point only: the round's measurements stand without it
@@ -287,6 +295,8 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
             torch.cuda.empty_cache()
         rounds.append({"forward_only": forward_rate, "naive": naive_rate, "indexer": indexer["images_per_second"],
                        "matmul_ceiling": ceiling})
+        if indexer_batch != batch:
+            rounds[-1]["indexer_at_forward_batch"] = at_forward_batch
         if "forward_seconds" in indexer:
             rounds[-1].update(indexer_forward=indexer["forward_images_per_second"],
                               indexer_forward_share=indexer["forward_seconds"] / indexer["seconds"])
@@ -298,10 +308,14 @@ def measure_resolution(model, naive_model, pool, resolution, *, batch_sizes, fil
     fwd["images_per_second"] = median("forward_only")
     row = {"flops_per_image": flops, "forward_only": fwd, "rounds": rounds,
            "naive": {"images": naive_count, "images_per_second": median("naive")},
-           "indexer": {"images": file_count, "batch_size": batch, "workers": workers,
+           "indexer": {"images": file_count, "batch_size": indexer_batch, "workers": workers,
                        "images_per_second": median("indexer")},
            "indexer_over_forward": statistics.median(r["indexer"] / r["forward_only"] for r in rounds),
            "indexer_over_naive": statistics.median(r["indexer"] / r["naive"] for r in rounds)}
+    if indexer_batch != batch:
+        row["indexer_at_forward_batch"] = {
+            "batch_size": batch, "images_per_second": median("indexer_at_forward_batch"),
+            "over_forward": statistics.median(r["indexer_at_forward_batch"] / r["forward_only"] for r in rounds)}
     measured = [r for r in rounds if r["matmul_ceiling"]]
     if measured:
         row["matmul_ceiling"] = {
@@ -565,7 +579,7 @@ def table(report: dict) -> str:
              f"{', '.join(report.get('rewritten_layers', [])) or 'none'}, {report['workers']} decode "
              f"workers, naive loop in {report['naive_dtype']}; model built in {report['build_seconds']:.1f} s; peak host RSS "
              f"{report['peak_host_rss_gib']:.1f} GiB", "",
-             "| res | forward-only img/s (batch) | MFU | naive img/s | indexer img/s | indexer/forward | indexer/naive "
+             "| res | forward-only img/s (batch) | MFU | naive img/s | indexer img/s (batch) | indexer/forward | indexer/naive "
              "| query p50 / p99 ms | peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|"]
     counts = ", ".join(f"{res} px: {row['indexer']['images']} files (naive {row['naive']['images']})"
                        for res, row in report["results"].items())
@@ -575,9 +589,15 @@ def table(report: dict) -> str:
         lines.append(
             f"| {resolution} | {fwd['images_per_second']:.1f} ({fwd.get('batch_size')}) | "
             f"{'' if mfu is None else f'{mfu:.0%}'} | {row['naive']['images_per_second']:.1f} | "
-            f"{row['indexer']['images_per_second']:.1f} | {row['indexer_over_forward']:.2f} | "
+            f"{row['indexer']['images_per_second']:.1f} ({row['indexer']['batch_size']}) | {row['indexer_over_forward']:.2f} | "
             f"{row['indexer_over_naive']:.2f} | {row['query_latency']['p50_ms']:.0f} / "
             f"{row['query_latency']['p99_ms']:.0f} | {row['peak_gpu_memory_gib']:.1f} |")
+    for resolution, row in report["results"].items():
+        other = row.get("indexer_at_forward_batch")
+        if other:
+            lines += ["", f"The indexer at {resolution} px ran at its default batch (`--batch-size auto`); at forward-only's "
+                          f"batch of {other['batch_size']}, in the same rounds: {other['images_per_second']:.1f} img/s "
+                          f"= {other['over_forward']:.2f} × forward-only"]
     if any("matmul_ceiling" in row or "naive_float16" in row for row in report["results"].values()):
         lines += ["", "Reference points: the matrix-product ceiling (the model's linear layers and patch embedding "
                       "alone, at the same batch; no forward pass can beat it), and on a CPU the naive loop in float16:", ""]

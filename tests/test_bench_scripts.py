@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from indexer.embedder import CPU_BATCH
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +37,10 @@ def test_throughput_script(tmp_path, extra):
                    row["query_latency"]["p50_ms"]):
         assert positive(figure)
     assert row["forward_only"]["finite"]
+    # the indexer runs as `lookalike index` does by default; --quick tries forward-only at 8 and 16 only
+    assert row["indexer"]["batch_size"] == CPU_BATCH != row["forward_only"]["batch_size"]
+    assert row["indexer_at_forward_batch"]["batch_size"] == row["forward_only"]["batch_size"]
+    assert positive(row["indexer_at_forward_batch"]["images_per_second"])
     assert (tmp_path / "throughput-cpu-tiny.md").read_text().startswith("# Throughput")
     if extra:
         assert row["indexer"]["images"] == 24  # --quick alone indexes 32
