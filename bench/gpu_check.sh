@@ -3,7 +3,8 @@
 # install the other needs from .whl/ (bench/fetch_wheels.sh), then measure the 7B shape at 224 and 512:
 # forward-only, the model card's loop, and `lookalike` indexing, then each SDPA attention backend and a CUDA-graph
 # single query (--variants). Expected on an H100, from session-1 timings plus estimates for what was added since:
-# about 5 minutes in all (variants ~2), and ~2 more with --compile. Results go to $OUT (or bench/results/gpu).
+# about 5.5 minutes in all (variants ~2; the indexer's --batch-size auto probe and, where its batch is not
+# forward-only's, a second indexer run ~0.5), and ~2 more with --compile. Results go to $OUT (or bench/results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-bench/results/gpu}"
