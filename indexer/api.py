@@ -113,6 +113,7 @@ def load_query_image(source, *, name: str | None = None, read_options: dict | No
     side). Without a crop, `at_least` (store_draft_side's) decodes a large JPEG at the reduced scale `index`
     decodes it to: a search by an indexed file then embeds the very pixels its stored vector came from, and
     decodes faster."""
+    source = _unviewed(source)
     scene, name = _as_scene(source, name)
     if scene is not None:
         options = _options_for(source, read_options or {})
@@ -135,10 +136,16 @@ def store_draft_side(store: Store) -> int | None:
 def query_file_size(source, *, name: str | None = None) -> tuple[int, int]:
     """(width, height) in the pixels a query's `crop` counts: a georeferenced raster's own (its whole read is
     smaller when it is large), anything else's as decoded and turned upright. `source` as load_query_image's."""
+    source = _unviewed(source)
     scene, _ = _as_scene(source, name)
     if scene is not None:
         return scene_size(scene)
     return upright_size(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+
+
+def _unviewed(source):
+    """A memoryview of a file's bytes as those bytes (a copy); anything else as it is."""
+    return source.tobytes() if isinstance(source, memoryview) else source
 
 
 def _as_scene(source, name: str | None) -> tuple:

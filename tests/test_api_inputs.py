@@ -49,3 +49,13 @@ def test_a_files_bytes_as_a_query_are_described_not_spelt_out(store, ui_ids, emb
     answer = api.search(store, data, k=2, embedder=embedder)
     assert answer["query"] == {"path": "<bytes>"} and answer["results"][0]["id"] == ui_ids[path]
     assert next(api.search_each(store, [data], k=2, embedder=embedder))["query"] == {"path": "<bytes>"}
+
+
+def test_a_files_bytes_in_a_memoryview_or_bytearray_search_as_its_bytes_do(store, ui_ids, embedder):
+    path = next(iter(ui_ids))
+    data = open(path, "rb").read()
+    expected = api.search(store, data, k=3, embedder=embedder)["results"]
+    for wrapped in (memoryview(data), bytearray(data)):
+        answer = api.search(store, wrapped, k=3, embedder=embedder)
+        assert answer["query"] == {"path": "<bytes>"} and answer["results"] == expected
+        assert next(api.search_each(store, [wrapped], k=3, embedder=embedder))["results"] == expected
