@@ -382,6 +382,20 @@ def test_exact_heatmaps_of_an_upload_with_examples(page, ui_ids):
     assert image_urls(at)[-4:] != pca_maps[-4:]
 
 
+def test_an_upload_with_examples_keeps_its_large_picture_for_the_comparison():
+    from PIL import Image
+
+    from ui.query import Query, with_examples
+
+    def query(key, **fields):
+        return Query(key=key, label=key, vectors=np.ones((1, 4), np.float32), grid=np.ones((2, 2, 3), np.float32),
+                     image=Image.new("RGB", (32, 32)), **fields)
+
+    upload = query("upload", uploaded=True, large=Image.new("RGB", (640, 640)))
+    combined = with_examples(upload, query("indexed", image_id=7, item={"id": 7}))
+    assert combined.large is upload.large and combined.image is upload.image  # not the thumbnail, stretched
+
+
 def test_an_uploaded_query_takes_indexed_examples(page, ui_ids, ui_store_dir):
     path, own_id = chip(ui_ids, 0)
     at = page()

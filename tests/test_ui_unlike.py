@@ -41,6 +41,22 @@ def test_less_like_this_moves_the_query_away_then_back(page, ui_ids, answer):
     assert cards(at) == answer(image_id)
 
 
+def test_a_weight_changed_in_the_address_after_the_slider_moved_is_the_one_used(page, ui_ids, answer):
+    # browser Back (or a link) onto an address with another weight: the slider and the results follow it
+    _, image_id = chip(ui_ids, 4)
+    avoided = chip(ui_ids, 7)[1]
+    at = page(id=image_id, unlike=avoided)
+    run(at.slider(key="unlike-weight").set_value(0.9))
+    assert cards(at) == answer(image_id, unlike=[avoided], unlike_weight=0.9)
+    at.query_params["unlike_weight"] = "0.25"
+    run(at)
+    assert at.slider(key="unlike-weight").value == 0.25 and at.query_params["unlike_weight"] == "0.25"
+    assert cards(at) == answer(image_id, unlike=[avoided], unlike_weight=0.25)
+    run(at.slider(key="unlike-weight").set_value(0.5))  # and the slider still moves it
+    assert at.query_params["unlike_weight"] == "0.5"
+    assert cards(at) == answer(image_id, unlike=[avoided], unlike_weight=0.5)
+
+
 def test_the_address_keeps_them_for_a_bookmark(page, ui_ids, answer):
     _, image_id = chip(ui_ids, 4)
     others = [chip(ui_ids, i)[1] for i in (7, 11)]

@@ -8,6 +8,7 @@ from indexer.refine import Refinement, combined_search, empty_results_note, pars
 from store import StoreError
 
 from . import heatmaps
+from .address import from_address, to_address
 from .geomap import result_map
 from .part import address_part, part_item, part_picker, source_size, upload_id, use_whole
 from .query import describe_place, load_indexed, load_upload, query_panel, remove_example, use_indexed, with_examples
@@ -44,12 +45,12 @@ def settings_sidebar(info: dict) -> dict:
         st.caption(f"model {info['model']} · {info['dim']}-d {info['pooling']} · {info['resolution']} px · "
                    f"{(info.get('normalization') or {}).get('name')} normalisation")
         st.header("Search")
-        _from_address("neighbours-k", "k", _address_k())
+        from_address("neighbours-k", "k", _address_k())
         k = st.number_input("Neighbours (k)", min_value=1, max_value=MAX_K, step=10, key="neighbours-k")
-        _to_address("neighbours-k", "k", k)
-        _from_address("per-page", "per_page", _address_page_size())
+        to_address("neighbours-k", "k", k)
+        from_address("per-page", "per_page", _address_page_size())
         page_size = st.selectbox("Per page", PAGE_SIZES, key="per-page")
-        _to_address("per-page", "per_page", page_size)  # a bookmark or reload shows the same page
+        to_address("per-page", "per_page", page_size)  # a bookmark or reload shows the same page
         hide_self = st.checkbox("Hide the query itself", value=False)
         combine = st.radio("A query of several examples finds images", ["mean", "any"], horizontal=True,
                            format_func={"mean": "like all of them", "any": "like any one"}.get,
@@ -76,22 +77,6 @@ def _filter(parse, text: str):
     except IndexerError as error:
         st.error(f"{error}: searching without it until it is fixed")
         return None
-
-
-def _from_address(key: str, name: str, value) -> None:
-    """Before a keyed widget is drawn: when the address's `name` has changed since it was last read or written
-    (a bookmark, a link), the widget takes `value` from it; otherwise it keeps its own.
-    (A widget without a key, given its value from the address, is a new widget whenever that value changes, and
-    Streamlit drops what the user chose in it on every second change.)"""
-    text = st.query_params.get(name, "")
-    if st.session_state.get(f"{key}-address") != text:
-        st.session_state[f"{key}-address"] = text
-        st.session_state[key] = value
-
-
-def _to_address(key: str, name: str, value) -> None:
-    """The widget's value into the address, noted as read: what the page writes there is no change to follow."""
-    st.query_params[name] = st.session_state[f"{key}-address"] = str(value)
 
 
 def _address_k() -> int:

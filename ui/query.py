@@ -344,4 +344,4 @@ def with_examples(upload: Query, indexed: Query) -> Query:
     return Query(key=f"{upload.key}-{indexed.key}", label=f"{1 + len(others)} examples: {upload.label} (shown) and "
                  f"ids {ids}", vectors=np.concatenate([upload.vectors, indexed.vectors]), grid=upload.grid,
                  image=upload.image, tokens=upload.tokens, examples=[first, *others], uploaded=True,
-                 part=upload.part, whole=upload.whole)
+                 part=upload.part, whole=upload.whole, large=upload.large)

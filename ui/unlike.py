@@ -9,6 +9,7 @@ from indexer.refine import UNLIKE_WEIGHT
 from store import StoreError
 from store.store import chip_fields
 
+from .address import from_address, to_address
 from .query import address_numbers, describe_place, new_query, set_address_numbers
 from .resources import STORE_LOCK, thumbnail
 
@@ -55,7 +56,7 @@ def remove_unlike(image_id: int) -> None:
 
 
 def _set_weight() -> None:
-    st.query_params["unlike_weight"] = str(st.session_state["unlike-weight"])
+    to_address("unlike-weight", "unlike_weight", st.session_state["unlike-weight"])
     st.query_params["page"] = "1"
 
 
@@ -94,6 +95,6 @@ def unlike_panel(rows: list[dict]) -> float:
             picture.caption("no longer readable")
         words.caption(f"id {row['id']} · {describe_place(row)}")
         words.button("Remove", key=f"unlike-remove-{row['id']}", on_click=remove_unlike, args=(row["id"],))
-    return st.slider("Move away from them", 0.0, 1.0, unlike_weight(), 0.05, key="unlike-weight",
-                     on_change=_set_weight, help="Rocchio's weight: the query direction d becomes d − weight × "
-                                                 "their mean direction.")
+    from_address("unlike-weight", "unlike_weight", unlike_weight())  # a link or browser Back: the address wins
+    return st.slider("Move away from them", 0.0, 1.0, step=0.05, key="unlike-weight", on_change=_set_weight,
+                     help="Rocchio's weight: the query direction d becomes d − weight × their mean direction.")
