@@ -287,7 +287,8 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
             allow_shrink, progress, ray_address, shard_dir, shard_rows, ray_actors, as_json):
     """Re-embed a store's whole collection into a new store beside it and swap it in when complete.
 
-    The sources and chip options are those the store's runs recorded. The page and `lookalike search` keep
+    The sources are those the store's runs recorded since it last started over (index --rebuild), each with
+    the chip options it was last indexed with. The page and `lookalike search` keep
     answering from the old store until the swap (one atomic directory exchange) and from the new one after;
     an interrupted rebuild leaves the live store untouched and resumes when run again.
 
@@ -301,7 +302,7 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
         from indexer.distributed import require_ray
 
         require_ray()
-    recorded, _, _ = recorded_collection(store_dir)
+    recorded, _ = recorded_collection(store_dir, warn=False)  # rebuild_store warns of sources gone
     check_not_busy(store_dir)  # refused at once, not after the model load
     model = model or recorded["model"]
     resolution = resolution or recorded["resolution"]

@@ -350,3 +350,54 @@ def test_a_rebuild_whose_sources_are_away_is_not_swapped_in(model_dir, tmp_path)
     allowed = CliRunner().invoke(cli, ["rebuild", "--store", str(store_dir), "--allow-shrink", *run])
     assert allowed.exit_code == 0, allowed.output
     assert store_dir.with_name("live.previous").is_dir()
+
+
+def test_a_rebuild_after_an_index_that_started_over_leaves_out_what_it_dropped(embedder, tmp_path):
+    from helpers import ids_by_path
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    dropped, kept = copy_chips(tmp_path / "dropped", 6), copy_chips(tmp_path / "kept", 4, offset=6)
+    store_dir = tmp_path / "live"
+    index_collection([str(dropped)], store_dir, embedder=embedder, workers=0, progress=False)
+    index_collection([str(kept)], store_dir, embedder=embedder, workers=0, progress=False, rebuild=True)
+    store = Store.open(store_dir)
+    before = ids_by_path(store)
+    store.close()
+    assert len(before) == 4
+
+    summary = rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    assert summary["sources"] == [str(kept)]
+    store = Store.open(store_dir)
+    assert ids_by_path(store) == before  # the folder the user started over without stays out
+    store.close()
+
+
+def test_a_rebuild_cuts_each_scene_as_the_live_store_holds_it(embedder, naip_dir, tmp_path):
+    import shutil
+
+    from helpers import ids_by_path
+    from indexer.pipeline import ChipOptions, index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, scene in ((first, "m_4709963_se_14_1_20090818.tif"), (second, "m_4709963_se_14_1_20100629.tif")):
+        folder.mkdir()
+        shutil.copy(naip_dir / scene, folder / scene)
+    store_dir = tmp_path / "live"
+    index_collection([str(first)], store_dir, embedder=embedder, workers=0, progress=False,
+                     chips=ChipOptions(chip_size=256))
+    index_collection([str(second)], store_dir, embedder=embedder, workers=0, progress=False)  # 512 px chips
+    store = Store.open(store_dir)
+    before = {path: (image_id, store.image(image_id)["width"]) for path, image_id in ids_by_path(store).items()}
+    store.close()
+    assert {width for path, (_, width) in before.items() if "/first/" in path} == {256}
+
+    summary = rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    store = Store.open(store_dir)
+    after = {path: (image_id, store.image(image_id)["width"]) for path, image_id in ids_by_path(store).items()}
+    store.close()
+    assert after == before  # every chip as it was cut, with its id
+    assert summary["indexed"] == len(before) and summary["sources"] == [str(first), str(second)]
