@@ -72,7 +72,8 @@ def rebuild_store(store_dir, *, embedder: Embedder, keep_previous: bool = True, 
     A rebuilt store holding under SHRINK_LIMIT of the live store's images (its sources unmounted or emptied:
     each file simply gone) is left in DIR.rebuilding, not swapped in, unless `allow_shrink`.
     """
-    store_dir = Path(os.path.abspath(store_dir))  # "." or "x/..": the staging folder is named after its name
+    # "." or "x/..", or a link to the store: the staging folder goes beside the store itself, named after it
+    store_dir = Path(os.path.realpath(store_dir))
     _, groups = recorded_collection(store_dir)  # no store there: StoreNotFound, before anything is locked
     live_lock = acquire_write_lock(store_dir)  # an index run into DIR now would be lost at the swap: refuse it
     try:

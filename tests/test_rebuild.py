@@ -401,3 +401,26 @@ def test_a_rebuild_cuts_each_scene_as_the_live_store_holds_it(embedder, naip_dir
     store.close()
     assert after == before  # every chip as it was cut, with its id
     assert summary["indexed"] == len(before) and summary["sources"] == [str(first), str(second)]
+
+
+def test_a_rebuild_through_a_link_to_the_store_rebuilds_the_store_it_points_at(embedder, tmp_path):
+    from helpers import ids_by_path
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+    from store import Store
+
+    chips = copy_chips(tmp_path / "chips", 4)
+    real = tmp_path / "disk" / "store"
+    index_collection([str(chips)], real, embedder=embedder, workers=0, progress=False)
+    link = tmp_path / "store"
+    link.symlink_to(real)
+    store = Store.open(real)
+    before = ids_by_path(store)
+    store.close()
+    for _ in range(2):  # the second found the link itself moved to store.previous, and could not remove it
+        rebuild_store(link, embedder=embedder, workers=0, progress=False)
+        assert link.is_symlink() and link.resolve() == real.resolve()
+        assert (tmp_path / "disk" / "store.previous").is_dir() and not (tmp_path / "store.rebuilding").exists()
+        store = Store.open(link)
+        assert ids_by_path(store) == before
+        store.close()
