@@ -63,6 +63,12 @@ class IndexedStore:
 
     def set_index_settings(self, **wishes) -> dict:
         """Remember memory_bytes / target_recall / factory / params (None leaves a setting as it was)."""
+        settings = self._wished_settings(**wishes)
+        set_meta(self.db, INDEX_SETTINGS, settings)
+        return settings
+
+    def _wished_settings(self, **wishes) -> dict:
+        """The settings with `wishes` applied, checked but not kept."""
         recall = wishes.get("target_recall")
         if recall is not None and not 0 < recall <= 1:
             raise StoreError(f"target recall {recall} must be above 0 and at most 1")
@@ -75,7 +81,6 @@ class IndexedStore:
             raise StoreError(f"--nprobe: this store's index is exact ({plan.factory}, {count:,} vectors), with no "
                              "lists to probe; it applies to an inverted file (--index-type IVF..., or a tighter "
                              "--index-memory)")
-        set_meta(self.db, INDEX_SETTINGS, settings)
         return settings
 
     def index_state(self) -> dict | None:
@@ -173,12 +178,12 @@ class IndexedStore:
         return ann.plan_index(n, self.dim or 1, memory_bytes=settings.get("memory_bytes"),
                               target_recall=settings.get("target_recall", ann.DEFAULT_RECALL))
 
-    def _build_index(self, *, plan: ann.IndexPlan | None = None) -> ann.BuiltIndex:
-        """Choose (unless given `plan`), train, fill and tune an index over every stored vector; a writer records
-        what it built when it saves it."""
+    def _build_index(self, *, plan: ann.IndexPlan | None = None, settings: dict | None = None) -> ann.BuiltIndex:
+        """Choose (unless given `plan`), train, fill and tune an index over every stored vector, with `settings`
+        (the store's by default); a writer records what it built when it saves it."""
         ids, vectors = self._all_vectors()
-        settings = self.index_settings()
-        plan = plan or self.index_plan(len(ids))
+        settings = self.index_settings() if settings is None else settings
+        plan = plan or self.index_plan(len(ids), settings=settings)
         built = ann.build_index(vectors, ids, plan, target_recall=settings.get("target_recall", ann.DEFAULT_RECALL),
                                 params=settings.get("params"))
         if self.writable:
@@ -237,17 +242,15 @@ class IndexedStore:
         held, was_writable = self._write_lock, self.writable
         self._write_lock = held or acquire_write_lock(self.store_dir)
         try:
-            before = self.index_settings()
-            self.set_index_settings(**wishes)
+            settings = self._wished_settings(**wishes)
             self.writable = True
-            try:
-                built = self._build_index()
-            except BaseException:  # what was refused is not kept: later runs and readers go on with what works
-                set_meta(self.db, INDEX_SETTINGS, before)
-                raise
+            # kept only once their index is saved: what was refused, or killed while it was built, leaves later
+            # runs and readers with the settings that work
+            built = self._build_index(settings=settings)
             self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
                                                   exact_source=self._all_vectors)
             self.save_index()
+            set_meta(self.db, INDEX_SETTINGS, settings)
             self._loaded = generation(self.store_dir)  # its own writes: nothing to follow
             return self.index_description()
         finally:
