@@ -135,8 +135,16 @@ def _passes(hit: dict, refinement: Refinement) -> bool:
 def _touches(bounds, bbox) -> bool:
     if not bounds or bounds[1] > bbox[3] or bounds[3] < bbox[1]:
         return False
-    return any(west <= other_east and east >= other_west for west, east in _spans(bounds[0], bounds[2])
-               for other_west, other_east in _spans(bbox[0], bbox[2]))
+    if (bounds[1] <= -90 and bbox[1] <= -90) or (bounds[3] >= 90 and bbox[3] >= 90):
+        return True  # both reach a pole, where every longitude meets
+    return any(_meet(span, other) for span in _spans(bounds[0], bounds[2]) for other in _spans(bbox[0], bbox[2]))
+
+
+def _meet(span: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether two longitude intervals share a meridian: 180 and -180 are one."""
+    (west, east), (other_west, other_east) = span, other
+    return (west <= other_east and east >= other_west) or (east >= 180 and other_west <= -180) or \
+        (west <= -180 and other_east >= 180)
 
 
 def _spans(west: float, east: float) -> list[tuple[float, float]]:

@@ -12,18 +12,9 @@ class SceneRecords:
         (the latest dated among equally near ones): the chips that show that place, on every date it was
         imaged. Each {id, path, scene, date, centroid, distance_m}, the distance from the point to the chip's
         centre (metres, spherical approximation)."""
-        boxed = "image_boxes" in self.db.table_names()  # the R*Tree narrows; the exact bounds decide
-        rows = self.db.execute(
-            "SELECT images.id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid') FROM "
-            + ("image_boxes JOIN images ON images.id = image_boxes.id WHERE west <= :lon AND east >= :lon "
-               "AND south <= :lat AND north >= :lat AND " if boxed else "images WHERE ")
-            + "json_extract(geo, '$.wgs84_bounds[1]') <= :lat AND json_extract(geo, '$.wgs84_bounds[3]') >= :lat "
-            "AND ((json_extract(geo, '$.wgs84_bounds[0]') <= :lon AND json_extract(geo, '$.wgs84_bounds[2]') >= :lon) "
-            # a footprint across the antimeridian has west > east
-            " OR (json_extract(geo, '$.wgs84_bounds[0]') > json_extract(geo, '$.wgs84_bounds[2]') "
-            "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon "
-            "          OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))",
-            {"lon": float(lon), "lat": float(lat)}).fetchall()
+        # 180 and -180 are one meridian; at a pole every longitude meets
+        rows = dict.fromkeys(row for point in ({lon, -lon} if abs(lon) == 180 else {lon})
+                             for row in self._chips_over(point, lat, any_lon=abs(lat) >= 90))
         found = []
         for image_id, path, scene, date, centroid in rows:
             c_lon, c_lat = json.loads(centroid)
@@ -34,6 +25,25 @@ class SceneRecords:
         found.sort(key=lambda chip: chip["date"] or "", reverse=True)  # stable: the latest first among equals
         found.sort(key=lambda chip: round(chip["distance_m"], 1))
         return found[:limit]
+
+    def _chips_over(self, lon: float, lat: float, *, any_lon: bool = False) -> list[tuple]:
+        """(id, path, scene, date, centroid) of the chips whose WGS84 bounds hold the point (any longitude with
+        `any_lon`)."""
+        boxed = "image_boxes" in self.db.table_names()  # the R*Tree narrows; the exact bounds decide
+        return self.db.execute(
+            "SELECT images.id, path, scene, json_extract(geo, '$.date'), json_extract(geo, '$.centroid') FROM "
+            + ("image_boxes JOIN images ON images.id = image_boxes.id WHERE "
+               + ("" if any_lon else "west <= :lon AND east >= :lon AND ")
+               + "south <= :lat AND north >= :lat AND " if boxed else "images WHERE ")
+            + "json_extract(geo, '$.wgs84_bounds[1]') <= :lat AND json_extract(geo, '$.wgs84_bounds[3]') >= :lat "
+            + ("" if any_lon else
+               "AND ((json_extract(geo, '$.wgs84_bounds[0]') <= :lon "
+               "      AND json_extract(geo, '$.wgs84_bounds[2]') >= :lon) "
+               # a footprint across the antimeridian has west > east
+               " OR (json_extract(geo, '$.wgs84_bounds[0]') > json_extract(geo, '$.wgs84_bounds[2]') "
+               "     AND (json_extract(geo, '$.wgs84_bounds[0]') <= :lon "
+               "          OR json_extract(geo, '$.wgs84_bounds[2]') >= :lon)))"),
+            {"lon": float(lon), "lat": float(lat)}).fetchall()
 
     def scenes_by_path(self) -> dict[str, dict]:
         """path → {path, size, mtime, options, sha256, head_sha256, windows, georeferenced, sidecars, reading,

@@ -572,3 +572,40 @@ def test_a_geographic_scene_in_0_to_360_longitudes_is_placed_in_minus_180_to_180
     assert all(-180 <= geo["centroid"][0] <= 180 for geo in geos)
     assert store.chips_at(-178.7, 9.5) and store.chips_at(179.7, 9.5) and store.chips_at(-179.99, 9.5)
     assert not store.chips_at(181.0 - 360 + 2, 9.5)  # -177: east of the scene
+
+
+def test_the_antimeridian_is_one_meridian_and_a_pole_one_point_for_at_and_bbox(index, tmp_path, open_store):
+    """--at 180,y and --at -180,y name one place, as do boxes ending at 180 and starting at -180; at a pole every
+    longitude meets, so every chip reaching it covers it."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from indexer.pipeline import ChipOptions
+    from indexer.refine import _touches
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(1, 255, (3, 100, 200), dtype=np.uint8)
+    with rasterio.open(folder / "dateline.tif", "w", driver="GTiff", width=200, height=100, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(179.5, 10.0, 0.005, 0.005)) as dst:
+        dst.write(pixels)  # 179.5 E to 180.5 E: two chips meeting at 180
+    polar = np.random.default_rng(1).integers(1, 255, (3, 600, 600), dtype=np.uint8)
+    with rasterio.open(folder / "pole.tif", "w", driver="GTiff", width=600, height=600, count=3, dtype="uint8",
+                       crs="EPSG:3031", transform=from_origin(-30000, 30000, 100, 100)) as dst:
+        dst.write(polar)  # the South Pole at pixel (300, 300): the corner of four chips
+    index([folder], tmp_path / "s", chips=ChipOptions(chip_size=100))
+    store = open_store(tmp_path / "s")
+    dateline = {row["id"] for path, row in store.images_by_path().items() if "dateline" in path}
+    assert len(dateline) == 2
+    assert {c["id"] for c in store.chips_at(180.0, 9.75)} == {c["id"] for c in store.chips_at(-180.0, 9.75)} \
+        == dateline
+    pole = [store.image(row["id"]) for path, row in store.images_by_path().items() if "pole" in path]
+    at_pole = [json.loads(row["geo"])["wgs84_bounds"] for row in pole]
+    reaching = {row["id"] for row, bounds in zip(pole, at_pole) if bounds[1] == -90.0}
+    assert len(reaching) == 4
+    assert {c["id"] for c in store.chips_at(0.0, -90.0)} == {c["id"] for c in store.chips_at(135.0, -90.0)} \
+        == reaching
+    assert _touches([179.5, 9.5, 180.0, 10.0], (-180.0, 9.0, -179.9, 10.0))
+    assert _touches([-180.0, 9.5, -179.5, 10.0], (179.9, 9.0, 180.0, 10.0))
+    assert not _touches([179.5, 9.5, 179.9, 10.0], (-180.0, 9.0, -179.9, 10.0))
+    assert all(_touches(bounds, (-10.0, -90.0, 10.0, -89.99)) for bounds in at_pole if bounds[1] == -90.0)
