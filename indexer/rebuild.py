@@ -144,4 +144,3 @@ def combined(summaries: list[dict]) -> dict:
     if total.get("seconds"):
         total["images_per_second"] = round((total["indexed"] - total.get("copied", 0)) / total["seconds"], 3)
     return total
-
