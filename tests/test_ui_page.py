@@ -382,6 +382,26 @@ def test_exact_heatmaps_of_an_upload_with_examples(page, ui_ids):
     assert image_urls(at)[-4:] != pca_maps[-4:]
 
 
+def test_exact_heatmaps_measure_what_the_stored_features_do(ui_store_dir, ui_ids, embedder):
+    """The stored features are PCA-projected, so centred on the store's mean: "Exact" must centre the full tokens
+    the same way, or it shows another similarity, not a finer one. The tiny model's 32-d tokens keep all their
+    dimensions in the PCA, so here the two agree up to float16 storage."""
+    from indexer import api
+    from store import Store
+    from ui.query import load_indexed
+    from ui.results import result_maps
+
+    _, image_id = chip(ui_ids, 2)
+    store = Store.open(ui_store_dir)
+    query = load_indexed(store, [image_id])
+    results = api.search(store, image_id, k=4)["results"]
+    for patch in (None, (3, 5)):
+        reduced = result_maps(store, query, results, patch=patch, exact=False)
+        exact = result_maps(store, query, results, patch=patch, exact=True, embedder=embedder)
+        assert all(np.allclose(a, b, atol=0.02) for a, b in zip(reduced, exact))
+    store.close()
+
+
 def test_an_upload_with_examples_keeps_its_large_picture_for_the_comparison():
     from PIL import Image
 

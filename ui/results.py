@@ -56,15 +56,19 @@ def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embe
     exact mode a result whose file no longer reads has None (its map comes from the stored features, as its card
     says), and a query whose file no longer reads takes the stored features for all."""
     if exact:
+        with STORE_LOCK:  # the stored features are centred on the PCA's mean: the full tokens are too, to match
+            mean = store.pca().mean
+
         def tokens(example: dict):  # an upload's were kept when it was embedded
-            return example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
+            whole = example["tokens"] if example.get("tokens") is not None else full_tokens(example["item"], embedder)
+            return whole - mean
 
         try:
             example_grids = [tokens(example) for example in query.examples] or [
                 tokens({"tokens": query.tokens, "item": query.item})]
         except UnreadableImage:
             return _grids(store, query, results, exact=False)
-        return example_grids, [_full_tokens_or_none(hit, embedder) for hit in results]
+        return example_grids, [_centred(_full_tokens_or_none(hit, embedder), mean) for hit in results]
     with STORE_LOCK:
         grids = [store.patch_features(hit["id"]) for hit in results]
     return _stored_example_grids(query), grids
@@ -72,6 +76,10 @@ def _grids(store: Store, query: Query, results: list[dict], *, exact: bool, embe
 
 def _stored_example_grids(query: Query) -> list:
     return [example["grid"] for example in query.examples] or [query.grid]
+
+
+def _centred(tokens, mean):
+    return None if tokens is None else tokens - mean
 
 
 def _full_tokens_or_none(hit: dict, embedder):
