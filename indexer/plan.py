@@ -140,8 +140,8 @@ class _Planner:
             if row["scene"]:
                 self.chips_of.setdefault(row["scene"], []).append(row)
         self.failing_now = set()
-        self.gone_rows = [row for key, row in self.known.items() if not os.path.lexists(row["scene"] or key)]
-        self.gone_scenes = [record for key, record in self.scene_records.items() if not os.path.lexists(key)]
+        self.gone_rows = [row for key, row in self.known.items() if _gone(row["scene"] or key)]
+        self.gone_scenes = [record for key, record in self.scene_records.items() if _gone(key)]
         self.moves = Moves(store, gone_rows=self.gone_rows, gone_scenes=self.gone_scenes, chips_of=self.chips_of)
         self.sidecars = Sidecars()
         self.twins = SceneTwins(store, scene_records=self.scene_records, chips_of=self.chips_of,
@@ -222,11 +222,16 @@ class _Planner:
         plan.removed_ids += gone
         plan.gone = len(gone)
         plan.forget_failures += [key for key in self.known_failures
-                                 if not os.path.lexists(key) and key not in self.failing_now]
+                                 if _gone(key) and key not in self.failing_now]
         plan.forget_failures += [record["path"] for record in plan.scene_records
                                  if record["path"] in self.known_failures]
         plan.forget_scenes += [record["path"] for record in self.gone_scenes if record["path"] not in moved_scenes]
         return plan
+
+
+def _gone(path: str) -> bool:
+    """A catalogued file no longer there: nothing at its path, or a folder now (what it holds is scanned anew)."""
+    return not os.path.lexists(path) or os.path.isdir(path)
 
 
 def options_key(options, *, scene: bool = False) -> str:

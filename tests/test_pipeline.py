@@ -148,6 +148,30 @@ def test_touched_file_is_skipped_and_remembered(index, indexed, chip_paths, chip
     assert index([chips_dir], store_dir)["skipped"] == 12
 
 
+def test_a_file_replaced_by_a_folder_of_its_name_leaves_and_what_the_folder_holds_comes_in(
+        index, indexed, chip_paths, chips_dir, store_dir, open_store):
+    from PIL import Image
+
+    from store import UnknownImage
+
+    store = open_store(store_dir)
+    gone = ids_by_path(store)[str(chip_paths[0])]
+    store.close()
+    chip_paths[0].unlink()
+    chip_paths[0].mkdir()  # a folder named like the image it replaces
+    inside = chip_paths[0] / "inside.jpg"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(inside)
+
+    summary = index([chips_dir], store_dir)
+
+    assert (summary["indexed"], summary["removed"], summary["failed"]) == (1, 1, 0)
+    store = open_store(store_dir)
+    with pytest.raises(UnknownImage):
+        store.image(gone)
+    assert str(inside) in ids_by_path(store) and store.count_images() == 12
+    store.close()
+
+
 def test_deleted_files_leave_catalogue_vectors_and_index(index, indexed, chip_paths, chips_dir, store_dir,
                                                          open_store):
     from store import UnknownImage
