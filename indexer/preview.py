@@ -8,7 +8,7 @@ from store import catalogue
 from store.catalogue import CATALOGUE_NAME
 
 from .copy_estimate import estimate_copies
-from .images import scan_sources
+from .images import READ_ERROR, scan_sources
 from .plan import ChipOptions, plan_run
 
 SHOWN_FAILURES = 20
@@ -32,8 +32,9 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
     with _planning_store(store_dir if exists and not rebuild else None) as store:
         plan = plan_run(paths, store, chips=chips, write=False, retry_failed=retry_failed)
         copies = estimate_copies(plan.jobs, store)
+        dropped = _dropped_by_failures(store, plan) if exists and not rebuild else set()
     chips_to_embed = sum(1 for job in plan.jobs if job.window is not None)
-    removed = len(set(plan.removed_ids))
+    removed = len(set(plan.removed_ids) | dropped)
     kept = 0 if rebuild else indexed - removed
     return {"store": str(store_dir), "store_exists": exists, "rebuild": rebuild, "indexed_now": indexed,
             "embed": len(plan.jobs), "files": len(plan.jobs) - chips_to_embed, "chips": chips_to_embed,
@@ -43,6 +44,18 @@ def preview_run(sources, store_dir, *, chips: ChipOptions = ChipOptions(), rebui
             "after": kept + sum(1 for job in plan.jobs if job.image_id is None),
             "failing": len(plan.failures),
             "failures": [{"path": path, "reason": reason} for path, reason, *_ in plan.failures[:SHOWN_FAILURES]]}
+
+
+def _dropped_by_failures(store: Store, plan) -> set[int]:
+    """The ids a run drops as it records the failures known before it reads anything (writer.record_failure):
+    each failing file's own image, and a damaged scene's chips."""
+    dropped = set()
+    for path, reason, *_ in plan.failures:
+        image_id = store.image_id_for_path(path)
+        dropped |= {image_id} if image_id is not None else set()
+        if not reason.startswith(READ_ERROR):
+            dropped |= {chip_id for chip_id, _ in store.chips_of_scene(path)}
+    return dropped
 
 
 def _count_images(store_dir: Path) -> int | None:

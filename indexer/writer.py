@@ -146,7 +146,9 @@ def record_failure(store, failure: tuple, run_id, counts: dict) -> None:
     stale = ([stale_id] if stale_id is not None else []) + [chip_id for chip_id, _ in chips]
     if stale:
         store.remove_images(stale)
-    counts["indexed"] -= sum(1 for _, chip_run in chips if chip_run == run_id and run_id is not None)
+    made_now = sum(1 for _, chip_run in chips if chip_run == run_id and run_id is not None)
+    counts["indexed"] -= made_now
+    counts["removed"] = counts.get("removed", 0) + len(stale) - made_now  # what earlier runs had indexed
     store.record_failure(path, reason, size=size, mtime=mtime, run_id=run_id)
     if again:
         return

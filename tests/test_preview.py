@@ -77,3 +77,18 @@ def test_a_dry_run_counts_the_chips_of_scenes(index, shared_data_dir, tmp_path):
 def test_a_dry_run_refuses_what_the_run_would(tmp_path):
     missing = invoke("index", tmp_path / "nowhere", "--store", tmp_path / "s", "--dry-run")
     assert missing.exit_code != 0 and "nowhere" in missing.output and "Traceback" not in missing.output
+
+
+def test_an_indexed_file_that_now_fails_unread_is_counted_removed_by_the_dry_run_and_the_run(tmp_path, model_dir):
+    chips = copy_chips(tmp_path / "chips", 6)
+    store_dir = tmp_path / "store"
+    assert invoke("index", chips, "--store", store_dir, "--model", model_dir, *RUN).exit_code == 0
+    replaced = sorted(chips.glob("*.jpg"))[0]
+    replaced.unlink()
+    os.mkfifo(replaced)  # a pipe named like the image it replaces: refused unread, its image dropped
+
+    plan = dry_run(chips, "--store", store_dir)
+    assert (plan["removed"], plan["failing"], plan["after"]) == (1, 1, 5)
+    result = invoke("index", chips, "--store", store_dir, "--model", model_dir, *RUN, "--json")
+    summary = json.loads(result.stdout)
+    assert (summary["removed"], summary["failed"], len(catalogue_rows(store_dir))) == (1, 1, 5)
