@@ -8,9 +8,9 @@ from .scenes import Scene
 
 # Names GDAL looks for beside a raster: "{name}" is the scene's file name, "{stem}" the name without its suffix.
 # .aux.xml can set the nodata value, the CRS and band roles; .msk is a mask; .ovr serves the stretch's decimated
-# read; .aux (Erdas) and world files can georeference a TIFF that is not.
+# read; .aux (Erdas), world files and MapInfo .tab tables can georeference a TIFF that is not.
 CANDIDATES = ("{name}.aux.xml", "{name}.msk", "{name}.ovr", "{stem}.aux", "{stem}.tfw", "{stem}.tifw",
-              "{stem}.tiffw", "{stem}.wld")
+              "{stem}.tiffw", "{stem}.wld", "{stem}.tab")
 # The fields of a Scene its chips' pixels and places depend on, besides its bytes and the chip options.
 READING = ("width", "height", "crs", "transform", "bands", "band_source", "mask_source", "nodata", "stretch", "date")
 PLACE = ("crs", "transform", "date")  # where and when on the ground; a window's pixels do not depend on them
@@ -64,8 +64,8 @@ def _digests(scene: Scene, *field_lists) -> tuple:
     record = scene.as_record()
     digests = [hashlib.sha256(json.dumps({name: record[name] for name in names}, sort_keys=True).encode())
                for names in field_lists]
-    mask = Path(f"{scene.path}.msk")
-    if mask.is_file():
+    mask = next((path for path in (Path(f"{scene.path}.msk"), Path(f"{scene.path}.MSK")) if path.is_file()), None)
+    if mask is not None:  # GDAL looks for both spellings
         with open(mask, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 for digest in digests:

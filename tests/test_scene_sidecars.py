@@ -108,3 +108,46 @@ def test_a_scene_whose_sidecars_did_not_change_is_not_compared_by_reading(index,
     again = index([naip_dir], store_dir, chips=CHIPS)
 
     assert (again["indexed"], again["removed"], again["skipped"]) == (1, 0, 35)
+
+
+def test_a_mask_named_in_upper_case_weighs_in_how_the_scene_reads(naip_dir, tmp_path):
+    """GDAL reads scene.tif.MSK as it reads scene.tif.msk: a change of its bytes must change the scene's reading."""
+    import shutil
+
+    from indexer.sidecars import reading_digest
+
+    scene = sorted(naip_dir.glob("*.tif"))[0]
+    mask_sidecar(scene, tmp_path)
+    lower = reading_digest(open_scene(scene))
+    shutil.move(f"{scene}.msk", f"{scene}.MSK")
+    assert open_scene(scene).mask_source == "mask"  # GDAL takes it
+    assert reading_digest(open_scene(scene)) == lower  # its bytes counted, as the lower-case one's are
+
+
+def test_a_mapinfo_tab_that_places_a_plain_tiff_moves_its_chips(index, store_dir, open_store, tmp_path):
+    import numpy as np
+    import rasterio
+
+    folder = tmp_path / "tab"
+    folder.mkdir()
+    with rasterio.open(folder / "p.tif", "w", driver="GTiff", width=300, height=200, count=3, dtype="uint8") as dst:
+        dst.write(np.random.default_rng(0).integers(1, 255, (3, 200, 300), dtype=np.uint8))
+
+    def place(east: int) -> None:  # a MapInfo table of four control points, in UTM 14N
+        corners = [(east, 5200000, 0, 0), (east + 300, 5200000, 300, 0), (east, 5199800, 0, 200),
+                   (east + 300, 5199800, 300, 200)]
+        points = ",\n".join(f"  ({x},{y}) ({col},{row}) Label \"Pt {n}\"" for n, (x, y, col, row) in enumerate(corners))
+        (folder / "p.tab").write_text(
+            "!table\n!version 300\n!charset WindowsLatin1\n\nDefinition Table\n  File \"p.tif\"\n  Type \"RASTER\"\n"
+            f"{points}\n  CoordSys Earth Projection 8, 104, \"m\", -99, 0, 0.9996, 500000, 0\n  Units \"m\"\n")
+
+    place(500000)
+    assert open_scene(folder / "p.tif").transform[2] == 500000
+    first = index([folder], store_dir, chips=ChipOptions(chip_size=100))
+    assert first["indexed"] == 6
+    place(501000)  # the table moves the scene 1 km east
+    again = index([folder], store_dir, chips=ChipOptions(chip_size=100))
+    assert (again["indexed"], again["relocated"]) == (0, 6)
+    store = open_store(store_dir)
+    rows = store.images([row["id"] for row in store.images_by_path().values()]).values()
+    assert all(row["geo"]["wgs84_bounds"][0] > -98.99 for row in rows)  # east of where it was
