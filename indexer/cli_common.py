@@ -37,9 +37,13 @@ def friendly_errors(command):
         except OSError as error:  # the file system said no (permissions, a full disk, a path that cannot exist)
             logging.getLogger(__name__).debug("the traceback", exc_info=True)
             where = f": {error.filename}" if error.filename else ""
-            raise click.ClickException(f"{error.strerror or error}{where} (-vv shows where it happened)") from error
+            raise click.ClickException(f"{error.strerror or error}{where} ({WHERE_HINT})") from error
 
     return wrapper
+
+
+# -v belongs to `lookalike` itself, before the command: `lookalike index -vv` is refused as an unknown option
+WHERE_HINT = "run it again as `lookalike -vv COMMAND ...` to see where it happened"
 
 
 def finite_number(_context, param, value):
@@ -53,7 +57,7 @@ def _catalogue_trouble(error: Exception, store_dir) -> str:
     """One sentence for an SQLite error met mid-command: a damaged catalogue, or another (a busy or full disk)."""
     where = f"the catalogue of the store at {store_dir}" if store_dir else "a store's catalogue"
     if isinstance(error, sqlite3.OperationalError) and "malformed" not in str(error):
-        return f"{where} could not be read or written ({error}); -vv shows where it happened"
+        return f"{where} could not be read or written ({error}); {WHERE_HINT}"
     return (f"{where} is damaged ({error}): restore catalogue.db from a backup, or index the collection into a "
             "new store (lookalike index SOURCES --store NEW_DIR)")
 

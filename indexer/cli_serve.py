@@ -31,6 +31,10 @@ def serve(store_dir, host, port, model, max_upload_mb, basemap):
     from store import Store
 
     Store.open(store_dir).close()  # a missing store is one clear line here, not a page full of errors
+    if model:  # so is a model folder that is not there (the page would say so only at the first upload)
+        from indexer.embedder import check_model_name
+
+        check_model_name(model)
     _check_port(host, port)
     app_path = Path(importlib.util.find_spec("ui").origin).parent / "app.py"
     env = dict(os.environ, LOOKALIKE_STORE=str(store_dir.absolute()))

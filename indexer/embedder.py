@@ -79,6 +79,7 @@ def weights_fingerprint(model_dir: Path) -> str | None:
 
 def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
     """transformers' own loading path, safetensors only, no remote code."""
+    from safetensors import SafetensorError
     from transformers import AutoModel  # only the indexer imports transformers
 
     check_model_name(model)
@@ -86,16 +87,22 @@ def load_backbone(model: str, *, dtype: torch.dtype, device: torch.device):
         backbone = AutoModel.from_pretrained(
             model, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
-    except (OSError, ValueError) as error:
-        raise ModelUnavailable(
-            f"cannot load model {model!r} ({str(error).splitlines()[0]}). If this machine is offline, "
-            "download it elsewhere (`hf download MODEL --local-dir DIR`, keeping the model name in DIR), copy DIR here "
-            "and pass "
-            "--model DIR or set LOOKALIKE_MODEL=DIR"
-        ) from error
+    except (OSError, ValueError, SafetensorError) as error:  # the last: a weights file cut short or damaged
+        raise ModelUnavailable(_load_failure(model, error)) from error
     if getattr(backbone.config, "model_type", None) != "dinov3_vit":
         raise ModelUnavailable(f"model {model!r} is a {backbone.config.model_type}, not a DINOv3 ViT")
     return tune_for_device(backbone.to(device).eval())
+
+
+def _load_failure(model: str, error: Exception) -> str:
+    """Why a model did not load, and what to do: a local folder is not a model (or is damaged); a Hub id may
+    want a machine with internet."""
+    said = f"cannot load model {model!r} ({(str(error).splitlines() or [type(error).__name__])[0]})"
+    if Path(model).expanduser().is_dir():
+        return (f"{said}. The folder {model} is not a complete Hugging Face model folder, or a file in it is damaged: "
+                "it needs config.json and model.safetensors as `hf download MODEL --local-dir DIR` leaves them")
+    return (f"{said}. If this machine is offline, download it elsewhere (`hf download MODEL --local-dir DIR`, keeping "
+            "the model name in DIR), copy DIR here and pass --model DIR or set LOOKALIKE_MODEL=DIR")
 
 
 def check_model_name(model: str) -> None:

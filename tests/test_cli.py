@@ -742,3 +742,41 @@ def test_nprobe_on_an_exact_store_says_it_does_nothing(built):
     assert "--nprobe has no effect here: this store's index is exact" in result.stderr
     assert json.loads(result.stdout)["results"][0]["id"] == 1
     assert "--nprobe" not in invoke("search", "--id", 1, "--store", built[2], "-k", 2, "--json").stderr
+
+
+def test_a_damaged_model_folder_or_one_that_is_no_model_is_one_line_that_says_so(built, tmp_path):
+    chips_dir, model_dir, *_ = built
+    cut = tmp_path / "cut-dinov3-sat493m"
+    cut.mkdir()
+    shutil.copy(model_dir / "config.json", cut / "config.json")
+    (cut / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes()[:3000])  # cut short
+    stray = tmp_path / "notes-sat493m"
+    stray.mkdir()
+    (stray / "readme.txt").write_text("not a model")
+    for folder in (cut, stray):
+        result = invoke("index", chips_dir, "--store", tmp_path / f"s-{folder.name}", "--model", folder, *RUN)
+        assert_one_line_error(result, f"cannot load model {str(folder)!r}", "not a complete Hugging Face model folder")
+        assert "offline" not in result.output
+
+
+def test_serve_refuses_a_model_folder_that_is_not_there_before_it_starts(built, tmp_path):
+    from helpers import REPO_ROOT
+
+    # in a process of its own: a serve that does start becomes Streamlit, which the timeout then stops
+    result = subprocess.run([sys.executable, "-m", "indexer.cli", "serve", "--store", str(built[2]), "--model",
+                             str(tmp_path / "gone" / "model"), "--port", "1"], capture_output=True, text=True,
+                            timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: cannot load model {str(tmp_path / 'gone' / 'model')!r}: no model folder at "
+        f"{tmp_path / 'gone' / 'model'} (it does not exist); pass --model DIR (or set LOOKALIKE_MODEL=DIR) with DIR "
+        "the downloaded model, or a Hub id such as mirekphd/dinov3-vit7b16-pretrain-sat493m-fp16"]
+
+
+def test_an_error_says_where_the_verbose_option_goes(built, tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    result = invoke("index", built[0], "--store", tmp_path / "afile" / "store", "--model", built[1], *RUN)
+    assert_one_line_error(result, "lookalike -vv COMMAND")
+    again = CliRunner().invoke(cli, ["-vv", "index", str(built[0]), "--store", str(tmp_path / "afile" / "store"),
+                                     "--model", str(built[1]), *RUN])
+    assert again.exit_code == 1 and "No such option" not in again.output  # where the hint puts it, it is taken
