@@ -133,7 +133,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the backbone: for long GPU runs (7B on an H100: +28 % images/s after a ~50 s "
                    "compile, worth it beyond ~40,000 images). No gain on a CPU.")
-@click.option("--strict", is_flag=True, help="Exit with status 1 when any file failed (after the run).")
+@click.option("--strict", is_flag=True,
+              help="Exit with status 1 while any file fails (after the run): this run's failures, and earlier ones "
+                   "not tried again because their files are unchanged.")
 @click.option("--retry-failed", is_flag=True,
               help="Try again the files that failed before, even unchanged (after installing a reader, say). "
                    "Files the system would not let be read (permissions, a drive away) are tried on every run.")
@@ -211,10 +213,26 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         click.echo(json.dumps(summary))
     else:
         _print_summary(summary, store_dir)
-    if strict and summary["failed"]:
+    if strict:
+        _fail_on_failures(summary, store_dir)
+
+
+def _fail_on_failures(summary: dict, store_dir) -> None:
+    """--strict: exit 1 while the store records any failure, this run's or an earlier one's that it did not try
+    again (a file unchanged since it failed is not retried)."""
+    from store import Store
+
+    store = Store.open(store_dir)
+    try:
+        failing = store.count_failures()
+    finally:
+        store.close()
+    if summary["failed"] or failing:
+        earlier = failing - summary["failed"]
         raise click.ClickException(
-            f"--strict: {summary['failed']} file(s) failed; `lookalike failures --store "
-            f"{click.format_filename(store_dir)}` says why")
+            f"--strict: {summary['failed']} file(s) failed in this run"
+            + (f" and {earlier} still fail unchanged since an earlier one" if earlier > 0 else "")
+            + f"; `lookalike failures --store {click.format_filename(store_dir)}` says why")
 
 
 def _chip_options(*, chip_size, overlap, min_valid, bands, stretch, gsd):

@@ -112,6 +112,12 @@ def test_strict_turns_failures_into_a_non_zero_exit(model_dir, chips_dir, tmp_pa
     assert relaxed.exit_code == 0 and "failed: 1 ×" in relaxed.output
     strict = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "b"), "--strict"])
     assert strict.exit_code == 1 and "--strict: 1 file(s) failed" in strict.output
+    # a rerun does not try the unchanged broken file again, and stays red while it is there
+    rerun = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "b"), "--strict"])
+    assert rerun.exit_code == 1 and "0 file(s) failed in this run and 1 still fail unchanged" in rerun.output
+    (chips_dir / "broken.jpg").unlink()
+    fixed = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "b"), "--strict"])
+    assert fixed.exit_code == 0, fixed.output
 
 
 def test_symlinks_out_of_the_indexed_folders_are_reported_not_followed(index, chips_dir, store_dir, tmp_path,
