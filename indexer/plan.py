@@ -417,6 +417,9 @@ def _larger_than(path: Path, chip_size: int) -> bool:
         return False  # an unreadable file fails later, where every file does
 
 
+MIN_GSD_WINDOW = 16  # native pixels a side, at the least, of a window cut for --gsd: one patch of the model
+
+
 def _windows(scene, chips: ChipOptions) -> list[tuple]:
     size, overlap = chips.chip_size, chips.overlap
     if chips.gsd:
@@ -425,6 +428,11 @@ def _windows(scene, chips: ChipOptions) -> list[tuple]:
             raise IndexerError(f"--gsd needs a projected CRS in metres, and this scene's is {scene.crs or 'missing'}")
         # The window covers chip_size x gsd metres in native pixels; the model's resize resamples it.
         size = max(1, round(chips.chip_size * chips.gsd / native))
+        if size < MIN_GSD_WINDOW:  # a few pixels blown up to a chip: nothing to embed, by the hundred thousand
+            raise IndexerError(
+                f"--gsd {chips.gsd:g} with --chip-size {chips.chip_size} cuts windows of {size} px of this scene's "
+                f"{native:.3g} m pixels, under {MIN_GSD_WINDOW}: use a --gsd of at least "
+                f"{MIN_GSD_WINDOW * native / chips.chip_size:.3g} here (its pixels are coarser than that)")
         overlap = min(size - 1, round(chips.overlap * chips.gsd / native))
     return scenes.chip_windows(scene.width, scene.height, chip_size=size, overlap=overlap)
 

@@ -609,3 +609,20 @@ def test_the_antimeridian_is_one_meridian_and_a_pole_one_point_for_at_and_bbox(i
     assert _touches([-180.0, 9.5, -179.5, 10.0], (179.9, 9.0, 180.0, 10.0))
     assert not _touches([179.5, 9.5, 179.9, 10.0], (-180.0, 9.0, -179.9, 10.0))
     assert all(_touches(bounds, (-10.0, -90.0, 10.0, -89.99)) for bounds in at_pole if bounds[1] == -90.0)
+
+
+def test_a_gsd_far_finer_than_the_scene_is_one_line_not_a_sea_of_one_pixel_chips(index, tmp_path, open_store):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from indexer.pipeline import ChipOptions
+
+    scene = tmp_path / "coarse.tif"  # 300 m pixels: 0.6 m chips of 256 px would be 1 px windows, 1,600 of them
+    with rasterio.open(scene, "w", driver="GTiff", width=40, height=40, count=3, dtype="uint8", crs="EPSG:32614",
+                       transform=from_origin(500_000, 5_200_000, 300, 300)) as dst:
+        dst.write(np.random.default_rng(0).integers(1, 255, (3, 40, 40), dtype=np.uint8))
+    summary = index([scene], tmp_path / "s", chips=ChipOptions(chip_size=256, gsd=0.6))
+    assert (summary["indexed"], summary["failed"]) == (0, 1)
+    store = open_store(tmp_path / "s")
+    reason = store.failures_by_path()[str(scene)]["reason"]
+    assert "cuts windows of 1 px" in reason and "use a --gsd of at least" in reason
