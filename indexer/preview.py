@@ -52,7 +52,8 @@ def _dropped_by_failures(store: Store, plan) -> set[int]:
     dropped = set()
     for path, reason, *_ in plan.failures:
         image_id = store.image_id_for_path(path)
-        dropped |= {image_id} if image_id is not None else set()
+        if image_id is not None:
+            dropped.add(image_id)
         if not reason.startswith(READ_ERROR):
             dropped |= {chip_id for chip_id, _ in store.chips_of_scene(path)}
     return dropped
