@@ -65,7 +65,9 @@ def swap_in(live_dir, staged_dir, *, keep_previous: bool = True) -> Path | None:
     if not (staged_dir / CATALOGUE_NAME).is_file():
         raise StoreNotFound(f"no store to swap in at {staged_dir}")
     previous_dir = previous_dir_for(live_dir)
-    if previous_dir.exists():
+    if previous_dir.is_symlink():  # a link put there (or left by an older rebuild through a link): only it goes
+        previous_dir.unlink()
+    elif previous_dir.exists():
         shutil.rmtree(previous_dir)  # the one before last: readers have long moved on from it
     if not live_dir.exists():
         os.rename(staged_dir, live_dir)

@@ -424,3 +424,21 @@ def test_a_rebuild_through_a_link_to_the_store_rebuilds_the_store_it_points_at(e
         store = Store.open(link)
         assert ids_by_path(store) == before
         store.close()
+
+
+def test_a_link_where_the_previous_store_goes_is_replaced_and_what_it_points_at_kept(embedder, tmp_path):
+    from indexer.pipeline import index_collection
+    from indexer.rebuild import rebuild_store
+
+    chips = copy_chips(tmp_path / "chips", 3)
+    store_dir = tmp_path / "store"
+    index_collection([str(chips)], store_dir, embedder=embedder, workers=0, progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the store's to remove")
+    (tmp_path / "store.previous").symlink_to(elsewhere)  # as a rebuild through a link used to leave one
+
+    summary = rebuild_store(store_dir, embedder=embedder, workers=0, progress=False)
+    previous = tmp_path / "store.previous"
+    assert summary["previous"] == str(previous) and not previous.is_symlink() and (previous / "catalogue.db").is_file()
+    assert (elsewhere / "keep.txt").read_text() == "not the store's to remove"
