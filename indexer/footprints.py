@@ -135,7 +135,7 @@ def _pole_at(crs, transform: tuple, window) -> tuple | None:
     """(sign, col, row, inside) of a pole (1 north, -1 south) at pixel (col, row) in the window or on its edge
     (inside False), else None."""
     col, row, width, height = window
-    near = 1e-9 * max(width, height)
+    near = _on_edge_tolerance(window)
     for sign, pixel_col, pixel_row in _poles_in_pixels(crs, transform):
         if col - near <= pixel_col <= col + width + near and row - near <= pixel_row <= row + height + near:
             inside = col + near < pixel_col < col + width - near and row + near < pixel_row < row + height - near
@@ -188,10 +188,15 @@ def _edge_positions(width: float, height: float) -> list:
     return [start + length * i / EDGE_POINTS for start, length in zip(starts, lengths) for i in range(EDGE_POINTS)]
 
 
+def _on_edge_tolerance(window) -> float:
+    """How far (in pixels) from the window's edge a pole still counts as on it: rounding in its projection."""
+    return 1e-9 * max(window[2], window[3])
+
+
 def _along(window, pixel_col: float, pixel_row: float) -> float:
     """The distance along the outline (as _edge_positions counts it) of a point on the window's edge."""
     col, row, width, height = window
-    near = 1e-9 * max(width, height)
+    near = _on_edge_tolerance(window)
     if abs(pixel_col - col) <= near:
         return pixel_row - row
     if abs(pixel_row - (row + height)) <= near:
