@@ -212,10 +212,10 @@ def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
     if DEVICE == "cpu":
         run = embedder._run
 
-        def timed_run(pixels):
+        def timed_run(pixels, **options):
             started = time.perf_counter()
             try:
-                return run(pixels)
+                return run(pixels, **options)
             finally:
                 in_forward[0] += time.perf_counter() - started
 
@@ -235,16 +235,32 @@ def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
     return result
 
 
-def query_latency(model, path, resolution: int, *, runs: int) -> dict:
-    embedder = bench_embedder(model, resolution)
+def query_latency(model, path, resolution: int, *, runs: int, repeat: int = 3) -> dict:
+    """A query image through the embedder as the search page embeds it: decode, preprocess, forward, pooled
+    vector on the host. On a GPU the embedder replays the one-image forward from a CUDA graph; there the same
+    query with the graph turned off is timed in turn (`eager`), and the two vectors compared."""
+    graphed = bench_embedder(model, resolution)
+    eager = bench_embedder(model, resolution)
+    eager.one_image = None
 
-    def one():
+    def one(embedder):
         pixels = torch.from_numpy(embedder.preprocess(load_image(path)))[None]
-        embedder.embed(pixels).global_vectors.cpu()
+        return embedder.embed(pixels).global_vectors.cpu()
 
-    times = sorted(cuda_time(one, warmup=3, runs=runs))
-    return {"p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
-            "runs": runs}
+    def quantiles(times):
+        times = sorted(times)
+        return {"p50_ms": 1000 * times[len(times) // 2],
+                "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))], "runs": len(times)}
+
+    if graphed.one_image is None:  # a CPU: no graphs, one set of timings
+        return quantiles(cuda_time(lambda: one(graphed), warmup=3, runs=runs))
+    times = {"graphed": [], "eager": []}
+    for _ in range(repeat):
+        for name, embedder in (("graphed", graphed), ("eager", eager)):
+            times[name] += cuda_time(lambda: one(embedder), warmup=3, runs=max(1, runs // repeat))
+    difference = (one(graphed) - one(eager)).abs().max().item()
+    return {**quantiles(times["graphed"]), "cuda_graph": True, "eager": quantiles(times["eager"]),
+            "max_abs_difference": difference}
 
 
 def copies(image_dir: Path, tmp: Path, count: int) -> list[Path]:
@@ -477,6 +493,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time `lookalike index --compile` at each resolution")
     parser.add_argument("--variants", action="store_true",
                         help="also time each SDPA attention backend and, on CUDA, a CUDA-graph single query")
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="undo an earlier --variants (gpu_check.sh passes it; a short rerun leaves them out)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of forward-only, naive and indexer in turn; medians and per-round ratios")
     parser.add_argument("--files", type=int, default=None,
@@ -592,6 +610,13 @@ def table(report: dict) -> str:
             f"{row['indexer']['images_per_second']:.1f} ({row['indexer']['batch_size']}) | {row['indexer_over_forward']:.2f} | "
             f"{row['indexer_over_naive']:.2f} | {row['query_latency']['p50_ms']:.0f} / "
             f"{row['query_latency']['p99_ms']:.0f} | {row['peak_gpu_memory_gib']:.1f} |")
+    for resolution, row in report["results"].items():
+        query = row["query_latency"]
+        if "eager" in query:
+            lines += ["", f"The query at {resolution} px through the embedder (decode to pooled vector) with its "
+                          f"one-image forward from a CUDA graph: p50 / p99 {query['p50_ms']:.1f} / "
+                          f"{query['p99_ms']:.1f} ms; eager, in turn: {query['eager']['p50_ms']:.1f} / {query['eager']['p99_ms']:.1f} ms "
+                          f"(vectors differ by at most {query['max_abs_difference']:.1e})"]
     for resolution, row in report["results"].items():
         other = row.get("indexer_at_forward_batch")
         if other:

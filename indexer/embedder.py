@@ -14,6 +14,7 @@ import torch
 from .attention import amx_available, avx512_bf16_available, use_cpu_attention
 from .cpu_fusion import fuse_for_cpu, unpack_weights
 from .errors import IndexerError, ModelUnavailable, NonFiniteOutput
+from .graphs import OneImageGraphs
 from .images import Preprocess
 from .normalization import normalization_for
 
@@ -24,6 +25,10 @@ POOLINGS = ("cls", "mean", "cls+mean")
 CPU_BATCH = 32  # fastest of 4-64 for the ViT-S/16 on the 2-core EPYC, before and since the packed weights
 # (bench/results/cpu/batch-epyc, batch-epyc-packed)
 PROBE_LARGEST = 128  # the H100 7B optimum at 224 (bench/results/gpu); larger batches add memory, not speed
+# ... and at most this many tokens a batch: 128 images at 224 px. At 512 px (1,029 tokens an image) the 7B's
+# forward is as fast at 8 as at 32 and the indexer ran 0.96 x forward-only at 16 against 0.90 x at 128
+# (bench/results/gpu/h200-2026-11-30): a larger batch only makes the pipeline's start and finish longer.
+PROBE_TOKENS = 128 * 201
 PROBE_MEMORY_SHARE = 0.8  # headroom for the decode pipeline's pinned buffers and fragmentation
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -144,6 +149,8 @@ class DinoV3Embedder:
         self._static_batch = None  # a compiled forward keeps one batch size: smaller batches are padded
         self.compiled = compile
         self.device = next(backbone.parameters()).device
+        # a query's one image on a GPU, replayed from a CUDA graph (not with --compile, which has its own graphs)
+        self.one_image = OneImageGraphs(backbone) if self.device.type == "cuda" and not compile else None
         self.dtype = next(backbone.parameters()).dtype
         self.pooling = pooling
         self.patch_size = config.patch_size
@@ -180,12 +187,13 @@ class DinoV3Embedder:
                    normalization=normalization_for(model, normalization), compile=compile)
 
     def probe_batch_size(self, *, largest: int = PROBE_LARGEST, memory_share: float = PROBE_MEMORY_SHARE) -> int:
-        """The batch size for `--batch-size auto`: on a GPU the largest power of two (up to `largest`) whose
-        forward on blank input peaks under `memory_share` of the device's memory; CPU_BATCH elsewhere.
-        An out-of-memory error later in the run still halves the batch."""
+        """The batch size for `--batch-size auto`: on a GPU the largest power of two (up to `largest`, and up to
+        PROBE_TOKENS tokens) whose forward on blank input peaks under `memory_share` of the device's memory;
+        CPU_BATCH elsewhere. An out-of-memory error later in the run still halves the batch."""
         if self.device.type != "cuda":
             return CPU_BATCH
         side = self.preprocess.resolution
+        largest = min(largest, token_cap(self.num_prefix_tokens + (side // self.patch_size) ** 2))
         total = torch.cuda.get_device_properties(self.device).total_memory
 
         def fits(size: int) -> bool:
@@ -205,8 +213,10 @@ class DinoV3Embedder:
         log.info("--batch-size auto: %d (probed on %s at %d px)", size, self.device, side)
         return size
 
-    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _run(self, pixels: torch.Tensor, *, graphed: bool = False) -> torch.Tensor:
         if not self.compiled:
+            if graphed and self.one_image is not None and len(pixels) == 1:
+                return self.one_image(pixels)
             return self._forward(pixel_values=pixels).last_hidden_state
         self._static_batch = self._static_batch or len(pixels)
         try:
@@ -229,13 +239,15 @@ class DinoV3Embedder:
         (H/16, W/16) grid of patch tokens.
 
         `check=False` leaves the NaN/inf check to the caller (the pipeline's writer does it on the host
-        copy), so that on a GPU this call returns before the device has finished.
+        copy), so that on a GPU this call returns before the device has finished. Checked calls are queries:
+        on a GPU their one image runs from a CUDA graph (indexer/graphs.py); the pipeline's never do (its last,
+        short batch or an out-of-memory retry may be one image, not worth a capture).
         """
         batch, _, height, width = pixels.shape
         if pixels.dtype == torch.uint8:  # Preprocess.resized: normalised here, on the device
             pixels = self.preprocess.normalize(pixels.to(self.device, non_blocking=True), dtype=self.dtype)
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        hidden = self._run(pixels)  # (B, 1 + R + h*w, D), after the final norm
+        hidden = self._run(pixels, graphed=check)  # (B, 1 + R + h*w, D), after the final norm
         cls_token = hidden[:, 0].float()  # == pooler_output
         patches = hidden[:, self.num_prefix_tokens:].float()  # (B, h*w, D)
         grid = patches.reshape(batch, height // self.patch_size, width // self.patch_size, -1)  # (B, h, w, D)
@@ -253,6 +265,11 @@ def largest_fitting(fits, *, largest: int) -> int:
     while size <= largest and fits(size):
         best, size = size, size * 2
     return best
+
+
+def token_cap(tokens_per_image: int) -> int:
+    """The largest power of two of images whose tokens fit in PROBE_TOKENS (at least 1)."""
+    return 1 << max(0, (PROBE_TOKENS // tokens_per_image).bit_length() - 1)
 
 
 def _padded_forward(forward, pixels: torch.Tensor, size: int) -> torch.Tensor:

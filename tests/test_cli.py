@@ -372,6 +372,15 @@ def test_the_batch_probe_takes_the_largest_power_of_two_that_fits():
     assert largest_fitting(lambda size: False, largest=128) == 1  # one image is always tried by the run itself
 
 
+def test_the_batch_probe_keeps_a_batch_to_about_as_many_tokens_as_128_images_at_224_px():
+    from indexer.embedder import token_cap
+
+    assert token_cap(1 + 4 + 14 * 14) == 128  # 224 px: the 7B's best batch (bench/results/gpu)
+    assert token_cap(1 + 4 + 32 * 32) == 16  # 512 px: 1,029 tokens an image
+    assert token_cap(1 + 4 + 28 * 28) == 32  # 448 px
+    assert token_cap(1 + 4 + 256 * 256) == 1  # a huge input: still one image
+
+
 # -- failures ------------------------------------------------------------------------------------
 def test_failures_are_summarised_with_an_example_and_listed(built, tmp_path):
     chips_dir, model_dir, _, _ = built

@@ -144,3 +144,48 @@ def test_a_model_folder_under_home_may_be_given_with_a_tilde(model_dir, tmp_path
     monkeypatch.setenv("HOME", str(tmp_path))
     embedder = DinoV3Embedder.from_pretrained(f"~/models/{model_dir.name}", device="cpu")
     assert embedder.provenance["model"] == str(tmp_path / "models" / model_dir.name)  # what a store records
+
+
+# -- one image from a CUDA graph (the capture itself runs only on a GPU: bench/throughput.py times and checks it) --
+def test_only_a_checked_call_of_one_image_takes_the_graph_path(model_dir, load_embedder):
+    embedder = load_embedder(model_dir)
+    assert embedder.one_image is None  # a CPU: no graphs
+    calls = []
+
+    def one_image(pixels):
+        calls.append(tuple(pixels.shape))
+        return embedder.backbone(pixel_values=pixels).last_hidden_state
+
+    embedder.one_image = one_image  # as on a GPU, recorded
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+
+    query = embedder.embed(pixels[:1])  # a query: one image, checked
+    embedder.embed(pixels[:1], check=False)  # the pipeline's last, short batch
+    embedder.embed(pixels)  # a batch
+
+    assert calls == [(1, 3, 224, 224)]
+    torch.testing.assert_close(query.global_vectors, embedder.embed(pixels).global_vectors[:1])
+
+
+def test_a_forward_that_cannot_be_captured_runs_eagerly_with_one_warning(embedder, caplog):
+    from indexer.graphs import OneImageGraphs
+
+    forwards = []
+
+    def forward(**inputs):
+        forwards.append(1)
+        return embedder.backbone(**inputs)
+
+    graphs = OneImageGraphs(forward)
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    expected = embedder.backbone(pixel_values=pixels).last_hidden_state
+
+    with caplog.at_level("WARNING", logger="indexer.graphs"):
+        first = graphs(pixels)  # no CUDA here: the capture fails at its first step
+        second = graphs(pixels)
+
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+    assert len(forwards) == 2  # one eager forward per call, no second capture attempt
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "could not be captured as a CUDA graph" in caplog.records[0].message and "224x224" in caplog.records[0].message
