@@ -144,7 +144,8 @@ def plan_index(n: int, dim: int, *, memory_bytes: int | None = None, target_reca
         return IndexPlan("IDMap2,Flat", "flat", flat_bytes(n, dim), "exact: small enough to search every vector")
     if small and flat_bytes(n, dim, bytes_per_dim=2) <= budget:
         return IndexPlan("IDMap2,SQfp16", "flat", flat_bytes(n, dim, bytes_per_dim=2),
-                         "exact over float16 vectors: float32 would not fit the memory budget")
+                         "every vector searched, stored as float16 (not exact: scores rounded to float16); "
+                         "float32 would not fit the memory budget")
     nlist = _nlist(n)
     # Inverted lists of 4-bit fast-scan codes (d/8 bytes: quick to scan even when many lists must be probed),
     # re-ranked with scalar codes that keep nearly all of the recall: float16 when the target is strict and

@@ -54,6 +54,8 @@ def test_a_tight_budget_halves_the_exact_index_before_going_approximate():
     plan = ann.plan_index(10_000, 1024, memory_bytes=full // 2 + 1_000_000)
     assert plan.factory == "IDMap2,SQfp16"
     assert plan.estimated_bytes <= full // 2 + 1_000_000
+    # `info` shows this reason beside the index's "exact": false (faiss_index.describe): it must not say exact
+    assert "not exact" in plan.reason and "float16" in plan.reason
 
 
 @pytest.mark.parametrize("n, dim, budget", [(1_000_000, 1024, "4GiB"), (250_000, 4096, "2GiB"),

@@ -167,8 +167,11 @@ def test_only_a_checked_call_of_one_image_takes_the_graph_path(model_dir, load_e
     torch.testing.assert_close(query.global_vectors, embedder.embed(pixels).global_vectors[:1])
 
 
-def test_a_forward_that_cannot_be_captured_runs_eagerly_with_one_warning(embedder, caplog):
+def test_a_forward_that_cannot_be_captured_runs_eagerly_with_one_warning(embedder, caplog, monkeypatch):
+    from indexer import graphs
     from indexer.graphs import OneImageGraphs
+
+    monkeypatch.setattr(graphs, "_failed", [])  # graphs off for the process after a failure: this test's only
 
     forwards = []
 
@@ -189,3 +192,39 @@ def test_a_forward_that_cannot_be_captured_runs_eagerly_with_one_warning(embedde
     assert len(forwards) == 2  # one eager forward per call, no second capture attempt
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "could not be captured as a CUDA graph" in caplog.records[0].message and "224x224" in caplog.records[0].message
+
+
+def test_out_of_memory_while_capturing_is_raised_and_a_later_call_tries_again(embedder, monkeypatch):
+    from contextlib import nullcontext
+
+    from indexer import graphs
+
+    class Stream:  # enough of a CUDA stream for the capture to reach its warm-up forwards on a CPU
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(graphs, "_failed", [])
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: nullcontext())
+    memory = [False]
+
+    def forward(**inputs):
+        if not memory[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return embedder.backbone(**inputs)
+
+    one_image = graphs.OneImageGraphs(forward)
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+
+    with pytest.raises(torch.OutOfMemoryError):
+        one_image(pixels)  # as an eager forward would: the caller's own out-of-memory handling applies
+    assert graphs._failed == [] and one_image._graphs == {}  # nothing kept: graphs stay on
+
+    memory[0] = True
+    result = one_image(pixels)  # tries again; on a CPU the capture itself then fails, and the forward runs eagerly
+    torch.testing.assert_close(result, embedder.backbone(pixel_values=pixels).last_hidden_state)
+    assert graphs._failed  # that failure, not out of memory, turned graphs off
