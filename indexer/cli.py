@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from .cli_common import (device_option, dtype_option, finite_number, friendly_errors, index_memory_option, json_option,
-                         memory_bytes, parse_numbers, store_option, target_recall_option)
+                         memory_bytes, normalization_value, parse_numbers, patch_multiple, store_option,
+                         target_recall_option)
 from .cli_neardup import near_duplicates
 from .cli_search import search
 from .cli_serve import serve
@@ -102,9 +103,9 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
               help="Hub id or local directory (env LOOKALIKE_MODEL). Default: the DINOv3 ViT-7B/16 SAT-493M FP16.")
 @dtype_option
 @device_option
-@click.option("--resolution", type=click.IntRange(16, 4096), default=224, show_default=True,
+@click.option("--resolution", type=click.IntRange(16, 4096), default=224, show_default=True, callback=patch_multiple,
               help="Square input size in pixels, a multiple of 16.")
-@click.option("--normalization", default="auto", show_default=True,
+@click.option("--normalization", default="auto", show_default=True, callback=normalization_value,
               help="auto (SAT-493M values for sat493m models, else ImageNet), sat493m, imagenet, or 'm,m,m/s,s,s'.")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True,
               help="The image's vector: the CLS token (pooler_output), the patch tokens' mean, or both joined.")
@@ -283,8 +284,9 @@ def _print_summary(summary: dict, store_dir) -> None:
               help="Model for the new vectors (env LOOKALIKE_MODEL) [default: the store's own].")
 @dtype_option
 @device_option
-@click.option("--resolution", type=click.IntRange(16, 4096), default=None, help="[default: the store's own]")
-@click.option("--normalization", default=None, help="[default: the store's own]")
+@click.option("--resolution", type=click.IntRange(16, 4096), default=None, callback=patch_multiple,
+              help="[default: the store's own]")
+@click.option("--normalization", default=None, callback=normalization_value, help="[default: the store's own]")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default=None,
               help="[default: the store's own]")
 @click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),

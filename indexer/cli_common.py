@@ -24,6 +24,7 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except (IndexerError, StoreError) as error:
+            logging.getLogger(__name__).debug("the traceback", exc_info=True)  # -vv: where it was found
             raise click.ClickException(str(error)) from error
         except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
             try:
@@ -44,6 +45,29 @@ def friendly_errors(command):
 
 # -v belongs to `lookalike` itself, before the command: `lookalike index -vv` is refused as an unknown option
 WHERE_HINT = "run it again as `lookalike -vv COMMAND ...` to see where it happened"
+
+
+def patch_multiple(_context, param, value):
+    """A click callback: --resolution must cut into whole 16-pixel patches (the DINOv3 patch size)."""
+    if value is not None and value % 16:
+        lower = value // 16 * 16
+        raise click.BadParameter(f"{value} is not a multiple of 16, the model's patch size (try {lower} or "
+                                 f"{lower + 16})", param=param)
+    return value
+
+
+def normalization_value(_context, param, value):
+    """A click callback: --normalization is auto, a preset or 'm,m,m/s,s,s', known before any model or store."""
+    from indexer.errors import IndexerError
+    from indexer.normalization import PRESETS, parse_custom
+
+    if value is None or value.lower() in {"auto", *PRESETS}:
+        return value
+    try:
+        parse_custom(value)
+    except IndexerError as error:
+        raise click.BadParameter(str(error).removeprefix("--normalization "), param=param) from error
+    return value
 
 
 def finite_number(_context, param, value):

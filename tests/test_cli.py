@@ -29,6 +29,16 @@ def assert_one_line_error(result, *fragments):
         assert fragment in errors[0]
 
 
+def assert_usage_error(result, *fragments):
+    """click's usage error: exit status 2, the usage line, one 'Error:' sentence, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.stderr and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """`random-model` then `index --json` once for the module; returns (chips_dir, model_dir, store_dir, summary)."""
@@ -172,7 +182,18 @@ def test_mismatch_is_refused_before_the_model_loads(built):
 def test_bad_normalization(built, tmp_path):
     result = invoke("index", built[0], "--store", tmp_path / "store", "--model", built[1], *RUN,
                     "--normalization", "1,2/3", "--workers", "0", "--no-progress")
-    assert_one_line_error(result, "--normalization")
+    assert_usage_error(result, "--normalization", "'1,2/3' is not one of")  # malformed: a usage error (README)
+
+
+@pytest.mark.parametrize("command", [["index", "CHIPS", "--dry-run"], ["index", "CHIPS"], ["rebuild"]])
+@pytest.mark.parametrize("option", [["--resolution", "200"], ["--normalization", "foo"]])
+def test_a_malformed_resolution_or_normalization_is_a_usage_error_dry_run_too(built, tmp_path, command, option):
+    chips_dir, model_dir, store_dir, _ = built
+    args = [str(chips_dir) if part == "CHIPS" else part for part in command]
+    store = tmp_path / "new" if command[0] == "index" else store_dir
+    result = invoke(*args, "--store", store, "--model", model_dir, *RUN, *option)
+    assert_usage_error(result, option[0], "multiple of 16" if option[0] == "--resolution" else "'foo' is not one of")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("args", [[], ["IMAGE", "--exclude-query"], ["IMAGE", "--exclude-scene"]],
@@ -701,7 +722,7 @@ def test_a_normalization_of_nan_is_refused_before_it_is_kept(built, tmp_path):
     chips_dir, model_dir, _, _ = built
     result = invoke("index", chips_dir, "--store", tmp_path / "store", "--model", model_dir, *RUN,
                     "--normalization", "nan,0,0/1,1,1")
-    assert_one_line_error(result, "three finite means")
+    assert_usage_error(result, "three finite means")
     assert not (tmp_path / "store" / "catalogue.db").exists()
 
 
@@ -789,3 +810,14 @@ def test_an_error_says_where_the_verbose_option_goes(built, tmp_path):
     again = CliRunner().invoke(cli, ["-vv", "index", str(built[0]), "--store", str(tmp_path / "afile" / "store"),
                                      "--model", str(built[1]), *RUN])
     assert again.exit_code == 1 and "No such option" not in again.output  # where the hint puts it, it is taken
+
+
+def test_vv_shows_the_traceback_of_a_one_line_error(tmp_path):
+    """README: `-vv` for debug, with the traceback of an error that is otherwise one line (a store's or the
+    indexer's own errors too, not only the file system's)."""
+    plain = invoke("info", "--store", tmp_path / "nostore")
+    assert_one_line_error(plain, "no lookalike store")
+    verbose = subprocess.run([sys.executable, "-m", "indexer.cli", "-vv", "info", "--store", str(tmp_path / "nostore")],
+                             capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "StoreNotFound" in verbose.stderr
+    assert verbose.stderr.rstrip().splitlines()[-1].startswith("Error: no lookalike store")
