@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import replace
 from numbers import Integral
 from pathlib import Path
@@ -12,12 +13,12 @@ import numpy as np
 from PIL import Image
 
 from store import Store, StoreError
-from store.store import chip_fields, provenance_conflicts
+from store.store import check_k, chip_fields, provenance_conflicts
 from store.swap import last_chip_options, open_live, recorded_runs
 
 from .embedder import DEFAULT_MODEL, DinoV3Embedder, Embedding
 from .errors import IndexerError, UnreadableImage, check_open_store
-from .images import decode_for_model, draft_side, load_image, upright_rgb, upright_size
+from .images import decode_for_model, draft_side, load_image, read_error, upright_rgb, upright_size
 from .neardup import near_duplicates
 from .pipeline import index_collection
 from .plan import SCENE_SUFFIXES
@@ -43,6 +44,7 @@ def load_embedder(store: Store | None = None, *, model: str | None = None, devic
     """
     if store is None:
         return DinoV3Embedder.from_pretrained(model or DEFAULT_MODEL, device=device, dtype=dtype)
+    check_open_store(store)
     recorded = store.provenance
     if recorded is None:
         raise IndexerError(f"the store at {store.store_dir} has no vectors yet: index something first")
@@ -140,7 +142,13 @@ def query_file_size(source, *, name: str | None = None) -> tuple[int, int]:
     scene, _ = _as_scene(source, name)
     if scene is not None:
         return scene_size(scene)
-    return upright_size(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+    if isinstance(source, (bytes, bytearray)):
+        return upright_size(io.BytesIO(source))
+    try:
+        os.stat(source)
+    except OSError as error:  # not "not an image format": as load_query_image says it
+        raise UnreadableImage(f"{source}: {read_error(error)}") from error
+    return upright_size(Path(source))
 
 
 def _unviewed(source):
@@ -172,6 +180,7 @@ def scene_read_options(store: Store) -> dict:
     """How load_query_image reads a scene as `index` read the store's: the --bands and --stretch of the store's
     last run that cut scenes (defaults when none did); and, under "by_path" and "by_sha256", those each indexed
     scene was cut with, which a query by that scene (or an upload of its bytes) takes instead: runs may differ."""
+    check_open_store(store)
     by_path, by_sha256 = {}, {}
     for path, record in store.scenes_by_path().items():
         if record["options"] and record["georeferenced"] is not False:  # a plain image is never read as a scene
@@ -203,12 +212,19 @@ def embed_image(image, embedder) -> Embedding:
     import torch
 
     if isinstance(image, Image.Image):
-        picture = upright_rgb(image)
+        picture = _picture(image)
     else:  # a file: decoded as `index` decodes it for this model (a plugged-in preprocess may not say its size)
         resolution = getattr(embedder.preprocess, "resolution", None)
         picture = load_query_image(image, at_least=draft_side(resolution) if resolution else None)
     pixels = torch.from_numpy(embedder.preprocess(picture))[None]  # (1, 3, H, W)
     return embedder.embed(pixels)
+
+
+def _picture(image: Image.Image) -> Image.Image:
+    """A PIL image given as a query, upright in RGB; an empty one is refused in one line."""
+    if min(image.size) < 1:
+        raise UnreadableImage(f"the image is {image.size[0]}×{image.size[1]} px: nothing to search by")
+    return upright_rgb(image)
 
 
 class Part(NamedTuple):
@@ -255,8 +271,16 @@ def _is_bytes(query) -> bool:
 def _check_query(query) -> None:
     """One-line refusal of what is no query (True, None, a number that is no id, a dict, ...)."""
     if not (_is_image_id(query) or isinstance(query, (str, os.PathLike, Image.Image, Part)) or _is_bytes(query)):
-        raise IndexerError(f"{query!r} is not a query: give an indexed image id (an int), a path, a PIL image, a "
-                           "file's bytes or a Part")
+        raise IndexerError(f"{_short(query)} is not a query: give an indexed image id (an int), a path, a PIL "
+                           "image, a file's bytes or a Part")
+
+
+def _short(value) -> str:
+    """A value in an error's one line: its repr's first line, cut short (a numpy array's runs to many lines)."""
+    lines = repr(value).splitlines() or [""]
+    text = lines[0][:80] + ("..." if len(lines) > 1 or len(lines[0]) > 80 else "")
+    return text if isinstance(value, (type(None), bool, int, float, str, dict, list, tuple)) else \
+        f"{type(value).__name__} {text}"
 
 
 class _QueryReader:
@@ -268,9 +292,7 @@ class _QueryReader:
 
     def __call__(self, query) -> Image.Image:
         if isinstance(query, Image.Image):
-            if min(query.size) < 1:
-                raise UnreadableImage(f"the image is {query.size[0]}×{query.size[1]} px: nothing to search by")
-            return upright_rgb(query)
+            return _picture(query)
         self._options = self._options or (scene_read_options(self.store), store_draft_side(self.store))
         read_options, at_least = self._options
         return load_query_image(query, read_options=read_options, crop=self.crop, at_least=at_least)
@@ -373,21 +395,24 @@ class _Prepared(NamedTuple):
 def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_self: bool = False,
                 exclude_own_scene: bool = False, refinement: Refinement | None = None, batch_size: int = 16,
                 crop: tuple | None = None, unlike=(), unlike_weight: float = UNLIKE_WEIGHT, make_embedder=None):
-    """One answer per query, in order: each an indexed image id (an int) or an image (a path or PIL image),
-    searched on its own, as `search` does one. Images are decoded one by one and embedded `batch_size` at a
-    time with one model (loaded at the first image; a batch the device cannot hold is split in halves).
-    A query that cannot be read (or an unknown id) gives {"query": ..., "error": reason} and the others go
-    on. `exclude_self` leaves an indexed query out of its own results, `exclude_own_scene` its scene's chips;
-    `crop` is load_query_image's, for every image file. `unlike` (as search's, read and embedded once, before
-    the first query; one that cannot be read ends it all) moves every query away from them, and each answer's
-    "query" is then search's {"examples": [the query], "combine", "unlike", "unlike_weight"}. Without an
-    `embedder`, one is made when a picture needs it: by `make_embedder()`, or the store's own model. The answers
-    come one by one, as an iterator; the store, the list and batch_size are checked at the call."""
+    """One answer per query, in order: each an indexed image id (an int), an image (a path or PIL image) or a
+    Part of an indexed image, searched on its own, as `search` does one. Images are decoded one by one and
+    embedded `batch_size` at a time with one model (loaded at the first image; a batch the device cannot hold is
+    split in halves). A query that cannot be read (or an unknown id) gives {"query": ..., "error": reason} and
+    the others go on. `exclude_self` leaves an indexed query (a Part's image too) out of its own results,
+    `exclude_own_scene` its scene's chips; `crop` is load_query_image's, for every image file (a Part has its
+    own). `unlike` (as search's, read and embedded once, before the first query; one that cannot be read ends it
+    all) moves every query away from them, and each answer's "query" is then search's {"examples": [the query],
+    "combine", "unlike", "unlike_weight"}. Without an `embedder`, one is made when a picture needs it: by
+    `make_embedder()`, or the store's own model. The answers come one by one, as an iterator; the store, the
+    list, k and batch_size are checked at the call."""
     check_open_store(store)  # here, when called, not at the first answer
-    if isinstance(queries, (str, os.PathLike, Image.Image, Part)) or _is_bytes(queries):
+    single = isinstance(queries, (str, os.PathLike, Image.Image, Part)) or _is_bytes(queries) or _is_image_id(queries)
+    if single or not isinstance(queries, Iterable):
         raise IndexerError("search_each takes a list of queries: give [query] for one (or use search)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise IndexerError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    k = check_k(k)
     return _answers(store, list(queries), k=k, embedder=embedder, exclude_self=exclude_self,
                     exclude_own_scene=exclude_own_scene, refinement=refinement, batch_size=batch_size, crop=crop,
                     unlike=unlike, unlike_weight=unlike_weight, make_embedder=make_embedder)
@@ -431,6 +456,21 @@ def _answers(store: Store, queries: list, *, k, embedder, exclude_self, exclude_
             yield {"query": about, "results": results}
 
 
+def _prepare_part(part: Part, *, store: Store, model) -> _Prepared:
+    """A Part of an indexed image as one of search_each's queries: its own crop (not search_each's `crop`); its
+    image (and scene) is its own, for exclude_self and exclude_own_scene, as in search."""
+    import torch
+
+    try:
+        described, picture = read_part(store, part)
+    except (IndexerError, StoreError, OSError, TypeError, ValueError) as error:  # unknown id, changed file, bad crop
+        reason = str(error) if isinstance(error, (IndexerError, StoreError)) else f"{_short(part)}: {error}"
+        return _Prepared({"part": _short(part)}, error=reason)
+    embedder = model()
+    pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
+    return _Prepared(described, pixels=pixels, own_id=described["id"], own_scene=described.get("scene"))
+
+
 def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
     """One of search_each's queries made ready: an indexed image's stored vector, a picture's pixels, or why it
     cannot be searched."""
@@ -442,6 +482,8 @@ def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
         except StoreError as error:
             return _Prepared({"id": int(query)}, error=str(error))
         return _Prepared(described, vector=vector, own_id=described["id"], own_scene=row["scene"])
+    if isinstance(query, Part):
+        return _prepare_part(query, store=store, model=model)
     try:
         _check_query(query)
     except IndexerError as error:

@@ -25,7 +25,7 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
     if not 0 < threshold <= 1:
         raise IndexerError(f"the threshold {threshold} must be above 0 and at most 1 (a cosine similarity)")
     check_open_store(store)
-    check_k(k)
+    k = check_k(k)
     links = _links(store, threshold=threshold, k=k, progress=progress)
     rows = store.images({image_id for pair in links for image_id in pair})
     links = {(a, b): score for (a, b), score in links.items()

@@ -42,7 +42,7 @@ def refine(results: list[dict], refinement: Refinement, *, k: int) -> list[dict]
 
 def refined_search(store, vector, *, k: int, exclude=(), refinement: Refinement) -> list[dict]:
     """store.search, fetching more neighbours until k pass the refinement or the store runs out."""
-    check_k(k)
+    k = check_k(k)
     if not refinement.active:
         return store.search(vector, k=k, exclude_ids=exclude)
     fetch = k * 4
@@ -87,7 +87,7 @@ def combined_search(store, vectors, *, k: int, exclude=(), refinement: Refinemen
     """
     if combine not in COMBINES:
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
-    check_k(k)
+    k = check_k(k)
     vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
     if len(vectors) > 1 and combine == "mean":
         centre = vectors.mean(axis=0)

@@ -63,10 +63,30 @@ def chip_fields(row: dict) -> dict:
     return {"scene": row["scene"], "window": json.loads(row["window"]), "geo": json.loads(row["geo"] or "null")}
 
 
-def check_k(k) -> None:
-    """k for a search: a whole number of at least 1 (faiss's re-ranked inverted-file search never returns on k < 1)."""
+def _closed_message(store_dir) -> str:
+    return f"the store at {store_dir} was closed: open it again"
+
+
+class _ClosedCatalogue:
+    """What a closed store's catalogue connection becomes: any use of the store that reads or writes it (a
+    search, patch_features, ...) is a one-line StoreError, not SQLite's "Cannot operate on a closed database"."""
+
+    def __init__(self, store_dir):
+        self._store_dir = store_dir
+
+    def __getattr__(self, name):
+        raise StoreError(_closed_message(self._store_dir))
+
+    def __getitem__(self, name):
+        raise StoreError(_closed_message(self._store_dir))
+
+
+def check_k(k) -> int:
+    """k for a search, as a Python int (faiss takes no numpy integer): a whole number of at least 1 (faiss's
+    re-ranked inverted-file search never returns on k < 1)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise StoreError(f"k must be a whole number of at least 1, not {k!r}")
+    return int(k)
 
 
 def mismatch_error(store_dir, problems: list[str]) -> ProvenanceMismatch:
@@ -170,15 +190,17 @@ class Store(IndexedStore, SceneRecords):
         set_meta(self.db, INDEX_STATE, None)
 
     def close(self) -> None:
-        self.db.close()
+        if not isinstance(self.db, _ClosedCatalogue):  # twice is once
+            self.db.close()
+            self.db = _ClosedCatalogue(self.store_dir)
         self._release_write_lock()
 
     def check_open(self) -> None:
         """A one-line StoreError for a store closed already (SQLite would say only "closed database")."""
         try:
             self.db.execute("SELECT 1")
-        except sqlite3.ProgrammingError:
-            raise StoreError(f"the store at {self.store_dir} was closed: open it again") from None
+        except sqlite3.ProgrammingError:  # the connection closed by other means than close()
+            raise StoreError(_closed_message(self.store_dir)) from None
 
     def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
         self._release_write_lock()
@@ -449,7 +471,7 @@ class Store(IndexedStore, SceneRecords):
         """Nearest images to one L2-normalised query vector; scores are cosine similarities.
 
         `nprobe` overrides the tuned number of inverted lists searched (approximate indexes only)."""
-        check_k(k)
+        k = check_k(k)
         index = self.index
         if index.ntotal == 0:
             return []

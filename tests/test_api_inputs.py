@@ -1,4 +1,5 @@
 """The Python API's answers to what is no query, no store or no count: one line each, never a traceback."""
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -59,3 +60,53 @@ def test_a_files_bytes_in_a_memoryview_or_bytearray_search_as_its_bytes_do(store
         answer = api.search(store, wrapped, k=3, embedder=embedder)
         assert answer["query"] == {"path": "<bytes>"} and answer["results"] == expected
         assert next(api.search_each(store, [wrapped], k=3, embedder=embedder))["results"] == expected
+
+
+def test_the_other_calls_that_want_an_open_store_refuse_a_path_or_a_closed_one(ui_store_dir, ui_ids):
+    with pytest.raises(IndexerError, match="is no open store"):
+        api.load_embedder(str(ui_store_dir))
+    closed = api.open_store(ui_store_dir)
+    closed.close()
+    closed.close()  # twice is once
+    for call in (api.scene_read_options, lambda s: s.patch_features(next(iter(ui_ids.values()))), api.load_embedder):
+        with pytest.raises(StoreError, match="was closed: open it again"):
+            call(closed)
+
+
+def test_search_each_refuses_one_id_and_a_bad_k_at_the_call(store, ui_ids, embedder):
+    image_id = next(iter(ui_ids.values()))
+    with pytest.raises(IndexerError, match=r"takes a list of queries: give \[query\]"):
+        api.search_each(store, image_id, embedder=embedder)
+    for k in (0, "3"):
+        with pytest.raises(StoreError, match="k must be a whole number of at least 1"):
+            api.search_each(store, [image_id], k=k, embedder=embedder)  # no next(): refused at the call
+
+
+def test_a_numpy_integer_k_searches_as_an_int_does(store, ui_ids):
+    image_id = next(iter(ui_ids.values()))
+    expected = api.search(store, image_id, k=3)["results"]
+    assert api.search(store, image_id, k=np.int64(3))["results"] == expected
+    assert next(api.search_each(store, [image_id], k=np.int64(3)))["results"] == expected
+    assert api.near_duplicates(store, k=np.int64(5))["k"] == 5
+
+
+def test_a_part_in_search_each_answers_as_search_does_and_a_bad_one_only_fails_itself(store, ui_ids, embedder):
+    image_id = next(iter(ui_ids.values()))
+    part = api.Part(image_id, (0, 0, 64, 64))
+    expected = api.search(store, part, k=3, embedder=embedder, exclude_self=True)
+    answers = list(api.search_each(store, [part, api.Part(10**9, (0, 0, 8, 8)), image_id], k=3, embedder=embedder,
+                                   exclude_self=True))
+    assert answers[0] == expected
+    assert image_id not in [hit["id"] for hit in answers[0]["results"]]
+    assert "error" in answers[1] and str(10**9) in answers[1]["error"]
+    assert "results" in answers[2]  # the others go on
+
+
+def test_an_array_an_empty_picture_or_a_missing_file_is_refused_in_one_line(store, embedder, tmp_path):
+    with pytest.raises(IndexerError) as refused:
+        api.search(store, np.zeros((4, 4, 3), np.uint8), embedder=embedder)
+    assert len(str(refused.value).splitlines()) == 1 and str(refused.value).startswith("ndarray")
+    with pytest.raises(IndexerError, match="0×0 px: nothing to search by"):
+        api.embed_image(Image.new("RGB", (0, 0)), embedder)
+    with pytest.raises(IndexerError, match=r"cannot be read \(No such file or directory\)"):
+        api.query_file_size(str(tmp_path / "nofile.jpg"))
