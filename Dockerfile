@@ -19,7 +19,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN python3 -m venv "$VIRTUAL_ENV"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY indexer indexer
 COPY store store
 COPY ui ui

@@ -166,10 +166,11 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 
     Example: lookalike index /data/scenes --store scenes --chip-size 256 --dry-run
     """
-    from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder, check_model_name
+    from indexer.embedder import DEFAULT_MODEL, DinoV3Embedder, check_model_name, quiet_loading
     from indexer.normalization import normalization_for
     from indexer.pipeline import index_collection
     from indexer.plan import precheck_store
+    from store.faiss_index import require_faiss
     from store.lock import check_not_busy
 
     chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
@@ -187,9 +188,12 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
         precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling, normalization=normalization)
     if not dry_run:
         check_not_busy(store_dir)  # refused at once, not after the model load
+        require_faiss()
     if dry_run:
         _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed, as_json=as_json)
         return
+    if not progress or as_json:
+        quiet_loading()
     embedder = DinoV3Embedder.from_pretrained(
         model, dtype=dtype, device=device, resolution=resolution,
         normalization=normalization, pooling=pooling, compile=compile_model,
@@ -314,8 +318,9 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
 
     Example: lookalike rebuild --store demo-store --model ./another-dinov3-sat493m --ray
     """
-    from indexer.embedder import DinoV3Embedder
+    from indexer.embedder import DinoV3Embedder, quiet_loading
     from indexer.rebuild import recorded_collection, rebuild_store
+    from store.faiss_index import require_faiss
     from store.lock import check_not_busy
 
     if ray_address:
@@ -324,10 +329,13 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
         require_ray()
     recorded, _ = recorded_collection(store_dir, warn=False)  # rebuild_store warns of sources gone
     check_not_busy(store_dir)  # refused at once, not after the model load
+    require_faiss()
     model = model or recorded["model"]
     resolution = resolution or recorded["resolution"]
     normalization = normalization or recorded["normalization"]
     pooling = pooling or recorded["pooling"]
+    if not progress or as_json:
+        quiet_loading()
     embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
                                               normalization=normalization, pooling=pooling)
     batch_size = batch_size or embedder.probe_batch_size()

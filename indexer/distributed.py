@@ -60,7 +60,8 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as error:
-        raise RayUnavailable("--ray needs Ray: pip install 'lookalike[ray]' (ray[data] and pyarrow)") from error
+        raise RayUnavailable("--ray needs Ray: pip install -e '.[ray]' in lookalike's checkout (ray[data] and "
+                             "pyarrow)") from error
     return ray
 
 

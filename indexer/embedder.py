@@ -120,6 +120,16 @@ def check_model_name(model: str) -> None:
                                f"such as {DEFAULT_MODEL}")
 
 
+def quiet_loading() -> None:
+    """No progress bars while a model loads (transformers' "Loading weights", the Hub's downloads): for
+    `--no-progress` and `--json`, whose stderr a script may keep."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def tune_for_device(backbone):
     """What loading does to a backbone for speed: on an AMX CPU in 16-bit floats, padded attention keys, and in
     bfloat16 on one with AVX512-BF16 but no AMX, attention as split products (indexer/attention.py); on both in

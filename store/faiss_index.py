@@ -18,7 +18,8 @@ except ImportError:  # pragma: no cover - depends on the install
 def require_faiss():
     if faiss is None:
         raise StoreError(
-            "faiss is not installed: pip install 'lookalike[cpu]' (or 'lookalike[gpu]' on a CUDA machine)"
+            "faiss is not installed: pip install faiss-cpu (faiss-gpu on a CUDA machine), as the cpu and gpu extras "
+            "do: pip install -e '.[cpu]' in lookalike's checkout (it is not on PyPI)"
         )
     return faiss
 

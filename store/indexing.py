@@ -92,6 +92,7 @@ class IndexedStore:
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def _load_or_rebuild_index(self):
+        faiss_index.require_faiss()  # said as it is, not as an index that cannot be built yet
         index_path = self.store_dir / INDEX_NAME
         if index_path.exists():
             try:

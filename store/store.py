@@ -10,6 +10,7 @@ import numpy as np
 from . import catalogue
 from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
 from .errors import EmptyCatalogue, ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
+from .faiss_index import require_faiss
 from .indexing import INDEX_NAME, INDEX_STATE, IndexedStore
 from .lock import acquire_write_lock, release_write_lock
 from .scene_records import SceneRecords
@@ -143,6 +144,7 @@ class Store(IndexedStore, SceneRecords):
     @classmethod
     def create(cls, store_dir, *, provenance: dict, rebuild: bool = False) -> "Store":
         """Open or start a store for writing vectors made as `provenance` says."""
+        require_faiss()  # before anything is written: a store without its index could not be searched
         store_dir = Path(store_dir)
         if store_dir.exists() and not store_dir.is_dir():
             raise StoreError(f"--store {store_dir} is a file, not a directory")

@@ -821,3 +821,31 @@ def test_vv_shows_the_traceback_of_a_one_line_error(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "StoreNotFound" in verbose.stderr
     assert verbose.stderr.rstrip().splitlines()[-1].startswith("Error: no lookalike store")
+
+
+def test_without_faiss_nothing_is_indexed_and_search_says_what_is_missing(built, tmp_path, monkeypatch):
+    """A bare `pip install` (faiss is an extra) indexed everything and left a store no command could search,
+    warning of an exact search that could not run either."""
+    import store.faiss_index
+
+    chips_dir, _, store_dir, _ = built
+    monkeypatch.setattr(store.faiss_index, "faiss", None)
+    result = invoke("index", chips_dir, "--store", tmp_path / "new", "--model", "nobody/no-such-dinov3", *RUN)
+    assert_one_line_error(result, "faiss is not installed", "pip install faiss-cpu")  # before the model would load
+    assert not (tmp_path / "new").exists()
+
+    found = invoke("search", "--id", 1, "--store", store_dir, "-k", 2)
+    assert_one_line_error(found, "faiss is not installed")
+    assert "searching every vector exactly" not in found.output
+
+
+def test_no_progress_also_quiets_the_model_loading_bar(built, tmp_path):
+    chips_dir, model_dir, _, _ = built
+    command = [sys.executable, "-m", "indexer.cli", "index", str(chips_dir), "--store", str(tmp_path / "s"),
+               "--model", str(model_dir), *RUN, "--workers", "0"]
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_DISABLE_PROGRESS_BARS"}  # conftest's
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    quiet = subprocess.run([*command[:-2], "--store", str(tmp_path / "q"), "--workers", "0", "--no-progress"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # the bar this test is about exists
+    assert quiet.returncode == 0 and "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr

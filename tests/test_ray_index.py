@@ -201,7 +201,7 @@ def test_ray_without_the_extra_is_one_clear_line(chips_dir, tmp_path, model_dir,
     result = CliRunner().invoke(cli, ["index", str(chips_dir), "--store", str(tmp_path / "s"), "--model",
                                       str(model_dir), "--ray"])
     assert result.exit_code == 1
-    assert "pip install 'lookalike[ray]'" in result.output
+    assert "pip install -e '.[ray]'" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "s").exists()  # refused before anything was made
 
