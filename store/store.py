@@ -76,6 +76,8 @@ class _ClosedCatalogue:
         self._store_dir = store_dir
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # what copy, pickle and hasattr ask of any object: not a use of the store
+            raise AttributeError(name)
         raise StoreError(_closed_message(self._store_dir))
 
     def __getitem__(self, name):
