@@ -317,6 +317,7 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     refinement = Refinement() if refinement is None else refinement
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
+    k = check_k(k)  # so is k
     examples, unlike = _as_list(query), _as_list(unlike) if unlike is not None else []
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
@@ -465,10 +466,18 @@ def _prepare_part(part: Part, *, store: Store, model) -> _Prepared:
         described, picture = read_part(store, part)
     except (IndexerError, StoreError, OSError, TypeError, ValueError) as error:  # unknown id, changed file, bad crop
         reason = str(error) if isinstance(error, (IndexerError, StoreError)) else f"{_short(part)}: {error}"
-        return _Prepared({"part": _short(part)}, error=reason)
+        return _Prepared(_described_part(part), error=reason)
     embedder = model()
     pixels = torch.from_numpy(embedder.preprocess(picture.convert("RGB")))
     return _Prepared(described, pixels=pixels, own_id=described["id"], own_scene=described.get("scene"))
+
+
+def _described_part(part: Part) -> dict:
+    """A Part that could not be read, described as one that could be ({"id", "crop"}), as far as it is one."""
+    try:
+        return {"id": int(part.image_id), "crop": [int(value) for value in part.crop]}
+    except (TypeError, ValueError):
+        return {"path": _short(part)}
 
 
 def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
@@ -487,7 +496,7 @@ def _prepare(query, *, store: Store, read, crop, model) -> _Prepared:
     try:
         _check_query(query)
     except IndexerError as error:
-        return _Prepared({"path": repr(query)[:200]}, error=str(error))
+        return _Prepared({"path": _short(query)}, error=str(error))
     try:
         picture = read(query)
     except (IndexerError, OSError) as error:

@@ -192,12 +192,11 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if dry_run:
         _print_preview(sources, store_dir, chips=chips, rebuild=rebuild, retry_failed=retry_failed, as_json=as_json)
         return
-    if not progress or as_json:
-        quiet_loading()
-    embedder = DinoV3Embedder.from_pretrained(
-        model, dtype=dtype, device=device, resolution=resolution,
-        normalization=normalization, pooling=pooling, compile=compile_model,
-    )
+    with quiet_loading(not progress or as_json):
+        embedder = DinoV3Embedder.from_pretrained(
+            model, dtype=dtype, device=device, resolution=resolution,
+            normalization=normalization, pooling=pooling, compile=compile_model,
+        )
     batch_size = batch_size or embedder.probe_batch_size()
     if ray_address:
         from indexer.distributed import ModelSpec, index_collection_ray
@@ -334,10 +333,9 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     resolution = resolution or recorded["resolution"]
     normalization = normalization or recorded["normalization"]
     pooling = pooling or recorded["pooling"]
-    if not progress or as_json:
-        quiet_loading()
-    embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
-                                              normalization=normalization, pooling=pooling)
+    with quiet_loading(not progress or as_json):
+        embedder = DinoV3Embedder.from_pretrained(model, dtype=dtype, device=device, resolution=resolution,
+                                                  normalization=normalization, pooling=pooling)
     batch_size = batch_size or embedder.probe_batch_size()
     options = {"batch_size": batch_size, "progress": progress and not as_json}
     if ray_address:

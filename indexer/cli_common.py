@@ -61,7 +61,7 @@ def normalization_value(_context, param, value):
     from indexer.errors import IndexerError
     from indexer.normalization import PRESETS, parse_custom
 
-    if value is None or value.lower() in {"auto", *PRESETS}:
+    if not value or value.lower() in {"auto", *PRESETS}:  # "" is not given, as before
         return value
     try:
         parse_custom(value)

@@ -77,6 +77,7 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     Example: lookalike search --id 12 --unlike-id 57 --unlike greenhouse.jpg --store demo-store
     """
     from indexer import api
+    from indexer.embedder import quiet_loading
     from indexer.refine import Refinement
 
     at, date_range, box = _checked_options(images, image_ids, at_text=at_text, dates=dates, bbox=bbox,
@@ -94,13 +95,16 @@ def search(images, store_dir, image_ids, at_text, k, combine, exclude_query, cro
     if at is not None:
         image_ids = (*image_ids, _chip_at(store, *at))
     if each:
-        _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
-                     unlike=(unlike_images, unlike_ids, unlike_weight),
-                     exclude_query=exclude_query, exclude_scene=exclude_scene, refinement=refinement, crop=crop)
+        with quiet_loading(as_json):  # a model loaded for the files: no bar beside the JSON
+            _search_each(store, images, image_ids, k=k, model=model, device=device, dtype=dtype, as_json=as_json,
+                         unlike=(unlike_images, unlike_ids, unlike_weight),
+                         exclude_query=exclude_query, exclude_scene=exclude_scene, refinement=refinement, crop=crop)
         return
-    answer = _search_examples(store, images, image_ids, k=k, combine=combine, model=model, device=device,
-                              dtype=dtype, exclude_query=exclude_query, exclude_scene=exclude_scene,
-                              refinement=refinement, crop=crop, unlike=(unlike_images, unlike_ids, unlike_weight))
+    with quiet_loading(as_json):
+        answer = _search_examples(store, images, image_ids, k=k, combine=combine, model=model, device=device,
+                                  dtype=dtype, exclude_query=exclude_query, exclude_scene=exclude_scene,
+                                  refinement=refinement, crop=crop,
+                                  unlike=(unlike_images, unlike_ids, unlike_weight))
     _print_answer(store, answer, geojson_path=geojson_path, as_json=as_json,
                   filtered=bool(bbox or date_range or exclude_scene))
 

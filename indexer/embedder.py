@@ -5,6 +5,7 @@ Another backbone plugs in from Python by implementing the same three members
 """
 import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -120,14 +121,27 @@ def check_model_name(model: str) -> None:
                                f"such as {DEFAULT_MODEL}")
 
 
-def quiet_loading() -> None:
-    """No progress bars while a model loads (transformers' "Loading weights", the Hub's downloads): for
-    `--no-progress` and `--json`, whose stderr a script may keep."""
-    from huggingface_hub.utils import disable_progress_bars
+@contextmanager
+def quiet_loading(quiet: bool = True):
+    """No progress bars while a model loads in this block (transformers' "Loading weights", the Hub's downloads),
+    when `quiet`: for `--no-progress` and `--json`, whose stderr a script may keep. The bars are as they were
+    after it (a notebook or test session that runs the CLI in-process keeps its own)."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
+    had_bar, hub_quiet = transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
     transformers_logging.disable_progress_bar()
     disable_progress_bars()
+    try:
+        yield
+    finally:
+        if had_bar:
+            transformers_logging.enable_progress_bar()
+        if not hub_quiet:
+            enable_progress_bars()
 
 
 def tune_for_device(backbone):

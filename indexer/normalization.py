@@ -26,7 +26,7 @@ def normalization_for(model: str, override: str | dict | None = None) -> dict:
     """
     if isinstance(override, dict):
         return {"name": override.get("name", "custom"), "mean": list(override["mean"]), "std": list(override["std"])}
-    if override and override != "auto":
+    if override and override.lower() != "auto":
         key = override.lower()
         if key in PRESETS:
             return dict(PRESETS[key])

@@ -99,6 +99,7 @@ def test_a_part_in_search_each_answers_as_search_does_and_a_bad_one_only_fails_i
     assert answers[0] == expected
     assert image_id not in [hit["id"] for hit in answers[0]["results"]]
     assert "error" in answers[1] and str(10**9) in answers[1]["error"]
+    assert answers[1]["query"] == {"id": 10**9, "crop": [0, 0, 8, 8]}  # described as a Part that reads is
     assert "results" in answers[2]  # the others go on
 
 
@@ -110,3 +111,17 @@ def test_an_array_an_empty_picture_or_a_missing_file_is_refused_in_one_line(stor
         api.embed_image(Image.new("RGB", (0, 0)), embedder)
     with pytest.raises(IndexerError, match=r"cannot be read \(No such file or directory\)"):
         api.query_file_size(str(tmp_path / "nofile.jpg"))
+
+
+def test_a_bad_k_is_refused_before_the_model_loads_and_a_non_query_is_described_in_one_line(store, embedder, ui_ids):
+    made = []
+
+    def make_embedder():
+        made.append(1)
+        return embedder
+
+    with pytest.raises(StoreError, match="k must be a whole number of at least 1, not 0"):
+        api.search(store, next(iter(ui_ids)), k=0, make_embedder=make_embedder)
+    assert made == []  # a minutes-long load for the 7B, before the refusal, until today
+    answer = next(api.search_each(store, [np.zeros((4, 4, 3), np.uint8)], embedder=embedder))
+    assert "error" in answer and "\n" not in answer["query"]["path"] and answer["query"]["path"].startswith("ndarray")

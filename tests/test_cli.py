@@ -849,3 +849,31 @@ def test_no_progress_also_quiets_the_model_loading_bar(built, tmp_path):
                            capture_output=True, text=True, timeout=300, env=env)
     assert loud.returncode == 0 and "Loading weights" in loud.stderr  # the bar this test is about exists
     assert quiet.returncode == 0 and "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
+
+
+@pytest.mark.parametrize("value", ["", "AUTO", "SAT493M"])
+def test_normalization_empty_means_not_given_and_names_ignore_case(built, tmp_path, value):
+    chips_dir, model_dir, _, _ = built
+    result = invoke("index", chips_dir, "--store", tmp_path / "s", "--model", model_dir, *RUN, "--normalization", value,
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
+def test_quiet_loading_leaves_the_bars_as_they_were(built, tmp_path):
+    from transformers.utils import logging as transformers_logging
+
+    chips_dir, model_dir, _, _ = built
+    transformers_logging.enable_progress_bar()  # as in a notebook (an earlier in-process run may have left it off)
+    result = invoke("index", chips_dir, "--store", tmp_path / "s", "--model", model_dir, *RUN, "--json")
+    assert result.exit_code == 0 and transformers_logging.is_progress_bar_enabled()
+
+
+def test_search_json_keeps_the_model_loading_bar_off_stderr(built):
+    chips_dir, _, store_dir, _ = built
+    image = str(next(chips_dir.glob("*.jpg")))
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_DISABLE_PROGRESS_BARS"}  # conftest's
+    command = [sys.executable, "-m", "indexer.cli", "search", image, "--store", str(store_dir), "-k", "2"]
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    quiet = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # the bar this test is about exists
+    assert quiet.returncode == 0 and "Loading weights" not in quiet.stderr and json.loads(quiet.stdout)["results"]
