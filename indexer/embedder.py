@@ -5,6 +5,7 @@ Another backbone plugs in from Python by implementing the same three members
 """
 import hashlib
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,22 +126,25 @@ def check_model_name(model: str) -> None:
 def quiet_loading(quiet: bool = True):
     """No progress bars while a model loads in this block (transformers' "Loading weights", the Hub's downloads),
     when `quiet`: for `--no-progress` and `--json`, whose stderr a script may keep. The bars are as they were
-    after it (a notebook or test session that runs the CLI in-process keeps its own)."""
-    if not quiet:
+    after it (a notebook or test session that runs the CLI in-process keeps its own). HF_HUB_DISABLE_PROGRESS_BARS,
+    where set, decides for both, as it does anyway: changing them then would only warn."""
+    if not quiet or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
         yield
         return
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     had_bar, hub_quiet = transformers_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # the Hub's too
     disable_progress_bars()
     try:
         yield
     finally:
         if had_bar:
-            transformers_logging.enable_progress_bar()
-        if not hub_quiet:
+            transformers_logging.enable_progress_bar()  # and the Hub's
+        if hub_quiet:
+            disable_progress_bars()
+        else:
             enable_progress_bars()
 
 

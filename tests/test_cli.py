@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import click
 import pytest
@@ -864,8 +865,12 @@ def test_quiet_loading_leaves_the_bars_as_they_were(built, tmp_path):
 
     chips_dir, model_dir, _, _ = built
     transformers_logging.enable_progress_bar()  # as in a notebook (an earlier in-process run may have left it off)
-    result = invoke("index", chips_dir, "--store", tmp_path / "s", "--model", model_dir, *RUN, "--json")
+    assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"  # conftest's: the user's say over the Hub's bars
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke("index", chips_dir, "--store", tmp_path / "s", "--model", model_dir, *RUN, "--json")
     assert result.exit_code == 0 and transformers_logging.is_progress_bar_enabled()
+    assert not [w for w in caught if "progress bars" in str(w.message)]  # "Cannot enable progress bars: ..."
 
 
 def test_search_json_keeps_the_model_loading_bar_off_stderr(built):
@@ -877,3 +882,25 @@ def test_search_json_keeps_the_model_loading_bar_off_stderr(built):
     quiet = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300, env=env)
     assert loud.returncode == 0 and "Loading weights" in loud.stderr  # the bar this test is about exists
     assert quiet.returncode == 0 and "Loading weights" not in quiet.stderr and json.loads(quiet.stdout)["results"]
+
+
+def test_quiet_loading_turns_both_bars_off_inside_and_back_after(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    from indexer.embedder import quiet_loading
+
+    import importlib
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # conftest sets it; a user's shell does not
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module, not its class
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", None)  # as the Hub read the variable at import
+    transformers_logging.enable_progress_bar()
+    try:
+        with quiet_loading():
+            assert not transformers_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+        assert transformers_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+        with quiet_loading(False):
+            assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.disable_progress_bar()  # as conftest's variable has it for the rest of the session
