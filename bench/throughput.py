@@ -235,6 +235,13 @@ def indexer_run(embedder, files, *, batch_size: int, workers: int) -> dict:
     return result
 
 
+def percentiles_ms(seconds) -> dict:
+    """p50 and p99 of timings in seconds, in milliseconds (the nearest rank below, as every table here quotes)."""
+    times = sorted(seconds)
+    return {"p50_ms": 1000 * times[len(times) // 2],
+            "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))]}
+
+
 def query_latency(model, path, resolution: int, *, runs: int, repeat: int = 3) -> dict:
     """A query image through the embedder as the search page embeds it: decode, preprocess, forward, pooled
     vector on the host. On a GPU the embedder replays the one-image forward from a CUDA graph; there the same
@@ -248,9 +255,7 @@ def query_latency(model, path, resolution: int, *, runs: int, repeat: int = 3) -
         return embedder.embed(pixels).global_vectors.cpu()
 
     def quantiles(times):
-        times = sorted(times)
-        return {"p50_ms": 1000 * times[len(times) // 2],
-                "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))], "runs": len(times)}
+        return {**percentiles_ms(times), "runs": len(times)}
 
     if graphed.one_image is None:  # a CPU: no graphs, one set of timings
         return quantiles(cuda_time(lambda: one(graphed), warmup=3, runs=runs))
@@ -434,10 +439,9 @@ def attention_backends(model, resolution: int, batch: int, *, runs: int, latency
             rates.setdefault(name, []).append(batch / statistics.median(times))
             latencies.setdefault(name, []).extend(single)
     for name in (name for name in BACKENDS if name in rates):
-        single = sorted(latencies[name])
+        single = percentiles_ms(latencies[name])
         out[name] = {"images_per_second": statistics.median(rates[name]), "batch_size": batch,
-                     "one_image_p50_ms": 1000 * single[len(single) // 2],
-                     "one_image_p99_ms": 1000 * single[min(len(single) - 1, int(0.99 * len(single)))]}
+                     "one_image_p50_ms": single["p50_ms"], "one_image_p99_ms": single["p99_ms"]}
     return {name: out[name] for name in BACKENDS if name in out}
 
 
@@ -471,12 +475,7 @@ def cuda_graph_query(model, resolution: int, *, runs: int, repeat: int = 3) -> d
         replay += cuda_time(graph.replay, warmup=2, runs=runs)
     graph.replay()
     difference = (captured.float() - model(pixel_values=static).pooler_output.float()).abs().max().item()
-    eager, replay = sorted(eager), sorted(replay)
-
-    def quantiles(times):
-        return {"p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))]}
-
-    return {"eager": quantiles(eager), "graph": quantiles(replay), "capture_seconds": capture_seconds,
+    return {"eager": percentiles_ms(eager), "graph": percentiles_ms(replay), "capture_seconds": capture_seconds,
             "max_abs_difference": difference, "runs": len(eager)}
 
 
