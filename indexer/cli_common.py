@@ -79,11 +79,12 @@ def finite_number(_context, param, value):
 
 def _catalogue_trouble(error: Exception, store_dir) -> str:
     """One sentence for an SQLite error met mid-command: a damaged catalogue, or another (a busy or full disk)."""
+    from store.catalogue import DAMAGED_HINT
+
     where = f"the catalogue of the store at {store_dir}" if store_dir else "a store's catalogue"
     if isinstance(error, sqlite3.OperationalError) and "malformed" not in str(error):
         return f"{where} could not be read or written ({error}); {WHERE_HINT}"
-    return (f"{where} is damaged ({error}): restore catalogue.db from a backup, or index the collection into a "
-            "new store (lookalike index SOURCES --store NEW_DIR)")
+    return f"{where} is damaged ({error}): {DAMAGED_HINT}"
 
 
 store_option = click.option(

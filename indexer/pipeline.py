@@ -198,7 +198,13 @@ def tracked_run(store: Store, run_id: int, counts: dict, *, started: float):
         outcome["status"] = "interrupted"
         raise
     finally:
-        outcome["summary"] = finish_summary(store, run_id, counts, started=started, status=outcome["status"])
+        try:
+            outcome["summary"] = finish_summary(store, run_id, counts, started=started, status=outcome["status"])
+        except Exception as error:
+            if outcome["status"] == "done":
+                raise
+            # the run's own error is the one to see (a full disk fails the save too): this one goes to the log
+            log.warning("the run could not be closed either: %s", error)
 
 
 def new_counts() -> dict:

@@ -11,6 +11,8 @@ import sqlite_utils
 from .errors import EmptyCatalogue, StoreError
 
 SCHEMA_VERSION = 2  # 2: chips of scenes (images.scene, window, geo)
+DAMAGED_HINT = ("restore catalogue.db from a backup, or index the collection into a new store "
+                "(lookalike index SOURCES --store NEW_DIR)")
 CATALOGUE_NAME = "catalogue.db"
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,8 @@ def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Databas
         return _read_only(catalogue_path)
     except sqlite3.DatabaseError as error:  # "file is not a database" and the like
         _close(db)
+        if "malformed" in str(error):  # ours, cut short or damaged where its schema is
+            raise StoreError(f"the catalogue {catalogue_path} is damaged ({error}): {DAMAGED_HINT}") from None
         raise StoreError(f"{catalogue_path} is not a lookalike catalogue ({error})") from None
     except BaseException:
         _close(db)
@@ -152,8 +156,10 @@ def _close(db: sqlite_utils.Database | None) -> None:
 
 
 def _unwritable(error: sqlite3.OperationalError) -> bool:
+    """Whether opening failed only for want of writing: a read-only mount or file, or a full disk (a reader of a
+    WAL catalogue makes its shared-memory file; SQLite says "disk I/O error" when it cannot)."""
     text = str(error).lower()
-    return "readonly" in text or "read-only" in text or "unable to open" in text
+    return any(words in text for words in ("readonly", "read-only", "unable to open", "disk i/o error", "is full"))
 
 
 def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, reading: bool) -> None:
@@ -171,6 +177,8 @@ def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, read
 
 
 def _make_schema(db: sqlite_utils.Database) -> None:
+    if "meta" in db.table_names() and get_meta(db, "schema_version") not in (None, 1, SCHEMA_VERSION):
+        return  # another lookalike's schema: left as it is, for Store._check_schema to refuse
     db.executescript(_SCHEMA)
     version = get_meta(db, "schema_version")
     if version is None:

@@ -1,6 +1,7 @@
 """The FAISS index file and the search front: ids, GPU copies, the torch exact path, inverted-file probes."""
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +127,26 @@ def write_index_atomic(index, index_path: Path) -> None:
     """Write beside the target and rename, so a reader never sees half a file."""
     lib = require_faiss()
     tmp_path = index_path.with_name(index_path.name + ".tmp")
-    if _utf8(tmp_path):
-        lib.write_index(getattr(index, "faiss", index), str(tmp_path))
-    else:  # as in read_index
-        with open(tmp_path, "wb") as handle:
-            lib.write_index(getattr(index, "faiss", index), lib.PyCallbackIOWriter(handle.write))
-    with open(tmp_path, "rb") as handle:
-        os.fsync(handle.fileno())
+    try:
+        if _utf8(tmp_path):
+            lib.write_index(getattr(index, "faiss", index), str(tmp_path))
+        else:  # as in read_index
+            with open(tmp_path, "wb") as handle:
+                lib.write_index(getattr(index, "faiss", index), lib.PyCallbackIOWriter(handle.write))
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as error:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(error, RuntimeError):  # how faiss reports a failed write (a full disk)
+            raise StoreError(f"cannot save the index {index_path} ({_write_failure(error)})") from error
+        raise
     os.replace(tmp_path, index_path)
+
+
+def _write_failure(error: RuntimeError) -> str:
+    """The reason in faiss's multi-line 'Error in ... write error in PATH: 4014 != 4864 (No space left on device)'."""
+    reason = re.search(r"\(([^()]+)\)\s*$", str(error))
+    return reason.group(1) if reason else str(error).strip().splitlines()[-1]
 
 
 class SearchIndex:
