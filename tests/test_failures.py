@@ -131,6 +131,27 @@ def test_restored_file_leaves_no_stale_failure(index, indexed, chip_paths, chips
     assert store.count_failures() == 0
 
 
+def test_a_failed_file_replaced_by_a_good_one_of_the_same_size_is_tried_again(index, tmp_path, write_image,
+                                                                             open_store):
+    """Uncompressed formats (BMP) keep one byte count per pixel size: the new mtime says the file changed."""
+    folder = tmp_path / "bmps"
+    good = write_image(folder / "a.bmp", size=(48, 48), seed=1)
+    write_image(folder / "b.bmp", size=(48, 48), seed=2)
+    data = good.read_bytes()
+    good.write_bytes(b"not a picture".ljust(len(data), b"."))  # the same size, unreadable
+    store_dir = tmp_path / "store"
+    assert index([folder], store_dir)["failed"] == 1
+    good.write_bytes(data)
+    later = good.stat().st_mtime + 5
+    os.utime(good, (later, later))
+
+    summary = index([folder], store_dir)
+
+    assert (summary["indexed"], summary["failed"]) == (1, 0)
+    store = open_store(store_dir)
+    assert str(good) in ids_by_path(store) and store.count_failures() == 0
+
+
 def test_a_file_the_system_would_not_read_is_tried_again_next_run(index, chips_dir, chip_paths, store_dir,
                                                                    open_store, monkeypatch):
     """Permissions fixed, a share back: the file has not changed, but its failure was not the file's."""

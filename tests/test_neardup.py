@@ -48,13 +48,18 @@ def test_groups_are_the_linked_sets_of_every_pair_over_the_threshold(index, chip
     index([chips_dir], store_dir)
     store = open_store(store_dir)
     cosines = pairwise_cosines(store)
+    group_sizes = set()
     for threshold in (0.99999, *np.quantile(cosines, [0.98, 0.9, 0.6]).tolist()):
         answer = api.near_duplicates(store, threshold=threshold, k=20)
         assert found_groups(answer) == brute_force_groups(store, threshold), threshold
+        sizes = [group["size"] for group in answer["groups"]]
+        assert sizes == sorted(sizes, reverse=True)  # largest first, as the README says
+        group_sizes.add(tuple(sizes))
         assert answer["in_groups"] == sum(group["size"] for group in answer["groups"])
         for group in answer["groups"]:
             assert all(score >= threshold for _, _, score in group["links"])
             assert len(group["links"]) >= group["size"] - 1  # enough links to join them all
+    assert any(len(set(sizes)) > 1 for sizes in group_sizes)  # groups of different sizes were there to order
     ids = {path: image_id for path, image_id in store.path_ids()}
     exact = api.near_duplicates(store, threshold=0.99999, k=5)["groups"]
     assert {ids[str(chip_paths[0])], ids[str(chips_dir / "copy.jpg")]} in [{i["id"] for i in g["images"]} for g in exact]

@@ -227,6 +227,10 @@ def test_internal_mask_of_a_jpeg_cog_is_the_mask(data_dir, tmp_path):
     run = iter_chips(path, chip_size=256, min_valid=0.5)
     assert [chip.window for chip in run] == [(256, 0, 256, 256)] and run.skipped == 1
     assert [chip.window for chip in iter_chips(path, chip_size=256, min_valid=0.8)] == []
+    # the threshold itself is kept: --min-valid 1 keeps whole chips, 0 keeps every chip
+    assert [chip.window for chip in iter_chips(path, chip_size=256, min_valid=0.75)] == [(256, 0, 256, 256)]
+    assert [chip.window for chip in iter_chips(path, chip_size=256, min_valid=0)] == [(0, 0, 256, 256),
+                                                                                    (256, 0, 256, 256)]
 
 
 def test_sidecar_mask_leaves_masked_values_out_of_the_stretch(tmp_path):
