@@ -3,9 +3,10 @@
 Side by side, in turn within each round (the order rotating), medians of per-round ratios to the backbone as
 lookalike ran it before the rewrites (transformers' layers, with the attention picked for the CPU):
 1. + layer scales folded into the weights;  2. + the MLP's activation fused into its projection;  3. + every
-linear layer's weights packed once into oneDNN's layout (all three: what load_backbone gives where
-cpu_fusion.rewrites_apply; the packing in bfloat16 and float32). The rewrites are applied whatever the CPU and --dtype
-(default: the indexer's), so that any machine can measure them; the table says whether loading applies them there.
+linear layer's weights packed once into oneDNN's layout (the packing in bfloat16 and float32);  4. + the rotary
+embedding written into new contiguous q and k (all four: what load_backbone gives where cpu_fusion.rewrites_apply).
+The rewrites are applied whatever the CPU and --dtype (default: the indexer's), so that any machine can measure
+them; the table says whether loading applies them there.
 Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
 how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
 goes (torch.profiler, by operator; attention: whatever runs inside the attention function) before and after.

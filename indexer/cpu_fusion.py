@@ -2,12 +2,13 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.dinov3_vit import modeling_dinov3_vit as dinov3
 
 from . import attention
 
 # transformers' activation name → (oneDNN post-op, its algorithm, the same in eager PyTorch)
 ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
-PARTS = ("layer_scale", "activation", "packed_weights")
+PARTS = ("layer_scale", "activation", "packed_weights", "rotary")
 PACKED_ROWS = 32 * 201  # the CPU batch (indexer.embedder.CPU_BATCH) of 224 px images: oneDNN's layout hint
 PACKABLE = (torch.bfloat16, torch.float32)
 
@@ -17,7 +18,11 @@ PACKABLE = (torch.bfloat16, torch.float32)
 # - layer scales are folded into the weights of the projection before them (W' = diag(γ)·W, b' = γ·b);
 # - the MLP's activation runs as a post-op of its first projection, on oneDNN's float32 accumulator.
 # The whole forward: 1.19x at batch 32 (python bench/cpu_fusion.py --rounds 12, bench/results/cpu/fusion/). RoPE
-# rotated in place was tried too and gave nothing measurable, so it is not here.
+# rotated in place (on the strided q and k, with a swapped copy) gave nothing measurable; RotaryAttention (below)
+# writes the rotated q and k into new contiguous tensors in two passes each, where transformers makes six and
+# concatenates: on the Xeon in bfloat16 the forward 1.09x over the three other rewrites (per round 1.00 to 1.28;
+# 1.58x against 1.47x over transformers' layers, python bench/cpu_fusion.py --rounds 10,
+# bench/results/cpu/fusion-xeon-amx-rotary/), one image unchanged within the noise.
 # Where: 16-bit floats on a CPU with AMX (above), and bfloat16 on one with AVX512-BF16 but no AMX: 1.11x on a 2-core
 # AMD EPYC (bench/results/cpu/fusion-epyc/). In float32, the dtype of CPUs without either, these two gave 1.08x on
 # that EPYC and 1.03x with oneDNN, MKL and PyTorch's kernels held to AVX2, rounds from 0.89 to 1.21
@@ -130,6 +135,9 @@ def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS, anywhere: bool = F
                 done.add("activation")
             if "packed_weights" in parts and _pack_weights(layer):
                 done.add("packed_weights")
+            if "rotary" in parts and type(layer.attention) is dinov3.DINOv3ViTAttention:
+                layer.attention.__class__ = RotaryAttention  # the same module and weights, another forward
+                done.add("rotary")
     backbone.lookalike_fused = tuple(part for part in PARTS if part in done)
     return backbone
 
@@ -181,3 +189,48 @@ def unpack_weights(backbone):
     if "packed_weights" in getattr(backbone, "lookalike_fused", ()):
         backbone.lookalike_fused = tuple(part for part in backbone.lookalike_fused if part != "packed_weights")
     return backbone
+
+
+class RotaryAttention(dinov3.DINOv3ViTAttention):
+    """transformers' DINOv3 attention, its rotary embedding computed by `rotate`; transformers' own forward where
+    that does not apply (autograd, torch.compile, off the CPU, angles not tiled as DINOv3 tiles them)."""
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
+        cos, sin = position_embeddings
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or hidden_states.device.type != "cpu"
+                or not _tiled(cos, sin, hidden_states.dtype)):
+            return super().forward(hidden_states, attention_mask, position_embeddings, **kwargs)
+        batch, tokens, _ = hidden_states.shape
+
+        def heads(projection):  # (B, N, D) → (B, H, N, d), a view
+            return projection(hidden_states).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+        query, key = (rotate(heads(projection), cos, sin) for projection in (self.q_proj, self.k_proj))
+        value = heads(self.v_proj)
+        attend = dinov3.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                              dinov3.eager_attention_forward)
+        output, weights = attend(self, query, key, value, attention_mask, scaling=self.scaling,
+                                 dropout=self.dropout if self.training else 0.0, **kwargs)  # (B, N, H, d)
+        return self.o_proj(output.reshape(batch, tokens, -1).contiguous()), weights
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, d), any strides → a new contiguous tensor: its last P tokens rotated as transformers'
+    apply_rotary_pos_emb rotates them (x·cos + rotate_half(x)·sin, cos and sin (P, d)), the prefix tokens (CLS,
+    registers) copied. With each half of the angles the same (_tiled) that is, per half x₁, x₂ and their c, s:
+    x₁·c - x₂·s and x₂·c + x₁·s, two passes over x where transformers makes six, and no concatenation."""
+    half, prefix = x.shape[-1] // 2, x.shape[-2] - cos.shape[-2]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out[..., :prefix, :] = x[..., :prefix, :]
+    x1, x2 = x[..., prefix:, :half], x[..., prefix:, half:]
+    c, s = cos[..., :half], sin[..., :half]
+    torch.mul(x1, c, out=out[..., prefix:, :half]).addcmul_(x2, s, value=-1)
+    torch.mul(x2, c, out=out[..., prefix:, half:]).addcmul_(x1, s)
+    return out
+
+
+def _tiled(cos: torch.Tensor, sin: torch.Tensor, dtype) -> bool:
+    """DINOv3's angles repeat once along the last dimension (angles.tile(2)); rotate relies on it."""
+    half = cos.shape[-1] // 2
+    return (cos.dtype == sin.dtype == dtype and cos.shape[-1] % 2 == 0
+            and torch.equal(cos[..., :half], cos[..., half:]) and torch.equal(sin[..., :half], sin[..., half:]))

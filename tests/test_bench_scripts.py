@@ -110,11 +110,13 @@ def test_cpu_fusion_script(tmp_path):
     report = run_bench("cpu_fusion.py", tmp_path, "--shape", "tiny", "--batch", "2", "--rounds", "1")
     speed = report["speed"]
     assert list(speed) == ["before", "+ layer_scale", "+ layer_scale + activation",
-                           "+ layer_scale + activation + packed_weights"]
+                           "+ layer_scale + activation + packed_weights",
+                           "+ layer_scale + activation + packed_weights + rotary"]
     assert all(positive(row["images_per_second"]) and positive(row["speed_up"]) for row in speed.values())
     assert all(row["cls_cosine_min_to_before"] > 0.99 for row in report["closeness"].values())
     assert report["rewritten"]["+ layer_scale + activation"] == ["layer_scale", "activation"]  # whatever the CPU
     assert report["rewritten"]["+ layer_scale + activation + packed_weights"][-1] == "packed_weights"
+    assert report["rewritten"]["+ layer_scale + activation + packed_weights + rotary"][-1] == "rotary"
     native = report["amx"] or report["dtype"] == "bfloat16" and report["avx512_bf16"]
     avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     assert report["loading_rewrites_here"] == (avx2 if report["dtype"] == "float32" else native)

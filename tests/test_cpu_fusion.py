@@ -81,7 +81,7 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone):
     fused = fuse_for_cpu(copy.deepcopy(backbone), anywhere=True)  # in float32, to compare to its rounding
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
 
-    assert fused.lookalike_fused == ("layer_scale", "activation", "packed_weights")
+    assert fused.lookalike_fused == ("layer_scale", "activation", "packed_weights", "rotary")
     layer = fused.model.layer[0]
     assert isinstance(layer.layer_scale1, torch.nn.Identity) and isinstance(layer.mlp.up_proj, FusedLinear)
     assert all(isinstance(linear, FusedLinear) and linear.weight.is_mkldnn
@@ -90,6 +90,60 @@ def test_the_rewritten_layers_compute_what_transformers_does(backbone):
         output = fused(pixel_values=pixels).last_hidden_state
         expected = backbone(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+def _rotary_inputs(dtype, *, prefix=5, patches=12, tiled=True):
+    """q and k (B, H, N, d) as the attention leaves them (views of a (B, N, H·d) projection), cos and sin (P, d)."""
+    generator = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, prefix + patches, 3 * 16, generator=generator).view(2, prefix + patches, 3, 16)
+            .transpose(1, 2).to(dtype) for _ in range(2))
+    angles = torch.rand(patches, 8 if tiled else 16, generator=generator) * 6
+    angles = angles.tile(2) if tiled else angles
+    return q, k, angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotate_is_transformers_rotary_embedding_and_leaves_the_prefix_tokens(dtype):
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+    q, k, cos, sin = _rotary_inputs(dtype)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    rotated_q, rotated_k = cpu_fusion.rotate(q, cos, sin), cpu_fusion.rotate(k, cos, sin)
+
+    assert rotated_q.is_contiguous() and rotated_q.shape == q.shape
+    assert torch.equal(rotated_q[:, :, :5], q[:, :, :5])  # CLS and registers are not rotated
+    tolerance = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 0.02, "rtol": 0.01}  # one bf16 ulp
+    torch.testing.assert_close(rotated_q, expected_q, **tolerance)
+    torch.testing.assert_close(rotated_k, expected_k, **tolerance)
+    assert not torch.equal(rotated_q[:, :, 5:], q[:, :, 5:])
+
+
+def test_the_rotary_attention_is_transformers_own_where_rotate_does_not_apply(backbone, monkeypatch):
+    calls = []
+    rotate = cpu_fusion.rotate
+    monkeypatch.setattr(cpu_fusion, "rotate", lambda *args: calls.append(args) or rotate(*args))
+    attention_layer = backbone.model.layer[0].attention
+    rewritten = copy.deepcopy(attention_layer)
+    rewritten.__class__ = cpu_fusion.RotaryAttention
+    hidden = torch.randn(2, 5 + 12, backbone.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    width = backbone.config.hidden_size // backbone.config.num_attention_heads
+    angles = torch.rand(12, width, generator=torch.Generator().manual_seed(7))  # not tiled: halves differ
+
+    with torch.inference_mode():
+        untiled, _ = rewritten(hidden, position_embeddings=(angles.cos(), angles.sin()))
+        assert not calls
+        expected_untiled, _ = attention_layer(hidden, position_embeddings=(angles.cos(), angles.sin()))
+        tiled = angles[:, :width // 2].tile(2)
+        fast, _ = rewritten(hidden, position_embeddings=(tiled.cos(), tiled.sin()))
+        assert len(calls) == 2  # q and k
+        expected_fast, _ = attention_layer(hidden, position_embeddings=(tiled.cos(), tiled.sin()))
+    with torch.no_grad(), torch.enable_grad():  # autograd on: transformers' forward, exactly
+        with_grad, _ = rewritten(hidden, position_embeddings=(tiled.cos(), tiled.sin()))
+    assert len(calls) == 2
+
+    assert torch.equal(untiled, expected_untiled)
+    assert torch.equal(with_grad.detach(), expected_fast)
+    torch.testing.assert_close(fast, expected_fast, atol=1e-6, rtol=1e-5)
 
 
 def test_parts_can_be_left_out_and_unknown_parts_are_refused(backbone):
@@ -116,7 +170,7 @@ def test_a_16_bit_backbone_loaded_on_amx_is_rewritten_and_embeds_as_before(model
 
     # oneDNN packs float16 weights only on CPUs with float16 arithmetic: the packing is bfloat16's
     packed = ("packed_weights",) if dtype == "bfloat16" else ()
-    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", *packed)
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", *packed, "rotary")
     assert not hasattr(plain.backbone, "lookalike_fused")
     fused_vectors, plain_vectors = embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors
     assert F.cosine_similarity(fused_vectors, plain_vectors).min() > 0.999  # 16-bit rounding, not a change
@@ -131,7 +185,7 @@ def test_a_bfloat16_backbone_on_a_cpu_with_native_bfloat16_is_rewritten(model_di
 
     backbone = load_embedder(model_dir, dtype=dtype).backbone
 
-    assert backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
+    assert backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights", "rotary")
     assert backbone.config._attn_implementation == (attention.NAME if amx else attention.SPLIT_NAME)
 
 
@@ -163,7 +217,7 @@ def test_a_float32_backbone_on_an_avx2_cpu_is_rewritten_and_embeds_as_transforme
     monkeypatch.setattr("indexer.embedder.fuse_for_cpu", lambda model: model)
     plain = load_embedder(model_dir, dtype="float32")
 
-    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
+    assert embedder.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights", "rotary")
     assert embedder.backbone.config._attn_implementation == "sdpa"
     torch.testing.assert_close(embedder.embed(pixels).global_vectors, plain.embed(pixels).global_vectors,
                                atol=1e-4, rtol=1e-4)
@@ -179,8 +233,8 @@ def test_a_rewritten_backbone_still_compiles(model_dir, load_embedder, monkeypat
     compiled = load_embedder(model_dir, dtype="bfloat16", compile=True)  # inductor fuses the eager pair itself
 
     assert compiled.backbone.config._attn_implementation == (attention.NAME if amx else attention.SPLIT_NAME)
-    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation")  # weights unpacked for inductor
+    assert compiled.backbone.lookalike_fused == ("layer_scale", "activation", "rotary")  # weights unpacked for inductor
     assert not any(parameter.is_mkldnn for parameter in compiled.backbone.parameters())
-    assert eager.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights")
+    assert eager.backbone.lookalike_fused == ("layer_scale", "activation", "packed_weights", "rotary")
     vectors = compiled.embed(pixels).global_vectors
     assert F.cosine_similarity(vectors, eager.embed(pixels).global_vectors).min() > 0.999
