@@ -122,7 +122,12 @@ def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Databas
         if write or not _unwritable(error):
             raise StoreError(f"cannot {'write' if write else 'read'} the catalogue {catalogue_path} ({error})") \
                 from None
-        return _read_only(catalogue_path)
+        reader = _read_only(catalogue_path)
+        if get_meta(reader, "schema_version") == 1:  # bringing it up to date (_make_schema) needs a write
+            reader.close()
+            raise StoreError(f"cannot read the catalogue {catalogue_path} ({error}): it was written by an older "
+                             "lookalike, and bringing it up to date needs writing") from None
+        return reader
     except sqlite3.DatabaseError as error:  # "file is not a database" and the like
         _close(db)
         if "malformed" in str(error):  # ours, cut short or damaged where its schema is

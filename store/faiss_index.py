@@ -124,27 +124,28 @@ def _utf8(path: Path) -> bool:
 
 
 def write_index_atomic(index, index_path: Path) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
+    """Write beside the target and rename, so a reader never sees half a file. Written through Python's own file,
+    whose every failed write, flush or fsync raises: faiss's own file writer only prints a failure met on closing
+    (its last block on a full disk), and the empty file then replaced the index."""
     lib = require_faiss()
     tmp_path = index_path.with_name(index_path.name + ".tmp")
     try:
-        if _utf8(tmp_path):
-            lib.write_index(getattr(index, "faiss", index), str(tmp_path))
-        else:  # as in read_index
-            with open(tmp_path, "wb") as handle:
-                lib.write_index(getattr(index, "faiss", index), lib.PyCallbackIOWriter(handle.write))
-        with open(tmp_path, "rb") as handle:
+        with open(tmp_path, "wb") as handle:  # any name, UTF-8 or not (as in read_index)
+            lib.write_index(getattr(index, "faiss", index), lib.PyCallbackIOWriter(handle.write))
+            handle.flush()
             os.fsync(handle.fileno())
     except BaseException as error:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(error, RuntimeError):  # how faiss reports a failed write (a full disk)
+        if isinstance(error, (RuntimeError, OSError)):  # a full disk, a folder that cannot be written
             raise StoreError(f"cannot save the index {index_path} ({_write_failure(error)})") from error
         raise
     os.replace(tmp_path, index_path)
 
 
-def _write_failure(error: RuntimeError) -> str:
-    """The reason in faiss's multi-line 'Error in ... write error in PATH: 4014 != 4864 (No space left on device)'."""
+def _write_failure(error: Exception) -> str:
+    """An OSError's own words; the reason in faiss's multi-line 'Error in ... (No space left on device)'."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
     reason = re.search(r"\(([^()]+)\)\s*$", str(error))
     return reason.group(1) if reason else str(error).strip().splitlines()[-1]
 

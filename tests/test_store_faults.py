@@ -1,5 +1,6 @@
 """Storage faults: a save that fails (a full disk), a reader on a disk that is full, a store of a newer lookalike,
 a catalogue cut short: one line each, and nothing already indexed lost or changed."""
+import os
 import sqlite3
 
 import pytest
@@ -18,10 +19,8 @@ def test_an_index_save_that_fails_is_one_line_and_leaves_the_saved_index_alone(i
     lib = faiss_index.require_faiss()
     index = lib.read_index(str(store_dir / "index.faiss"))
 
-    def full_disk(index, path):
-        with open(path, "wb") as partial:
-            partial.write(b"\0" * 100)  # faiss writes until the disk is full
-        raise RuntimeError(FAISS_FULL_DISK.format(path=path))
+    def full_disk(index, writer):
+        raise RuntimeError(FAISS_FULL_DISK.format(path=store_dir / "index.faiss.tmp"))
 
     monkeypatch.setattr(lib, "write_index", full_disk)
     with pytest.raises(StoreError) as raised:
@@ -29,6 +28,21 @@ def test_an_index_save_that_fails_is_one_line_and_leaves_the_saved_index_alone(i
 
     assert str(raised.value) == f"cannot save the index {store_dir / 'index.faiss'} (No space left on device)"
     assert not (store_dir / "index.faiss.tmp").exists()
+    assert (store_dir / "index.faiss").read_bytes() == saved
+
+
+def test_an_index_save_whose_writes_the_disk_refuses_leaves_the_saved_index_alone(indexed, store_dir):
+    """The kernel's own 'no space left': the file being written is /dev/full. faiss's own writer met it only on
+    closing, printed it, and the empty file replaced the index."""
+    saved = (store_dir / "index.faiss").read_bytes()
+    index = faiss_index.require_faiss().read_index(str(store_dir / "index.faiss"))
+    (store_dir / "index.faiss.tmp").symlink_to("/dev/full")  # every write fails with ENOSPC
+
+    with pytest.raises(StoreError) as raised:
+        faiss_index.write_index_atomic(index, store_dir / "index.faiss")
+
+    assert str(raised.value) == f"cannot save the index {store_dir / 'index.faiss'} (No space left on device)"
+    assert not os.path.lexists(store_dir / "index.faiss.tmp")
     assert (store_dir / "index.faiss").read_bytes() == saved
 
 
@@ -54,12 +68,49 @@ def test_a_run_that_fails_reports_its_own_error_when_closing_it_fails_too(index,
     assert "could not be closed either: cannot save the index" in caplog.text
 
 
-def test_a_reader_opens_a_catalogue_it_cannot_share_on_a_full_disk_read_only():
-    """A reader of a WAL catalogue makes its shared-memory file; on a full disk SQLite says "disk I/O error" (or
-    that the disk is full), and the catalogue is then opened read-only, as on a read-only mount."""
+def as_if_the_disk_were_full(monkeypatch):
+    """SQLite's answer where a reader cannot make a WAL catalogue's shared-memory file: only an unchanging file
+    opens."""
+    connect = sqlite3.connect
+
+    def full_disk(target, *args, uri=False, **kwargs):
+        if not (uri and "immutable=1" in str(target)):
+            raise sqlite3.OperationalError("disk I/O error")
+        return connect(target, *args, uri=uri, **kwargs)
+
+    monkeypatch.setattr(catalogue_module.sqlite3, "connect", full_disk)
+
+
+def test_a_reader_opens_a_catalogue_it_cannot_share_on_a_full_disk_read_only(indexed, store_dir, monkeypatch,
+                                                                             open_store):
     for message in ("disk I/O error", "database or disk is full", "attempt to write a readonly database"):
         assert catalogue_module._unwritable(sqlite3.OperationalError(message)), message
     assert not catalogue_module._unwritable(sqlite3.OperationalError("database is locked"))
+    store = open_store(store_dir)
+    expected = [hit["id"] for hit in store.search(store.vector(1), k=3)]
+    store.close()
+    as_if_the_disk_were_full(monkeypatch)
+
+    reader = open_store(store_dir)
+    assert [hit["id"] for hit in reader.search(reader.vector(1), k=3)] == expected
+
+
+def test_a_store_of_an_older_schema_on_a_full_disk_says_it_needs_writing(indexed, store_dir, monkeypatch,
+                                                                         open_store):
+    """Its schema is brought up to date when it is opened, which a full disk does not allow: the message must
+    say so, not that this lookalike cannot read version 1."""
+    db = sqlite3.connect(store_dir / "catalogue.db")
+    with db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()  # the last connection: the WAL is written into the file
+    as_if_the_disk_were_full(monkeypatch)
+
+    with pytest.raises(StoreError) as raised:
+        Store.open(store_dir)
+    assert str(raised.value) == (f"cannot read the catalogue {store_dir / 'catalogue.db'} (disk I/O error): it was "
+                                 "written by an older lookalike, and bringing it up to date needs writing")
+    monkeypatch.undo()
+    assert open_store(store_dir).count_images() == 12  # room again: brought up to date and read
 
 
 def test_a_store_of_a_newer_schema_is_refused_and_left_as_it_was(indexed, store_dir):
