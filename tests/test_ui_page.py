@@ -574,3 +574,22 @@ def test_bad_filters_are_one_clear_line(page, ui_ids, label, text, fragment):
     at = run(sidebar_input(at, label).input(text))
     messages = [element.value for element in at.error]
     assert len(messages) == 1 and fragment in messages[0], messages
+
+
+def test_k_and_the_page_size_outlast_a_run_where_the_store_could_not_be_opened(page, ui_ids, monkeypatch,
+                                                                              ui_store_dir, tmp_path):
+    """A store moved away for a moment (a rebuild's swap, a share that dropped): the page says so, and once the
+    store is back the search comes back with the k and page size the user had, not the widgets' defaults."""
+    at = page(id=chip(ui_ids, 7)[1], per_page=20)
+    run(at.sidebar.number_input[0].set_value(8))
+    assert pager_text(at).endswith("· 8 results")
+    monkeypatch.setenv("LOOKALIKE_STORE", str(tmp_path / "moved-away"))
+    run(at)
+    assert "no lookalike store at" in at.error[0].value
+
+    monkeypatch.setenv("LOOKALIKE_STORE", str(ui_store_dir))
+    run(at)
+
+    assert pager_text(at).endswith("· 8 results") and len(cards(at)) == 8
+    assert (at.query_params["k"], at.query_params["per_page"]) == ("8", "20")
+    assert at.sidebar.number_input[0].value == 8
