@@ -58,3 +58,20 @@ def mask_sidecar(scene_path, tmp_path):
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(copy, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as target:
         target.write_mask(mask)
     shutil.copy2(work / "scene.tif.msk", f"{scene_path}.msk")
+
+
+def only_unchanging_catalogues_open(monkeypatch, message: str) -> None:
+    """SQLite answering `message` to every open of a catalogue but as an unchanging file (immutable=1): what a
+    reader meets where it cannot make a WAL catalogue's shared-memory file (a read-only folder, a full disk)."""
+    import sqlite3
+
+    from store import catalogue
+
+    connect = sqlite3.connect
+
+    def refusing(target, *args, uri=False, **kwargs):
+        if not (uri and "immutable=1" in str(target)):
+            raise sqlite3.OperationalError(message)
+        return connect(target, *args, uri=uri, **kwargs)
+
+    monkeypatch.setattr(catalogue.sqlite3, "connect", refusing)

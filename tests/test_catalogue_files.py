@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from helpers import only_unchanging_catalogues_open
 from store import Store
 from store import catalogue as catalogue_module
 from store.errors import StoreError
@@ -84,14 +85,7 @@ def test_the_cli_indexes_into_an_empty_catalogue_as_into_a_new_folder(tmp_path, 
 def as_if_in_a_read_only_folder(monkeypatch):
     """SQLite's answers in a read-only folder (as on a read-only mount, seen there): a WAL catalogue cannot be
     opened to write, nor read-only while it would need its shared-memory file made; only as an unchanging file."""
-    connect = sqlite3.connect
-
-    def read_only_folder(target, *args, uri=False, **kwargs):
-        if not (uri and "immutable=1" in str(target)):
-            raise sqlite3.OperationalError("unable to open database file")
-        return connect(target, *args, uri=uri, **kwargs)
-
-    monkeypatch.setattr(catalogue_module.sqlite3, "connect", read_only_folder)
+    only_unchanging_catalogues_open(monkeypatch, "unable to open database file")
 
 
 def test_a_store_in_a_folder_that_cannot_be_written_is_searched_not_changed(indexed, store_dir, chip_paths, monkeypatch):

@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from helpers import only_unchanging_catalogues_open
 from store import Store
 from store import catalogue as catalogue_module
 from store import faiss_index
@@ -69,16 +70,7 @@ def test_a_run_that_fails_reports_its_own_error_when_closing_it_fails_too(index,
 
 
 def as_if_the_disk_were_full(monkeypatch):
-    """SQLite's answer where a reader cannot make a WAL catalogue's shared-memory file: only an unchanging file
-    opens."""
-    connect = sqlite3.connect
-
-    def full_disk(target, *args, uri=False, **kwargs):
-        if not (uri and "immutable=1" in str(target)):
-            raise sqlite3.OperationalError("disk I/O error")
-        return connect(target, *args, uri=uri, **kwargs)
-
-    monkeypatch.setattr(catalogue_module.sqlite3, "connect", full_disk)
+    only_unchanging_catalogues_open(monkeypatch, "disk I/O error")
 
 
 def test_a_reader_opens_a_catalogue_it_cannot_share_on_a_full_disk_read_only(indexed, store_dir, monkeypatch,
