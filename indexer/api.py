@@ -52,10 +52,20 @@ def load_embedder(store: Store | None = None, *, model: str | None = None, devic
         model or recorded["model"], device=device, dtype=dtype, resolution=recorded["resolution"],
         normalization=recorded["normalization"], pooling=recorded["pooling"],
     )
-    problems = provenance_conflicts(recorded, embedder.provenance)
+    check_embedder(store, embedder)
+    return embedder
+
+
+def check_embedder(store: Store, embedder) -> None:
+    """An embedder given for a store must make vectors comparable with the store's: its model, resolution,
+    normalisation and pooling (its provenance). None (the store's own model, made when needed) passes, and so does
+    a stand-in without a provenance (a wrapper of the caller's, who answers for it)."""
+    recorded, wanted = store.provenance, getattr(embedder, "provenance", None)
+    if embedder is None or recorded is None or not isinstance(wanted, dict):
+        return
+    problems = provenance_conflicts(recorded, wanted)
     if problems:
         raise IndexerError(f"this model does not match the store: {'; '.join(problems)}")
-    return embedder
 
 
 def _check_unchanged(item: dict) -> None:
@@ -318,6 +328,7 @@ def search(store: Store, query, *, k: int = 10, embedder=None, exclude_self: boo
     if combine not in COMBINES:  # before any model loads
         raise IndexerError(f"combine {combine!r} is not one of {', '.join(COMBINES)}")
     k = check_k(k)  # so is k
+    check_embedder(store, embedder)
     examples, unlike = _as_list(query), _as_list(unlike) if unlike is not None else []
     if not examples:
         raise IndexerError("no query: give an indexed image id, an image, or a list of them")
@@ -414,6 +425,7 @@ def search_each(store: Store, queries, *, k: int = 10, embedder=None, exclude_se
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise IndexerError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
     k = check_k(k)
+    check_embedder(store, embedder)
     return _answers(store, list(queries), k=k, embedder=embedder, exclude_self=exclude_self,
                     exclude_own_scene=exclude_own_scene, refinement=refinement, batch_size=batch_size, crop=crop,
                     unlike=unlike, unlike_weight=unlike_weight, make_embedder=make_embedder)

@@ -66,6 +66,17 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
+
+def _store_model(store_dir) -> str | None:
+    """The model an existing store was indexed with, for an `index` given none: a Hub id, or a local folder that
+    is still there (a folder gone leaves the default, as before)."""
+    from store import Store
+
+    name = (Store.peek_provenance(store_dir) or {}).get("model")
+    if not name or (Path(name).is_absolute() and not Path(name).is_dir()):
+        return None
+    return name
+
 def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bool, as_json: bool) -> None:
     from indexer.preview import preview_run
 
@@ -100,7 +111,8 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_option
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
-              help="Hub id or local directory (env LOOKALIKE_MODEL). Default: the DINOv3 ViT-7B/16 SAT-493M FP16.")
+              help="Hub id or local directory (env LOOKALIKE_MODEL). Default: the store's model; for a new store "
+                   "(or --rebuild) the DINOv3 ViT-7B/16 SAT-493M FP16.")
 @dtype_option
 @device_option
 @click.option("--resolution", type=click.IntRange(16, 4096), default=224, show_default=True, callback=patch_multiple,
@@ -175,7 +187,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
 
     chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
                           gsd=gsd)
-    model = model or DEFAULT_MODEL
+    model = model or (None if rebuild else _store_model(store_dir)) or DEFAULT_MODEL
     index_settings = {"memory_bytes": memory_bytes(index_memory), "target_recall": target_recall}
     if ray_address:
         from indexer.distributed import require_ray

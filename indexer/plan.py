@@ -89,14 +89,14 @@ class Plan:
 
 def precheck_store(store_dir, *, model: str, resolution: int, normalization: dict, pooling: str) -> None:
     """Refuse a provenance mismatch before the (possibly minutes-long) model load."""
-    from store.store import GUARDED_KEYS, mismatch_error
+    from store.store import GUARDED_KEYS, guarded_differs, mismatch_error
 
     recorded = Store.peek_provenance(store_dir)
     if recorded is None:
         return
     wanted = {"resolution": resolution, "normalization": normalization, "pooling": pooling}
     problems = [f"{key} {recorded.get(key)!r} (store) vs {wanted[key]!r}"
-                for key in GUARDED_KEYS if recorded.get(key) != wanted[key]]
+                for key in GUARDED_KEYS if guarded_differs(key, recorded.get(key), wanted[key])]
     if problems:
         raise mismatch_error(store_dir, problems)
 

@@ -48,9 +48,22 @@ def provenance_conflicts(recorded: dict, wanted: dict) -> list[str]:
     if not same_model(recorded, wanted):
         problems.append(f"model {recorded.get('model')!r} (store) vs {wanted.get('model')!r}")
     for key in GUARDED_KEYS:
-        if recorded.get(key) != wanted.get(key):
+        if guarded_differs(key, recorded.get(key), wanted.get(key)):
             problems.append(f"{key} {recorded.get(key)!r} (store) vs {wanted.get(key)!r}")
     return problems
+
+
+def guarded_differs(key: str, recorded, wanted) -> bool:
+    """Whether a guarded setting differs in what it does to the vectors: a normalisation by its mean and std,
+    whatever it is called (--normalization 0.485,0.456,0.406/0.229,0.224,0.225 is ImageNet's)."""
+    if key == "normalization" and isinstance(recorded, dict) and isinstance(wanted, dict):
+        def values(setting):
+            try:
+                return [float(x) for x in setting["mean"]], [float(x) for x in setting["std"]]
+            except (KeyError, TypeError, ValueError):
+                return setting
+        return values(recorded) != values(wanted)
+    return recorded != wanted
 
 
 def _json_or_none(value):

@@ -1,4 +1,5 @@
 """A store describes how its vectors were made and refuses vectors made another way, unless rebuilt."""
+import json
 import shutil
 
 import pytest
@@ -95,3 +96,57 @@ def test_load_embedder_uses_the_store_settings(index, chip_paths, tmp_path, mode
     first = api.search(store, chip_paths[1], k=1, embedder=loaded)["results"][0]
     assert first["path"] == str(chip_paths[1])
     assert first["score"] >= 0.999
+
+
+@pytest.mark.parametrize("change", [{"other_model": True}, {"resolution": 256}, {"pooling": "mean"},
+                                    {"normalization": "0.5,0.5,0.5/0.25,0.25,0.25"}])
+def test_an_embedder_given_to_search_must_match_the_store(indexed, store_dir, chip_paths, model_dir, other_model_dir,
+                                                         load_embedder, open_store, change):
+    """api.search(..., embedder=) is the README's own example: an embedder of other weights or settings gave
+    vectors of another space, searched without a word (or faiss's bare AssertionError for another width)."""
+    change = dict(change)
+    other = load_embedder(other_model_dir if change.pop("other_model", False) else model_dir, **change)
+    store = open_store(store_dir)
+
+    with pytest.raises(IndexerError, match="this model does not match the store"):
+        api.search(store, chip_paths[1], k=3, embedder=other)
+    with pytest.raises(IndexerError, match="this model does not match the store"):
+        api.search_each(store, [chip_paths[1]], k=3, embedder=other)
+    same = load_embedder(model_dir)
+    assert api.search(store, chip_paths[1], k=1, embedder=same)["results"][0]["path"] == str(chip_paths[1])
+
+
+def test_a_normalisation_is_known_by_its_values_not_its_name(index, indexed, chips_dir, store_dir, model_dir,
+                                                             load_embedder, open_store):
+    """The store's normalisation given as 'm,m,m/s,s,s' is the same setting: not a mismatch."""
+    recorded = open_store(store_dir).provenance["normalization"]
+    spelled_out = ",".join(str(m) for m in recorded["mean"]) + "/" + ",".join(str(s) for s in recorded["std"])
+    (chips_dir / "more").mkdir()
+    shutil.copy(next(chips_dir.glob("*.jpg")), chips_dir / "more" / "copy.jpg")
+
+    summary = index([chips_dir], store_dir, embedder=load_embedder(model_dir, normalization=spelled_out))
+
+    assert summary["failed"] == 0 and summary["indexed"] + summary["skipped"] == 13
+
+
+def test_index_without_a_model_takes_the_stores_own(chips_dir, chip_paths, tmp_path, model_dir, monkeypatch):
+    """Not the 7B from the Hub (a 13 GB download, then refused as another model): the store's own, as search and
+    rebuild take it."""
+    from test_cli import RUN, invoke
+
+    store_dir = tmp_path / "store"
+    first = invoke("index", chip_paths[0], "--store", store_dir, "--model", model_dir, *RUN, "--workers", "0",
+                   "--no-progress")
+    assert first.exit_code == 0, first.output
+    loads = []
+    from indexer.embedder import DinoV3Embedder
+
+    real = DinoV3Embedder.from_pretrained.__func__
+    monkeypatch.setattr(DinoV3Embedder, "from_pretrained",
+                        classmethod(lambda cls, model, **kw: loads.append(model) or real(cls, model, **kw)))
+
+    again = invoke("index", chips_dir, "--store", store_dir, *RUN, "--workers", "0", "--no-progress", "--json")
+
+    assert again.exit_code == 0, again.output
+    assert loads == [str(model_dir.absolute())]
+    assert json.loads(again.stdout)["indexed"] == len(chip_paths) - 1
