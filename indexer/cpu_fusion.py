@@ -1,8 +1,9 @@
 """The backbone's layers rewritten for a 16-bit forward on a CPU: the same arithmetic, fewer passes over memory."""
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.dinov3_vit import modeling_dinov3_vit as dinov3
 
 from . import attention
 
@@ -135,8 +136,8 @@ def fuse_for_cpu(backbone, *, parts: tuple[str, ...] = PARTS, anywhere: bool = F
                 done.add("activation")
             if "packed_weights" in parts and _pack_weights(layer):
                 done.add("packed_weights")
-            if "rotary" in parts and type(layer.attention) is dinov3.DINOv3ViTAttention:
-                layer.attention.__class__ = RotaryAttention  # the same module and weights, another forward
+            if "rotary" in parts and type(layer.attention) is _dinov3().DINOv3ViTAttention:
+                layer.attention.__class__ = _rotary_attention()  # the same module and weights, another forward
                 done.add("rotary")
     backbone.lookalike_fused = tuple(part for part in PARTS if part in done)
     return backbone
@@ -191,27 +192,48 @@ def unpack_weights(backbone):
     return backbone
 
 
-class RotaryAttention(dinov3.DINOv3ViTAttention):
-    """transformers' DINOv3 attention, its rotary embedding computed by `rotate`; transformers' own forward where
-    that does not apply (autograd, torch.compile, off the CPU, angles not tiled as DINOv3 tiles them)."""
+def __getattr__(name: str):
+    """cpu_fusion.RotaryAttention, made at first use: importing this module must not import transformers' models
+    (the command line's start, the GPU check's import list)."""
+    if name == "RotaryAttention":
+        return _rotary_attention()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
-        cos, sin = position_embeddings
-        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or hidden_states.device.type != "cpu"
-                or not _tiled(cos, sin, hidden_states.dtype)):
-            return super().forward(hidden_states, attention_mask, position_embeddings, **kwargs)
-        batch, tokens, _ = hidden_states.shape
 
-        def heads(projection):  # (B, N, D) → (B, H, N, d), a view
-            return projection(hidden_states).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+def _dinov3():
+    from transformers.models.dinov3_vit import modeling_dinov3_vit
 
-        query, key = (rotate(heads(projection), cos, sin) for projection in (self.q_proj, self.k_proj))
-        value = heads(self.v_proj)
-        attend = dinov3.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                              dinov3.eager_attention_forward)
-        output, weights = attend(self, query, key, value, attention_mask, scaling=self.scaling,
-                                 dropout=self.dropout if self.training else 0.0, **kwargs)  # (B, N, H, d)
-        return self.o_proj(output.reshape(batch, tokens, -1).contiguous()), weights
+    return modeling_dinov3_vit
+
+
+@lru_cache(maxsize=1)
+def _rotary_attention():
+    dinov3 = _dinov3()
+
+    class RotaryAttention(dinov3.DINOv3ViTAttention):
+        """transformers' DINOv3 attention, its rotary embedding computed by `rotate`; transformers' own forward where
+        that does not apply (autograd, torch.compile, off the CPU, angles not tiled as DINOv3 tiles them)."""
+
+        def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
+            cos, sin = position_embeddings
+            if (torch.is_grad_enabled() or torch.compiler.is_compiling() or hidden_states.device.type != "cpu"
+                    or not _tiled(cos, sin, hidden_states.dtype)):
+                return super().forward(hidden_states, attention_mask, position_embeddings, **kwargs)
+            batch, tokens, _ = hidden_states.shape
+
+            def heads(projection):  # (B, N, D) → (B, H, N, d), a view
+                return projection(hidden_states).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+            query, key = (rotate(heads(projection), cos, sin) for projection in (self.q_proj, self.k_proj))
+            value = heads(self.v_proj)
+            attend = dinov3.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                  dinov3.eager_attention_forward)
+            output, weights = attend(self, query, key, value, attention_mask, scaling=self.scaling,
+                                     dropout=self.dropout if self.training else 0.0, **kwargs)  # (B, N, H, d)
+            return self.o_proj(output.reshape(batch, tokens, -1).contiguous()), weights
+
+    RotaryAttention.__module__, RotaryAttention.__qualname__ = __name__, "RotaryAttention"  # pickled by name
+    return RotaryAttention
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
