@@ -66,7 +66,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-
 def _store_model(store_dir) -> str | None:
     """The model an existing store was indexed with, for an `index` given none: a Hub id, or a local folder that
     is still there (a folder gone leaves the default, as before)."""
@@ -76,6 +75,7 @@ def _store_model(store_dir) -> str | None:
     if not name or (Path(name).is_absolute() and not Path(name).is_dir()):
         return None
     return name
+
 
 def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bool, as_json: bool) -> None:
     from indexer.preview import preview_run
