@@ -66,12 +66,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _store_model(store_dir) -> str | None:
-    """The model an existing store was indexed with, for an `index` given none: a Hub id, or a local folder that
-    is still there (a folder gone leaves the default, as before)."""
-    from store import Store
-
-    name = (Store.peek_provenance(store_dir) or {}).get("model")
+def _store_model(recorded: dict | None) -> str | None:
+    """The model an existing store was indexed with (its provenance, `recorded`), for an `index` given none: a Hub
+    id, or a local folder that is still there (a folder gone leaves the default, as before)."""
+    name = (recorded or {}).get("model")
     if not name or (Path(name).is_absolute() and not Path(name).is_dir()):
         return None
     return name
@@ -182,12 +180,14 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     from indexer.normalization import normalization_for
     from indexer.pipeline import index_collection
     from indexer.plan import precheck_store
+    from store import Store
     from store.faiss_index import require_faiss
     from store.lock import check_not_busy
 
     chips = _chip_options(chip_size=chip_size, overlap=overlap, min_valid=min_valid, bands=bands, stretch=stretch,
                           gsd=gsd)
-    model = model or (None if rebuild else _store_model(store_dir)) or DEFAULT_MODEL
+    recorded = None if rebuild else Store.peek_provenance(store_dir)  # read once: the model, then the precheck
+    model = model or _store_model(recorded) or DEFAULT_MODEL
     index_settings = {"memory_bytes": memory_bytes(index_memory), "target_recall": target_recall}
     if ray_address:
         from indexer.distributed import require_ray
@@ -196,8 +196,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if not dry_run:
         check_model_name(model)  # before the normalisation is chosen by the name (and warns about it)
     normalization = normalization_for(model, normalization)  # once: the model, and any Ray actors, take it made
-    if not rebuild:
-        precheck_store(store_dir, model=model, resolution=resolution, pooling=pooling, normalization=normalization)
+    precheck_store(store_dir, recorded, resolution=resolution, pooling=pooling, normalization=normalization)
     if not dry_run:
         check_not_busy(store_dir)  # refused at once, not after the model load
         require_faiss()

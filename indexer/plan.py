@@ -87,11 +87,11 @@ class Plan:
     gone: int = 0  # images removed because their files are gone from disk (not moved)
 
 
-def precheck_store(store_dir, *, model: str, resolution: int, normalization: dict, pooling: str) -> None:
-    """Refuse a provenance mismatch before the (possibly minutes-long) model load."""
+def precheck_store(store_dir, recorded: dict | None, *, resolution: int, normalization: dict, pooling: str) -> None:
+    """Refuse a provenance mismatch with the store's `recorded` one (Store.peek_provenance) before the (possibly
+    minutes-long) model load."""
     from store.store import GUARDED_KEYS, guarded_differs, mismatch_error
 
-    recorded = Store.peek_provenance(store_dir)
     if recorded is None:
         return
     wanted = {"resolution": resolution, "normalization": normalization, "pooling": pooling}
