@@ -93,6 +93,17 @@ def test_resize_speed_script(tmp_path, shared_data_dir):
     assert all(row["max_difference"] <= 2 for row in rows[:-1])
 
 
+def test_batch_resize_script(tmp_path, shared_data_dir):
+    report = run_bench("batch_resize.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--count", "12",
+                       "--batch", "4", "--rounds", "1")
+    rows = report["rows"]
+    assert [(row["threads"], row["images"]) for row in rows] == [
+        (threads, name) for threads in (1, 2) for name in (
+            "128 px JPEG chips (larger)", "256 px scene windows (smaller)", "128 px JPEG chips, whole decode")]
+    assert all(row["identical"] and positive(row["together_ms"]) and positive(row["one_by_one_ms"])
+               and positive(row["speed_up"]) for row in rows)
+
+
 def test_jpeg_draft_script(tmp_path, shared_data_dir):
     report = run_bench("jpeg_draft.py", tmp_path, "--scenes", str(shared_data_dir / "naip"), "--repeats", "1",
                        "--rounds", "1")
