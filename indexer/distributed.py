@@ -36,6 +36,7 @@ from .writer import StoreWriter
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 256  # jobs per shard: one actor call, one file
+DECODE_BATCH = 32  # images a Ray decoder resizes together at most (DecodeDataset.__getitems__)
 
 
 class RayUnavailable(IndexerError):
@@ -306,12 +307,12 @@ def decode_rows(table: pa.Table, *, preprocess: Preprocess, chips: str) -> pa.Ta
                             raw=True)
     outcomes, pixels, shapes = [], [], []
     try:
-        for position in range(len(jobs)):
-            item = dataset[position]
-            array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) uint8
-            outcomes.append(json.dumps(item))
-            pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-            shapes.append(None if array is None else list(array.shape))
+        for start in range(0, len(jobs), DECODE_BATCH):  # a batch's images of one size are resized together
+            for item in dataset.__getitems__(list(range(start, min(start + DECODE_BATCH, len(jobs))))):
+                array = item.pop("pixels").numpy() if "pixels" in item else None  # (3, H, W) uint8
+                outcomes.append(json.dumps(item))
+                pixels.append(b"" if array is None else np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+                shapes.append(None if array is None else list(array.shape))
     finally:
         dataset.close()
     return (table.append_column("outcome", pa.array(outcomes))

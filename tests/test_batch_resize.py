@@ -75,3 +75,32 @@ def test_the_old_way_still_resizes_each_image_on_its_own(mixed_files, monkeypatc
     for a, b in zip(together, one_by_one):
         assert ("pixels" in a) == ("pixels" in b)
         assert "pixels" not in a or torch.equal(a["pixels"], b["pixels"])
+
+
+def test_a_ray_decoder_resizes_a_batch_at_a_time_in_the_rows_order(mixed_files, monkeypatch):
+    """decode_rows takes DECODE_BATCH jobs at a time (here 3, so the batches split the sizes): each row's pixels
+    are those of its own file, in the table's order, and a broken file is its own row's failure."""
+    import dataclasses
+    import json
+
+    from indexer import distributed
+    from indexer.pipeline import ChipOptions
+
+    monkeypatch.setattr(distributed, "DECODE_BATCH", 3)
+    calls = []
+    resize = images._resize
+    monkeypatch.setattr(images, "_resize", lambda planes, resolution: calls.append(planes.shape) or resize(
+        planes, resolution))
+    jobs = [Job(path=str(path), size=path.stat().st_size, mtime=0.0) for path in mixed_files]
+    preprocess = Preprocess(224, *SAT)
+    block = distributed.decode_rows(distributed._job_table(list(enumerate(jobs))), preprocess=preprocess,
+                                    chips=json.dumps(dataclasses.asdict(ChipOptions()))).to_pydict()
+    assert any(len(shape) == 4 for shape in calls)  # some images resized together
+    assert max(shape[0] for shape in calls if len(shape) == 4) <= 3
+    for path, outcome, pixels, shape in zip(mixed_files, block["outcome"], block["pixels"], block["shape"]):
+        if path.name == "broken.jpg":
+            assert "failure" in json.loads(outcome) and pixels == b""
+            continue
+        assert json.loads(outcome)["record"]["path"] == str(path)
+        expected = preprocess.resized(decode_bytes(path.read_bytes()))
+        np.testing.assert_array_equal(np.frombuffer(pixels, np.uint8).reshape(shape), expected)
