@@ -28,7 +28,7 @@ from bench import throughput  # noqa: E402
 from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import build_backbone, cpu_name  # noqa: E402
 from indexer import attention  # noqa: E402
-from indexer.embedder import DTYPES, resolve_dtype  # noqa: E402
+from indexer.embedder import CPU_BATCH, DTYPES, resolve_dtype  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
 HELD_BY = ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")  # besides ONEDNN_MAX_CPU_ISA: what holds kernels back
@@ -124,7 +124,7 @@ def main():
     parser.add_argument("--forward", default="224",
                         help="resolutions for the whole-backbone comparison ('' for none: the kernel alone)")
     parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
-    parser.add_argument("--batch", type=int, default=16, help="kernel batch; the forward uses 32 (CPU_BATCH)")
+    parser.add_argument("--batch", type=int, default=16, help="kernel batch; the forward uses CPU_BATCH")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: the indexer's on this CPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/attention"))
@@ -136,7 +136,7 @@ def main():
               "kernel": kernel_rows(args.shape, map(int, args.kernel_resolutions.split(",")), batch=args.batch,
                                     rounds=args.rounds, dtype=dtype),
               "forward": forward_rows(args.shape, [int(side) for side in args.forward.split(",") if side],
-                                      images=args.images, batch=32, rounds=args.rounds, dtype=dtype)}
+                                      images=args.images, batch=CPU_BATCH, rounds=args.rounds, dtype=dtype)}
     report["total_seconds"] = time.perf_counter() - started
     save(report, args.out, f"attention-{args.shape}", table)
 

@@ -7,9 +7,10 @@ linear layer's weights packed once into oneDNN's layout (the packing in bfloat16
 embedding written into new contiguous q and k (all four: what load_backbone gives where cpu_fusion.rewrites_apply).
 The rewrites are applied whatever the CPU and --dtype (default: the indexer's), so that any machine can measure
 them; the table says whether loading applies them there.
-Forward-only on a batch of real chips (--batch, 32 = the indexer's CPU batch) and on one chip (a search query);
-how far the CLS vectors move, against the unrewritten backbone and against float32; and where the forward's time
-goes (torch.profiler, by operator; attention: whatever runs inside the attention function) before and after.
+Forward-only on a batch of real chips (--batch, by default the indexer's CPU batch: 32 until 2026-11-30, then 16)
+and on one chip (a search query); how far the CLS vectors move, against the unrewritten backbone and against
+float32; and where the forward's time goes (torch.profiler, by operator; attention: whatever runs inside the
+attention function) before and after.
 
     python bench/cpu_fusion.py --rounds 12 --out bench/results/cpu/fusion
     python bench/cpu_fusion.py --rounds 10 --dtype float32 --out bench/results/cpu/fusion-epyc-float32
@@ -34,7 +35,7 @@ from bench.cpu_quantized import chips  # noqa: E402
 from bench.throughput import build_backbone  # noqa: E402
 from indexer import attention  # noqa: E402
 from indexer.cpu_fusion import PARTS, fuse_for_cpu, rewrites_apply  # noqa: E402
-from indexer.embedder import DTYPES, resolve_dtype  # noqa: E402
+from indexer.embedder import CPU_BATCH, DTYPES, resolve_dtype  # noqa: E402
 from indexer.random_model import SHAPES  # noqa: E402
 
 MATRIX_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::mkldnn_convolution"}
@@ -143,7 +144,7 @@ def main():
     parser.add_argument("--shape", default="vits16", choices=sorted(SHAPES))
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--images", type=Path, default=Path("samples/naip"), help="real chips (the bundled sample)")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=CPU_BATCH)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: the indexer's on this CPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/fusion"))

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer import attention  # noqa: E402
 from indexer.cpu_fusion import FusedLinear  # noqa: E402
-from indexer.embedder import DinoV3Embedder, tune_for_device  # noqa: E402
+from indexer.embedder import CPU_BATCH, DinoV3Embedder, tune_for_device  # noqa: E402
 from indexer.images import load_image  # noqa: E402
 from indexer.normalization import SAT493M  # noqa: E402
 from indexer.pipeline import index_collection  # noqa: E402
@@ -537,8 +537,9 @@ def main() -> None:
     settings = {r: DEFAULTS[DEVICE][r] for r in map(int, args.resolutions.split(","))}
     if args.files:
         settings = {r: (b, args.files, n) for r, (b, f, n) in settings.items()}
-    if args.quick:
-        settings = {r: (b[:2], min(f, 32), min(n, 4)) for r, (b, f, n) in settings.items()}
+    if args.quick:  # two batch sizes other than a CPU's default, so that the indexer also runs at forward-only's
+        settings = {r: ([size for size in b if size != CPU_BATCH][:2], min(f, 32), min(n, 4))
+                    for r, (b, f, n) in settings.items()}
     stem = f"throughput-{DEVICE}-{args.shape}"
     with tempfile.TemporaryDirectory() as tmp:
         pool = copies(args.images, Path(tmp), max(count for _, count, _ in settings.values()))

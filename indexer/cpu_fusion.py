@@ -10,7 +10,7 @@ from . import attention
 # transformers' activation name → (oneDNN post-op, its algorithm, the same in eager PyTorch)
 ACTIVATIONS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
 PARTS = ("layer_scale", "activation", "packed_weights", "rotary")
-PACKED_ROWS = 32 * 201  # the CPU batch (indexer.embedder.CPU_BATCH) of 224 px images: oneDNN's layout hint
+PACKED_ROWS = 16 * 201  # the CPU batch (indexer.embedder.CPU_BATCH) of 224 px images: oneDNN's layout hint
 PACKABLE = (torch.bfloat16, torch.float32)
 
 # In bfloat16 on the 2-core Xeon the ViT-S/16 forward spent 40 % of its time outside the matrix products and the

@@ -37,7 +37,7 @@ def test_throughput_script(tmp_path, extra):
                    row["query_latency"]["p50_ms"]):
         assert positive(figure)
     assert row["forward_only"]["finite"]
-    # the indexer runs as `lookalike index` does by default; --quick tries forward-only at 8 and 16 only
+    # the indexer runs as `lookalike index` does by default; --quick tries forward-only at two other sizes
     assert row["indexer"]["batch_size"] == CPU_BATCH != row["forward_only"]["batch_size"]
     assert row["indexer_at_forward_batch"]["batch_size"] == row["forward_only"]["batch_size"]
     assert positive(row["indexer_at_forward_batch"]["images_per_second"])

@@ -365,12 +365,12 @@ def test_console_script_reports_a_missing_store(tmp_path):
     assert done.stdout == ""
 
 
-def test_batch_size_auto_is_the_default_and_means_32_on_a_cpu(built):
+def test_batch_size_auto_is_the_default_and_means_16_on_a_cpu(built):
     from store import Store
 
     store = Store.open(built[2])
     settings = json.loads(store.db.execute("SELECT settings FROM runs ORDER BY id LIMIT 1").fetchone()[0])
-    assert settings["batch_size"] == 32
+    assert settings["batch_size"] == 16
 
 
 @pytest.mark.parametrize("value", ["0", "lots", "5000"])
