@@ -120,7 +120,7 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 @click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default="cls", show_default=True,
               help="The image's vector: the CLS token (pooler_output), the patch tokens' mean, or both joined.")
 @click.option("--batch-size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v),
-              help="Images per forward pass, or auto: the largest that fits the GPU's memory (probed; 32 on a CPU). "
+              help="Images per forward pass, or auto: the largest that fits the GPU's memory (probed; 16 on a CPU). "
                    "Halved for the rest of the run after an out-of-memory error.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Decode workers [default: cores - 1; 0 for a model on a 2-core CPU].")
