@@ -27,9 +27,9 @@ POOLINGS = ("cls", "mean", "cls+mean")
 # The ViT-S/16's fastest of 4-64 on the 2-core Xeon with AMX, all rewrites: 1.04x batch 32 (every round 1.01 to
 # 1.06, python bench/cpu_batch.py --rounds 8 --images 256, bench/results/cpu/batch-xeon-amx/); the indexer 1.02x
 # and 1.05x at 16 in two runs of bench/throughput.py (xeon-amx-batch-resize-768/, -run2/). On the 2-core EPYC
-# 32 was fastest, 16 at 0.99x (bench/results/cpu/batch-epyc-packed/, before the rotary rewrite). Half the memory.
+# 32 was fastest, 16 at 0.98x and 0.99x (bench/results/cpu/batch-epyc/, batch-epyc-packed/: before the rotary
+# rewrite). Half the memory.
 CPU_BATCH = 16
-# (bench/results/cpu/batch-epyc, batch-epyc-packed)
 PROBE_LARGEST = 128  # the H100 7B optimum at 224 (bench/results/gpu); larger batches add memory, not speed
 # ... and at most this many tokens a batch: 128 images at 224 px. At 512 px (1,029 tokens an image) the 7B's
 # forward is as fast at 8 as at 32 and the indexer ran 0.96 x forward-only at 16 against 0.90 x at 128
