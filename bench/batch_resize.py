@@ -13,7 +13,6 @@ are checked byte for byte.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import save  # noqa: E402
-from bench.resize_speed import scene_rgb  # noqa: E402
+from bench.resize_speed import compare as in_turn, scene_rgb  # noqa: E402
 from bench.throughput import cpu_name  # noqa: E402
 from indexer.images import Preprocess  # noqa: E402
 from indexer.normalization import SAT493M  # noqa: E402
@@ -45,16 +44,7 @@ def per_image_seconds(function, batches: list[list]) -> float:
 
 
 def compare(timed: dict, rounds: int) -> dict:
-    """`timed`: "together" and "one_by_one" → no-argument function returning seconds per image, in turn."""
-    times = {name: [] for name in timed}
-    names = list(timed)
-    for number in range(rounds):
-        for name in names if number % 2 == 0 else names[::-1]:
-            times[name].append(timed[name]())
-    per_round = [one / together for one, together in zip(times["one_by_one"], times["together"])]
-    return {"together_ms": 1000 * statistics.median(times["together"]),
-            "one_by_one_ms": 1000 * statistics.median(times["one_by_one"]),
-            "speed_up": statistics.median(per_round), "per_round": [round(r, 2) for r in per_round]}
+    return in_turn(timed, rounds, new="together", old="one_by_one")
 
 
 def resize_row(name: str, preprocess: Preprocess, images: list, *, batch: int, rounds: int) -> dict:

@@ -71,15 +71,16 @@ def decode_seconds(preprocess, jobs) -> float:
     return per_image_seconds(dataset.__getitem__, range(len(jobs)))
 
 
-def compare(timed: dict, rounds: int) -> dict:
-    """`timed`: name → no-argument function returning seconds per image; both taken in turn each round."""
+def compare(timed: dict, rounds: int, *, new: str = "torch", old: str = "pillow") -> dict:
+    """`timed`: `new` and `old` → no-argument function returning seconds per image, taken in turn each round
+    (the order alternating); their medians in ms, and the median of old / new per round (the speed-up)."""
     times = {name: [] for name in timed}
     names = list(timed)
     for number in range(rounds):
         for name in names if number % 2 == 0 else names[::-1]:
             times[name].append(timed[name]())
-    per_round = [old / new for old, new in zip(times["pillow"], times["torch"])]
-    return {"torch_ms": 1000 * statistics.median(times["torch"]), "pillow_ms": 1000 * statistics.median(times["pillow"]),
+    per_round = [before / now for before, now in zip(times[old], times[new])]
+    return {f"{new}_ms": 1000 * statistics.median(times[new]), f"{old}_ms": 1000 * statistics.median(times[old]),
             "speed_up": statistics.median(per_round), "per_round": [round(r, 2) for r in per_round]}
 
 
