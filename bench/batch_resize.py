@@ -75,7 +75,8 @@ def main():
     parser.add_argument("--chips", type=Path, default=Path("samples/naip"), help="a folder of JPEG chips")
     parser.add_argument("--scenes", type=Path, default=Path("../shared/data/naip"), help="a folder of GeoTIFFs")
     parser.add_argument("--count", type=int, default=320, help="chips to take")
-    parser.add_argument("--batch", type=int, default=32, help="images per batch (the CPU's default batch)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (the CPU's default batch until "
+                        "2026-11-30; CPU_BATCH is 16 since)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu/batch_resize"))
     args = parser.parse_args()

@@ -251,8 +251,8 @@ def markdown(result: dict) -> str:
         "Figures come from a shared 2-core machine (other jobs, e.g. a test suite, may have run at the same "
         "time): compare the ratios within this run, not absolute numbers across machines.",
         "- random-weight DINOv3 backbones (indexer.random_model), resolution 224, chips: 128x128 NAIP JPEGs "
-        "upscaled to 224. Indexer: `lookalike index` as a subprocess into a fresh store, default batch 32 and "
-        "decode workers; img/s is the indexer's own figure (median of runs), wall is the whole process. Forward: "
+        "upscaled to 224. Indexer: `lookalike index` as a subprocess into a fresh store, its default batch "
+        "(--batch-size auto) and decode workers; img/s is the indexer's own figure (median of runs), wall is the whole process. Forward: "
         "`DinoV3Embedder.embed` on pre-made tensors, best of batch 8/16/32.", "",
         "| shape | params | dtype | chips x runs | index img/s (min–max) | index process wall s "
         "| forward img/s (batch) | index / forward |",

@@ -103,11 +103,12 @@ class DecodeDataset(torch.utils.data.Dataset):
             return {"failure": (name, read_error(error), job.size, job.mtime)}
 
     def _pixels(self, image) -> dict:
-        """{"pixels": ...} now, or {"image": ...} to be resized with the batch's others (uint8 for lookalike's own
-        preprocessing, and only an image small enough to keep until the batch is decoded: up to (2 × the model's
-        side)² pixels)."""
-        small = image.width * image.height <= (2 * getattr(self.preprocess, "resolution", 0)) ** 2
-        if self.together and self.raw and isinstance(self.preprocess, Preprocess) and small:
+        """{"pixels": ...} now, or {"image": ...} to be resized with the batch's others: uint8 for lookalike's own
+        resize (not a subclass's `resized`, which every image must go through, as a query's does), and only an
+        image no larger than the model's input, cheap to keep until the batch is decoded (a batch of 128 at most
+        about 25 MB of decoded pixels and as much stacked, per decoding process)."""
+        own = getattr(type(self.preprocess), "resized", None) is Preprocess.resized
+        if self.together and self.raw and own and image.width * image.height <= self.preprocess.resolution ** 2:
             return {"image": image}
         return {"pixels": torch.from_numpy(self.preprocess.resized(image) if self.raw else self.preprocess(image))}
 

@@ -15,9 +15,10 @@ SAT = ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143))
 
 @pytest.fixture
 def mixed_files(tmp_path, chip_paths):
-    """Real 128 px chips, then images of other sizes (one the model's, one too large to keep), and a broken file."""
-    made = {"exact.png": (224, 224), "wide.png": (300, 200), "wide2.png": (300, 200), "large.png": (900, 700),
-            "grey.png": (128, 128)}
+    """Real 128 px chips, then images of other sizes (the model's own; two pairs of one size, one pair larger than
+    the model's input, so not kept for the batch; a larger one), and a broken file."""
+    made = {"exact.png": (224, 224), "small.png": (200, 150), "small2.png": (200, 150), "wide.png": (300, 200),
+            "wide2.png": (300, 200), "large.png": (900, 700), "grey.png": (128, 128)}
     paths = list(chip_paths[:5])
     for number, (name, size) in enumerate(made.items()):
         image = Image.fromarray(random_pixels(size, seed=number))
@@ -56,9 +57,10 @@ def test_images_of_one_size_share_one_resize_call(mixed_files, monkeypatch):
     monkeypatch.setattr(images, "_resize", lambda planes, resolution: calls.append(planes.shape) or resize(
         planes, resolution))
     dataset_of(mixed_files).__getitems__(list(range(len(mixed_files))))
-    # the 128 px chips and the grey one (6) in one call, the two 300 x 200 in another; the model's own size needs
-    # none, and the 900 x 700 image is resized alone, as soon as it is decoded
-    assert sorted(calls) == sorted([(6, 3, 128, 128), (2, 3, 200, 300), (3, 700, 900)])
+    # the 128 px chips and the grey one (6) in one call, the two 200 x 150 in another; the model's own size needs
+    # none, and images larger than the model's input (300 x 200, 900 x 700) are resized alone, once decoded
+    assert sorted(calls) == sorted([(6, 3, 128, 128), (2, 3, 150, 200), (3, 200, 300), (3, 200, 300),
+                                    (3, 700, 900)])
 
 
 def test_the_old_way_still_resizes_each_image_on_its_own(mixed_files, monkeypatch):
@@ -104,3 +106,20 @@ def test_a_ray_decoder_resizes_a_batch_at_a_time_in_the_rows_order(mixed_files, 
         assert json.loads(outcome)["record"]["path"] == str(path)
         expected = preprocess.resized(decode_bytes(path.read_bytes()))
         np.testing.assert_array_equal(np.frombuffer(pixels, np.uint8).reshape(shape), expected)
+
+
+def test_a_preprocess_with_its_own_resize_gets_it_for_every_image(mixed_files):
+    """A plugged-in Preprocess subclass that resizes its own way: indexing must give each image that resize, as
+    a query by the file does, never lookalike's batched one."""
+
+    class Nearest(Preprocess):
+        def resized(self, image):
+            size = (self.resolution, self.resolution)
+            return np.asarray(image.convert("RGB").resize(size, Image.Resampling.NEAREST)).transpose(2, 0, 1).copy()
+
+    jobs = [Job(path=str(path), size=path.stat().st_size, mtime=0.0) for path in mixed_files]
+    dataset = DecodeDataset(jobs, Nearest(224, *SAT), raw=True)
+    for path, item in zip(mixed_files, dataset.__getitems__(list(range(len(jobs))))):
+        if "pixels" in item:
+            np.testing.assert_array_equal(item["pixels"].numpy(), dataset.preprocess.resized(
+                decode_bytes(path.read_bytes())))
