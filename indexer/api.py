@@ -115,6 +115,15 @@ def source_file(item: dict) -> Path:
     return Path(item.get("scene") or item["path"])
 
 
+def reading_key(item: dict) -> str:
+    """How load_indexed_image reads a row's pixels, besides its path and its file: a scene chip's bands and stretch,
+    which a rebuild with other --bands or --stretch changes while the chip's path and scene file stay the same."""
+    from .scenes import CHIP_READING
+
+    geo = item.get("geo") or {}
+    return json.dumps([geo.get(key) for key in CHIP_READING])
+
+
 def load_query_image(source, *, name: str | None = None, read_options: dict | None = None,
                      crop: tuple | None = None, at_least: int | None = None) -> Image.Image:
     """A query as one RGB image. A georeferenced raster (told as `index` tells one: its suffix, then a CRS) is

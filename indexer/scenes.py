@@ -207,6 +207,9 @@ def native_gsd(scene: Scene) -> float | None:
     return math.hypot(a, d) * crs.linear_units_factor[1]
 
 
+CHIP_READING = ("bands", "band_source", "stretch_percentiles")  # what load_chip_image reads a chip with, from geo
+
+
 def load_chip_image(scene_path, window, geo: dict):
     """A catalogued chip as an RGB PIL image, read again from its scene window with the recorded bands."""
     from PIL import Image

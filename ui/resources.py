@@ -67,7 +67,7 @@ def embedder_for(store: Store, model: str | None = None):
 
 
 @st.cache_resource(max_entries=4000, show_spinner=False)
-def _thumbnail(path: str, mtime_ns: int, size: int, _item: dict) -> Image.Image:
+def _thumbnail(path: str, mtime_ns: int, reading: str, size: int, _item: dict) -> Image.Image:
     return shrunk(_item, size)
 
 
@@ -89,11 +89,11 @@ def _mtime_ns(item: dict) -> int:
 
 def thumbnail(item: dict, *, size: int = THUMBNAIL_SIZE) -> Image.Image:
     """A small upright RGB copy of an indexed image or chip; raises UnreadableImage if it no longer reads."""
-    return _thumbnail(item["path"], _mtime_ns(item), size, item)
+    return _thumbnail(item["path"], _mtime_ns(item), api.reading_key(item), size, item)
 
 
 @st.cache_resource(max_entries=256, show_spinner=False)
-def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _embedder):
+def _full_tokens(path: str, mtime_ns: int, reading: str, provenance_key: str, _item: dict, _embedder):
     """Exact mode: the image's full patch tokens (h, w, D), recomputed with the model from the pixels `index` fed it."""
     picture = api.load_indexed_image(_item, at_least=api.draft_side(_embedder.preprocess.resolution))
     embedding = api.embed_image(picture, _embedder)
@@ -102,7 +102,7 @@ def _full_tokens(path: str, mtime_ns: int, provenance_key: str, _item: dict, _em
 
 def full_tokens(item: dict, embedder) -> np.ndarray:
     key = json.dumps(embedder.provenance, sort_keys=True)
-    return _full_tokens(item["path"], _mtime_ns(item), key, item, embedder)
+    return _full_tokens(item["path"], _mtime_ns(item), api.reading_key(item), key, item, embedder)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
