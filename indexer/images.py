@@ -220,12 +220,16 @@ def _plain(error: Exception) -> str:
 
 
 def upright_size(path: Path) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header alone."""
+    """(width, height) after EXIF orientation, from the header alone. A file the system would not read (no
+    permission, an I/O error, a share away) says so (READ_ERROR, tried again by the next run), not that it is no
+    image."""
     try:
         with Image.open(path) as image:
             width, height = image.size
             turned = _quarter_turned(image)
     except Exception as error:  # Pillow raises many types for broken files
+        if isinstance(error, OSError) and error.errno is not None:  # the system's error (Pillow's own have none)
+            raise UnreadableImage(f"{path}: {read_error(error)}") from error
         size = _tiff_size(path)
         if size is None:
             raise UnreadableImage(f"{path}: not an image format lookalike reads (JPEG, PNG, TIFF, WebP, BMP, "

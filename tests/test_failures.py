@@ -263,3 +263,30 @@ def test_a_scene_that_stops_short_is_one_failure_and_keeps_no_chip(index, shared
     assert {row["scene"] for row in store.images_by_path().values()} == {str(folder / whole.name)}
     assert list(store.failures_by_path()) == [str(folder / cut.name)]
     assert store.index.ntotal == 12
+
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error")])
+def test_sizing_a_file_the_system_will_not_read_says_so(write_image, tmp_path, monkeypatch, error):
+    """A query's --crop and a plain image cut into chips size the file from its header: a refusal by the system
+    (permissions, a failing drive or share) is a read error, as a decode's is, not 'not an image format'."""
+    from PIL import Image
+
+    from indexer import api, images
+    from indexer.errors import UnreadableImage
+
+    picture = write_image(tmp_path / "photo.png", size=(300, 200))
+    opened = Image.open
+
+    def refusing(path, *args, **kwargs):
+        if str(path) == str(picture):
+            raise error
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(images.Image, "open", refusing)
+    for size in (lambda: images.upright_size(picture), lambda: api.query_file_size(picture)):
+        with pytest.raises(UnreadableImage) as refused:
+            size()
+        assert str(refused.value) == f"{picture}: cannot be read ({error.strerror})"
+    monkeypatch.setattr(images.Image, "open", opened)
+    assert images.upright_size(picture) == (300, 200)
