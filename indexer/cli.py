@@ -192,7 +192,7 @@ def index(sources, store_dir, model, dtype, device, resolution, normalization, p
     if ray_address:
         from indexer.distributed import require_ray
 
-        require_ray()  # one clear line now, not after a minutes-long model load
+        require_ray(ray_address)  # one clear line now, not after a minutes-long model load
     if not dry_run:
         check_model_name(model)  # before the normalisation is chosen by the name (and warns about it)
     normalization = normalization_for(model, normalization)  # once: the model, and any Ray actors, take it made
@@ -336,7 +336,7 @@ def rebuild(store_dir, model, dtype, device, resolution, normalization, pooling,
     if ray_address:
         from indexer.distributed import require_ray
 
-        require_ray()
+        require_ray(ray_address)
     recorded, _ = recorded_collection(store_dir, warn=False)  # rebuild_store warns of sources gone
     check_not_busy(store_dir)  # refused at once, not after the model load
     require_faiss()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,13 +31,14 @@ from .images import Preprocess, scan_sources
 from .pipeline import (DecodeDataset, _embed, _fit_store_pca, _project, batches, embed_in_chunks, new_counts,
                        takes_uint8, tracked_run, write_chip_copies, write_run_copies)
 from .plan import ChipOptions, Job, apply_plan, hashing_scenes, plan_run
-from .shards import PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
+from .shards import Ingester, PlanOrderIngester, ShardIndex, job_key, run_fingerprint, shard_rows, write_shard
 from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 256  # jobs per shard: one actor call, one file
 DECODE_BATCH = 32  # images a Ray decoder resizes together at most (DecodeDataset.__getitems__)
+CONNECT_SECONDS = 10  # a cluster's address that does not answer within this is refused
 
 
 class RayUnavailable(IndexerError):
@@ -56,19 +58,27 @@ class ModelSpec:
     compile: bool = False
 
 
-def require_ray():
+def require_ray(address: str | None = None):
+    """Ray, imported; and a cluster's host:port `address` (ray://host:port too) checked to answer, as Ray itself
+    retries an unreachable one without end."""
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError as error:
         raise RayUnavailable("--ray needs Ray: pip install -e '.[ray]' in lookalike's checkout (ray[data] and "
                              "pyarrow)") from error
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+        except OSError as error:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {address!r} ({error.strerror or error})") from error
     return ray
 
 
 def connect(address: str | None):
     """A local Ray instance on this machine (address None or 'local'), else the cluster at `address`."""
-    ray = require_ray()
+    ray = require_ray(address)
     if ray.is_initialized():
         return ray, False
     try:
@@ -100,7 +110,7 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
                 "chips": dataclasses.asdict(chips)}
     run_id = store.start_run(model=embedder.provenance["model"], settings=settings)
     counts = dict(new_counts(), reused=0)
-    run_dir = None
+    run_dirs = []  # shard folders of this run, removed once ingested
     with tracked_run(store, run_id, counts, started=started) as outcome:
         plan = plan_run(paths, store, chips=chips, retry_failed=retry_failed, allow_shrink=allow_shrink or rebuild)
         apply_plan(store, plan, run_id=run_id, counts=counts)
@@ -121,15 +131,15 @@ def index_collection_ray(sources, store_dir, *, embedder: Embedder, spec: ModelS
             return done
 
         with hashing_scenes(store, plan.to_hash):
-            run_dir = embed(jobs) if jobs else None
+            run_dirs = [embed(jobs)] if jobs else []
             left = write_run_copies([job for job in later if job.copy_key], store, run_id=run_id, counts=counts,
                                     chips=chips) if later else []
             waiting = [job for job in later if not job.copy_key]
             left += _write_file_copies(waiting, store, twin_ids={job.path: store.image_id_for_path(
                 files.of_planned[job.path]) for job in waiting}, sha256=files.sha256, run_id=run_id, counts=counts)
             if left:  # copies whose twin could not be read: embedded themselves
-                run_dir = embed(left)
-    if run_dir is not None:
+                run_dirs.append(embed(left))
+    for run_dir in filter(None, run_dirs):
         shutil.rmtree(run_dir, ignore_errors=True)  # ingested: the store holds all of it now
         try:
             shard_root.rmdir()
@@ -156,13 +166,20 @@ def _write_file_copies(jobs, store: Store, *, twin_ids: dict, sha256: dict, run_
 
 
 def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_size, rows_per_shard, actors,
-                  counts, progress, chips, run_id) -> Path:
+                  counts, progress, chips, run_id) -> Path | None:
     """Make sure every job has a row in a shard of this run's folder, ingesting rows in plan order as the
-    shards arrive (the store fills while the cluster embeds); returns the folder."""
+    shards arrive (the store fills while the cluster embeds); returns the folder (None when no job could be read
+    for a store without its patch PCA yet: then there is nothing to embed, and no folder)."""
     pca = store.pca()
     fitted_here = None
     if pca is None:
         pca, fitted_here = _first_batch(jobs, store, embedder, batch_size=batch_size, chips=chips)
+        if pca is None:  # nothing of this run read: its failures and empty chips recorded, as one process does
+            ingester = Ingester(store, run_id=run_id, counts=counts, batch_size=batch_size)
+            for job, row in zip(jobs, fitted_here):
+                ingester.add(row, image_id=job.image_id)
+            ingester.flush()
+            return None
     run_dir = shard_root / run_fingerprint(embedder.provenance, pca, chips)
     if fitted_here:
         write_shard(run_dir, fitted_here)
@@ -188,8 +205,9 @@ def _embed_on_ray(jobs, store, embedder, spec, *, shard_root, address, batch_siz
     return run_dir
 
 
-def _first_batch(jobs, store, embedder, *, batch_size, chips) -> tuple[PCA, list[dict]]:
-    """Embed the first batches here, as a single-process run does, until the PCA is fitted; their rows."""
+def _first_batch(jobs, store, embedder, *, batch_size, chips) -> tuple[PCA | None, list[dict]]:
+    """Embed the first batches here, as a single-process run does, until the PCA is fitted; their rows (all the
+    jobs', and no PCA, when none of them could be read)."""
     rows, position = [], 0
     for batch in batches(jobs, embedder.preprocess, batch_size=batch_size, workers=0, chips=chips,
                          raw=takes_uint8(embedder)):
@@ -202,7 +220,7 @@ def _first_batch(jobs, store, embedder, *, batch_size, chips) -> tuple[PCA, list
         pca = _fit_store_pca(store, embedding.patch_tokens)
         grids = _project(embedding.patch_tokens, pca).cpu().numpy()
         return pca, rows + shard_rows(items, embedding.global_vectors.cpu().numpy(), grids)
-    raise IndexerError("no image of this run could be read, so there is nothing to fit the patch PCA on")
+    return None, rows
 
 
 def _items(jobs, start: int, batch: dict) -> list[dict]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from store import PCA, Store
 
 from .errors import IndexerError
+from .images import READ_ERROR
 from .writer import SAVE_EVERY_BATCHES, non_finite_error, record_failure
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class ShardIndex:
 
 class Ingester:
     """Adds shard rows to a store in the order given; a row whose outcome the store already holds is skipped,
-    so ingesting a shard twice changes nothing."""
+    so ingesting a shard twice changes nothing. As StoreWriter does, a scene (or image cut into chips) found
+    damaged keeps none of its chips: those written are removed with its failure, those still to come dropped."""
 
     def __init__(self, store: Store, *, run_id=None, counts: dict, batch_size: int = 256):
         self.store = store
@@ -147,6 +149,7 @@ class Ingester:
         self.failures = store.failures_by_path()
         self._pending: list[dict] = []
         self._batches = 0
+        self._failed: set[str] = set()  # scenes found damaged: their chips are not written
 
     def add(self, row: dict, *, image_id: int | None = None) -> None:
         if row["status"] == EMBEDDED:
@@ -155,11 +158,16 @@ class Ingester:
                 self.flush()
         elif row["status"] == FAILED:
             path, reason, size, mtime = json.loads(row["failure"])
+            if not reason.startswith(READ_ERROR):  # damaged: its chips waiting here go with it, as later ones
+                self._failed.add(path)
             known = self.failures.get(path)
-            if known and (known["reason"], known["size"], known["mtime"]) == (reason, size, mtime):
-                return
+            if known and (known["reason"], known["size"], known["mtime"], known["run_id"]) == (
+                    reason, size, mtime, self.run_id):
+                return  # ingested before, in this run (a failure that stays unchanged is recorded again by a
+                # run that retries it, and counted there, as a single process does)
+            self.flush()  # the rows before it first, as a single process writes them before the failure
             record_failure(self.store, (path, reason, size, mtime), self.run_id, self.counts)
-            self.failures[path] = {"reason": reason, "size": size, "mtime": mtime}
+            self.failures[path] = {"reason": reason, "size": size, "mtime": mtime, "run_id": self.run_id}
         else:
             self.store.record_skipped_chips([tuple(json.loads(row["skipped"]))])
             self.counts["skipped_chips"] = self.counts.get("skipped_chips", 0) + 1
@@ -168,6 +176,8 @@ class Ingester:
         records, vectors, grids = [], [], []
         for row in self._pending:
             record = json.loads(row["record"])
+            if record.get("scene") in self._failed:
+                continue  # a chip of a scene found damaged in this run: dropped with it
             known_id = self.store.image_id_for_path(record["path"])
             if known_id is not None and _same_image(self.store.image(known_id), record):
                 continue  # ingested before
