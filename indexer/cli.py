@@ -106,7 +106,7 @@ def _print_preview(sources, store_dir, *, chips, rebuild: bool, retry_failed: bo
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(readable=False, path_type=Path))
 @store_option
 @click.option("--model", envvar="LOOKALIKE_MODEL", default=None,
               help="Hub id or local directory (env LOOKALIKE_MODEL). Default: the store's model; for a new store "

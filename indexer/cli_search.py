@@ -10,7 +10,7 @@ from .cli_common import (device_option, dtype_option, finite_number, friendly_er
 
 
 @click.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(readable=False, path_type=Path))
 @store_option
 @click.option("--id", "image_ids", type=int, multiple=True,
               help="Query by an indexed image's id instead of a file (repeat it for several examples).")

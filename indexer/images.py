@@ -46,21 +46,31 @@ def scan_sources(sources, *, keep_missing: bool = False) -> list[Path]:
     directly (or in a list) are read wherever they are: the user asked for them."""
     named = [pair for source in map(Path, sources) for pair in _expand_list(source)]  # (path, from a list)
     found: dict[Path, None] = {}
-    roots = [path.resolve() for path, _ in named if path.is_dir()]
+    roots = [path.resolve() for path, _ in named if _refused_as(False, path.is_dir)]
     for source, listed in named:
-        if source.is_dir():
+        if _refused_as(False, source.is_dir):
             for path in sorted(source.rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES | RASTER_SUFFIXES and not path.is_dir():
-                    outside = path.is_symlink() and not _inside(path, roots)
+                if path.suffix.lower() in IMAGE_SUFFIXES | RASTER_SUFFIXES and not _refused_as(False, path.is_dir):
+                    outside = _refused_as(False, path.is_symlink) and not _inside(path, roots)
                     key = _absolute(path)
                     if key not in found:  # a file also named directly keeps being read
                         found[OutsideLink(key) if outside else key] = None
-        elif listed or source.exists() or source.is_symlink() or keep_missing:
+        elif listed or _refused_as(True, source.exists) or _refused_as(False, source.is_symlink) or keep_missing:
             found.pop(_absolute(source), None)  # named: read even if a folder before listed it as an outside link
             found[_absolute(source)] = None
         else:
             raise IndexerError(f"source {source} does not exist")
     return list(found)
+
+
+def _refused_as(answer: bool, question) -> bool:
+    """question() (a path's is_dir, exists, is_symlink), or `answer` where the system refuses to say (a folder
+    without execute permission above the path): the path is then kept as a file there, whose reading fails as
+    'cannot be read', one file's failure and not the run's."""
+    try:
+        return question()
+    except OSError:
+        return answer
 
 
 def _expand_list(source: Path) -> list[tuple[Path, bool]]:

@@ -230,8 +230,15 @@ class _Planner:
 
 
 def _gone(path: str) -> bool:
-    """A catalogued file no longer there: nothing at its path, or a folder now (what it holds is scanned anew)."""
-    return not os.path.lexists(path) or os.path.isdir(path)
+    """A catalogued file no longer there: nothing at its path (a link to nothing counts as nothing: its file is
+    gone too), or a folder now (what it holds is scanned anew). Not a file the system refuses to show (a folder
+    without execute permission, a share away): that one is kept."""
+    try:
+        return stat_module.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
 
 
 def options_key(options, *, scene: bool = False) -> str:
