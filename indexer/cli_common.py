@@ -133,3 +133,12 @@ def memory_bytes(text):
         return None if text is None else parse_bytes(text)
     except StoreError as error:
         raise click.BadParameter(str(error), param_hint="--index-memory") from None
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(path: str) -> str:
+    """A path as text output prints it, one line: control characters (a newline or tab in a file name) escaped
+    as Python writes them; --json keeps the name as it is."""
+    return path.translate(_CONTROL)

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .cli_common import finite_number, friendly_errors, json_option, store_option
+from .cli_common import finite_number, friendly_errors, json_option, one_line, store_option
 from .neardup import DEFAULT_THRESHOLD
 
 GROUPS_SHOWN = 50
@@ -49,7 +49,7 @@ def near_duplicates(store_dir, threshold, k, overlapping, limit, as_json):
         scores = [link[2] for link in group["links"]]
         click.echo(f"group {number}: {group['size']} images, cosine {min(scores):.4f}–{max(scores):.4f}")
         for image in group["images"][:MEMBERS_SHOWN]:
-            click.echo(f"  id={image['id']:<8} {image['path']}")
+            click.echo(f"  id={image['id']:<8} {one_line(image['path'])}")
         if group["size"] > MEMBERS_SHOWN:
             click.echo(f"  … and {group['size'] - MEMBERS_SHOWN:,} more in this group (--json for all)")
     if len(groups) > limit:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import (friendly_errors, index_memory_option, json_option, memory_bytes, store_option,
+from .cli_common import (friendly_errors, index_memory_option, json_option, memory_bytes, one_line, store_option,
                          target_recall_option)
 
 SCENES_SHOWN = 20
@@ -97,7 +97,7 @@ def failures(store_dir, limit, as_json):
     if not total:
         click.echo("no failures recorded")
     for row in rows:
-        click.echo(f"{row['path']}: {row['reason']}")
+        click.echo(f"{one_line(row['path'])}: {row['reason']}")
     if total > len(rows):
         click.echo(f"… and {total - len(rows)} more (--limit, or --json for all)")
     if total:  # on stderr: stdout stays one "path: reason" line per failure

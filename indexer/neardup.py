@@ -8,7 +8,7 @@ from .errors import IndexerError, check_open_store
 from .refine import windows_overlap
 
 DEFAULT_THRESHOLD = 0.95
-ESTIMATE_MARGIN = 0.02  # how far under the threshold an index's estimated score may be and still be checked
+ESTIMATE_MARGIN = 0.02  # how far under the threshold an exact index's score may be and still be checked
 ROUNDING = 1e-6  # float32 dot products of equal unit vectors come out at 0.99999988 and the like
 
 
@@ -46,9 +46,11 @@ def near_duplicates(store: Store, *, threshold: float = DEFAULT_THRESHOLD, k: in
 
 def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tuple[int, int], float]:
     """(smaller id, larger id) → their cosine, from the stored vectors, for the pairs at or over threshold among
-    each image's k nearest in the index (whose scores a compressed index only estimates). Checked a batch at a
-    time: only that batch's candidates' vectors are read, each pair once."""
+    each image's k nearest in the index. Checked a batch at a time: only that batch's candidates' vectors are
+    read, each pair once; from an exact index only those scored near the threshold, from a compressed one all of
+    them (its estimates stray: exact copies came out under 0.9)."""
     index, links, checked = store.index, {}, set()
+    floor = threshold - ESTIMATE_MARGIN if store.index_description()["exact"] else float("-inf")
     bar = tqdm(total=index.ntotal, unit="img", desc="searching", disable=not progress)
     for ids, vectors in store.vector_batches(batch_size=1024):
         scores, found = index.search(vectors, k + 1)  # (n, k + 1): the image itself is among them
@@ -57,7 +59,7 @@ def _links(store: Store, *, threshold: float, k: int, progress: bool) -> dict[tu
                                                                         found.tolist())):
             for score, other in zip(image_scores, image_found):
                 pair = (min(image_id, other), max(image_id, other))
-                if other >= 0 and other != image_id and score >= threshold - ESTIMATE_MARGIN and pair not in checked:
+                if other >= 0 and other != image_id and score >= floor and pair not in checked:
                     checked.add(pair)
                     candidates.append((row, other, pair))
         others = store.vectors({other for _, other, _ in candidates})

@@ -37,6 +37,9 @@ def export_store(store, out_dir: Path) -> dict:
         if out_dir.exists():
             out_dir.rmdir()  # the empty folder it may be told to fill
         os.replace(staging, out_dir)
+    except OSError as error:  # a full disk, above all: one line, and nothing left behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"cannot write the export into {out_dir} ({error.strerror or error})") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -51,17 +54,22 @@ def _write(store, folder: Path) -> int:
         db.execute("BEGIN")  # one snapshot (WAL) for the count and every row
     try:
         count = db.execute("SELECT count(*) FROM vectors JOIN images ON images.id = vectors.image_id").fetchone()[0]
-        vectors = np.lib.format.open_memmap(folder / VECTORS_NAME, mode="w+", dtype=np.float32,
-                                            shape=(count, store.dim or 0))  # (N, D)
+        dim = store.dim or 0
         rows = db.execute(
             "SELECT images.id, path, size, mtime, sha256, width, height, scene, window, geo, vector FROM vectors "
             "JOIN images ON images.id = vectors.image_id ORDER BY images.id")
-        with open(folder / IMAGES_NAME, "w", encoding="utf-8") as lines:
-            for row, (*fields, blob) in enumerate(rows):
-                vectors[row] = blob_to_vector(blob)
+        # written, not mapped: a mapped file's page that finds the disk full kills the process (SIGBUS), where a
+        # write says "No space left on device"
+        with open(folder / VECTORS_NAME, "wb") as vectors, open(folder / IMAGES_NAME, "w", encoding="utf-8") as lines:
+            np.lib.format.write_array_header_1_0(vectors, {"descr": "<f4", "fortran_order": False,
+                                                           "shape": (count, dim)})  # (N, D)
+            for *fields, blob in rows:
+                vector = blob_to_vector(blob)
+                if vector.shape != (dim,):
+                    raise StoreError(f"image {fields[0]}'s vector has {vector.size} values, not {dim}: the store is "
+                                     "damaged")
+                vectors.write(vector.astype("<f4").tobytes())
                 lines.write(json.dumps(_described(*fields)) + "\n")
-        vectors.flush()
-        del vectors
     finally:
         if began:
             db.execute("COMMIT")

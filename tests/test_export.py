@@ -69,9 +69,32 @@ def test_a_failed_export_leaves_nothing(indexed, store_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(export, "_described", broken)
     before = set(tmp_path.iterdir())
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match=r"cannot write the export into .*out \(No space left on device\)"):
         export_store(Store.open(store_dir), tmp_path / "out")
     assert set(tmp_path.iterdir()) == before  # no out/, no partial folder
+
+
+def test_vectors_written_to_a_full_disk_are_one_line_and_leave_nothing(indexed, store_dir, tmp_path, monkeypatch):
+    """vectors.npy was a memory-mapped file: a page that found the disk full killed the process with SIGBUS, no
+    message, its partial folder left filling the disk. Written, it fails as a write does."""
+    from store import export
+
+    opened = open
+
+    def onto_a_full_disk(path, mode="r", *args, **kwargs):
+        return opened("/dev/full", mode, *args, **kwargs) if Path(path).name == export.VECTORS_NAME else \
+            opened(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(export, "open", onto_a_full_disk, raising=False)
+    before = set(tmp_path.iterdir())
+    with pytest.raises(StoreError, match=r"\(No space left on device\)"):
+        export_store(Store.open(store_dir), tmp_path / "out")
+    assert set(tmp_path.iterdir()) == before
+    monkeypatch.undo()
+    export_store(Store.open(store_dir), tmp_path / "out")  # and written whole, it loads as before
+    vectors = np.load(tmp_path / "out" / "vectors.npy")
+    assert vectors.dtype == np.float32 and vectors.shape[0] == len((tmp_path / "out" / "images.jsonl").read_text(
+        ).splitlines())
 
 
 def test_export_into_a_place_that_cannot_be_written_is_one_clear_error(indexed, store_dir, tmp_path):

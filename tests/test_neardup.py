@@ -134,3 +134,37 @@ def test_links_are_scored_by_the_stored_vectors_not_the_index_estimate(index, ch
     for group in answer["groups"]:
         for a, b, score in group["links"]:
             assert score == round(float(store.vector(a) @ store.vector(b)), 6) >= threshold - 1e-6
+
+
+def test_a_compressed_index_under_estimating_a_copy_still_groups_it(index, chips_dir, chip_paths, store_dir,
+                                                                    open_store):
+    """A product-quantised index can score exact copies under 0.9 (random-like vectors at a tight budget): every
+    pair it returns is checked against the stored vectors, not only those it scores near the threshold."""
+    for path in chip_paths:
+        shutil.copy2(path, chips_dir / f"copy-{path.name}")
+    index([chips_dir], store_dir)
+    store = open_store(store_dir)
+    search, describe = store.index.search, store.index_description
+    store.index.search = lambda vectors, k, **kw: (lambda s, f: (s - 0.15, f))(*search(vectors, k, **kw))
+    store.index_description = lambda: dict(describe(), exact=False)
+    answer = api.near_duplicates(store, threshold=1.0, k=5)
+    assert len(answer["groups"]) == len(chip_paths) and answer["in_groups"] == 2 * len(chip_paths)
+
+
+def test_text_output_keeps_a_name_with_a_newline_on_one_line(index, chips_dir, chip_paths, store_dir):
+    """`failures` and `near-duplicates` print one line per file: a newline or tab in a file name is escaped
+    there, as Python writes it (--json keeps the name as it is)."""
+    odd = chips_dir / "new\nline\tcopy.jpg"
+    shutil.copy2(chip_paths[0], odd)
+    broken = chips_dir / "bad\nfile.jpg"
+    broken.write_bytes(b"not an image")
+    index([chips_dir], store_dir)
+    runner = CliRunner()
+    duplicates = runner.invoke(cli, ["near-duplicates", "--store", str(store_dir), "--threshold", "0.99999"])
+    assert duplicates.exit_code == 0, duplicates.output
+    assert f"  id=13       {chips_dir}/new\\nline\\tcopy.jpg" in duplicates.stdout.splitlines()
+    failures = runner.invoke(cli, ["failures", "--store", str(store_dir)])
+    assert failures.stdout.splitlines() == [f"{chips_dir}/bad\\nfile.jpg: not an image format lookalike reads "
+                                            "(JPEG, PNG, TIFF, WebP, BMP, GIF)"]
+    listed = json.loads(runner.invoke(cli, ["failures", "--store", str(store_dir), "--json"]).stdout)
+    assert [failure["path"] for failure in listed["failures"]] == [str(broken)]
