@@ -160,11 +160,12 @@ class Ingester:
             path, reason, size, mtime = json.loads(row["failure"])
             if not reason.startswith(READ_ERROR):  # damaged: its chips waiting here go with it, as later ones
                 self._failed.add(path)
+            # skipped if ingested before in this run: an unchanged failure that a later run retries (--retry-failed,
+            # a read the system refused) is recorded again and counted there, as a single process does
             known = self.failures.get(path)
             if known and (known["reason"], known["size"], known["mtime"], known["run_id"]) == (
                     reason, size, mtime, self.run_id):
-                return  # ingested before, in this run (a failure that stays unchanged is recorded again by a
-                # run that retries it, and counted there, as a single process does)
+                return
             self.flush()  # the rows before it first, as a single process writes them before the failure
             record_failure(self.store, (path, reason, size, mtime), self.run_id, self.counts)
             self.failures[path] = {"reason": reason, "size": size, "mtime": mtime, "run_id": self.run_id}
