@@ -90,13 +90,12 @@ class Plan:
 def precheck_store(store_dir, recorded: dict | None, *, resolution: int, normalization: dict, pooling: str) -> None:
     """Refuse a provenance mismatch with the store's `recorded` one (Store.peek_provenance) before the (possibly
     minutes-long) model load."""
-    from store.store import GUARDED_KEYS, guarded_differs, mismatch_error
+    from store.store import guarded_problems, mismatch_error
 
     if recorded is None:
         return
-    wanted = {"resolution": resolution, "normalization": normalization, "pooling": pooling}
-    problems = [f"{key} {recorded.get(key)!r} (store) vs {wanted[key]!r}"
-                for key in GUARDED_KEYS if guarded_differs(key, recorded.get(key), wanted[key])]
+    problems = guarded_problems(recorded, {"resolution": resolution, "normalization": normalization,
+                                           "pooling": pooling})
     if problems:
         raise mismatch_error(store_dir, problems)
 

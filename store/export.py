@@ -8,7 +8,7 @@ import numpy as np
 
 from .catalogue import now_iso
 from .errors import StoreError
-from .vectors import blob_to_vector
+from .vectors import VECTOR_DTYPE
 
 VECTORS_NAME = "vectors.npy"  # (N, D) float32, row i is images.jsonl's line i
 IMAGES_NAME = "images.jsonl"
@@ -63,12 +63,11 @@ def _write(store, folder: Path) -> int:
         with open(folder / VECTORS_NAME, "wb") as vectors, open(folder / IMAGES_NAME, "w", encoding="utf-8") as lines:
             np.lib.format.write_array_header_1_0(vectors, {"descr": "<f4", "fortran_order": False,
                                                            "shape": (count, dim)})  # (N, D)
-            for *fields, blob in rows:
-                vector = blob_to_vector(blob)
-                if vector.shape != (dim,):
-                    raise StoreError(f"image {fields[0]}'s vector has {vector.size} values, not {dim}: the store is "
-                                     "damaged")
-                vectors.write(vector.astype("<f4").tobytes())
+            for *fields, blob in rows:  # a blob is the row's float32 little-endian values, as the file wants them
+                if len(blob) != dim * VECTOR_DTYPE.itemsize:
+                    raise StoreError(f"image {fields[0]}'s vector has {len(blob) // VECTOR_DTYPE.itemsize} values, "
+                                     f"not {dim}: the store is damaged")
+                vectors.write(blob)
                 lines.write(json.dumps(_described(*fields)) + "\n")
     finally:
         if began:

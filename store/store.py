@@ -47,10 +47,13 @@ def provenance_conflicts(recorded: dict, wanted: dict) -> list[str]:
     problems = []
     if not same_model(recorded, wanted):
         problems.append(f"model {recorded.get('model')!r} (store) vs {wanted.get('model')!r}")
-    for key in GUARDED_KEYS:
-        if guarded_differs(key, recorded.get(key), wanted.get(key)):
-            problems.append(f"{key} {recorded.get(key)!r} (store) vs {wanted.get(key)!r}")
-    return problems
+    return problems + guarded_problems(recorded, wanted)
+
+
+def guarded_problems(recorded: dict, wanted: dict) -> list[str]:
+    """provenance_conflicts' lines for GUARDED_KEYS alone (what can be told before a model loads)."""
+    return [f"{key} {recorded.get(key)!r} (store) vs {wanted.get(key)!r}"
+            for key in GUARDED_KEYS if guarded_differs(key, recorded.get(key), wanted.get(key))]
 
 
 def guarded_differs(key: str, recorded, wanted) -> bool:
