@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,12 @@ def forward_only(model, resolution: int, batch_sizes, *, runs: int) -> dict:
         tried[batch] = round(rate, 2)
         if rate > best["images_per_second"]:
             best = {"images_per_second": rate, "batch_size": batch}
-    output = model(pixel_values=pixels).last_hidden_state  # the timed shape: a compiled model must not recompile
+    if "batch_size" not in best:
+        raise torch.OutOfMemoryError(f"forward-only ran out of memory at every batch size tried ({tried})")
+    # the best batch's shape, timed already (a compiled model must not recompile), not the last one tried: that
+    # one may have run out of memory
+    pixels = torch.randn(best["batch_size"], 3, resolution, resolution, device=DEVICE, dtype=DTYPE)
+    output = model(pixel_values=pixels).last_hidden_state
     best["finite"] = bool(torch.isfinite(output).all())
     best["by_batch_size"] = tried
     return best
@@ -541,36 +547,65 @@ def main() -> None:
         settings = {r: ([size for size in b if size != CPU_BATCH][:2], min(f, 32), min(n, 4))
                     for r, (b, f, n) in settings.items()}
     stem = f"throughput-{DEVICE}-{args.shape}"
+    stages = Stages(report, lambda: write_report(report, args.out, stem, started))
     with tempfile.TemporaryDirectory() as tmp:
         pool = copies(args.images, Path(tmp), max(count for _, count, _ in settings.values()))
+        results = report["results"]
         for resolution, (batch_sizes, file_count, naive_count) in settings.items():
-            row = measure_resolution(model, naive_model, pool, resolution, batch_sizes=batch_sizes, file_count=file_count,
-                                     naive_count=naive_count, workers=workers, runs=runs, peak=peak,
-                                     latency_runs=10 if args.quick else 30, repeat=args.repeat, naive_fp16=naive_fp16)
-            report["results"][resolution] = row
-            write_report(report, args.out, stem, started)  # what is done survives a later time-out
-        for resolution in settings if args.compile else ():
-            best = report["results"][resolution]["forward_only"]["batch_size"]
-            report.setdefault("compiled", {})[resolution] = compiled_variant(
+            stages.run(f"{resolution} px", lambda: measure_resolution(
+                model, naive_model, pool, resolution, batch_sizes=batch_sizes, file_count=file_count,
+                naive_count=naive_count, workers=workers, runs=runs, peak=peak,
+                latency_runs=10 if args.quick else 30, repeat=args.repeat, naive_fp16=naive_fp16),
+                into=results, key=resolution)
+        measured = [resolution for resolution in settings if resolution in results]
+        for resolution in measured if args.compile else ():
+            best = results[resolution]["forward_only"]["batch_size"]
+            stages.run(f"{resolution} px compiled", lambda: compiled_variant(
                 model, pool, resolution, batch_size=best, file_count=settings[resolution][1], workers=workers,
-                runs=runs, peak=peak, rounds=args.repeat)
-            write_report(report, args.out, stem, started)
+                runs=runs, peak=peak, rounds=args.repeat), into=report.setdefault("compiled", {}), key=resolution)
         # last: a CUDA-graph capture that fails must not cost the figures above
-        for resolution in settings if args.variants else ():
-            best = report["results"][resolution]["forward_only"]["batch_size"]
-            variants = report.setdefault("variants", {})
-            variants[resolution] = {"attention": on_sdpa(model, lambda: attention_backends(
-                model, resolution, best, runs=max(2, runs - 2), latency_runs=10 if args.quick else 20))}
-            write_report(report, args.out, stem, started)
-            variants[resolution]["transport"] = transport_ab(model, pool[:settings[resolution][1]], resolution,
-                                                             batch_size=best, workers=workers,
-                                                             rounds=1 if DEVICE == "cuda" else 3)
-            write_report(report, args.out, stem, started)
-        for resolution in settings if args.variants else ():
-            report["variants"][resolution]["cuda_graph_query"] = cuda_graph_query(model, resolution,
-                                                                                  runs=10 if args.quick else 30)
-            write_report(report, args.out, stem, started)
+        for resolution in measured if args.variants else ():
+            best = results[resolution]["forward_only"]["batch_size"]
+            variants = report.setdefault("variants", {}).setdefault(resolution, {})
+            stages.run(f"{resolution} px attention backends", lambda: on_sdpa(
+                model, lambda: attention_backends(model, resolution, best, runs=max(2, runs - 2),
+                                                  latency_runs=10 if args.quick else 20)),
+                into=variants, key="attention")
+            stages.run(f"{resolution} px pixel transport", lambda: transport_ab(
+                model, pool[:settings[resolution][1]], resolution, batch_size=best, workers=workers,
+                rounds=1 if DEVICE == "cuda" else 3), into=variants, key="transport")
+        for resolution in measured if args.variants else ():
+            stages.run(f"{resolution} px CUDA-graph query", lambda: cuda_graph_query(
+                model, resolution, runs=10 if args.quick else 30), into=report["variants"][resolution],
+                key="cuda_graph_query")
     print(table(report))
+    if report.get("failed"):  # the figures that were made are written; the check still did not finish
+        sys.exit(f"{len(report['failed'])} stage(s) failed: " + "; ".join(
+            f"{failure['stage']}: {failure['error']}" for failure in report["failed"]))
+
+
+class Stages:
+    """Runs one measurement at a time: its result, or None when it raises (out of memory at 512 px, a failed
+    compile), the failure recorded under report["failed"] and the stages after it still run. The report is written
+    after each, its result in place, so a GPU window's figures survive a stage that fails or a time-out."""
+
+    def __init__(self, report: dict, write):
+        self.report, self.write = report, write
+
+    def run(self, name: str, measure, *, into: dict, key):
+        """into[key] = measure(), unless it fails; the result or None."""
+        try:
+            into[key] = measure()
+            return into[key]
+        except Exception as error:  # noqa: BLE001 - whatever one stage meets, the others' figures are kept
+            print(f"stage {name} failed:", file=sys.stderr)
+            traceback.print_exc()
+            self.report.setdefault("failed", []).append({"stage": name, "error": _failure(error)})
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+            return None
+        finally:
+            self.write()
 
 
 def write_report(report: dict, out_dir: Path, stem: str, started: float) -> None:
@@ -676,6 +711,8 @@ def table(report: dict) -> str:
                       + (f" against eager {fwd['eager_images_per_second']:.1f} in turn ({fwd['over_eager']:.2f} ×, "
                          f"median of {len(fwd['rounds'])} round(s))" if "over_eager" in fwd else "")
                       + f"; indexer {idx['images_per_second']:.1f} img/s"]
+    for failure in report.get("failed", []):
+        lines += ["", f"**Failed:** {failure['stage']}: {failure['error']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -206,3 +206,58 @@ def test_the_fusion_profile_counts_what_the_attention_function_runs_as_attention
     assert not {"aten::_softmax", "aten::bmm"} & set(profile["largest_other_ops"])
     assert ALL_ATTENTION_FUNCTIONS[name] is attention.FUNCTIONS.get(name, ALL_ATTENTION_FUNCTIONS[name])
     assert ALL_ATTENTION_FUNCTIONS[name].__name__ != "marked"  # the profiler's wrapper is gone
+
+
+class _OutOfMemoryFrom:
+    """A stand-in backbone that runs out of memory at `limit` images or more, as the 7B at 512 px might."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __call__(self, *, pixel_values):
+        if len(pixel_values) >= self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        hidden = pixel_values.flatten(1)[:, None, :8]
+        return type("Output", (), {"pooler_output": hidden[:, 0], "last_hidden_state": hidden})()
+
+
+def test_forward_only_keeps_the_best_batch_when_a_larger_one_runs_out_of_memory(monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from bench import throughput
+
+    monkeypatch.setattr(throughput, "DEVICE", "cpu")
+    monkeypatch.setattr(throughput, "DTYPE", torch.float32)
+
+    best = throughput.forward_only(_OutOfMemoryFrom(16), 32, [8, 16], runs=1)
+
+    assert best["batch_size"] == 8 and best["finite"]
+    assert best["by_batch_size"][16] == "out of memory"
+    with pytest.raises(torch.OutOfMemoryError, match="every batch size"):
+        throughput.forward_only(_OutOfMemoryFrom(1), 32, [8, 16], runs=1)
+
+
+def test_a_failed_stage_is_recorded_and_the_stages_after_it_still_run(monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from bench import throughput
+
+    monkeypatch.setattr(throughput, "DEVICE", "cpu")
+    report, writes = {"results": {}}, []
+    stages = throughput.Stages(report, None)
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    def written():
+        writes.append((len(report.get("failed", [])), sorted(report["results"])))
+
+    stages.write = written
+    assert stages.run("512 px", out_of_memory, into=report["results"], key=512) is None
+    assert stages.run("224 px", lambda: {"MATH": 1.0}, into=report["results"], key=224) == {"MATH": 1.0}
+    assert report["failed"] == [{"stage": "512 px", "error": "OutOfMemoryError: CUDA out of memory. Tried to "
+                                                             "allocate 20.00 GiB"}]
+    assert report["results"] == {224: {"MATH": 1.0}}
+    # the report is written after each stage, the failed one too, with the stage's result already in it
+    assert writes == [(1, []), (1, [224])]
+    with pytest.raises(KeyboardInterrupt):  # a time-out's interrupt is not swallowed, but the report is written
+        stages.run("224 px compiled", lambda: (_ for _ in ()).throw(KeyboardInterrupt()), into={}, key=224)
+    assert len(writes) == 3

@@ -35,13 +35,14 @@ def normal(name: str) -> str:
 
 
 def test_every_import_of_the_gpu_check_is_in_the_image_or_carried():
-    wheels = {normal(m) for m in re.findall(r"([A-Za-z0-9_.-]+)==", (REPO / "bench" / "fetch_wheels.sh").read_text())}
+    wheels = {normal(m) for m in re.findall(r"^([A-Za-z0-9_.-]+)==", (REPO / "bench" / "gpu_wheels.txt").read_text(),
+                                            re.MULTILINE)}
     assert {"faiss-cpu", "sqlite-utils", "rasterio"} <= wheels
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, check=True)
     imported = {normal(d) for d in json.loads(out.stdout.strip().splitlines()[-1])} - {"lookalike"}
     assert "torch" in imported and "rasterio" in imported  # the probe saw the real import chain
     missing = imported - GPU_IMAGE - wheels
-    assert not missing, f"gpu_check.sh would fail to import {sorted(missing)}: add them to bench/fetch_wheels.sh"
+    assert not missing, f"gpu_check.sh would fail to import {sorted(missing)}: add them to bench/gpu_wheels.txt"
 
 
 def _gpu_check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -68,3 +69,50 @@ def test_the_gpu_check_exits_with_a_failed_measurement(tmp_path):
 
     assert result.returncode != 0  # through its tee: a failed run must not read as a finished check
     assert (tmp_path / "throughput.log").exists()
+
+
+def _script_copy(tmp_path: Path) -> Path:
+    """gpu_check.sh and its wheel list in a folder of their own, where a .whl/ can be made without touching the
+    checkout."""
+    (tmp_path / "repo" / "bench").mkdir(parents=True)
+    for name in ("gpu_check.sh", "gpu_wheels.txt"):
+        (tmp_path / "repo" / "bench" / name).write_bytes((REPO / "bench" / name).read_bytes())
+    return tmp_path / "repo"
+
+
+def test_wheels_for_another_python_stop_the_check_at_once_saying_so(tmp_path):
+    repo = _script_copy(tmp_path)
+    (repo / ".whl").mkdir()
+    (repo / ".whl" / "PYTHON").write_text("3.99\n")
+    (repo / ".whl" / "rasterio-1.4.4-cp399-cp399-manylinux_2_28_x86_64.whl").write_bytes(b"not for this Python")
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+
+    assert result.returncode == 3
+    assert "fetched for Python 3.99" in result.stderr and "fetch_wheels.sh X.Y" in result.stderr
+    assert "fetch_wheels.sh" in (out / "gpu_check.log").read_text()  # it comes back with $OUT
+    assert not (out / "throughput.log").exists()  # nothing was started
+
+
+def test_missing_wheels_stop_the_check_at_once_saying_so(tmp_path):
+    repo = _script_copy(tmp_path)
+    shim = tmp_path / "bin" / "python3"  # a Python without site-packages: no faiss, no sqlite-utils
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    shim.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+
+    assert result.returncode == 3
+    assert "run 'bash bench/fetch_wheels.sh'" in result.stderr and "nothing was measured" in result.stderr
+
+
+def test_the_gpu_check_stops_at_its_limit_and_says_so(tmp_path):
+    result = _gpu_check(tmp_path, "--device", "cpu", "--shape", "tiny", "--resolutions", "224", "--no-search",
+                        "--limit", "1")  # the shortest the script allows: 10 s, before the first stage is done
+
+    assert result.returncode == 124
+    assert "stopped at its limit of 10 s" in (tmp_path / "throughput.log").read_text()
