@@ -297,6 +297,14 @@ def test_search_with_this_puts_the_id_in_the_address(page, ui_ids):
     page.get_by_text(f"#1 · score 1.0000 · id {image_id}", exact=True).wait_for()
     assert page.get_by_role("tab", selected=True).inner_text() == "Pick an indexed image"  # a bookmark's way in
     expect(page.get_by_label("Image id")).to_have_value(str(image_id), timeout=WAIT_MS)  # the box says which
+    # each result's picture and the colour scale are named for screen readers (alt text, not decoration)
+    expect(page.get_by_role("img", name=re.compile(r"^Result #\d+, id \d+, score -?\d\.\d{4}: its picture"))
+           ).to_have_count(8, timeout=WAIT_MS)
+    expect(page.get_by_role("img", name=f"Result #1, id {image_id}, score 1.0000: its picture under a heatmap of "
+                                        "its patches' similarity to the query", exact=True)).to_have_count(1)
+    expect(page.get_by_role("img", name=re.compile(r"^Colour scale of the heatmaps: best cosine similarity .* "
+                                                   r"from -?\d\.\d+ \(left\) to -?\d\.\d+ \(right\)$"))
+           ).to_have_count(1)
     second_id = int(card(page, 2).inner_text().rsplit(" ", 1)[1])
     click_until(page, page.get_by_role("button", name="Search with this", exact=True).nth(1),
                 page.get_by_text(f"#1 · score 1.0000 · id {second_id}", exact=True))
@@ -351,6 +359,9 @@ def test_compare_opens_side_by_side_and_closes(page, ui_ids, artifacts_dir):
     click_until(page, page.get_by_role("button", name="Compare", exact=True).nth(1),
                 page.get_by_text("Side by side: the query and #2", exact=False))
     page.wait_for_function("id => new URLSearchParams(location.search).get('compare') === String(id)", arg=second_id)
+    for who in ("The query", f"Result #2, id {second_id}"):  # both sides named for screen readers
+        expect(page.get_by_role("img", name=f"{who}, each patch coloured by its best match in the other picture",
+                                exact=True)).to_have_count(1, timeout=WAIT_MS)
     page.screenshot(path=str(artifacts_dir / "compare.png"), full_page=True)
     wait_idle(page)
     page.get_by_role("button", name="Close the comparison", exact=True).click()

@@ -203,6 +203,12 @@ def mark_patch(image, row, col, *, grid_shape, colour=(255, 0, 0), width=2) -> I
     return marked
 
 
+def scale_words(what: str, vmin, vmax) -> str:
+    """A colour scale said in words, for screen readers (the picture's alt text): what it measures, its ends."""
+    labels = tick_labels(vmin, vmax)
+    return f"Colour scale of the heatmaps: {what}, from {labels[0]} (left) to {labels[-1]} (right)"
+
+
 def tick_labels(vmin, vmax, *, ticks=5) -> list[str]:
     """The values of `ticks` evenly spaced ticks from vmin to vmax, with 2 decimals, or as many more as tell
     neighbours apart (a narrow scale: 0.990, 0.993, ...)."""

@@ -203,7 +203,7 @@ def other_examples(query) -> None:
     for example in query.examples[1:]:  # indexed ones: the shown one may be an upload
         picture, words = st.columns([1, 2])
         try:
-            picture.image(thumbnail(example["item"]), width="stretch")
+            picture.image(thumbnail(example["item"]), width="stretch", alt=f"Query example, id {example['id']}")
         except UnreadableImage:
             picture.caption("no longer readable")
         words.caption(f"id {example['id']} · {describe_place(dict(example['item'], id=example['id']))}")
@@ -229,7 +229,8 @@ def show_results(store, query, results, *, settings, patch, model, basemap=None,
         what = "best cosine similarity of each result patch to any query patch"
     else:
         what = "cosine similarity of each result patch to the selected query patch"
-    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what)
+    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what,
+             alt=heatmaps.scale_words(what, vmin, vmax))
     if any(hit.get("geo") for hit in results):
         scores = [hit["score"] for hit in hits] or [0.0]
         picked = result_map(query_items(query), hits, vmin=min(scores), vmax=max(scores), basemap=basemap)

@@ -151,10 +151,11 @@ def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedde
     vmin, vmax = heatmaps.value_range([on_query, on_result])
     st.subheader(f"Side by side: the query and #{hit['rank']} (score {hit['score']:.4f}, id {hit['id']})")
     left, right = st.columns(2)
-    for column, item, fallback, values, words in (
+    for column, item, fallback, values, words, who in (
             (left, None if query.part else query.item, query.large or query.image, on_query,
-             "The query: each patch's best match anywhere in the result"),
-            (right, hit, None, on_result, f"#{hit['rank']}: each patch's best match anywhere in the query")):
+             "The query: each patch's best match anywhere in the result", "The query"),
+            (right, hit, None, on_result, f"#{hit['rank']}: each patch's best match anywhere in the query",
+             f"Result #{hit['rank']}, id {hit['id']}")):
         with column:
             try:
                 picture = thumbnail(item, size=LARGE_SIZE) if item else fallback
@@ -164,8 +165,10 @@ def compare_panel(store: Store, query: Query, hit: dict, *, exact: bool, embedde
                 st.warning("file no longer readable")
             else:
                 st.image(heatmaps.overlay(picture, values, opacity=opacity, vmin=vmin, vmax=vmax), caption=words,
-                         width="stretch")
-    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption="cosine similarity, both pictures")
+                         width="stretch", alt=f"{who}, each patch coloured by its best match in the other picture")
+    what = "cosine similarity, both pictures"
+    st.image(heatmaps.colour_scale(vmin, vmax, width=360, height=44), caption=what,
+             alt=heatmaps.scale_words(what, vmin, vmax))
     st.button("Close the comparison", on_click=stop_comparing, key="stop-comparing")
 
 
@@ -201,7 +204,9 @@ def result_grid(hits: list[dict], maps: list[np.ndarray], *, opacity: float, vmi
             with column:
                 try:
                     image = heatmaps.overlay(thumbnail(hit), values, opacity=opacity, vmin=vmin, vmax=vmax)
-                    st.image(image, output_format="JPEG", width="stretch")
+                    st.image(image, output_format="JPEG", width="stretch", alt=f"Result #{hit['rank']}, id "
+                             f"{hit['id']}, score {hit['score']:.4f}: its picture under a heatmap of its patches' "
+                             "similarity to the query")
                 except UnreadableImage:
                     st.warning("file no longer readable")
                     unreadable += 1

@@ -90,7 +90,7 @@ def unlike_panel(rows: list[dict]) -> float:
     for row in rows:
         picture, words = st.columns([1, 2])
         try:
-            picture.image(thumbnail(row), width="stretch")
+            picture.image(thumbnail(row), width="stretch", alt=f"Not like this: id {row['id']}")
         except UnreadableImage:
             picture.caption("no longer readable")
         words.caption(f"id {row['id']} · {describe_place(row)}")
