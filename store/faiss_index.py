@@ -16,6 +16,16 @@ except ImportError:  # pragma: no cover - depends on the install
     faiss = None
 
 
+def _one_thread_after_fork() -> None:
+    """In a child made by fork(), faiss searches on one thread: its OpenMP threads stay in the parent, and a child
+    whose parent had searched hung for good in its first search."""
+    faiss.omp_set_num_threads(1)
+
+
+if faiss is not None and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def require_faiss():
     if faiss is None:
         raise StoreError(

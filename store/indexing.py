@@ -35,15 +35,16 @@ class IndexedStore:
     """Store's index methods (a mixin): they use the store's db, store_dir, dim, writable and _index."""
     @property
     def index(self) -> faiss_index.SearchIndex:
-        if self._index is not None and not self.writable:
-            self._follow_writers()
-        if self._index is None:
-            self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
-            index = self._load_or_rebuild_index()
-            params = (self.index_state() or {}).get("params") or {}
-            self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
-                                                  exact_source=self._all_vectors)
-        return self._index
+        with self._index_lock:  # threads sharing one store: one follows a change and loads, the others then use it
+            if self._index is not None and not self.writable:
+                self._follow_writers()
+            if self._index is None:
+                self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
+                index = self._load_or_rebuild_index()
+                params = (self.index_state() or {}).get("params") or {}
+                self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
+                                                      exact_source=self._all_vectors)
+            return self._index
 
     def _follow_writers(self) -> None:
         """A reader held open (a notebook, a script) while the store changes on disk follows it: an index run or
@@ -53,9 +54,9 @@ class IndexedStore:
         if self._loaded is None or now == self._loaded or now[0] is None:  # unchanged, or mid-swap: as it is
             return
         if self._loaded[0] is None or now[0][0] != self._loaded[0][0]:
-            replaced = connect(self.store_dir / CATALOGUE_NAME, write=False)
-            self.db.close()
-            self.db = replaced
+            # The old connection is dropped, not closed: another thread may be running a statement on it (closing
+            # it under that statement crashed the process). It closes when the last thread lets go of it.
+            self.db = connect(self.store_dir / CATALOGUE_NAME, write=False)
         self._index = None
 
     def index_settings(self) -> dict:

@@ -2,6 +2,7 @@
 import json
 import logging
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class Store(IndexedStore, SceneRecords):
         self.store_dir = Path(store_dir)
         self.db = db
         self._index = None
+        self._index_lock = threading.RLock()  # IndexedStore.index: threads sharing this store load it one at a time
         self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
         self._built_state = None  # what a writer built and has not saved yet (IndexedStore.save_index)
         self.writable = False  # set by create(): only writers save the index and record its state
@@ -221,6 +223,10 @@ class Store(IndexedStore, SceneRecords):
             self.db.execute("SELECT 1")
         except sqlite3.ProgrammingError:  # the connection closed by other means than close()
             raise StoreError(_closed_message(self.store_dir)) from None
+
+    def __reduce__(self):  # pickle's and copy's question: a Store holds an open catalogue, which stays in its process
+        raise StoreError(f"an open store cannot be sent to another process or copied: open {self.store_dir} there "
+                         "(api.open_store)")
 
     def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
         self._release_write_lock()

@@ -125,3 +125,36 @@ def test_a_bad_k_is_refused_before_the_model_loads_and_a_non_query_is_described_
     assert made == []  # a minutes-long load for the 7B, before the refusal, until today
     answer = next(api.search_each(store, [np.zeros((4, 4, 3), np.uint8)], embedder=embedder))
     assert "error" in answer and "\n" not in answer["query"]["path"] and answer["query"]["path"].startswith("ndarray")
+
+
+def test_an_open_store_sent_to_another_process_is_refused_in_one_line(store):
+    import copy
+    import pickle
+
+    for send in (pickle.dumps, copy.copy, copy.deepcopy):  # what spawn and a pool's arguments go through
+        with pytest.raises(StoreError, match=r"cannot be sent to another process or copied: open .* there"):
+            send(store)
+
+
+def _search_in_child(store, image_id, answers):
+    answers.put([hit["id"] for hit in api.search(store, image_id, k=3)["results"]])
+
+
+def test_a_forked_child_searches_a_store_its_parent_searched(store, ui_ids):
+    """faiss's OpenMP threads stay in the parent: a child made by fork() after its parent had searched hung for good
+    in its first search, until faiss was held to one thread in such a child."""
+    import multiprocessing
+
+    image_id = next(iter(ui_ids.values()))
+    expected = [hit["id"] for hit in api.search(store, image_id, k=3)["results"]]  # the parent's threads started
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_search_in_child, args=(store, image_id, answers))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child's search hung")
+    assert child.exitcode == 0
+    assert answers.get(timeout=5) == expected

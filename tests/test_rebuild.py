@@ -442,3 +442,65 @@ def test_a_link_where_the_previous_store_goes_is_replaced_and_what_it_points_at_
     previous = tmp_path / "store.previous"
     assert summary["previous"] == str(previous) and not previous.is_symlink() and (previous / "catalogue.db").is_file()
     assert (elsewhere / "keep.txt").read_text() == "not the store's to remove"
+
+
+THREADED_READER = textwrap.dedent("""
+    import json, random, sys, threading
+    from pathlib import Path
+    from indexer import api
+
+    store_dir, stop_path = Path(sys.argv[1]), Path(sys.argv[2])
+    store = api.open_store(store_dir)  # one store object, searched from several threads, never reopened by hand
+    ids = [row["id"] for row in store.images_by_path().values()]
+    searches, errors = [0], []
+
+    def search(seed):
+        rng = random.Random(seed)
+        while not stop_path.exists():
+            try:
+                hits = api.search(store, rng.choice(ids), k=5)["results"]
+                assert len(hits) == 5 and all(hit["path"] for hit in hits)
+                searches[0] += 1
+            except Exception as error:
+                errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=search, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"searches": searches[0], "errors": errors[:5], "error_count": len(errors)}))
+""")
+
+
+def test_threads_sharing_one_open_store_survive_swaps(live_store, tmp_path):
+    """A store held open from Python follows a swap by reopening its catalogue. With several threads on it, the
+    first to see the swap closed the connection the others were running statements on: the process crashed
+    (a segmentation fault in SQLite). Threads now follow a swap one at a time, and the old connection closes
+    when no thread holds it any more."""
+    import shutil
+
+    from store.swap import swap_in
+
+    stop_path = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", THREADED_READER, str(live_store),
+                               str(stop_path)], cwd=REPO_ROOT, env=run_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the threads searching
+        for number in range(40):  # a store with the same rows swapped in, as rebuild does: a new catalogue file
+            staged = tmp_path / f"staged{number}"
+            shutil.copytree(live_store, staged, ignore=shutil.ignore_patterns("write.lock"))
+            swap_in(live_store, staged)
+            time.sleep(0.05)
+            assert reader.poll() is None, reader.stderr.read()[-3000:]
+        stop_path.touch()
+        out, err = reader.communicate(timeout=120)
+    finally:
+        stop_path.touch()
+        if reader.poll() is None:
+            reader.kill()
+    assert reader.returncode == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["error_count"] == 0, report["errors"]
+    assert report["searches"] > 100
