@@ -338,9 +338,10 @@ def _plan_scene(plan: Plan, store: Store, path: Path, stat, known_chips: list, r
                                "head_sha256": record.get("head_sha256") if unchanged else (digests and digests[1]),
                                "windows": len(windows), "georeferenced": georeferenced, "sidecars": signature,
                                "reading": reading, "pixels": pixels})
-    # hashed while cut: a scene new or changed, and one a killed run left part-done and unhashed (its hash is taken
-    # as the run ends), or a later move or copy of it would be cut again, not recognised
-    if (not unchanged and digests is None) or (unchanged and missing and not record.get("sha256")):
+    # hashed while cut: a scene new or changed; and, its hash taken as the run ends, one unchanged but unhashed (a
+    # killed run left it so, done or part-done, or a lookalike older than scene hashes recorded it): else a later
+    # move or copy of it would be cut again, not recognised
+    if (not unchanged and digests is None) or (unchanged and not record.get("sha256")):
         plan.to_hash.append((key, stat.st_size, stat.st_mtime))
     plan.jobs += [Job(chip_key(path, w), stat.st_size, stat.st_mtime, scene=scene, window=w, plain_source=plain_source,
                       copy_of=copy_of.get(chip_key(path, w)), copy_key=copy_from and chip_key(copy_from, w))

@@ -265,6 +265,33 @@ def test_a_scene_finished_but_left_unhashed_by_a_killed_run_is_hashed_by_the_nex
     assert after == ids  # the same chips under the same ids
 
 
+def test_a_scene_an_older_lookalike_recorded_without_its_hash_is_hashed_by_the_next_run(index, naip_dir, store_dir,
+                                                                                       open_store, tmp_path):
+    """A scene recorded by a lookalike older than scene hashes (and than the window count): the first run since,
+    with nothing to embed, hashes it, so that a move right after keeps its chips and ids. It was hashed one run
+    late: the run after the upgrade only recorded the window count, and a move before the next cut it again."""
+    import shutil
+    import sqlite3
+
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    scene = scenes_dir / sorted(naip_dir.glob("*.tif"))[0].name
+    shutil.copy2(sorted(naip_dir.glob("*.tif"))[0], scene)
+    index([scenes_dir], store_dir, chips=_chips(256))
+    ids = sorted(r["id"] for r in chip_rows(open_store(store_dir)).values())
+    with sqlite3.connect(store_dir / "catalogue.db") as db:  # what such a lookalike left: no hash, no window count
+        db.execute("UPDATE scenes SET sha256 = NULL, head_sha256 = NULL, windows = NULL, georeferenced = NULL")
+
+    upgraded = index([scenes_dir], store_dir, chips=_chips(256))
+    assert (upgraded["indexed"], upgraded["skipped"]) == (0, 12)
+    assert open_store(store_dir).scenes_by_path()[str(scene)]["sha256"] == file_sha256(scene)
+    moved_dir = tmp_path / "moved"
+    scenes_dir.rename(moved_dir)
+    moved = index([moved_dir], store_dir, chips=_chips(256))
+    assert (moved["indexed"], moved["removed"], moved["moved"]) == (0, 0, 12)
+    assert sorted(r["id"] for r in chip_rows(open_store(store_dir)).values()) == ids
+
+
 def test_a_scene_whose_chips_are_all_empty_is_not_read_again(index, shared_data_dir, store_dir):
     shade = shared_data_dir / "rasterio" / "shade.tif"  # 88 % nodata: every 512 px chip under --min-valid
     first = index([shade], store_dir)
