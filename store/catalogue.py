@@ -181,10 +181,20 @@ def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, read
                      "its own for --store")
 
 
+# Images last embedded by a run that did not finish: in a store made before index_pending, the ones among them that
+# were re-embedded may still have their old vectors in the index file (a run killed before its save)
+UNFINISHED_RUNS_IMAGES = ("SELECT images.id FROM images JOIN runs ON runs.id = images.run_id "
+                          "WHERE runs.status IS NOT 'done'")
+
+
 def _make_schema(db: sqlite_utils.Database) -> None:
     if "meta" in db.table_names() and get_meta(db, "schema_version") not in (None, 1, SCHEMA_VERSION):
         return  # another lookalike's schema: left as it is, for Store._check_schema to refuse
+    before_pending = {"images", "runs"} <= set(db.table_names()) and "index_pending" not in db.table_names()
     db.executescript(_SCHEMA)
+    if before_pending:  # the index file's catch-up replaces them (IndexedStore._catch_up), once
+        with db.conn:
+            db.execute(f"INSERT INTO index_pending (image_id) {UNFINISHED_RUNS_IMAGES}")
     version = get_meta(db, "schema_version")
     if version is None:
         set_meta(db, "schema_version", SCHEMA_VERSION)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ann, faiss_index
-from .catalogue import CATALOGUE_NAME, connect, get_meta, now_iso, set_meta
+from .catalogue import CATALOGUE_NAME, UNFINISHED_RUNS_IMAGES, connect, get_meta, now_iso, set_meta
 from .errors import StoreError
 from .lock import acquire_write_lock
 from .vectors import blob_to_vector
@@ -131,10 +131,14 @@ class IndexedStore:
         return index
 
     def _pending_ids(self) -> np.ndarray:
-        """Ids re-embedded since the index file was written (none in a store made before this was kept)."""
+        """Ids re-embedded since the index file was written. A store made before these were kept, read where it
+        cannot be brought up to date (read-only), lists instead what its upgrade would: the images of runs that
+        did not finish (catalogue.UNFINISHED_RUNS_IMAGES)."""
         if "index_pending" not in self.db.table_names():
-            return np.empty(0, dtype=np.int64)
-        return np.array([r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM index_pending")], dtype=np.int64)
+            query = UNFINISHED_RUNS_IMAGES if "runs" in self.db.table_names() else "SELECT 1 WHERE 0"
+        else:
+            query = "SELECT DISTINCT image_id FROM index_pending"
+        return np.array([r[0] for r in self.db.execute(query)], dtype=np.int64)
 
     def _vectors_for(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = [], []

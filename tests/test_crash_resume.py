@@ -131,3 +131,50 @@ def test_a_torn_index_file_is_rebuilt_on_open(how, message, index, chips_dir, st
     assert search_index.ntotal == len(stored_ids) == 9
     assert np.array_equal(np.sort(harness.faiss_ids(search_index)), stored_ids)
     assert {image_id: store.search(store.vector(image_id), k=3) for image_id in stored_ids} == expected
+
+
+def as_left_by_a_lookalike_before_index_pending(store_dir, image_id: int) -> np.ndarray:
+    """What a lookalike older than index_pending left when killed after re-embedding `image_id` (its new vector
+    committed, its run never finished) but before saving the index file: the file holds the old vector, and
+    nothing lists the re-embed. Returns the new vector."""
+    from contextlib import closing
+
+    from store.vectors import vector_to_blob
+
+    with closing(sqlite3.connect(store_dir / "catalogue.db")) as db, db:  # closed: the WAL folded into the file
+        old = np.frombuffer(db.execute("SELECT vector FROM vectors WHERE image_id = ?", [image_id]).fetchone()[0],
+                            dtype="<f4")
+        new = np.random.default_rng(7).standard_normal(len(old)).astype(np.float32)
+        new /= np.linalg.norm(new)
+        run_id = db.execute("INSERT INTO runs (started, status) VALUES ('2026-11-29T00:00:00', 'running')").lastrowid
+        db.execute("UPDATE vectors SET vector = ? WHERE image_id = ?", [vector_to_blob(new), image_id])
+        db.execute("UPDATE images SET run_id = ? WHERE id = ?", [run_id, image_id])
+        db.execute("DROP TABLE index_pending")
+    return new
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_older_lookalikes_unsaved_re_embed_is_caught_up(indexed, store_dir, chip_paths, monkeypatch, read_only):
+    """README: a stale index file is brought up to date in place, images re-embedded since its last save
+    included. A store from before index_pending could not say which were re-embedded, so its index kept the
+    old vector for good; its upgrade now lists the images of runs that never finished (a read-only reader,
+    which cannot upgrade it, reads the same list)."""
+    from helpers import only_unchanging_catalogues_open
+    from store import Store
+
+    store = Store.open(store_dir)
+    image_id = store.image_id_for_path(str(chip_paths[2]))
+    store.close()
+    new = as_left_by_a_lookalike_before_index_pending(store_dir, image_id)
+    if read_only:
+        only_unchanging_catalogues_open(monkeypatch, "unable to open database file")
+
+    store = Store.open(store_dir)
+    try:
+        top = store.search(new, k=1)[0]
+    finally:
+        store.close()
+    assert top["id"] == image_id and top["score"] == pytest.approx(1.0, abs=1e-4)
+    if not read_only:  # the upgraded store's index file was put right on the next save
+        with sqlite3.connect(store_dir / "catalogue.db") as db:
+            assert db.execute("SELECT image_id FROM index_pending").fetchall() == [(image_id,)]
