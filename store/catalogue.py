@@ -181,10 +181,11 @@ def _check_is_catalogue(db: sqlite_utils.Database, catalogue_path: Path, *, read
                      "its own for --store")
 
 
-# Images last embedded by a run that did not finish: in a store made before index_pending, the ones among them that
-# were re-embedded may still have their old vectors in the index file (a run killed before its save)
+# Images last embedded by a run that never ended (killed: only a run's end, which saves the index first, records
+# `ended`; the next run marks it 'interrupted', as a Ctrl-C that did save): in a store made before index_pending,
+# the ones among them that were re-embedded may still have their old vectors in the index file
 UNFINISHED_RUNS_IMAGES = ("SELECT images.id FROM images JOIN runs ON runs.id = images.run_id "
-                          "WHERE runs.status IS NOT 'done'")
+                          "WHERE runs.ended IS NULL")
 
 
 def _make_schema(db: sqlite_utils.Database) -> None:

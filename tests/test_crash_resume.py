@@ -146,7 +146,9 @@ def as_left_by_a_lookalike_before_index_pending(store_dir, image_id: int) -> np.
                             dtype="<f4")
         new = np.random.default_rng(7).standard_normal(len(old)).astype(np.float32)
         new /= np.linalg.norm(new)
-        run_id = db.execute("INSERT INTO runs (started, status) VALUES ('2026-11-29T00:00:00', 'running')").lastrowid
+        # killed: never ended (the next run would mark it 'interrupted', as it does a Ctrl-C that ended and saved)
+        run_id = db.execute("INSERT INTO runs (started, status) VALUES ('2026-11-29T00:00:00', 'interrupted')"
+                            ).lastrowid
         db.execute("UPDATE vectors SET vector = ? WHERE image_id = ?", [vector_to_blob(new), image_id])
         db.execute("UPDATE images SET run_id = ? WHERE id = ?", [run_id, image_id])
         db.execute("DROP TABLE index_pending")
@@ -175,6 +177,22 @@ def test_an_older_lookalikes_unsaved_re_embed_is_caught_up(indexed, store_dir, c
     finally:
         store.close()
     assert top["id"] == image_id and top["score"] == pytest.approx(1.0, abs=1e-4)
-    if not read_only:  # the upgraded store's index file was put right on the next save
+    if not read_only:  # the upgrade listed it, and only it, for the catch-up (the next save clears the list)
         with sqlite3.connect(store_dir / "catalogue.db") as db:
             assert db.execute("SELECT image_id FROM index_pending").fetchall() == [(image_id,)]
+
+
+def test_an_older_store_whose_runs_all_ended_lists_nothing_to_catch_up(indexed, store_dir, caplog):
+    """A run stopped by Ctrl-C or an error saves the index before it ends ('interrupted', 'failed'): its images are
+    in the index file as embedded, and its store's upgrade must not list them all (each open would re-add them)."""
+    from store import Store
+
+    with sqlite3.connect(store_dir / "catalogue.db") as db:
+        db.execute("UPDATE runs SET status = 'interrupted'")  # ended, as a Ctrl-C's run does
+        db.execute("DROP TABLE index_pending")
+    with caplog.at_level(logging.WARNING):
+        Store.open(store_dir).close()
+        Store.open(store_dir).close()
+    with sqlite3.connect(store_dir / "catalogue.db") as db:
+        assert db.execute("SELECT count(*) FROM index_pending").fetchone()[0] == 0
+    assert "out of step" not in caplog.text

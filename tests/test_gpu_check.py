@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The 'cuda' image of the lent H100/H200 machines, as the device notes list it (2026-11-17), trimmed to the
@@ -114,5 +116,14 @@ def test_the_gpu_check_stops_at_its_limit_and_says_so(tmp_path):
     result = _gpu_check(tmp_path, "--device", "cpu", "--shape", "tiny", "--resolutions", "224", "--no-search",
                         "--limit", "1")  # the shortest the script allows: 10 s, before the first stage is done
 
-    assert result.returncode == 124
+    assert result.returncode == 4  # not 124, which the device's runner reads as its own time-out
     assert "stopped at its limit of 10 s" in (tmp_path / "throughput.log").read_text()
+
+
+@pytest.mark.parametrize("limit", ["abc", "5m", "SECONDS", ""])
+def test_a_limit_that_is_no_whole_number_of_seconds_is_refused_first(tmp_path, limit):
+    result = _gpu_check(tmp_path, "--limit", limit, "--device", "cpu")
+
+    assert result.returncode == 3
+    assert f"--limit takes whole seconds, not '{limit}'" in (tmp_path / "gpu_check.log").read_text()
+    assert not (tmp_path / "throughput.log").exists()
