@@ -102,6 +102,10 @@ _OURS = {"meta", "images", "vectors", "patches", "failures", "runs", "scenes", "
          "image_boxes_rowid"}
 
 
+class Connection(sqlite3.Connection):
+    """sqlite3's connection, which a weak reference can follow (IndexedStore._sweep_retired)."""
+
+
 def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Database:
     """The catalogue, its schema made or brought up to date. Refuses a file that is not a lookalike catalogue
     without changing it. With write=False (reading) a catalogue that cannot be written (a read-only mount, a
@@ -112,7 +116,7 @@ def connect(catalogue_path: Path, *, write: bool = True) -> sqlite_utils.Databas
     try:
         if write and not catalogue_path.exists():
             _create_whole(catalogue_path)
-        db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False))
+        db = sqlite_utils.Database(sqlite3.connect(str(catalogue_path), check_same_thread=False, factory=Connection))
         db.execute("PRAGMA busy_timeout = 30000")
         _check_is_catalogue(db, catalogue_path, reading=not write)
         db.enable_wal()  # readers (the UI, `search`) keep answering while a run writes
@@ -218,7 +222,8 @@ def _read_only(catalogue_path: Path) -> sqlite_utils.Database:
     for query in ("?mode=ro", "?mode=ro&immutable=1"):
         db = None
         try:
-            db = sqlite_utils.Database(sqlite3.connect(uri + query, uri=True, check_same_thread=False))
+            db = sqlite_utils.Database(sqlite3.connect(uri + query, uri=True, check_same_thread=False,
+                                                       factory=Connection))
             db.execute("PRAGMA busy_timeout = 30000")
             _check_is_catalogue(db, catalogue_path, reading=True)
             log.info("%s is read-only here: opened for reading only", catalogue_path)

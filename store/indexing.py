@@ -1,6 +1,9 @@
 """The FAISS side of a store: which index to build, building and tuning it, keeping it in step with the catalogue."""
+import gc
 import logging
 import tempfile
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ INDEX_NAME = "index.faiss"
 INDEX_SETTINGS = "index_settings"  # meta: what the user asked of the index (memory, recall, type, parameters)
 INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and on how many vectors it was trained
 IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
+SWEEP_SECONDS = 1.0  # IndexedStore._sweep_retired: at most one collection a second while a replaced connection lives
 
 
 def generation(store_dir) -> tuple:
@@ -38,6 +42,7 @@ class IndexedStore:
         with self._index_lock:  # threads sharing one store: one follows a change and loads, the others then use it
             if self._index is not None and not self.writable:
                 self._follow_writers()
+                self._sweep_retired()
             if self._index is None:
                 self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
                 index = self._load_or_rebuild_index()
@@ -55,9 +60,22 @@ class IndexedStore:
             return
         if self._loaded[0] is None or now[0][0] != self._loaded[0][0]:
             # The old connection is dropped, not closed: another thread may be running a statement on it (closing
-            # it under that statement crashed the process). It closes when the last thread lets go of it.
+            # it under that statement crashed the process). It is freed, and closed, once no thread holds it
+            # (_sweep_retired).
+            self._retired.append(weakref.ref(self.db.conn))
             self.db = connect(self.store_dir / CATALOGUE_NAME, write=False)
         self._index = None
+
+    def _sweep_retired(self) -> None:
+        """Frees the catalogue connections a swap replaced once no thread holds them: each keeps the old store's
+        files open, and so their space on disk once the next swap deletes them. A sqlite3 connection sits in a
+        reference cycle (its statement cache), so only the cycle collector frees it: run here, at most once a
+        SWEEP_SECONDS, while one is left (also where the collector is turned off)."""
+        if not self._retired or time.monotonic() < self._next_sweep:
+            return
+        gc.collect()
+        self._retired = [ref for ref in self._retired if ref() is not None]
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
 
     def index_settings(self) -> dict:
         return get_meta(self.db, INDEX_SETTINGS) or {}

@@ -124,6 +124,7 @@ class Store(IndexedStore, SceneRecords):
         self.db = db
         self._index = None
         self._index_lock = threading.RLock()  # IndexedStore.index: threads sharing this store load it one at a time
+        self._retired, self._next_sweep = [], 0.0  # catalogue connections a swap replaced (_sweep_retired)
         self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
         self._built_state = None  # what a writer built and has not saved yet (IndexedStore.save_index)
         self.writable = False  # set by create(): only writers save the index and record its state
@@ -216,6 +217,9 @@ class Store(IndexedStore, SceneRecords):
             self.db.close()
             self.db = _ClosedCatalogue(self.store_dir)
         self._release_write_lock()
+        if self._retired:  # catalogues a swap replaced, not yet freed (IndexedStore._sweep_retired): freed now
+            self._next_sweep = 0.0
+            self._sweep_retired()
 
     def check_open(self) -> None:
         """A one-line StoreError for a store closed already (SQLite would say only "closed database")."""
