@@ -113,8 +113,9 @@ def test_missing_wheels_stop_the_check_at_once_saying_so(tmp_path):
 
 
 def test_the_gpu_check_stops_at_its_limit_and_says_so(tmp_path):
+    # the shortest limit the script allows, 10 s, against a run that takes minutes (a hundred rounds)
     result = _gpu_check(tmp_path, "--device", "cpu", "--shape", "tiny", "--resolutions", "224", "--no-search",
-                        "--limit", "1")  # the shortest the script allows: 10 s, before the first stage is done
+                        "--repeat", "100", "--limit", "1")
 
     assert result.returncode == 4  # not 124, which the device's runner reads as its own time-out
     assert "stopped at its limit of 10 s" in (tmp_path / "throughput.log").read_text()

@@ -506,15 +506,17 @@ def test_threads_sharing_one_open_store_survive_swaps(live_store, tmp_path):
     assert report["searches"] > 100
 
 
-def _catalogue_files_held(outside) -> list[str]:
-    """This process's open files that are a store's catalogue (catalogue.db, -wal, -shm) outside `outside`."""
+def _catalogue_files_held(within, *, outside) -> list[str]:
+    """This process's open files that are a store's catalogue (catalogue.db, -wal, -shm) in the folder `within`
+    but not in `outside` (other tests' stores may be open in this process)."""
     held = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if "catalogue.db" in target and not target.startswith(str(outside) + os.sep):
+        if "catalogue.db" in target and target.startswith(str(within) + os.sep) \
+                and not target.startswith(str(outside) + os.sep):
             held.append(target)
     return held
 
@@ -543,7 +545,7 @@ def test_a_reader_frees_the_catalogues_swaps_replaced(live_store, tmp_path, monk
             shutil.copytree(live_store, staged, ignore=shutil.ignore_patterns("write.lock"))
             swap_in(live_store, staged)
             assert api.search(store, image_id, k=3)["results"][0]["id"] == image_id
-        assert _catalogue_files_held(outside=live_store) == []
+        assert _catalogue_files_held(tmp_path, outside=live_store) == []  # the swapped-out stores
     finally:
         store.close()
         if was_enabled:
