@@ -2,6 +2,7 @@
 import logging
 import os
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,9 @@ class SearchIndex:
         self.cpu = index
         self.nprobe = nprobe  # the tuned value for k = 10
         self.nprobe_override = None  # a user's fixed value, for every k
-        self._exact_source = exact_source  # () -> (ids, vectors), for the torch path
+        # () -> (ids, vectors), for the torch path; a weakref.WeakMethod of the store's, so that the index does not
+        # keep its store alive (a dropped store is then freed at once, its index with it)
+        self._exact_source = exact_source
         self._device_index = None
         self._stale = True
         self._resources = None
@@ -204,8 +207,9 @@ class SearchIndex:
         elif self._exact_source is not None:
             from .torch_exact import TorchExactIndex, cuda_device_available
 
-            if cuda_device_available():
-                ids, vectors = self._exact_source()
+            source = self._exact_source() if isinstance(self._exact_source, weakref.ref) else self._exact_source
+            if cuda_device_available() and source is not None:
+                ids, vectors = source()
                 self._device_index = TorchExactIndex(ids, vectors, device="cuda")
         return self._device_index
 

@@ -24,12 +24,14 @@ SWEEP_SECONDS = 1.0  # IndexedStore._sweep_retired: at most one collection a sec
 
 
 def generation(store_dir) -> tuple:
-    """Changes when an index run writes to the store and when another store is swapped in (a new inode)."""
+    """Changes when an index run writes to the store and when another store is swapped in (a new inode). An empty
+    write-ahead log counts as none: a reader's own opening makes one (and its closing may remove it), which is
+    no change to the store (the page counted it as one, and loaded the index again)."""
     stamps = []
     for name in (CATALOGUE_NAME, CATALOGUE_NAME + "-wal", INDEX_NAME):
         try:
             stat = (Path(store_dir) / name).stat()
-            stamps.append((stat.st_ino, stat.st_mtime_ns))
+            stamps.append(None if name.endswith("-wal") and not stat.st_size else (stat.st_ino, stat.st_mtime_ns))
         except OSError:
             stamps.append(None)
     return tuple(stamps)
@@ -48,7 +50,7 @@ class IndexedStore:
                 index = self._load_or_rebuild_index()
                 params = (self.index_state() or {}).get("params") or {}
                 self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
-                                                      exact_source=self._all_vectors)
+                                                      exact_source=weakref.WeakMethod(self._all_vectors))
             return self._index
 
     def _follow_writers(self) -> None:
@@ -256,7 +258,7 @@ class IndexedStore:
                 log.info("rebuilding the index: %s", reason)
                 built = self._build_index()
                 self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                                      exact_source=self._all_vectors)
+                                                      exact_source=weakref.WeakMethod(self._all_vectors))
         except StoreError as error:  # e.g. the collection outgrew --index-memory: keep what searches now
             log.warning("keeping the current index: %s", error)
         self.save_index()
@@ -272,7 +274,7 @@ class IndexedStore:
             # runs and readers with the settings that work
             built = self._build_index(settings=settings)
             self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                                  exact_source=self._all_vectors)
+                                                  exact_source=weakref.WeakMethod(self._all_vectors))
             self.save_index()
             set_meta(self.db, INDEX_SETTINGS, settings)
             self._loaded = generation(self.store_dir)  # its own writes: nothing to follow

@@ -232,8 +232,19 @@ class Store(IndexedStore, SceneRecords):
         raise StoreError(f"an open store cannot be sent to another process or copied: open {self.store_dir} there "
                          "(api.open_store)")
 
-    def __del__(self):  # a writer dropped without close() (an error before its run started) frees the store
+    def __del__(self):
+        """A store dropped without close(): a writer (an error before its run started) frees the store, and any
+        store its catalogue connections, which would otherwise wait for the cycle collector with their files open
+        (the page drops a store each time the one on disk changes). Dropped, no thread is running its methods."""
         self._release_write_lock()
+        db = getattr(self, "db", None)
+        held = [] if db is None or isinstance(db, _ClosedCatalogue) else [db.conn]
+        for conn in [ref() for ref in getattr(self, "_retired", ())] + held:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - at interpreter exit or on a connection closed already
+                    pass
 
     def _release_write_lock(self) -> None:
         if getattr(self, "_write_lock", None) is not None:

@@ -550,3 +550,44 @@ def test_a_reader_frees_the_catalogues_swaps_replaced(live_store, tmp_path, monk
         store.close()
         if was_enabled:
             gc.enable()
+
+
+def test_a_dropped_store_frees_its_index_and_catalogue_at_once(live_store, tmp_path):
+    """The page drops the store it holds each time the one on disk changes. Its index pointed back at it (the
+    exact path's source of vectors) and its catalogue connection sits in a reference cycle, so a dropped store,
+    index included, waited for the cycle collector: the page's memory grew by an index per index run or rebuild,
+    and swapped-out stores' files stayed held. Checked with the collector off."""
+    import gc
+    import weakref
+
+    from indexer import api
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        store = api.open_store(live_store)
+        image_id = next(iter(store.images_by_path().values()))["id"]
+        assert api.search(store, image_id, k=3)["results"][0]["id"] == image_id  # the index loaded
+        dropped, index = weakref.ref(store), weakref.ref(store._index)
+        del store
+        assert dropped() is None and index() is None
+        assert _catalogue_files_held(tmp_path, outside=tmp_path / "none") == []
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def test_a_readers_own_opening_is_no_change_to_the_store(live_store):
+    """A store closed cleanly has no write-ahead log; a reader's opening makes an empty one. The page took that
+    for a change and opened the store, index and all, a second time after every swap."""
+    from store import Store
+    from store.swap import generation
+
+    before = generation(live_store)
+    reader = Store.open(live_store)
+    try:
+        reader.search(reader.vector(next(iter(reader.images_by_path().values()))["id"]), k=1)
+        assert generation(live_store) == before
+    finally:
+        reader.close()
+    assert generation(live_store) == before

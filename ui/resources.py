@@ -23,10 +23,11 @@ def store_generation(store_dir: Path) -> tuple:
     return swap.generation(store_dir)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Opening the store…")
+@st.cache_resource(max_entries=1, show_spinner="Opening the store…")
 def _open_store(store_dir: str, generation: tuple) -> Store:
     # The FAISS index is loaded here, once, not in the middle of a search, from the same store as the
-    # catalogue even when a rebuild swaps stores meanwhile.
+    # catalogue even when a rebuild swaps stores meanwhile. Only the store as it is now is kept: one a change
+    # replaced is freed, its index and catalogue files with it, once no session's run still holds it.
     return swap.open_live(store_dir)
 
 
