@@ -487,3 +487,49 @@ def test_scene_chips_on_the_map(browser, shared_data_dir, model_dir, embedder, t
     finally:
         context.close()
         stop(process)
+
+
+def _files_open_in_group(leader: int) -> list[str]:
+    """The files the processes of `leader`'s process group hold open (the server and its Streamlit child)."""
+    held = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != leader:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # gone meanwhile
+            continue
+    return held
+
+
+def test_the_page_lets_go_of_a_store_a_swap_replaced(browser, ui_store_dir, model_dir, tmp_path):
+    """A tab left open kept the store it was drawn from: its "Random image" button was given the store itself,
+    so the store, its index in memory and its catalogue files stayed held after a swap replaced it (and, once the
+    next swap deleted it, its disk space). The page now lets go of it as soon as the new store is opened."""
+    import shutil
+
+    from store.swap import swap_in
+
+    live = tmp_path / "live"
+    shutil.copytree(ui_store_dir, live, ignore=shutil.ignore_patterns("write.lock"))
+    process, url = start_server(live, model_dir, tmp_path / "serve.log")
+    context = browser.new_context(viewport={"width": 1500, "height": 1400}, base_url=url)
+    context.set_default_timeout(WAIT_MS)
+    try:
+        left_open = context.new_page()
+        open_page(left_open, "/?id=3&k=4")
+        left_open.get_by_text("#4 · score").wait_for()
+        wait_idle(left_open)
+        shutil.copytree(live, tmp_path / "staged", ignore=shutil.ignore_patterns("write.lock"))
+        swap_in(live, tmp_path / "staged")  # as rebuild does: the old store goes to live.previous
+        second = context.new_page()
+        open_page(second, "/?id=3&k=4")
+        second.get_by_text("#4 · score").wait_for()
+        wait_idle(second)
+        previous = str(tmp_path / "live.previous") + os.sep
+        assert [path for path in _files_open_in_group(process.pid) if path.startswith(previous)] == []
+        assert any(path.startswith(str(live) + os.sep) for path in _files_open_in_group(process.pid))
+    finally:
+        context.close()
+        stop(process)

@@ -13,7 +13,7 @@ from indexer.refine import parse_lonlat
 from store import Store
 from store.store import chip_fields
 
-from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, store_signature, thumbnail
+from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, open_store, store_signature, thumbnail
 
 MAX_UPLOAD_MB = 50
 MAX_EXAMPLES = 20  # indexed examples in one query ("Add to the query")
@@ -166,7 +166,10 @@ def _show_address_id() -> None:
     st.session_state["wanted-id"] = ids[0] if ids and not upload_in_query() else None
 
 
-def _use_random(store: Store) -> None:
+def _use_random(store_dir) -> None:
+    """A button's callback: given the store's folder, not the store, which the session's widgets would keep
+    alive (its index in memory, its files open) after a change replaced it."""
+    store = open_store(store_dir)
     with STORE_LOCK:
         image_id = store.random_image_id()
     if image_id is not None:
@@ -227,7 +230,7 @@ def query_panel(store: Store, *, max_upload_mb: int = MAX_UPLOAD_MB):
         with by_place:
             place_picker(store)
         with at_random:
-            st.button("Random image", on_click=_use_random, args=(store,))
+            st.button("Random image", on_click=_use_random, args=(store.store_dir,))
     if "id" in st.query_params:
         try:
             ids = address_ids()
