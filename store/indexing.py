@@ -20,7 +20,8 @@ INDEX_NAME = "index.faiss"
 INDEX_SETTINGS = "index_settings"  # meta: what the user asked of the index (memory, recall, type, parameters)
 INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and on how many vectors it was trained
 IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
-SWEEP_SECONDS = 1.0  # IndexedStore._sweep_retired: at most one collection a second while a replaced connection lives
+SWEEP_SECONDS = 1.0  # IndexedStore._sweep_retired: the wait between collections while a replaced connection lives,
+SWEEP_MAX_SECONDS = 60.0  # doubled after each that frees none (a thread may hold one for minutes), up to this
 
 
 def generation(store_dir) -> tuple:
@@ -44,14 +45,15 @@ class IndexedStore:
         with self._index_lock:  # threads sharing one store: one follows a change and loads, the others then use it
             if self._index is not None and not self.writable:
                 self._follow_writers()
-                self._sweep_retired()
             if self._index is None:
                 self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
                 index = self._load_or_rebuild_index()
                 params = (self.index_state() or {}).get("params") or {}
                 self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
                                                       exact_source=weakref.WeakMethod(self._all_vectors))
-            return self._index
+            index = self._index
+        self._sweep_retired()  # outside the lock: the other threads search on meanwhile
+        return index
 
     def _follow_writers(self) -> None:
         """A reader held open (a notebook, a script) while the store changes on disk follows it: an index run or
@@ -65,19 +67,25 @@ class IndexedStore:
             # it under that statement crashed the process). It is freed, and closed, once no thread holds it
             # (_sweep_retired).
             self._retired.append(weakref.ref(self.db.conn))
+            self._sweep_wait, self._next_sweep = SWEEP_SECONDS, 0.0
             self.db = connect(self.store_dir / CATALOGUE_NAME, write=False)
         self._index = None
 
     def _sweep_retired(self) -> None:
         """Frees the catalogue connections a swap replaced once no thread holds them: each keeps the old store's
         files open, and so their space on disk once the next swap deletes them. A sqlite3 connection sits in a
-        reference cycle (its statement cache), so only the cycle collector frees it: run here, at most once a
-        SWEEP_SECONDS, while one is left (also where the collector is turned off)."""
+        reference cycle (its statement cache), so only the cycle collector frees it: run here while one is left
+        (also where the collector is turned off), SWEEP_SECONDS apart, the wait doubled after each collection that
+        frees none (a thread reading on through the old connection, an export, may hold it for minutes)."""
         if not self._retired or time.monotonic() < self._next_sweep:
             return
+        self._next_sweep = float("inf")  # one sweep at a time
         gc.collect()
-        self._retired = [ref for ref in self._retired if ref() is not None]
-        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        with self._index_lock:
+            left = [ref for ref in self._retired if ref() is not None]
+            freed, self._retired = len(left) < len(self._retired), left
+            self._sweep_wait = SWEEP_SECONDS if freed else min(2 * self._sweep_wait, SWEEP_MAX_SECONDS)
+            self._next_sweep = time.monotonic() + self._sweep_wait
 
     def index_settings(self) -> dict:
         return get_meta(self.db, INDEX_SETTINGS) or {}

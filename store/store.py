@@ -125,6 +125,7 @@ class Store(IndexedStore, SceneRecords):
         self._index = None
         self._index_lock = threading.RLock()  # IndexedStore.index: threads sharing this store load it one at a time
         self._retired, self._next_sweep = [], 0.0  # catalogue connections a swap replaced (_sweep_retired)
+        self._sweep_wait = 1.0
         self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
         self._built_state = None  # what a writer built and has not saved yet (IndexedStore.save_index)
         self.writable = False  # set by create(): only writers save the index and record its state

@@ -591,3 +591,48 @@ def test_a_readers_own_opening_is_no_change_to_the_store(live_store):
     finally:
         reader.close()
     assert generation(live_store) == before
+
+
+def test_a_reader_collects_less_often_while_a_replaced_catalogue_stays_in_use(live_store, tmp_path, monkeypatch):
+    """A thread reading on through the catalogue a swap replaced (an export, a scan of every vector) holds it for
+    minutes: the reader's sweep ran a full collection (a quarter of a second in a process with torch loaded) every
+    second meanwhile, its other threads waiting. The wait now doubles after each collection that frees nothing;
+    once the thread lets go, the next sweep frees it."""
+    import gc
+    import shutil
+
+    from indexer import api
+    from store import indexing
+    from store.swap import swap_in
+
+    monkeypatch.setattr(indexing, "SWEEP_SECONDS", 0.01)
+    store = api.open_store(live_store)
+    try:
+        image_id = next(iter(store.images_by_path().values()))["id"]
+        api.search(store, image_id, k=3)
+        scan = store.vector_batches(batch_size=1)  # reads on through the catalogue it started on
+        next(scan)
+        shutil.copytree(live_store, tmp_path / "staged", ignore=shutil.ignore_patterns("write.lock"))
+        swap_in(live_store, tmp_path / "staged")
+        collections = []
+
+        def counted(phase, info):
+            collections.append((phase, info["generation"]))
+
+        gc.callbacks.append(counted)  # the collector reads its own list: appended to, not replaced
+        try:
+            for _ in range(40):  # at a fixed 0.01 s each would be a collection: 40
+                api.search(store, image_id, k=3)
+                time.sleep(0.01)
+        finally:
+            gc.callbacks.remove(counted)
+        # full collections 0.01, 0.02, 0.04, ... s apart (each takes a while itself): about log2 of the time taken
+        assert 1 <= collections.count(("start", 2)) <= 15
+        assert len(store._retired) == 1
+        scan.close()
+        del scan
+        time.sleep(getattr(store, "_sweep_wait", indexing.SWEEP_SECONDS))  # the wait the last sweep set
+        api.search(store, image_id, k=3)
+        assert store._retired == []
+    finally:
+        store.close()

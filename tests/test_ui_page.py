@@ -180,6 +180,21 @@ def test_random_image_sets_an_id(page, ui_ids):
     assert card_texts(at)[0] == f"**#1** · score **1.0000** · id {image_id}"
 
 
+def test_random_image_on_a_store_gone_meanwhile_is_the_pages_one_line(page, ui_store_dir, monkeypatch, tmp_path):
+    """The button's callback opens the store as it is when clicked, before the page's own run: a store gone by
+    then (moved away, a swap's gap) must not end in a traceback; the page's run says it in one line."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(ui_store_dir, copy, ignore=shutil.ignore_patterns("write.lock"))
+    monkeypatch.setenv("LOOKALIKE_STORE", str(copy))
+    at = page()
+    copy.rename(tmp_path / "moved")
+    run(button(at, "Random image").click())
+    assert not at.exception
+    assert any("no lookalike store" in error.value for error in at.error)
+
+
 def test_search_by_id(page, ui_ids):
     _, image_id = chip(ui_ids, 5)
     at = page()

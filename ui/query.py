@@ -10,7 +10,7 @@ from indexer import api
 from indexer.errors import IndexerError, UnreadableImage
 from indexer.images import IMAGE_SUFFIXES
 from indexer.refine import parse_lonlat
-from store import Store
+from store import Store, StoreError
 from store.store import chip_fields
 
 from .resources import LARGE_SIZE, STORE_LOCK, THUMBNAIL_SIZE, embedder_for, open_store, store_signature, thumbnail
@@ -169,9 +169,12 @@ def _show_address_id() -> None:
 def _use_random(store_dir) -> None:
     """A button's callback: given the store's folder, not the store, which the session's widgets would keep
     alive (its index in memory, its files open) after a change replaced it."""
-    store = open_store(store_dir)
-    with STORE_LOCK:
-        image_id = store.random_image_id()
+    try:
+        store = open_store(store_dir)
+        with STORE_LOCK:
+            image_id = store.random_image_id()
+    except (IndexerError, StoreError):  # the page's run, just after this, says so in one line
+        return
     if image_id is not None:
         use_indexed(image_id)
 

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,12 @@ def _open_store(store_dir: str, generation: tuple) -> Store:
     # The FAISS index is loaded here, once, not in the middle of a search, from the same store as the
     # catalogue even when a rebuild swaps stores meanwhile. Only the store as it is now is kept: one a change
     # replaced is freed, its index and catalogue files with it, once no session's run still holds it.
-    return swap.open_live(store_dir)
+    store = swap.open_live(store_dir)
+    _OPENED_AT[store] = generation
+    return store
+
+
+_OPENED_AT = weakref.WeakKeyDictionary()  # each open store: the generation it was opened for (store_signature)
 
 
 def open_store(store_dir: Path) -> Store:
@@ -48,7 +54,10 @@ def _signature(store_dir: str, generation: tuple, _store: Store) -> str:
 def store_signature(store: Store) -> str:
     """What an embedded query depends on in the store, its model settings and its patch PCA: it changes when
     the store is rebuilt (--rebuild, lookalike rebuild), not when an index run adds to it."""
-    return _signature(str(store.store_dir), store_generation(store.store_dir), store)
+    # keyed by the generation this store was opened for, not the one on disk now: a session still holding the store
+    # a swap replaced must not file its signature under the new store's generation
+    opened = _OPENED_AT.get(store) or store_generation(store.store_dir)
+    return _signature(str(store.store_dir), opened, store)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the model (once per server)…")
