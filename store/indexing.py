@@ -20,8 +20,9 @@ INDEX_NAME = "index.faiss"
 INDEX_SETTINGS = "index_settings"  # meta: what the user asked of the index (memory, recall, type, parameters)
 INDEX_STATE = "index_state"  # meta: what was built, how well it searches, and on how many vectors it was trained
 IN_MEMORY_BYTES = 2 * 2**30  # vectors gathered for a rebuild stay in RAM below this, else in a file beside the store
-SWEEP_SECONDS = 1.0  # IndexedStore._sweep_retired: the wait between collections while a replaced connection lives,
-SWEEP_MAX_SECONDS = 60.0  # doubled after each that frees none (a thread may hold one for minutes), up to this
+# IndexedStore._sweep_retired: the wait between collections while a replaced connection lives, doubled after each
+# that frees none (a thread may hold one for minutes) up to the most
+SWEEP_SECONDS, SWEEP_MAX_SECONDS = 1.0, 60.0
 
 
 def generation(store_dir) -> tuple:

@@ -12,7 +12,7 @@ from . import catalogue
 from .catalogue import CATALOGUE_NAME, get_meta, now_iso, set_meta
 from .errors import EmptyCatalogue, ProvenanceMismatch, StoreError, StoreNotFound, UnknownImage
 from .faiss_index import require_faiss
-from .indexing import INDEX_NAME, INDEX_STATE, IndexedStore
+from .indexing import INDEX_NAME, INDEX_STATE, SWEEP_SECONDS, IndexedStore
 from .lock import acquire_write_lock, release_write_lock
 from .scene_records import SceneRecords
 from .vectors import blob_to_patches, blob_to_vector, patches_to_blob, vector_to_blob
@@ -125,7 +125,7 @@ class Store(IndexedStore, SceneRecords):
         self._index = None
         self._index_lock = threading.RLock()  # IndexedStore.index: threads sharing this store load it one at a time
         self._retired, self._next_sweep = [], 0.0  # catalogue connections a swap replaced (_sweep_retired)
-        self._sweep_wait = 1.0
+        self._sweep_wait = SWEEP_SECONDS
         self._loaded = None  # the store's generation on disk when its index was loaded (IndexedStore.index)
         self._built_state = None  # what a writer built and has not saved yet (IndexedStore.save_index)
         self.writable = False  # set by create(): only writers save the index and record its state
@@ -234,9 +234,10 @@ class Store(IndexedStore, SceneRecords):
                          "(api.open_store)")
 
     def __del__(self):
-        """A store dropped without close(): a writer (an error before its run started) frees the store, and any
-        store its catalogue connections, which would otherwise wait for the cycle collector with their files open
-        (the page drops a store each time the one on disk changes). Dropped, no thread is running its methods."""
+        """A store dropped without close(): a writer's write lock is released (an error before its run started),
+        and any store's catalogue connections are closed, which would otherwise wait for the cycle collector with
+        their files open (the page drops a store each time the one on disk changes). Dropped, no thread is running
+        its methods."""
         self._release_write_lock()
         db = getattr(self, "db", None)
         held = [] if db is None or isinstance(db, _ClosedCatalogue) else [db.conn]
