@@ -2,7 +2,6 @@
 import logging
 import os
 import re
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +162,14 @@ def _write_failure(error: Exception) -> str:
 
 class SearchIndex:
     """A CPU index for writes; searches go to a GPU copy when faiss sees a GPU, else to an exact torch search
-    on a CUDA device when torch sees one (and `exact_source` can supply the vectors), else to the CPU index."""
+    on a CUDA device when torch sees one (and `exact_source`, a weak reference to a () -> (ids, vectors), can
+    still supply the vectors), else to the CPU index."""
 
     def __init__(self, index, *, nprobe: int | None = None, exact_source=None):
         self.cpu = index
         self.nprobe = nprobe  # the tuned value for k = 10
         self.nprobe_override = None  # a user's fixed value, for every k
-        # () -> (ids, vectors), for the torch path; a weakref.WeakMethod of the store's, so that the index does not
-        # keep its store alive (a dropped store is then freed at once, its index with it)
-        self._exact_source = exact_source
+        self._exact_source = exact_source  # weak: the index does not keep its store alive
         self._device_index = None
         self._stale = True
         self._resources = None
@@ -207,7 +205,7 @@ class SearchIndex:
         elif self._exact_source is not None:
             from .torch_exact import TorchExactIndex, cuda_device_available
 
-            source = self._exact_source() if isinstance(self._exact_source, weakref.ref) else self._exact_source
+            source = self._exact_source()  # None once its store is gone
             if cuda_device_available() and source is not None:
                 ids, vectors = source()
                 self._device_index = TorchExactIndex(ids, vectors, device="cuda")

@@ -49,12 +49,16 @@ class IndexedStore:
             if self._index is None:
                 self._loaded = generation(self.store_dir)  # before the load: a change during it is seen next time
                 index = self._load_or_rebuild_index()
-                params = (self.index_state() or {}).get("params") or {}
-                self._index = faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
-                                                      exact_source=weakref.WeakMethod(self._all_vectors))
+                self._index = self._searching(index, (self.index_state() or {}).get("params") or {})
             index = self._index
         self._sweep_retired()  # outside the lock: the other threads search on meanwhile
         return index
+
+    def _searching(self, index, params: dict) -> faiss_index.SearchIndex:
+        """The search front for `index` built or loaded with `params`. Its exact path's source of vectors is
+        this store's, weakly held: the index does not keep its store alive (a dropped store is freed at once)."""
+        return faiss_index.SearchIndex(index, nprobe=params.get("nprobe"),
+                                       exact_source=weakref.WeakMethod(self._all_vectors))
 
     def _follow_writers(self) -> None:
         """A reader held open (a notebook, a script) while the store changes on disk follows it: an index run or
@@ -163,10 +167,13 @@ class IndexedStore:
         """Ids re-embedded since the index file was written. A store made before these were kept, read where it
         cannot be brought up to date (read-only), lists instead what its upgrade would: the images of runs that
         did not finish (catalogue.UNFINISHED_RUNS_IMAGES)."""
-        if "index_pending" not in self.db.table_names():
-            query = UNFINISHED_RUNS_IMAGES if "runs" in self.db.table_names() else "SELECT 1 WHERE 0"
-        else:
+        tables = self.db.table_names()
+        if "index_pending" in tables:
             query = "SELECT DISTINCT image_id FROM index_pending"
+        elif "runs" in tables:
+            query = UNFINISHED_RUNS_IMAGES
+        else:
+            return np.empty(0, dtype=np.int64)
         return np.array([r[0] for r in self.db.execute(query)], dtype=np.int64)
 
     def _vectors_for(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,8 +273,7 @@ class IndexedStore:
             if reason:
                 log.info("rebuilding the index: %s", reason)
                 built = self._build_index()
-                self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                                      exact_source=weakref.WeakMethod(self._all_vectors))
+                self._index = self._searching(built.index, built.params)
         except StoreError as error:  # e.g. the collection outgrew --index-memory: keep what searches now
             log.warning("keeping the current index: %s", error)
         self.save_index()
@@ -282,8 +288,7 @@ class IndexedStore:
             # kept only once their index is saved: what was refused, or killed while it was built, leaves later
             # runs and readers with the settings that work
             built = self._build_index(settings=settings)
-            self._index = faiss_index.SearchIndex(built.index, nprobe=built.params.get("nprobe"),
-                                                  exact_source=weakref.WeakMethod(self._all_vectors))
+            self._index = self._searching(built.index, built.params)
             self.save_index()
             set_meta(self.db, INDEX_SETTINGS, settings)
             self._loaded = generation(self.store_dir)  # its own writes: nothing to follow
